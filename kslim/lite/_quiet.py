@@ -1,0 +1,44 @@
+"""Keep the TFLite converter's C++/absl chatter (written straight to fds 1 and 2) out of the user's way."""
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+
+
+@contextmanager
+def captured_output(verbose=False):
+    """Redirect OS-level stdout/stderr to a temp file; yields a callable returning what was captured.
+
+    With ``verbose=True`` nothing is redirected. The captured text is what a caller attaches to an
+    error message when the wrapped call fails.
+    """
+    if verbose:
+        yield lambda: ""
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        old_streams = sys.stdout, sys.stderr
+        try:
+            def read():
+                sys.stdout.flush()
+                sys.stderr.flush()
+                log.seek(0)
+                return log.read().decode("utf-8", "replace")
+
+            yield read
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:
+                pass
+            sys.stdout, sys.stderr = old_streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

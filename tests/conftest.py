@@ -1,0 +1,24 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """A small slice of the bundled Fashion-MNIST subset as float32 NHWC arrays."""
+    from kslim.datasets import fashion_mnist_small, preprocess
+
+    (xtr, ytr), (xte, yte) = fashion_mnist_small()
+    return (preprocess(xtr[:2000]), ytr[:2000].astype(np.int32)), (preprocess(xte[:500]), yte[:500].astype(np.int32))
