@@ -52,7 +52,7 @@ def train(model, source="small", epochs=3, batch_size=128, learning_rate=1e-3, s
     train_ds, test_ds = load_datasets(source, batch_size=batch_size, train_limit=train_limit,
                                       test_limit=test_limit, seed=seed)
     compile_classifier(model, learning_rate)
-    history = model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    history = model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks, shuffle=False)
     _, acc = model.evaluate(test_ds, verbose=0)
     return history, float(acc)
 

@@ -1,0 +1,360 @@
+"""The compression config file: YAML, validated against a JSON schema, with defaults filled in.
+
+A config names the model, the data, the fine-tuning settings and an ordered list of strategies::
+
+    seed: 0
+    model:
+      reference: mobilenet_v1      # or  path: my_model.keras
+      width: 1.0
+      pretrain_epochs: 3           # reference models are trained (and cached) first
+    data:
+      source: small                # small (bundled subset) | full | hook
+      # hook: my_data.py:load      # a function returning (train, test): tf.data or (x, y) numpy
+      batch_size: 128
+    train:                         # default fine-tuning settings of every strategy
+      epochs: 1
+      learning_rate: 0.0005
+    strategies:
+      - prune: {criterion: l1, flops_target: 0.5, round_to: 4, fine_tune: {epochs: 2}}
+      - distill: {teacher: {reference: resnet}, epochs: 2}
+      - quant_aware: {epochs: 1}
+      - export: {}
+      - profile: {device: local, threads: 1}
+
+Errors name the field path (``strategies[0].prune.criterion``) and the allowed values.
+"""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from kslim.errors import ConfigError
+
+STRATEGIES = (
+    "prune", "distill", "quant_aware", "quant_post_static", "quant_post_dynamic", "export", "profile",
+)
+
+_FINE_TUNE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "epochs": {"type": "integer", "minimum": 0},
+        "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+        "batch_size": {"type": "integer", "minimum": 1},
+    },
+}
+
+_MODEL_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "reference": {"enum": ["mobilenet_v1", "resnet", "vgg"]},
+        "path": {"type": "string", "minLength": 1},
+        "width": {"type": "number", "exclusiveMinimum": 0},
+        "pretrain_epochs": {"type": "integer", "minimum": 0},
+    },
+    "oneOf": [{"required": ["reference"]}, {"required": ["path"]}],
+}
+
+_RATIO = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+
+_STRATEGY_SCHEMAS = {
+    "prune": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "criterion": {"enum": ["l1", "l2", "fpgm"]},
+            "ratio": _RATIO,
+            "ratios": {"type": "object", "additionalProperties": _RATIO, "minProperties": 1},
+            "flops_target": _RATIO,
+            "sensitivity": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "flops_target": _RATIO,
+                    "max_loss": {"type": "number", "exclusiveMinimum": 0},
+                    "ratios": {"type": "array", "items": _RATIO, "minItems": 1},
+                    "eval_samples": {"type": "integer", "minimum": 1},
+                },
+                "oneOf": [{"required": ["flops_target"]}, {"required": ["max_loss"]}],
+            },
+            "auto": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "flops_target": _RATIO,
+                    "max_trials": {"type": "integer", "minimum": 1},
+                    "init_temperature": {"type": "number", "exclusiveMinimum": 0},
+                    "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                    "eval_samples": {"type": "integer", "minimum": 1},
+                },
+                "required": ["flops_target"],
+            },
+            "skip": {"type": "array", "items": {"type": "string"}},
+            "round_to": {"type": "integer", "minimum": 1},
+            "keep_classifier": {"type": "boolean"},
+            "fine_tune": _FINE_TUNE,
+        },
+        "oneOf": [
+            {"required": ["ratio"]}, {"required": ["ratios"]}, {"required": ["flops_target"]},
+            {"required": ["sensitivity"]}, {"required": ["auto"]},
+        ],
+    },
+    "distill": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "teacher": _MODEL_REF,
+            "pairs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "teacher": {"type": "string"},
+                        "student": {"type": "string"},
+                        "loss": {"enum": ["soft_label", "l2"]},
+                        "weight": {"type": "number", "minimum": 0},
+                        "temperature": {"type": "number", "exclusiveMinimum": 0},
+                        "adaptor": {"type": "boolean"},
+                    },
+                    "required": ["teacher", "student", "loss"],
+                },
+            },
+            "hard_weight": {"type": "number", "minimum": 0},
+            "temperature": {"type": "number", "exclusiveMinimum": 0},
+            "soft_weight": {"type": "number", "minimum": 0},
+            "epochs": {"type": "integer", "minimum": 0},
+            "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+        },
+        "required": ["teacher"],
+    },
+    "quant_aware": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "weight_quantize_type": {"enum": ["abs_max", "channel_wise_abs_max"]},
+            "activation_quantize_type": {"enum": ["abs_max", "moving_average_abs_max"]},
+            "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+            "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+            "skip": {"type": "array", "items": {"type": "string"}},
+            "epochs": {"type": "integer", "minimum": 0},
+            "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+        },
+    },
+    "quant_post_static": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "algo": {"enum": ["abs_max", "avg", "hist", "KL", "mse"]},
+            "batch_nums": {"type": "integer", "minimum": 1},
+            "batch_size": {"type": "integer", "minimum": 1},
+            "weight_quantize_type": {"enum": ["abs_max", "channel_wise_abs_max"]},
+            "bias_correction": {"type": "boolean"},
+        },
+    },
+    "quant_post_dynamic": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "dtype": {"enum": ["int8", "float16"]},
+            "skip": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "export": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "quantize": {"enum": [None, "none", "dynamic", "float16", "int8"]},
+            "inference_input_type": {"enum": ["float32", "int8"]},
+            "inference_output_type": {"enum": ["float32", "int8"]},
+        },
+    },
+    "profile": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "device": {"enum": ["local"]},
+            "threads": {"type": "integer", "minimum": 1},
+            "runs": {"type": "integer", "minimum": 1},
+            "warmup": {"type": "integer", "minimum": 0},
+        },
+    },
+}
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "version": {"const": 1},
+        "name": {"type": "string"},
+        "seed": {"type": "integer", "minimum": 0},
+        "model": _MODEL_REF,
+        "data": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "source": {"enum": ["small", "full", "hook"]},
+                "path": {"type": "string"},
+                "hook": {"type": "string", "pattern": r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$"},
+                "batch_size": {"type": "integer", "minimum": 1},
+                "train_limit": {"type": ["integer", "null"], "minimum": 1},
+                "test_limit": {"type": ["integer", "null"], "minimum": 1},
+            },
+        },
+        "train": _FINE_TUNE,
+        "report": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "latency_runs": {"type": "integer", "minimum": 1},
+                "threads": {"type": "integer", "minimum": 1},
+            },
+        },
+        "strategies": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "propertyNames": {"enum": list(STRATEGIES)},
+                "properties": {k: {"type": ["object", "null"]} for k in STRATEGIES},
+            },
+        },
+    },
+    "required": ["model", "strategies"],
+}
+
+DEFAULTS = {
+    "version": 1,
+    "name": "kslim-run",
+    "seed": 0,
+    "data": {"source": "small", "batch_size": 128, "train_limit": None, "test_limit": None},
+    "train": {"epochs": 1, "learning_rate": 5e-4},
+    "report": {"latency_runs": 50, "threads": 1},
+}
+
+
+def _path_str(path):
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _describe(error):
+    """A jsonschema error as 'what is wrong; allowed values'."""
+    v = error.validator
+    if v == "enum":
+        return f"{error.instance!r} is not allowed; choose one of {error.validator_value}"
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        return f"unknown field(s) {extra}; allowed fields: {allowed}"
+    if v == "propertyNames":
+        return f"unknown strategy {error.instance!r}; choose one of {list(STRATEGIES)}"
+    if v == "oneOf" and isinstance(error.instance, dict):
+        choices = [s.get("required", [None])[0] for s in error.validator_value]
+        given = [c for c in choices if c in error.instance]
+        if given:
+            return f"give exactly one of {choices}, not {given}"
+        return f"give one of {choices}"
+    if v == "type":
+        return f"{error.instance!r} has the wrong type; expected {error.validator_value}"
+    if v == "required":
+        return error.message
+    return error.message
+
+
+def _validate(schema, instance, prefix=()):
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        # oneOf errors over-report: prefer a deeper, more specific sub-error when there is one
+        if e.context:
+            deeper = sorted(e.context, key=lambda c: -len(c.absolute_path))
+            if deeper and len(deeper[0].absolute_path) > 0 and deeper[0].validator != "required":
+                e = deeper[0]
+                raise ConfigError(_describe(e), path=_path_str(prefix + tuple(errors[0].absolute_path)
+                                                               + tuple(e.absolute_path)))
+        raise ConfigError(_describe(e), path=_path_str(prefix + tuple(e.absolute_path)))
+
+
+def validate_config(config):
+    """Validate a config dict; returns a new dict with defaults filled in.
+
+    Raises:
+        ConfigError: with ``.path`` naming the field at fault and a message with the allowed values.
+
+    Example:
+        >>> cfg = validate_config({"model": {"reference": "vgg"}, "strategies": [{"export": {}}]})
+        >>> cfg["data"]["source"], cfg["seed"]
+        ('small', 0)
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(config).__name__}", path="(top level)")
+    _validate(SCHEMA, config)
+    for i, item in enumerate(config["strategies"]):
+        (name, params), = item.items()
+        _validate(_STRATEGY_SCHEMAS[name], params or {}, prefix=("strategies", i, name))
+    data = config.get("data", {})
+    if data.get("source") == "hook" and not data.get("hook"):
+        raise ConfigError("source 'hook' needs a 'hook: file.py:function' field", path="data.hook")
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(copy.deepcopy(value))
+        else:
+            out[key] = copy.deepcopy(value)
+    out["strategies"] = [{name: dict(params or {})} for item in config["strategies"] for name, params in item.items()]
+    return out
+
+
+def load_config(source):
+    """Load and validate a config from a YAML file path, a YAML string or a dict."""
+    if isinstance(source, dict):
+        return validate_config(source)
+    path = Path(source) if not (isinstance(source, str) and "\n" in source) else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", path=str(path))
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = source
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = f"{path}" if path else "config"
+        mark = getattr(e, "problem_mark", None)
+        loc = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"malformed YAML{loc}: {getattr(e, 'problem', e)}", path=where) from None
+    if data is None:
+        raise ConfigError("the config is empty", path=str(path) if path else "(top level)")
+    return validate_config(data)
+
+
+def config_hash(config):
+    """A stable hash of a validated config (what makes two runs 'the same run')."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def diff_configs(a, b, prefix=""):
+    """Field paths where two configs differ (for the 'resume from another config' refusal)."""
+    out = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            out += diff_configs(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += diff_configs(x, y, f"{prefix}[{i}]")
+    elif a != b:
+        out.append(prefix or "(top level)")
+    return out

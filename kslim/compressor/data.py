@@ -1,0 +1,118 @@
+"""Data of a compression run: bundled/full Fashion-MNIST, or the user's own through a Python hook.
+
+A hook is ``"file.py:function"`` (a path relative to the config file) or ``"package.module:function"``;
+the function takes no argument and returns ``(train, test)``, each either a ``tf.data.Dataset`` of
+``(x, y)`` batches or a tuple of numpy arrays ``(x, y)`` (images uint8 or float, integer labels).
+Numpy data are shuffled per epoch with the run's seed (deterministic resume); a user's tf.data is
+used as given.
+"""
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from kslim.errors import ConfigError
+
+
+def _load_hook(spec, base_dir):
+    target, _, func = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_absolute():
+            path = Path(base_dir or ".") / path
+        if not path.is_file():
+            raise ConfigError(f"hook file {path} does not exist", path="data.hook")
+        mod_spec = importlib.util.spec_from_file_location(f"kslim_user_data_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ConfigError(f"cannot import hook module {target!r}: {e}", path="data.hook") from e
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ConfigError(f"hook {spec!r}: {target} has no function {func!r}", path="data.hook")
+    return fn
+
+
+class PipelineData:
+    """Training/test data of a run, built from the config's ``data`` section."""
+
+    def __init__(self, cfg, base_dir=None):
+        from kslim.datasets import load, preprocess
+
+        self.batch_size = int(cfg.get("batch_size", 128))
+        self._train_ds = self._test_ds = None
+        if cfg.get("source", "small") == "hook":
+            train, test = _load_hook(cfg["hook"], base_dir)()
+            self.x_train, self.y_train, self._train_ds = self._split(train, "train")
+            self.x_test, self.y_test, self._test_ds = self._split(test, "test")
+        else:
+            (xtr, ytr), (xte, yte) = load(cfg.get("source", "small"), path=cfg.get("path"))
+            self.x_train, self.y_train = preprocess(xtr), ytr.astype(np.int32)
+            self.x_test, self.y_test = preprocess(xte), yte.astype(np.int32)
+        if self.x_train is not None and cfg.get("train_limit"):
+            self.x_train, self.y_train = self.x_train[: cfg["train_limit"]], self.y_train[: cfg["train_limit"]]
+        if self.x_test is not None and cfg.get("test_limit"):
+            self.x_test, self.y_test = self.x_test[: cfg["test_limit"]], self.y_test[: cfg["test_limit"]]
+
+    @staticmethod
+    def _split(obj, which):
+        from kslim.datasets import preprocess
+
+        if isinstance(obj, tuple) and len(obj) == 2:
+            x = np.asarray(obj[0])
+            x = preprocess(x) if x.dtype == np.uint8 or x.ndim == 3 else x.astype(np.float32)
+            return x, np.asarray(obj[1]).astype(np.int32), None
+        import tensorflow as tf
+
+        if isinstance(obj, tf.data.Dataset):
+            return None, None, obj
+        raise ConfigError(
+            f"the data hook's {which} part must be a tf.data.Dataset or a tuple (x, y) of numpy arrays, "
+            f"got {type(obj).__name__}",
+            path="data.hook",
+        )
+
+    def train(self, seed, batch_size=None):
+        """The training data of one epoch, shuffled with ``seed``."""
+        from kslim.datasets import to_dataset
+
+        if self._train_ds is not None:
+            return self._train_ds
+        return to_dataset(self.x_train, self.y_train, batch_size=batch_size or self.batch_size,
+                          shuffle=True, seed=seed, normalize=False)
+
+    def test(self, batch_size=None):
+        from kslim.datasets import to_dataset
+
+        if self._test_ds is not None:
+            return self._test_ds
+        return to_dataset(self.x_test, self.y_test, batch_size=batch_size or self.batch_size, normalize=False)
+
+    def calibration(self, n):
+        """Up to ``n`` training images (float32 NHWC) for calibration."""
+        if self.x_train is not None:
+            return self.x_train[:n]
+        xs, total = [], 0
+        for xb, _ in self._train_ds:
+            xs.append(np.asarray(xb))
+            total += len(xs[-1])
+            if total >= n:
+                break
+        return np.concatenate(xs)[:n]
+
+    def eval_arrays(self, n=None):
+        """``(x, y)`` test arrays (the first ``n``)."""
+        if self.x_test is None:
+            xs, ys = [], []
+            for xb, yb in self._test_ds:
+                xs.append(np.asarray(xb))
+                ys.append(np.asarray(yb))
+            self.x_test, self.y_test = np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+        if n:
+            return self.x_test[:n], self.y_test[:n]
+        return self.x_test, self.y_test

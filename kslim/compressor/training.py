@@ -1,0 +1,79 @@
+"""Deterministic, resumable fine-tuning used by every strategy of the pipeline.
+
+Training runs one epoch at a time. Before epoch ``e`` the global seeds are set to ``seed + e`` and
+the training data are shuffled with that seed, so an epoch's result depends only on the weights,
+the optimizer state and ``e``. After each epoch the weights and the optimizer variables are saved
+(one ``ckpt/train.npz``, written atomically, with the number of finished epochs and the history); a resumed run restores them
+and continues with the next epoch, reaching the same weights as an uninterrupted run.
+"""
+
+import json
+
+import numpy as np
+
+from kslim._io import atomic_path
+from kslim.compressor.run_dir import crash_point, guarded_write
+
+
+def _save_checkpoint(path, weights, opt_vars, epochs_done, history):
+    """One atomic .npz holding weights, optimizer variables, epoch count and history (no pickle)."""
+    def write(p, _):
+        with atomic_path(p, suffix=".npz") as tmp:
+            arrays = {f"w{i:05d}": a for i, a in enumerate(weights)}
+            arrays.update({f"o{i:05d}": np.asarray(a) for i, a in enumerate(opt_vars)})
+            np.savez(tmp, epochs_done=np.int64(epochs_done), history=np.str_(json.dumps(history)), **arrays)
+
+    guarded_write(write, path, None)
+
+
+def _load_checkpoint(path):
+    with np.load(path, allow_pickle=False) as z:
+        weights = [z[k] for k in sorted(k for k in z.files if k.startswith("w"))]
+        opt_vars = [z[k] for k in sorted(k for k in z.files if k.startswith("o"))]
+        return weights, opt_vars, int(z["epochs_done"]), json.loads(str(z["history"]))
+
+
+def _optimizer_variables(model):
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    return opt.variables
+
+
+def fit_resumable(model, make_train_data, epochs, ckpt_dir, seed, point_prefix, verbose=1, callbacks=None,
+                  csv_log=None):
+    """Fit a compiled ``model`` for ``epochs`` epochs with a checkpoint after each.
+
+    Args:
+        model: a compiled ``keras.Model`` (a Distiller included).
+        make_train_data: callable ``seed -> dataset`` giving that epoch's (shuffled) training data.
+        epochs: total epochs of this stage.
+        ckpt_dir: folder for the checkpoint ``train.npz``.
+        seed: base seed of the stage.
+        point_prefix: name prefix of the crash points (``"<i>:<strategy>"``).
+
+    Returns:
+        list of per-epoch logs (dicts), including epochs restored from the checkpoint.
+    """
+    import keras
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    npz_file = ckpt_dir / "train.npz"
+    history, start = [], 0
+    if npz_file.is_file():
+        weights, opt_values, start, history = _load_checkpoint(npz_file)
+        model.set_weights(weights)
+        for var, value in zip(_optimizer_variables(model), opt_values):
+            var.assign(value)
+    for epoch in range(start, epochs):
+        keras.utils.set_random_seed(seed + epoch)
+        cbs = list(callbacks or [])
+        if csv_log is not None:
+            cbs.append(keras.callbacks.CSVLogger(str(csv_log), append=True))
+        h = model.fit(make_train_data(seed + epoch), epochs=1, verbose=verbose, callbacks=cbs, shuffle=False)
+        logs = {k: float(v[-1]) for k, v in h.history.items()}
+        logs["epoch"] = epoch
+        history.append(logs)
+        _save_checkpoint(npz_file, model.get_weights(), _optimizer_variables(model), epoch + 1, history)
+        crash_point(f"{point_prefix}:epoch{epoch}")
+    return history

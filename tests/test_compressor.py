@@ -1,0 +1,257 @@
+"""The config-driven pipeline: validation, a full run, resume after kill -9, refusals, disk errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kslim.compressor import Compressor, load_config, validate_config
+from kslim.errors import ConfigError, KslimFileError
+
+BASE = {"model": {"reference": "vgg"}, "strategies": [{"export": {}}]}
+
+
+def _cfg(**over):
+    cfg = json.loads(json.dumps(BASE))
+    cfg.update(over)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "cfg, path, words",
+    [
+        (_cfg(strategies=[{"prunex": {}}]), "strategies[0]", "prune"),
+        (_cfg(strategies=[{"prune": {"criterion": "l3", "ratio": 0.5}}]), "strategies[0].prune.criterion", "fpgm"),
+        (_cfg(strategies=[{"prune": {"ratio": 1.5}}]), "strategies[0].prune.ratio", "maximum"),
+        (_cfg(strategies=[{"prune": {"ratio": "half"}}]), "strategies[0].prune.ratio", "number"),
+        (_cfg(strategies=[{"prune": {"ratio": 0.5, "flops_target": 0.5}}]), "strategies[0].prune", "exactly one"),
+        (_cfg(strategies=[{"quant_aware": {"weight_bits": 9}}]), "strategies[0].quant_aware.weight_bits", "8"),
+        (_cfg(strategies=[{"quant_post_static": {"algo": "kl2"}}]), "strategies[0].quant_post_static.algo", "KL"),
+        (_cfg(model={"reference": "vgg", "colour": 1}), "model", "colour"),
+        (_cfg(model={"reference": "alexnet"}), "model.reference", "mobilenet_v1"),
+        (_cfg(data={"batch_size": "big"}), "data.batch_size", "integer"),
+        (_cfg(data={"source": "hook"}), "data.hook", "hook"),
+        (_cfg(strategies=[]), "strategies", "non-empty"),
+        (_cfg(unknown_top=1), "(top level)", "unknown_top"),
+    ],
+)
+def test_config_errors_name_the_field(cfg, path, words):
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    assert e.value.path == path
+    assert words in str(e.value)
+
+
+def test_config_defaults_and_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {reference: resnet}\nstrategies:\n  - prune: {ratio: 0.3}\n  - export:\n")
+    cfg = load_config(f)
+    assert cfg["seed"] == 0 and cfg["data"]["source"] == "small" and cfg["train"]["epochs"] == 1
+    assert cfg["strategies"] == [{"prune": {"ratio": 0.3}}, {"export": {}}]
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [reference\nstrategies: x\n")
+    with pytest.raises(ConfigError, match="malformed YAML.*line"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty)
+
+
+def test_demo_config_is_valid():
+    from importlib.resources import files
+
+    cfg = load_config(str(files("kslim.compressor") / "configs" / "demo.yaml"))
+    assert [next(iter(s)) for s in cfg["strategies"]][:3] == ["prune", "distill", "quant_aware"]
+
+
+def test_example_configs_are_valid():
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert len(examples) >= 8
+    names = set()
+    for f in examples:
+        cfg = load_config(f)
+        names |= {next(iter(s)) for s in cfg["strategies"]}
+    assert names == {"prune", "distill", "quant_aware", "quant_post_static", "quant_post_dynamic", "export", "profile"}
+
+
+# ----------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    """A small VGG-style model, trained one short epoch, saved as .keras."""
+    import keras
+
+    from kslim.datasets import fashion_mnist_small, preprocess
+    from kslim.models import compile_classifier, vgg
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = fashion_mnist_small()
+    model = compile_classifier(vgg(width=0.25, hidden=32))
+    model.fit(preprocess(x[:1024]), y[:1024], epochs=1, batch_size=64, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def _run_config(model_path, strategies, **extra):
+    cfg = {
+        "name": "test",
+        "model": {"path": str(model_path)},
+        "data": {"source": "small", "train_limit": 256, "test_limit": 128, "batch_size": 64},
+        "train": {"epochs": 1, "learning_rate": 0.001},
+        "report": {"latency_runs": 5},
+        "strategies": strategies,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def test_prune_then_export_run(tmp_path, tiny_model_path):
+    cfg = _run_config(tiny_model_path, [
+        {"prune": {"ratio": 0.5, "fine_tune": {"epochs": 1}}},
+        {"export": {"quantize": "dynamic"}},
+        {"profile": {"runs": 5}},
+    ])
+    result = Compressor(cfg, out=tmp_path / "run", verbose=0).run()
+    rows = result.rows
+    assert [r["stage"] for r in rows] == ["baseline", "1. prune", "2. export", "3. profile"]
+    assert rows[1]["params"] < rows[0]["params"]
+    assert rows[1]["macs"] < rows[0]["macs"]
+    assert rows[2]["kind"] == "tflite" and rows[2]["bytes"] < rows[1]["bytes"]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["latency_ms"] > 0
+    run = tmp_path / "run"
+    for rel in ("config.yaml", "state.json", "final.tflite", "report.md", "report.html",
+                "stages/01_prune/model.keras", "stages/01_prune/pruned.keras", "stages/02_export/model.tflite"):
+        assert (run / rel).is_file(), rel
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+    report = (run / "report.md").read_text()
+    assert "1. prune" in report and "accuracy" in report
+    from kslim.lite import LiteModel
+
+    lite = LiteModel.load(run / "final.tflite")
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    assert lite.predict(x).shape == (4, 10)
+    # a second start into the same folder is refused
+    with pytest.raises(KslimFileError, match="already holds a run"):
+        Compressor(cfg, out=run, verbose=0).run()
+
+
+def _cli(args, env=None, cwd=None):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "kslim", *args], capture_output=True, text=True, env=e,
+                          cwd=cwd, timeout=600)
+
+
+def _final_weights(run):
+    import keras
+
+    import kslim.quant  # noqa: F401
+
+    state = json.loads((run / "state.json").read_text())
+    last = state["stages"][str(max(int(k) for k in state["stages"] if k != "base"))]
+    return keras.models.load_model(run / last["model"]).get_weights()
+
+
+def test_resume_after_kill_reaches_the_same_result(tmp_path, tiny_model_path):
+    """kill -9 at three points (after pruning, mid fine-tuning, after a finished stage), resume each time:
+    the final model equals an uninterrupted run's."""
+    cfg = _run_config(tiny_model_path, [
+        {"prune": {"ratio": 0.5, "fine_tune": {"epochs": 2}}},
+        {"quant_aware": {"epochs": 1}},
+        {"export": {}},
+    ])
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+
+    ref = _cli(["compress", str(cfg_file), "--out", str(tmp_path / "ref"), "--verbose", "0"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    p = _cli(["compress", str(cfg_file), "--out", str(run), "--verbose", "0"], env={"KSLIM_CRASH_AT": "1:prune:pruned"})
+    assert p.returncode == -9, p.stderr[-3000:]
+    for point in ("1:prune:epoch0", "2:quant_aware:done"):
+        p = _cli(["compress", str(cfg_file), "--resume", str(run), "--verbose", "0"], env={"KSLIM_CRASH_AT": point})
+        assert p.returncode == -9, (point, p.stderr[-3000:])
+        assert not json.loads((run / "state.json").read_text())["finished"]
+    p = _cli(["compress", str(cfg_file), "--resume", str(run), "--verbose", "0"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "final model" in p.stdout
+
+    for a, b in zip(_final_weights(tmp_path / "ref"), _final_weights(run)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    ref_bytes = (tmp_path / "ref" / "final.tflite").read_bytes()
+    assert ref_bytes == (run / "final.tflite").read_bytes()
+
+
+def test_resume_refuses_another_config(tmp_path, tiny_model_path):
+    cfg = _run_config(tiny_model_path, [{"export": {}}])
+    Compressor(cfg, out=tmp_path / "run", verbose=0).run()
+    other = _run_config(tiny_model_path, [{"export": {"quantize": "float16"}}])
+    with pytest.raises(ConfigError, match=r"another config.*strategies\[0\]\.export\.quantize"):
+        Compressor(other, out=tmp_path / "run", verbose=0).run(resume=True)
+    with pytest.raises(KslimFileError, match="not a kslim run directory"):
+        Compressor(cfg, out=tmp_path / "empty", verbose=0).run(resume=True)
+
+
+def test_disk_full_while_checkpointing_leaves_state_intact(tmp_path, tiny_model_path, monkeypatch):
+    import errno
+
+    import kslim.compressor.training as training
+
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 1}}}, {"export": {}}])
+    run = tmp_path / "run"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = training.np.savez
+    monkeypatch.setattr(training.np, "savez", full)
+    with pytest.raises(KslimFileError, match="No space left.*resume"):
+        Compressor(cfg, out=run, verbose=0).run()
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] is False and "1" not in state["stages"]
+    assert not list(run.rglob(".*.npz")), "a temp file was left behind"
+    monkeypatch.setattr(training.np, "savez", real)
+    result = Compressor(cfg, out=run, verbose=0).run(resume=True)
+    assert result.final_tflite.is_file()
+
+
+def test_cli_compress_errors(tmp_path):
+    from kslim.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {reference: vgg}\nstrategies:\n  - squash: {}\n")
+    assert main(["compress", str(bad), "--out", str(tmp_path / "r")]) == 1
+    assert main(["compress", str(tmp_path / "missing.yaml")]) == 1
+    assert main(["compress", "--resume", str(tmp_path / "nowhere")]) == 1
+
+
+def test_data_hook(tmp_path, tiny_model_path):
+    hook = tmp_path / "mydata.py"
+    hook.write_text(
+        "import numpy as np\n"
+        "def load():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.integers(0, 255, size=(96, 28, 28), dtype=np.uint8)\n"
+        "    y = rng.integers(0, 10, size=96)\n"
+        "    return (x, y), (x[:32], y[:32])\n"
+    )
+    cfg = _run_config(tiny_model_path, [{"export": {}}])
+    cfg["data"] = {"source": "hook", "hook": f"{hook}:load"}
+    result = Compressor(cfg, out=tmp_path / "run", verbose=0).run()
+    assert result.rows[0]["accuracy"] is not None
+    cfg["data"] = {"source": "hook", "hook": f"{hook}:nothing"}
+    with pytest.raises(ConfigError, match="no function 'nothing'"):
+        Compressor(cfg, out=tmp_path / "run2", verbose=0).run()
