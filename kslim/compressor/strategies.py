@@ -127,21 +127,25 @@ def _build_model(ctx, spec, what):
 
 
 def run_distill(ctx, p, sdir, prefix):
-    from kslim.distill import Distiller
-    from kslim.models import compile_classifier  # noqa: F401
+    """Fine-tune ``ctx.model`` distilled from a frozen teacher; the pairs default to soft labels on logits."""
+    import keras
+
+    from kslim.distill import Distiller, Pair
 
     teacher, _ = _build_model(ctx, p["teacher"], "strategies.distill.teacher")
     teacher.trainable = False
-    pairs = [
-        {k: v for k, v in pair.items()} for pair in p.get("pairs", [])
-    ]
+    temperature = float(p.get("temperature", 4.0))
+    pairs = []
+    for pair in p.get("pairs", []):
+        kwargs = {"temperature": float(pair.get("temperature", temperature))} if pair["loss"] == "soft_label" else {}
+        pairs.append(Pair(pair["teacher"], pair["student"], pair["loss"], weight=float(pair.get("weight", 1.0)),
+                          adaptor="auto" if pair.get("adaptor") else False, **kwargs))
+    if not pairs:
+        pairs = [Pair(None, None, "soft_label", weight=float(p.get("soft_weight", 1.0)), temperature=temperature)]
     distiller = Distiller(
-        student=ctx.model, teacher=teacher, pairs=pairs or None,
-        temperature=float(p.get("temperature", 4.0)), soft_weight=float(p.get("soft_weight", 1.0)),
-        hard_weight=float(p.get("hard_weight", 1.0)),
+        ctx.model, teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
+        hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    import keras
-
     lr = float(p.get("learning_rate", ctx.config["train"].get("learning_rate", 5e-4)))
     distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
     epochs = int(p.get("epochs", ctx.config["train"].get("epochs", 1)))
@@ -156,7 +160,7 @@ def run_quant_aware(ctx, p, sdir, prefix):
 
     qcfg = {k: v for k, v in p.items() if k not in ("epochs", "learning_rate", "skip")}
     if p.get("skip"):
-        qcfg["not_quant_layers"] = list(p["skip"])
+        qcfg["skip_layers"] = tuple(p["skip"])
     qat = quant_aware(ctx.model, QuantConfig(**qcfg))
     model, _ = _fine_tune(ctx, qat, {k: p[k] for k in ("epochs", "learning_rate") if k in p}, sdir, prefix,
                           name="qat")
