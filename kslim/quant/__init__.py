@@ -1,0 +1,52 @@
+"""Quantization: quantization-aware training (QAT) and post-training quantization (PTQ).
+
+QAT::
+
+    from kslim.quant import QuantConfig, quant_aware, convert
+    qat = quant_aware(model, QuantConfig(weight_quantize_type="channel_wise_abs_max"))
+    qat.compile(...); qat.fit(train_ds, epochs=1)
+    lite = convert(qat, inference_input_type="int8")     # kslim.lite.LiteModel, int8 kernels
+
+See :mod:`kslim.quant.qat` for the graph rewrite, :mod:`kslim.quant.fold` for BatchNormalization
+folding and :mod:`kslim.quant.layers` for the layers (``ActivationQuantizer`` ...).
+"""
+
+from kslim.quant.config import QuantConfig
+from kslim.quant.layers import (
+    ActivationQuantizer,
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+)
+from kslim.quant.fold import fold_batch_norm
+from kslim.quant.qat import activation_quantizers, convert, float_ops, is_quantized, quant_aware
+
+__all__ = [
+    "QuantConfig",
+    "ActivationQuantizer",
+    "QuantConv2D",
+    "QuantDense",
+    "QuantDepthwiseConv2D",
+    "activation_quantizers",
+    "convert",
+    "float_ops",
+    "fold_batch_norm",
+    "is_quantized",
+    "quant_aware",
+]
+
+# Post-training quantization (static with kslim calibration, dynamic/float16) and the debug report.
+from kslim.quant.calibration import ALGOS, TensorObserver, calibrate_range  # noqa: E402
+from kslim.quant.debug import QuantDebugReport, quant_debug  # noqa: E402
+from kslim.quant.dynamic import quant_post_dynamic  # noqa: E402
+from kslim.quant.ptq import quant_post_static  # noqa: E402
+
+__all__ += [
+    "ALGOS",
+    "TensorObserver",
+    "calibrate_range",
+    "QuantDebugReport",
+    "quant_debug",
+    "quant_post_dynamic",
+    "quant_post_static",
+]

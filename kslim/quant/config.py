@@ -1,0 +1,154 @@
+"""``QuantConfig``: what quantization-aware training quantizes, and how.
+
+Field names follow PaddleSlim's ``quant_aware`` config, which the issue asks for. Every field is
+validated when the config is built; a bad value raises :class:`~kslim.errors.ConfigError` whose
+``path`` is the field name and whose message lists the allowed values.
+
+Example:
+    >>> cfg = QuantConfig(weight_bits=4, not_quant_pattern=["logits"])
+    >>> cfg.weight_quantize_type
+    'channel_wise_abs_max'
+    >>> QuantConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from kslim.errors import ConfigError
+from kslim.quant import ops
+
+WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
+ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
+QUANTIZABLE_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+# Layers whose output has the range of their input (TFLite requires the same scale on both sides):
+# no quantizer is put after them.
+DEFAULT_PASSTHROUGH_LAYER_TYPES = (
+    "MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "Flatten", "Reshape", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "GaussianDropout", "GaussianNoise", "AlphaDropout", "ZeroPadding1D", "ZeroPadding2D",
+    "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Identity", "InputLayer",
+)
+
+
+@dataclass
+class QuantConfig:
+    """Settings of :func:`kslim.quant.quant_aware`.
+
+    Attributes:
+        weight_quantize_type: ``"channel_wise_abs_max"`` (one symmetric scale per output channel,
+            default) or ``"abs_max"`` (one scale per kernel).
+        activation_quantize_type: ``"moving_average_abs_max"`` (EMA of the batch ranges during
+            training, frozen at inference; default) or ``"abs_max"`` (range of the current batch during
+            training; the last one is kept for inference and export).
+        weight_bits, activation_bits: 2..8 (default 8). Below 8 bits the values are simulated on the
+            ``bits`` grid and stored in int8 kernels.
+        moving_rate: EMA decay of ``moving_average_abs_max`` (default 0.9).
+        quantizable_layer_type: layer class names to quantize, a subset of
+            ``("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")`` (default: all four).
+        not_quant_pattern: layers whose name CONTAINS one of these strings stay float.
+        skip_layers: exact layer names that stay float; every name must exist in the model.
+        only_layers: if given, exact names of the only layers to quantize (each must be of a
+            quantizable type, else :class:`~kslim.errors.UnsupportedLayerError`).
+        quantize_inputs: put an :class:`~kslim.quant.ActivationQuantizer` on each model input
+            (needed for an int8 input; default True).
+        passthrough_layer_type: layer class names after which no activation quantizer is put because
+            they keep the range of their input (pooling max, reshape, dropout ...). Every other
+            layer's output (conv/dense after its fused ReLU, Add, Concatenate, average pooling, BN
+            that could not be folded, other activations ...) gets one, so the converted graph has no
+            float island.
+        activation_symmetric: symmetric activation ranges ``[-a, a]`` instead of ``[min, max]``.
+        fold_batch_norm: fold each BatchNormalization that directly follows a quantized conv/dense
+            into its kernel and bias before training (default True).
+    """
+
+    weight_quantize_type: str = "channel_wise_abs_max"
+    activation_quantize_type: str = "moving_average_abs_max"
+    weight_bits: int = 8
+    activation_bits: int = 8
+    moving_rate: float = 0.9
+    quantizable_layer_type: tuple = QUANTIZABLE_LAYER_TYPES
+    not_quant_pattern: tuple = ()
+    skip_layers: tuple = ()
+    only_layers: tuple = None
+    quantize_inputs: bool = True
+    passthrough_layer_type: tuple = DEFAULT_PASSTHROUGH_LAYER_TYPES
+    activation_symmetric: bool = False
+    fold_batch_norm: bool = True
+
+    def __post_init__(self):
+        self._check_choice("weight_quantize_type", WEIGHT_QUANTIZE_TYPES)
+        self._check_choice("activation_quantize_type", ACTIVATION_QUANTIZE_TYPES)
+        for name in ("weight_bits", "activation_bits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not ops.MIN_BITS <= v <= ops.MAX_BITS:
+                raise ConfigError(
+                    f"must be an integer in {ops.MIN_BITS}..{ops.MAX_BITS} (int8 kernels store at most "
+                    f"8 bits), got {v!r}.", path=name)
+        try:
+            rate = float(self.moving_rate)
+        except (TypeError, ValueError):
+            rate = None
+        if rate is None or not 0.0 <= rate < 1.0 or isinstance(self.moving_rate, bool):
+            raise ConfigError(f"must be a number in [0, 1), got {self.moving_rate!r}.", path="moving_rate")
+        self.moving_rate = rate
+        self.quantizable_layer_type = self._names("quantizable_layer_type")
+        for t in self.quantizable_layer_type:
+            if t not in QUANTIZABLE_LAYER_TYPES:
+                raise ConfigError(
+                    f"{t!r} cannot be quantized; allowed layer types: {list(QUANTIZABLE_LAYER_TYPES)}.",
+                    path="quantizable_layer_type")
+        self.not_quant_pattern = self._names("not_quant_pattern")
+        self.skip_layers = self._names("skip_layers")
+        if self.only_layers is not None:
+            self.only_layers = self._names("only_layers")
+        self.passthrough_layer_type = self._names("passthrough_layer_type")
+        for name in ("quantize_inputs", "activation_symmetric", "fold_batch_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"must be true or false, got {getattr(self, name)!r}.", path=name)
+
+    def _check_choice(self, name, allowed):
+        v = getattr(self, name)
+        if v not in allowed:
+            raise ConfigError(f"must be one of {list(allowed)}, got {v!r}.", path=name)
+
+    def _names(self, name):
+        v = getattr(self, name)
+        if isinstance(v, str):
+            v = (v,)
+        try:
+            v = tuple(v)
+        except TypeError:
+            raise ConfigError(f"must be a list of strings, got {v!r}.", path=name) from None
+        for item in v:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"must be a list of non-empty strings, got item {item!r}.", path=name)
+        return v
+
+    @property
+    def per_channel(self):
+        return self.weight_quantize_type == "channel_wise_abs_max"
+
+    def to_dict(self):
+        """Plain dict (lists for tuples), suitable for JSON/YAML."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data):
+        """Build from a dict (e.g. a YAML section); unknown keys raise :class:`ConfigError`."""
+        if data is None:
+            return cls()
+        if isinstance(data, QuantConfig):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"quantization config must be a mapping, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown field; allowed fields: {sorted(known)}.", path=str(key))
+        return cls(**data)

@@ -1,0 +1,518 @@
+"""Post-training static quantization with kslim's calibration algorithms enforced in the ``.tflite``.
+
+The TFLite converter calibrates activations with plain running min/max only. ``quant_post_static``
+computes every activation range itself (``abs_max``, ``avg``, ``hist``, ``KL`` or ``mse``, see
+:mod:`kslim.quant.calibration`) and makes the converter use exactly those ranges:
+
+1. the converter's *calibrate-only* path (``converter._experimental_calibrate_only = True``, as
+   TensorFlow's own ``QuantizationDebugger`` uses it) gives a float ``.tflite`` whose activation
+   tensors carry min/max fields (filled from a handful of samples; they are all overwritten);
+2. that float model is run with ai-edge-litert (``experimental_preserve_all_tensors=True``) on the
+   calibration batches, so the statistics are gathered on exactly the tensors that get quantized
+   (after BatchNorm folding and activation fusion);
+3. each tensor's min/max is replaced in the flatbuffer by the range kslim's algorithm picked
+   (``tensorflow.lite.tools.flatbuffer_utils`` object API);
+4. ``tensorflow.lite.python.convert.mlir_quantize`` quantizes with those ranges (per-channel or
+   per-tensor weights, int8 or float I/O, optional float ``skip`` layers via its node denylist).
+
+(The alternative, setting the ranges on a QAT graph's ``ActivationQuantizer`` layers, was not
+used: the TFLite graph fuses BatchNorm and activations, so ranges measured on the converted graph
+are the ones that matter, and no Keras-side graph rewrite is needed.)
+
+The resulting int8 tensors have ``scale == (hi - lo) / 255`` for kslim's ``(lo, hi)``;
+``lite.activation_ranges`` records them by tensor name. The graph's outputs keep their observed
+min/max whatever the algorithm: clipping the largest logits would turn a clear winner into a tie
+(PaddleSlim leaves the last layer's output in float, which amounts to the same).
+"""
+
+import re
+import warnings
+
+import numpy as np
+
+from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
+from kslim.lite._quiet import captured_output
+from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
+
+WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
+IO_TYPES = ("float32", "int8")
+
+# TFLite builtin operator codes used here (schema BuiltinOperator).
+_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED, _DEQUANTIZE = 3, 4, 9, 6
+_WEIGHT_OPS = (_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED)
+# TensorType codes
+_FLOAT32, _FLOAT16, _INT32, _INT8 = 0, 1, 2, 9
+
+
+# ---------------------------------------------------------------------------- inputs
+def check_model(model, fn="quant_post_static"):
+    """A built single-input ``keras.Model``; returns its input shape without the batch axis."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise KslimTypeError(f"{fn}() needs a keras.Model, got {type(model).__name__}.")
+    if not model.inputs:
+        raise ModelError(f"Model {model.name!r} has no defined input shape: give it a keras.Input.")
+    if len(model.inputs) != 1:
+        raise ModelError(f"{fn}() supports single-input models; {model.name!r} has {len(model.inputs)} inputs.")
+    return tuple(model.inputs[0].shape[1:])
+
+
+def calibration_batches(data, input_shape, batch_size=32, batch_nums=None, name="calibration_data"):
+    """Normalise calibration data to a list of float32 batches of ``batch_size`` samples.
+
+    ``data``: an array ``(N, *input_shape)``, a ``tf.data.Dataset`` (of batches, or of ``(x, y)``),
+    any iterable of such batches, or a callable returning one. At most ``batch_nums`` batches are
+    kept (``None``: all). Raises :class:`KslimValueError` naming the problem for empty data,
+    NaN/inf values or a sample shape that does not match ``input_shape``.
+    """
+    if batch_size is None or int(batch_size) < 1:
+        raise KslimValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if batch_nums is not None and int(batch_nums) < 1:
+        raise KslimValueError(f"batch_nums must be a positive integer or None, got {batch_nums!r}.")
+    batch_size = int(batch_size)
+    limit = None if batch_nums is None else int(batch_nums) * batch_size
+    if data is None:
+        raise KslimValueError(f"{name} is None: pass calibration images (array, tf.data or iterable).")
+    if isinstance(data, (str, bytes)):
+        raise KslimTypeError(f"{name} must be an array or an iterable of batches, got a string {data!r}.")
+    if callable(data) and not hasattr(data, "__iter__"):
+        data = data()
+    if isinstance(data, np.ndarray) or (hasattr(data, "numpy") and not hasattr(data, "element_spec")):
+        items = [np.asarray(data)]
+    elif hasattr(data, "__iter__"):
+        items = data
+    else:
+        raise KslimTypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}.")
+    rank = len(input_shape)
+    samples, count = [], 0
+    for i, item in enumerate(items):
+        if isinstance(item, (tuple, list)) and not isinstance(item, np.ndarray):
+            if not item:
+                continue
+            item = item[0]
+        if isinstance(item, dict):
+            raise KslimTypeError(f"{name}: dict elements are not supported; yield image batches.")
+        arr = np.asarray(item, dtype=np.float32)
+        if arr.ndim == rank:
+            arr = arr[None]
+        if arr.ndim != rank + 1 or any(
+            want is not None and got != want for got, want in zip(arr.shape[1:], input_shape)
+        ):
+            raise KslimValueError(
+                f"{name}: element {i} has shape {arr.shape}, which does not match the model input "
+                f"(batch, {', '.join(str(d) for d in input_shape)})."
+            )
+        if not np.all(np.isfinite(arr)):
+            raise KslimValueError(f"{name}: element {i} contains NaN or inf values; clean the calibration data.")
+        if limit is not None:
+            arr = arr[: limit - count]
+        samples.append(arr)
+        count += len(arr)
+        if limit is not None and count >= limit:
+            break
+    if count == 0:
+        raise KslimValueError(f"{name} is empty: post-training quantization needs calibration samples.")
+    flat = np.concatenate(samples, axis=0)
+    return [flat[s:s + batch_size] for s in range(0, len(flat), batch_size)]
+
+
+# ---------------------------------------------------------------------------- flatbuffer helpers
+def read_flatbuffer(content):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+
+
+def write_flatbuffer(model_t):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t))
+
+
+def tensor_name(t):
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+def op_code(model_t, op):
+    oc = model_t.operatorCodes[op.opcodeIndex]
+    return max(int(oc.builtinCode), int(getattr(oc, "deprecatedBuiltinCode", 0) or 0))
+
+
+def layer_pattern(model, layer_name, names):
+    """Regex matching the TF name scopes of Keras layer ``layer_name`` in tensor ``names``.
+
+    Keras 3 traces each layer under ``<layer>`` or ``<layer>_<n>`` (the same suffix as the model's
+    own scope), e.g. ``mobilenet_v1_1/block2_pw_1/convolution``.
+    """
+    suffix = None
+    model_scope = re.compile(rf"^{re.escape(model.name)}(_\d+)?/")
+    for n in names:
+        m = model_scope.match(n)
+        if m:
+            suffix = m.group(1) or ""
+            break
+    if suffix is None:
+        return re.compile(rf"(^|[/;]){re.escape(layer_name)}(_\d+)?/")
+    return re.compile(rf"(^|[/;]){re.escape(layer_name)}{re.escape(suffix)}/")
+
+
+def layers_in_name(model, name, all_names=()):
+    """Keras layer names whose scopes appear in a (possibly fused, ``;``-joined) tensor name."""
+    found = []
+    for layer in model.layers:
+        if layer_pattern(model, layer.name, all_names or (name,)).search(name):
+            found.append(layer.name)
+    return found
+
+
+def check_skip(model, skip, fn="quant_post_static"):
+    """Normalise ``skip`` to a list of layer names, all present in ``model`` (checked before converting)."""
+    if not skip:
+        return []
+    if isinstance(skip, str):
+        skip = [skip]
+    known = {layer.name for layer in model.layers}
+    for layer in skip:
+        if layer not in known:
+            raise KslimValueError(
+                f"{fn}(skip=...): model {model.name!r} has no layer {layer!r}; "
+                f"layers: {', '.join(sorted(known))}."
+            )
+    return list(skip)
+
+
+def ops_of_layers(model, model_t, layer_names, fn="quant_post_static"):
+    """``{layer: [operator, ...]}``: the weight-carrying ops (conv/depthwise/dense) of each named layer."""
+    sg = model_t.subgraphs[0]
+    names = [tensor_name(t) for t in sg.tensors]
+    out = {}
+    for layer in check_skip(model, layer_names, fn):
+        pat = layer_pattern(model, layer, names)
+        ops = []
+        for op in sg.operators:
+            if op_code(model_t, op) not in _WEIGHT_OPS:
+                continue
+            tensors = [names[i] for i in list(op.outputs) + list(op.inputs)[1:2] if i >= 0]
+            if any(pat.search(n) for n in tensors):
+                ops.append(op)
+        if not ops:
+            raise _no_weights_error(layer, fn)
+        out[layer] = ops
+    return out
+
+
+def _no_weights_error(layer, fn):
+    return UnsupportedLayerError(
+        f"{fn}(skip=...): layer {layer!r} has no convolution or dense operator of its own in the "
+        "TFLite graph (only Conv2D, DepthwiseConv2D and Dense layers carry quantized weights)."
+    )
+
+
+class TensorRunner:
+    """Runs a ``.tflite`` keeping every intermediate tensor (ai-edge-litert, 1 thread, no delegate).
+
+    ``runner(x, wanted)`` returns ``{name: float array}`` for the tensors named in ``wanted``
+    (default: every non-constant tensor with a batch axis); integer tensors are dequantized.
+    """
+
+    def __init__(self, content):
+        import warnings
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
+            self.interp = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
+                                      num_threads=1)
+        self.interp.allocate_tensors()
+        self.batch = None
+
+    def __call__(self, x, wanted=None):
+        from kslim.lite.model import _dequantize, _quantize
+
+        interp = self.interp
+        inp = interp.get_input_details()[0]
+        if self.batch != len(x):
+            interp.resize_tensor_input(inp["index"], [len(x), *inp["shape"][1:]])
+            interp.allocate_tensors()
+            self.batch = len(x)
+            inp = interp.get_input_details()[0]
+        interp.set_tensor(inp["index"], _quantize(x, inp))
+        interp.invoke()
+        out = {}
+        for d in interp.get_tensor_details():
+            if wanted is not None and d["name"] not in wanted:
+                continue
+            if wanted is None and (d["shape"].size == 0 or d["shape"][0] != len(x)):
+                continue
+            try:
+                val = interp.get_tensor(d["index"])
+            except ValueError:  # unallocated tensor
+                continue
+            if val is None or val.size == 0:
+                continue
+            out[d["name"]] = _dequantize(val, d)
+        return out
+
+
+def run_all_tensors(content, x, wanted=None):
+    """One-shot :class:`TensorRunner`: run ``content`` on ``x``; ``{name: float array}``."""
+    return TensorRunner(content)(x, wanted)
+
+
+# ---------------------------------------------------------------------------- calibration
+def calibrate_only(model, samples, verbose=False):
+    """The converter's float ``.tflite`` with min/max fields on every activation to be quantized."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.representative_dataset = lambda: ([s[None]] for s in samples)
+    conv.experimental_new_quantizer = True
+    conv._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger path
+    with captured_output(verbose) as log, warnings.catch_warnings():
+        # "Statistics for quantized inputs were expected": irrelevant, the calibrator measures them
+        warnings.simplefilter("ignore" if not verbose else "default")
+        try:
+            return bytes(conv.convert())
+        except Exception as e:
+            raise ConversionError(
+                f"TFLite calibration conversion of {model.name!r} failed: {e}\n"
+                f"--- converter output ---\n{log()[-4000:]}"
+            ) from e
+
+
+def collect_statistics(calibrated, batches, algo="KL", bins=2048):
+    """Observe every tensor carrying min/max in ``calibrated`` over ``batches``; ``{name: TensorObserver}``."""
+    model_t = read_flatbuffer(calibrated)
+    sg = model_t.subgraphs[0]
+    names = {
+        tensor_name(t) for t in sg.tensors
+        if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)
+    }
+    observers = {n: TensorObserver(n, bins) for n in names}
+    run = TensorRunner(calibrated)
+    for b in batches:
+        for n, v in run(b, names).items():
+            observers[n].update_range(v)
+    if algo in HISTOGRAM_ALGOS:
+        for b in batches:
+            for n, v in run(b, names).items():
+                observers[n].update_hist(v)
+    return {n: o for n, o in observers.items() if o.batch_abs_max}
+
+
+def graph_outputs(content):
+    """Names of the graph's output tensors."""
+    sg = read_flatbuffer(content).subgraphs[0]
+    return {tensor_name(sg.tensors[i]) for i in sg.outputs}
+
+
+def write_ranges(calibrated, ranges):
+    """Return ``calibrated`` with the min/max of each named tensor replaced by ``ranges[name]``."""
+    model_t = read_flatbuffer(calibrated)
+    for t in model_t.subgraphs[0].tensors:
+        r = ranges.get(tensor_name(t))
+        if r is not None and t.quantization is not None:
+            t.quantization.min = np.array([r[0]], np.float32)
+            t.quantization.max = np.array([r[1]], np.float32)
+    return write_flatbuffer(model_t)
+
+
+def mlir_quantize(calibrated, per_channel=True, inference_input_type="float32",
+                  inference_output_type="float32", denylisted_nodes=None, verbose=False):
+    """Quantize a calibrated float ``.tflite`` with the MLIR quantizer (the converter's last step)."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+
+    with captured_output(verbose) as log:
+        try:
+            return bytes(tfl_convert.mlir_quantize(
+                calibrated,
+                disable_per_channel=not per_channel,
+                fully_quantize=False,
+                input_data_type=tf.as_dtype(inference_input_type),
+                output_data_type=tf.as_dtype(inference_output_type),
+                denylisted_nodes=list(denylisted_nodes) if denylisted_nodes else None,
+            ))
+        except Exception as e:
+            raise ConversionError(f"TFLite quantization failed: {e}\n--- converter output ---\n{log()[-4000:]}") from e
+
+
+# ---------------------------------------------------------------------------- bias correction
+def _fused_activation_bounds(op):
+    act = getattr(op.builtinOptions, "fusedActivationFunction", 0) if op.builtinOptions is not None else 0
+    return {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}.get(int(act), (-np.inf, np.inf))
+
+
+def correct_bias(quantized, calibrated, x, verbose=False):
+    """Empirical bias correction: make each int8 conv/dense output unbiased w.r.t. the float model.
+
+    For every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with an int32 bias, in graph order, the
+    per-channel mean of ``dequant(q_out) - float_out`` over the samples ``x`` (elements inside the
+    fused activation's linear region and not saturated on the int8 grid) is subtracted from the bias
+    (in bias units, ``scale_in * scale_w[c]``). Layers are corrected one after the other so each sees
+    its corrected predecessors.
+    """
+    model_t = read_flatbuffer(quantized)
+    sg = model_t.subgraphs[0]
+    names = [tensor_name(t) for t in sg.tensors]
+    targets = []
+    for op in sg.operators:
+        if op_code(model_t, op) not in _WEIGHT_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        b = sg.tensors[op.inputs[2]]
+        out = sg.tensors[op.outputs[0]]
+        if b.type != _INT32 or out.type != _INT8 or b.quantization is None or b.quantization.scale is None:
+            continue
+        targets.append(op)
+    if not targets:
+        return quantized
+    float_vals = run_all_tensors(calibrated, x, {names[op.outputs[0]] for op in targets})
+    # give every corrected bias its own buffer (the quantizer may share identical ones)
+    users = {}
+    for t in sg.tensors:
+        users[t.buffer] = users.get(t.buffer, 0) + 1
+    content = quantized
+    for op in targets:
+        out_name = names[op.outputs[0]]
+        if out_name not in float_vals:
+            continue
+        out_t = sg.tensors[op.outputs[0]]
+        q = run_all_tensors(content, x, {out_name}).get(out_name)
+        f = float_vals[out_name]
+        if q is None or q.shape != f.shape:
+            continue
+        lo, hi = _fused_activation_bounds(op)
+        scale = float(out_t.quantization.scale[0])
+        zp = int(out_t.quantization.zeroPoint[0])
+        q_int = np.round(q / scale + zp)
+        mask = (f > lo) & (f < hi) & (q > lo) & (q < hi) & (q_int > -128) & (q_int < 127)
+        axes = tuple(range(f.ndim - 1))
+        n = mask.sum(axis=axes)
+        delta = np.where(n > 0, ((q - f) * mask).sum(axis=axes) / np.maximum(n, 1), 0.0)
+        b_t = sg.tensors[op.inputs[2]]
+        b_scale = np.asarray(b_t.quantization.scale, np.float64)
+        buf = model_t.buffers[b_t.buffer]
+        bias = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.int32).astype(np.int64)
+        if b_scale.size not in (1, bias.size) or delta.size != bias.size:
+            continue
+        bias = np.clip(bias - np.round(delta / b_scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        if users.get(b_t.buffer, 1) > 1:
+            from tensorflow.lite.python import schema_py_generated as schema
+
+            new = schema.BufferT()
+            model_t.buffers.append(new)
+            users[b_t.buffer] -= 1
+            b_t.buffer = len(model_t.buffers) - 1
+            buf = new
+        buf.data = np.frombuffer(bias.tobytes(), np.uint8).copy()
+        content = write_flatbuffer(model_t)
+    return content
+
+
+# ---------------------------------------------------------------------------- public API
+def _check_options(algo, weight_quantize_type, inference_input_type, inference_output_type, hist_percent, bins):
+    check_algo(algo)
+    if weight_quantize_type not in WEIGHT_QUANTIZE_TYPES:
+        raise KslimValueError(
+            f"weight_quantize_type must be one of {WEIGHT_QUANTIZE_TYPES}, got {weight_quantize_type!r}."
+        )
+    for field, t in (("inference_input_type", inference_input_type),
+                     ("inference_output_type", inference_output_type)):
+        if t not in IO_TYPES:
+            raise KslimValueError(f"{field} must be one of {IO_TYPES}, got {t!r}.")
+    if not 0.0 < float(hist_percent) <= 1.0:
+        raise KslimValueError(f"hist_percent must be in (0, 1], got {hist_percent!r}.")
+    if int(bins) < 16:
+        raise KslimValueError(f"bins must be >= 16, got {bins!r}.")
+
+
+def _quantize_static(model, calibration_data, algo, batch_nums, batch_size, hist_percent, bins,
+                     weight_quantize_type, inference_input_type, inference_output_type,
+                     bias_correction, skip, verbose, fn="quant_post_static"):
+    """Shared by :func:`quant_post_static` and :func:`kslim.quant.quant_debug`.
+
+    Returns ``(calibrated_float_content, quantized_content, ranges, batches)``.
+    """
+    _check_options(algo, weight_quantize_type, inference_input_type, inference_output_type, hist_percent, bins)
+    input_shape = check_model(model, fn)
+    skip = check_skip(model, skip, fn)
+    batches = calibration_batches(calibration_data, input_shape, batch_size, batch_nums)
+    first = batches[0][:8]
+    calibrated = calibrate_only(model, first, verbose)
+    observers = collect_statistics(calibrated, batches, algo, bins)
+    outputs = graph_outputs(calibrated)
+    ranges = {n: o.range("abs_max" if n in outputs else algo, hist_percent) for n, o in observers.items()}
+    calibrated = write_ranges(calibrated, ranges)
+    denylist = None
+    if skip:
+        model_t = read_flatbuffer(calibrated)
+        names = [tensor_name(t) for t in model_t.subgraphs[0].tensors]
+        denylist = sorted({names[op.outputs[0]] for ops in ops_of_layers(model, model_t, skip, fn).values()
+                           for op in ops})
+    quantized = mlir_quantize(calibrated, weight_quantize_type == "channel_wise_abs_max",
+                              inference_input_type, inference_output_type, denylist, verbose)
+    if bias_correction:
+        x = np.concatenate(batches, axis=0)[:256]
+        quantized = correct_bias(quantized, calibrated, x, verbose)
+    return calibrated, quantized, ranges, batches
+
+
+def quant_post_static(model, calibration_data, algo="KL", batch_nums=None, batch_size=32,
+                      hist_percent=0.9999, bins=2048, weight_quantize_type="channel_wise_abs_max",
+                      inference_input_type="float32", inference_output_type="float32",
+                      bias_correction=False, skip=None, check=True, verbose=False):
+    """Full-integer post-training quantization with kslim-calibrated activation ranges -> ``LiteModel``.
+
+    Args:
+        model: a built single-input ``keras.Model`` (float).
+        calibration_data: calibration images: array ``(N, *input_shape)``, ``tf.data`` (batches or
+            ``(x, y)``), an iterable of batches or a callable returning one. A few hundred samples
+            are plenty.
+        algo: activation calibration: ``"abs_max"``, ``"avg"``, ``"hist"``, ``"KL"`` or ``"mse"``
+            (see :mod:`kslim.quant.calibration`).
+        batch_nums: use at most this many batches (``None``: all the data).
+        batch_size: samples per calibration batch (``avg`` averages per-batch maxima).
+        hist_percent: percentile kept by ``algo="hist"``.
+        bins: histogram bins for ``hist``/``KL``/``mse`` (refined automatically around outliers).
+        weight_quantize_type: ``"channel_wise_abs_max"`` (per output channel, symmetric) or
+            ``"abs_max"`` (one scale per tensor).
+        inference_input_type / inference_output_type: ``"float32"`` (the model quantizes/dequantizes
+            itself) or ``"int8"`` (int8 I/O tensors; ``LiteModel.predict`` still takes floats).
+        bias_correction: after quantization, shift each conv/dense int32 bias by the mean error its
+            int8 output shows against the float model on the calibration data (per channel), which
+            removes the systematic offset weight rounding introduces (Nagel et al., 2019, empirical
+            bias correction; PaddleSlim's ``bias_correction``). Costs one run per layer.
+        skip: names of Conv2D/DepthwiseConv2D/Dense layers to keep in float (their ops are left out
+            of quantization; the converter inserts (de)quantize ops around them).
+        check: fill ``lite.parity`` (argmax agreement with the Keras model on calibration samples).
+        verbose: show the converter's own output.
+
+    Returns:
+        A :class:`kslim.lite.LiteModel`; ``lite.activation_ranges`` maps each calibrated tensor name
+        to the ``(lo, hi)`` enforced on it and ``lite.calibration`` records the settings.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu")])
+        >>> x = np.random.rand(64, 8).astype("float32")
+        >>> lite = quant_post_static(m, x, algo="mse")
+        >>> "FULLY_CONNECTED" in lite.ops()
+        True
+    """
+    from kslim.lite import LiteModel, parity
+
+    _, quantized, ranges, batches = _quantize_static(
+        model, calibration_data, algo, batch_nums, batch_size, hist_percent, bins, weight_quantize_type,
+        inference_input_type, inference_output_type, bias_correction, skip, verbose)
+    lite = LiteModel(quantized, source=model.name)
+    lite.activation_ranges = ranges
+    lite.calibration = {"algo": algo, "samples": int(sum(len(b) for b in batches)), "batches": len(batches),
+                        "weight_quantize_type": weight_quantize_type, "bias_correction": bool(bias_correction),
+                        "skip": check_skip(model, skip)}
+    if check:
+        lite.parity = parity(model, lite, np.concatenate(batches, axis=0)[:64])
+    return lite
