@@ -1,0 +1,491 @@
+"""Build the channel-dependency graph of a Keras 3 model by walking its functional graph.
+
+Every tensor gets a *channel map*: its last axis described as a list of segments, each a slice of one
+channel group (offset, depthwise multiplier, and for flattened tensors the period/repeat of the spatial
+positions). Producers (Conv, Dense, SeparableConv, ConvTranspose) start a new group; layers the channels
+pass through (BatchNormalization, activations, pooling, depthwise convs ...) carry the map; element-wise
+merges (Add, Multiply ...) unify the groups of their inputs; Concatenate joins maps with offsets;
+Flatten/Reshape/Permute transform it where the mapping is well defined. When a merge meets two
+different layouts of the same channels (a conv added to a concatenation of two convs, as in NASNet),
+the groups are split at the layout boundaries so each slice is unified with its counterpart; a split
+group is named ``"layer[start:stop]"`` when it is only part of its first producer's output. A layer
+kslim cannot reason about makes the groups it touches unprunable, with the reason recorded: pruning
+never silently builds a wrong model.
+"""
+
+import math
+
+import keras
+
+
+from kslim.graph import rules
+from kslim.graph.dependency import ChannelGroup, DependencyGraph, Member
+from kslim.graph.traverse import graph_of, leaf_layers, walk
+
+
+class _Segment:
+    """Channels ``[offset, offset + size*mult)`` of a tensor's last axis (per repeat) belong to ``group``."""
+
+    __slots__ = ("group", "size", "offset", "mult", "period", "repeats")
+
+    def __init__(self, group, size, offset=0, mult=1, period=0, repeats=1):
+        self.group, self.size, self.offset, self.mult = group, size, offset, mult
+        self.period, self.repeats = period, repeats
+
+    def key(self):
+        return (self.size, self.offset, self.mult, self.period, self.repeats)
+
+
+class ChannelMap:
+    """The channel layout of one tensor's last axis: a list of :class:`_Segment`."""
+
+    __slots__ = ("segments", "channels", "last")
+
+    def __init__(self, segments, channels, last=frozenset()):
+        self.segments = list(segments)
+        self.channels = channels
+        self.last = last  # names of the nearest upstream producer layers
+
+    @property
+    def flat(self):
+        return any(s.repeats > 1 for s in self.segments)
+
+
+class _Builder:
+    def __init__(self, model):
+        self.model = model
+        self.layers, self.names = leaf_layers(model)
+        self.parent = []          # union-find over group ids
+        self.size = []
+        self.producers = []       # group id -> [layer names]
+        self.members = []         # group id -> [Member]
+        self.blocked = []         # group id -> reason or ""
+        self.origin = []          # group id -> name for groups without producer
+        self.splits = {}          # split root id -> (k, first id, second id)
+        self.layer_group = {}     # producer layer name -> group id
+        self.layer_size = {}      # producer layer name -> output channels
+        self.first_input = {}     # weighted layer name -> ChannelMap of its first call
+        self.nested = False
+
+    # -- union-find -------------------------------------------------------------------------------------
+    def new_group(self, size, origin, reason=""):
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.size.append(int(size))
+        self.producers.append([])
+        self.members.append([])
+        self.blocked.append(reason)
+        self.origin.append(origin)
+        return gid
+
+    def find(self, g):
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        if b < a:
+            a, b = b, a
+        self.parent[b] = a
+        self.producers[a] += [p for p in self.producers[b] if p not in self.producers[a]]
+        self.members[a] += self.members[b]
+        if not self.blocked[a]:
+            self.blocked[a] = self.blocked[b]
+        return a
+
+    # -- splitting (a group whose channels meet two different layouts, e.g. conv + concat added) ---------
+    def resolve(self, seg):
+        """``seg`` as segments of current (unsplit) groups."""
+        g = self.find(seg.group)
+        if g not in self.splits:
+            return [seg] if g == seg.group else [_Segment(g, seg.size, seg.offset, seg.mult, seg.period, seg.repeats)]
+        k, g1, g2 = self.splits[g]
+        first = _Segment(g1, k, seg.offset, seg.mult, seg.period, seg.repeats)
+        second = _Segment(g2, seg.size - k, seg.offset + k * seg.mult, seg.mult, seg.period, seg.repeats)
+        return self.resolve(first) + self.resolve(second)
+
+    def segs(self, cmap):
+        return [r for s in cmap.segments for r in self.resolve(s)]
+
+    def split(self, g, k):
+        """Split group ``g`` into channels ``[0, k)`` and ``[k, size)``; members and producers follow."""
+        g = self.find(g)
+        size = self.size[g]
+        parts = []
+        for lo, hi in ((0, k), (k, size)):
+            gid = self.new_group(hi - lo, self.origin[g], self.blocked[g])
+            self.producers[gid] = [(n, a + lo, a + hi) for n, a, _ in self.producers[g]]
+            self.members[gid] = [
+                Member(m.layer_name, m.weight_index, m.axis, offset=m.offset + lo * m.multiplier,
+                       multiplier=m.multiplier, period=m.period, repeats=m.repeats, role=m.role,
+                       weight_name=m.weight_name, shape=m.shape)
+                for m in self.members[g]
+            ]
+            parts.append(gid)
+        self.splits[g] = (k, parts[0], parts[1])
+        self.members[g], self.producers[g] = [], []
+
+    def align(self, a, b):
+        """Split groups so that the segments of ``a`` and ``b`` start and end at the same channels."""
+        for _ in range(4 * (len(a.segments) + len(b.segments)) + 8):
+            sa, sb = self.segs(a), self.segs(b)
+            cuts_a = {s.offset for s in sa} | {s.offset + s.size * s.mult for s in sa}
+            cuts_b = {s.offset for s in sb} | {s.offset + s.size * s.mult for s in sb}
+            missing = [(sa, c) for c in cuts_b - cuts_a] + [(sb, c) for c in cuts_a - cuts_b]
+            if not missing:
+                return True
+            segs, cut = missing[0]
+            seg = next((s for s in segs if s.offset < cut < s.offset + s.size * s.mult), None)
+            if seg is None or (cut - seg.offset) % seg.mult:
+                return False
+            self.split(seg.group, (cut - seg.offset) // seg.mult)
+        return False
+
+    def block(self, cmap, reason):
+        for s in self.segs(cmap):
+            g = self.find(s.group)
+            if not self.blocked[g]:
+                self.blocked[g] = reason
+
+    # -- channel maps ------------------------------------------------------------------------------------
+    def fresh(self, channels, origin, reason=""):
+        g = self.new_group(channels, origin, reason)
+        return ChannelMap([_Segment(g, channels, 0, 1, channels, 1)], channels)
+
+    def unify(self, a, b):
+        """Union the groups of two channel maps with the same layout; False if the layouts differ."""
+        if a.channels != b.channels:
+            return False
+        if a.flat or b.flat:
+            if [s.key() for s in self.segs(a)] != [s.key() for s in self.segs(b)]:
+                return False
+        elif not self.align(a, b):
+            return False
+        sa_list, sb_list = self.segs(a), self.segs(b)
+        if [s.key() for s in sa_list] != [s.key() for s in sb_list]:
+            return False
+        for sa, sb in zip(sa_list, sb_list):
+            self.union(sa.group, sb.group)
+        return True
+
+    def add_member(self, cmap, layer_name, weight_index, axis, role, weight, extra_mult=1):
+        """Attach ``weight`` axis ``axis`` of ``layer_name`` to every group of ``cmap``."""
+        shape = tuple(weight.shape)
+        axis = axis % len(shape)
+        for s in self.segs(cmap):
+            m = Member(layer_name, weight_index, axis, offset=s.offset * extra_mult, multiplier=s.mult * extra_mult,
+                       period=s.period * extra_mult, repeats=s.repeats, role=role,
+                       weight_name=_short(weight), shape=shape)
+            self.members[self.find(s.group)].append(m)
+
+    def build(self):
+        graph = graph_of(self.model)
+        self.nested = any(_is_nested(op) for op in graph.operations)
+        inputs = []
+        for x in graph.inputs:
+            name = x._keras_history.operation.name if x._keras_history.operation is not None else "input"
+            inputs.append(self.fresh(_channels(x), name, f"model input {name!r}"))
+        outputs = walk(self.model, inputs, self.visit)
+        classifiers = []
+        for cmap in outputs:
+            classifiers += sorted(p for p in cmap.last if p not in classifiers)
+            self.block(cmap, "reaches a model output")
+        return self.finish(classifiers)
+
+    def finish(self, classifiers):
+        groups = []
+        for gid in range(len(self.parent)):
+            if self.find(gid) != gid or gid in self.splits:
+                continue
+            spans = self.producers[gid]
+            producers = [n for n, _, _ in spans]
+            reason = self.blocked[gid]
+            if not reason and not producers:
+                reason = "no producer layer"
+            if spans:
+                n, lo, hi = spans[0]
+                full = self.layer_size.get(n, hi - lo)
+                name = n if (lo, hi) == (0, full) else f"{n}[{lo}:{hi}]"
+            else:
+                name = self.origin[gid]
+            members = _dedupe(self.members[gid])
+            groups.append(ChannelGroup(name, self.size[gid], producers, members, prunable=not reason, reason=reason))
+        graph = DependencyGraph(self.model, groups, self.layers, classifiers, nested=self.nested)
+        graph._names = self.names
+        return graph
+
+    # -- the visitor ---------------------------------------------------------------------------------
+    def visit(self, node, values):
+        op = node.operation
+        in_maps = [values[id(x)] for x in node.input_tensors]
+        name = self.names.get(id(op), op.name)
+        handler = rules.handler_for(op)
+        outs = None
+        if handler is not None:
+            outs = getattr(self, "h_" + handler)(op, name, node, in_maps)
+        if outs is None:  # cannot reason about this op: block what it touches
+            reason = rules.blocked_reason(op, name)
+            for m in in_maps:
+                self.block(m, reason)
+            outs = [self.fresh(_channels(x), name, f"produced by {_describe(op, name)}, "
+                                                   f"which kslim cannot prune") for x in node.outputs]
+        if handler == "producer" and outs is not None and len(outs) == 1:
+            last = frozenset([name])
+        else:
+            last = frozenset().union(*(m.last for m in in_maps))
+        return [ChannelMap(m.segments, m.channels, last) for m in outs]
+
+    def _weighted_call(self, name, in_map):
+        """For a layer with weights called several times, unify inputs; returns False on first call."""
+        if name in self.first_input:
+            if not self.unify(self.first_input[name], in_map):
+                return None
+            return True
+        self.first_input[name] = in_map
+        return False
+
+    # -- handlers (return list of output maps, or None to block) ---------------------------------------
+    def h_input(self, op, name, node, in_maps):
+        return [self.fresh(_channels(x), name, f"model input {name!r}") for x in node.outputs]
+
+    def h_identity(self, op, name, node, in_maps):
+        if len(in_maps) != 1 or len(node.outputs) != 1 or _channels(node.outputs[0]) != in_maps[0].channels:
+            return None
+        return [in_maps[0]]
+
+    def h_spatial(self, op, name, node, in_maps):
+        # pooling/padding/upsampling: channels stay on the last axis (only for real feature maps)
+        if len(in_maps) != 1 or in_maps[0].flat:
+            return None
+        return self.h_identity(op, name, node, in_maps)
+
+    def h_producer(self, op, name, node, in_maps):
+        if len(in_maps) != 1:
+            return None
+        in_map = in_maps[0]
+        seen = self._weighted_call(name, in_map)
+        if seen is None:
+            return None
+        spec = rules.producer_spec(op)
+        if spec is None:
+            return None
+        if not seen:
+            for w_index, axis, role, mult in spec["inputs"]:
+                self.add_member(in_map, name, w_index, axis, role, op.weights[w_index], extra_mult=mult)
+            out = self.fresh(_channels(node.outputs[0]), name)
+            g = out.segments[0].group
+            self.producers[g].append((name, 0, self.size[g]))
+            self.layer_group[name] = g
+            self.layer_size[name] = self.size[g]
+            for w_index, axis, role in spec["outputs"]:
+                self.add_member(out, name, w_index, axis, role, op.weights[w_index])
+            return [out]
+        g = self.layer_group[name]
+        size = self.size[g]
+        return [ChannelMap([_Segment(g, size, 0, 1, size, 1)], size)]
+
+    def h_depthwise(self, op, name, node, in_maps):
+        if len(in_maps) != 1 or in_maps[0].flat:
+            return None
+        in_map = in_maps[0]
+        seen = self._weighted_call(name, in_map)
+        if seen is None:
+            return None
+        m = int(op.depth_multiplier)
+        segments = [_Segment(s.group, s.size, s.offset * m, s.mult * m, s.period * m, 1) for s in self.segs(in_map)]
+        out = ChannelMap(segments, in_map.channels * m)
+        if not seen:
+            weights = op.weights
+            k = _index_of(op, op.kernel)
+            self.add_member(in_map, name, k, -2, "carry", weights[k])
+            if op.bias is not None:
+                b = _index_of(op, op.bias)
+                self.add_member(out, name, b, 0, "carry", weights[b])
+        return [out]
+
+    def h_batchnorm(self, op, name, node, in_maps):
+        if len(in_maps) != 1:
+            return None
+        rank = len(node.input_tensors[0].shape)
+        if op.axis not in (-1, rank - 1):
+            return None
+        in_map = in_maps[0]
+        seen = self._weighted_call(name, in_map)
+        if seen is None:
+            return None
+        if not seen:
+            for i, w in enumerate(op.weights):
+                if len(w.shape) != 1 or w.shape[0] != in_map.channels:
+                    return None
+                self.add_member(in_map, name, i, 0, "carry", w)
+        return [in_map]
+
+    def h_prelu(self, op, name, node, in_maps):
+        if len(in_maps) != 1:
+            return None
+        in_map = in_maps[0]
+        seen = self._weighted_call(name, in_map)
+        if seen is None:
+            return None
+        alpha = op.alpha
+        if not seen and alpha.shape[-1] != 1:
+            if alpha.shape[-1] != in_map.channels:
+                return None
+            self.add_member(in_map, name, _index_of(op, alpha), len(alpha.shape) - 1, "carry", alpha)
+        return [in_map]
+
+    def h_merge(self, op, name, node, in_maps):
+        """Element-wise ops: inputs with the full channel count share groups; size-1 inputs broadcast."""
+        if len(node.outputs) != 1:
+            return None
+        out_c = _channels(node.outputs[0])
+        if not rules.merge_constants_ok(node, out_c):
+            return None
+        full = [m for m in in_maps if m.channels == out_c]
+        if not full or any(m.channels not in (out_c, 1) for m in in_maps):
+            return None
+        # broadcasting a (N, C) tensor against a feature map is fine; a flattened layout is not
+        for m in full[1:]:
+            if not self.unify(full[0], m):
+                return None
+        return [full[0]]
+
+    def h_concat(self, op, name, node, in_maps):
+        if len(node.outputs) != 1:
+            return None
+        rank = len(node.outputs[0].shape)
+        axis = op.axis if hasattr(op, "axis") else rules.op_axis(node)
+        if axis is None:
+            return None
+        if axis % rank != rank - 1:
+            return self.h_merge(op, name, node, in_maps)
+        segments, offset = [], 0
+        for m in in_maps:
+            if m.flat:
+                return None
+            for s in self.segs(m):
+                segments.append(_Segment(s.group, s.size, s.offset + offset, s.mult, 0, 1))
+            offset += m.channels
+        for s in segments:
+            s.period = offset
+        return [ChannelMap(segments, offset)]
+
+    def h_flatten(self, op, name, node, in_maps):
+        if len(in_maps) != 1:
+            return None
+        in_map, x = in_maps[0], node.input_tensors[0]
+        if len(x.shape) <= 2:
+            return [in_map]
+        if in_map.flat or getattr(op, "data_format", "channels_last") != "channels_last":
+            return None
+        spatial = x.shape[1:-1]
+        if any(d is None for d in spatial):
+            return None
+        reps = int(math.prod(spatial))
+        c = in_map.channels
+        return [ChannelMap([_Segment(s.group, s.size, s.offset, s.mult, c, reps) for s in self.segs(in_map)], c * reps)]
+
+    def h_reshape(self, op, name, node, in_maps):
+        if len(in_maps) != 1:
+            return None
+        x, y = node.input_tensors[0], node.outputs[0]
+        if any(d is None for d in x.shape[1:]) or any(d is None for d in y.shape[1:]):
+            return None
+        if in_maps[0].flat:
+            # (N, C*S) -> anything: only an identity reshape is safe
+            return [in_maps[0]] if tuple(x.shape[1:]) == tuple(y.shape[1:]) else None
+        if x.shape[-1] == y.shape[-1]:
+            return [in_maps[0]]       # the last axis keeps its meaning (row-major)
+        if len(y.shape) == 2:
+            return self.h_flatten(op, name, node, in_maps)
+        return None
+
+    def h_permute(self, op, name, node, in_maps):
+        dims = tuple(op.dims)
+        if len(in_maps) != 1 or dims[-1] != len(dims):
+            return None
+        return [in_maps[0]]
+
+
+def _index_of(layer, variable):
+    for i, w in enumerate(layer.weights):
+        if w is variable:
+            return i
+    path = getattr(variable, "path", None)
+    for i, w in enumerate(layer.weights):
+        if path is not None and getattr(w, "path", None) == path:
+            return i
+    raise KeyError(f"variable {variable} not found in {layer.name}")
+
+
+def _channels(x):
+    shape = x.shape
+    if len(shape) == 0:
+        return 1
+    c = shape[-1]
+    return int(c) if c is not None else 0
+
+
+def _short(weight):
+    return getattr(weight, "name", None) or str(getattr(weight, "path", "")).split("/")[-1]
+
+
+def _describe(op, name):
+    return f"{name!r} ({type(op).__name__})"
+
+
+def _is_nested(op):
+    from kslim.graph.traverse import is_graph_model
+
+    return is_graph_model(op)
+
+
+def _dedupe(members):
+    seen, out = set(), []
+    for m in members:
+        key = (m.layer_name, m.weight_index, m.axis, m.offset, m.multiplier, m.period, m.repeats)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
+def build_dependency_graph(model):
+    """Build the :class:`~kslim.graph.DependencyGraph` of a functional or Sequential Keras 3 model.
+
+    Nested models are flattened: their layers appear under their own names (prefixed with the nested
+    model's name only if two layers share a name).
+
+    Args:
+        model: a built functional or Sequential ``keras.Model``.
+
+    Returns:
+        A :class:`~kslim.graph.DependencyGraph`; ``graph.groups`` lists every channel space.
+
+    Raises:
+        ModelError: subclassed model or Sequential without an input shape.
+
+    Example:
+        >>> import keras
+        >>> from kslim.graph import build_dependency_graph
+        >>> inp = keras.Input((8, 8, 3))
+        >>> a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inp)
+        >>> b = keras.layers.Conv2D(4, 1, name="b")(inp)
+        >>> out = keras.layers.Conv2D(2, 1, name="head")(keras.layers.Add()([a, b]))
+        >>> g = build_dependency_graph(keras.Model(inp, out))
+        >>> [(grp.name, grp.layer_names, grp.prunable) for grp in g.groups if grp.layer_names]
+        [('a', ['a', 'b'], True), ('head', ['head'], False)]
+    """
+    if not isinstance(model, keras.Model):
+        from kslim.errors import KslimTypeError
+
+        raise KslimTypeError(f"build_dependency_graph expects a keras.Model, got {type(model).__name__}.")
+    return _Builder(model).build()
+
+
+__all__ = ["build_dependency_graph", "ChannelMap"]
+

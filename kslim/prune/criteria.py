@@ -1,0 +1,100 @@
+"""Filter importance criteria (L1 norm, L2 norm, FPGM) and the pruners that use them.
+
+A criterion maps the filters of one producer, as an ``(n_filters, filter_size)`` array, to one score
+per filter; higher scores are kept.
+"""
+
+import numpy as np
+
+from kslim.prune.base import FilterPruner
+
+
+def l1_norm(filters):
+    """Sum of absolute weights of each filter (Li et al., *Pruning Filters for Efficient ConvNets*).
+
+    >>> l1_norm(np.array([[1.0, -2.0], [0.5, 0.5]])).tolist()
+    [3.0, 1.0]
+    """
+    return np.abs(filters).sum(axis=1)
+
+
+def l2_norm(filters):
+    """Euclidean norm of each filter.
+
+    >>> l2_norm(np.array([[3.0, 4.0], [1.0, 0.0]])).tolist()
+    [5.0, 1.0]
+    """
+    return np.sqrt(np.square(filters).sum(axis=1))
+
+
+def geometric_median(points, iterations=100, eps=1e-10):
+    """Geometric median of the rows of ``points`` (Weiszfeld's algorithm)."""
+    points = np.asarray(points, dtype=np.float64)
+    median = points.mean(axis=0)
+    for _ in range(iterations):
+        dist = np.linalg.norm(points - median, axis=1)
+        if np.any(dist < eps):  # the median sits on a point: Weiszfeld's fixed point there
+            close = dist < eps
+            dist = np.where(close, eps, dist)
+        w = 1.0 / dist
+        new = (points * w[:, None]).sum(axis=0) / w.sum()
+        if np.linalg.norm(new - median) < eps * (1.0 + np.linalg.norm(median)):
+            median = new
+            break
+        median = new
+    return median
+
+
+def fpgm(filters):
+    """Distance of each filter to the geometric median of the producer's filters (FPGM, arXiv 1811.00250).
+
+    Filters close to the geometric median are the most replaceable by the others, so they get the
+    lowest scores and are pruned first. The median is computed with Weiszfeld's algorithm (the
+    paper's code approximates it by the sum of distances to all other filters).
+
+    >>> f = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 5.0]])
+    >>> int(np.argmin(fpgm(f)))
+    0
+    """
+    filters = np.asarray(filters, dtype=np.float64)
+    median = geometric_median(filters)
+    return np.linalg.norm(filters - median, axis=1)
+
+
+class L1NormFilterPruner(FilterPruner):
+    """Filter pruner ranking filters by their L1 norm.
+
+    Example:
+        >>> import kslim
+        >>> small = L1NormFilterPruner(kslim.models.mobilenet_v1(width=0.25)).prune(0.5)
+        >>> small.output_shape
+        (None, 10)
+    """
+
+    criterion = staticmethod(l1_norm)
+
+
+class L2NormFilterPruner(FilterPruner):
+    """Filter pruner ranking filters by their L2 norm.
+
+    Example:
+        >>> import kslim
+        >>> small = L2NormFilterPruner(kslim.models.resnet(width=0.25)).prune({"stem_conv": 0.5})
+        >>> small.get_layer("stem_conv").filters
+        4
+    """
+
+    criterion = staticmethod(l2_norm)
+
+
+class FPGMFilterPruner(FilterPruner):
+    """Filter pruner removing the filters nearest the geometric median of their layer (FPGM).
+
+    Example:
+        >>> import kslim
+        >>> small = FPGMFilterPruner(kslim.models.vgg(width=0.25)).prune(0.25)
+        >>> small.get_layer("conv3_1").filters
+        24
+    """
+
+    criterion = staticmethod(fpgm)

@@ -1,0 +1,153 @@
+"""Model surgery: rebuild a functional model with channels removed.
+
+The new model is made of ordinary Keras layers re-created from their configs (producers get fewer
+``filters``/``units``, Reshape targets follow their input), called in the original graph order (nested
+models flattened), then given the original weights with the removed channels sliced out. The original
+model is not modified.
+"""
+
+import math
+from collections import defaultdict
+
+import keras
+import numpy as np
+from keras import layers as L
+
+from kslim.errors import ModelError
+from kslim.graph.traverse import graph_of, walk
+
+_FILTERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
+            L.SeparableConv1D, L.SeparableConv2D)
+
+
+def deletions(removed):
+    """``{(layer_name, weight_index, axis): sorted indices}`` to delete, from ``{ChannelGroup: channels}``."""
+    out = defaultdict(list)
+    for group, channels in removed.items():
+        channels = np.asarray(channels, dtype=np.int64)
+        if channels.size == 0:
+            continue
+        for m in group.members:
+            out[(m.layer_name, m.weight_index, m.axis)].append(m.indices(channels))
+    return {k: np.unique(np.concatenate(v)) for k, v in out.items()}
+
+
+def removed_outputs(removed):
+    """``{producer layer name: number of output channels removed}``."""
+    out = {}
+    for group, channels in removed.items():
+        n = len(np.unique(np.asarray(channels)))
+        if n:
+            for name in dict.fromkeys(group.layer_names):
+                out[name] = out.get(name, 0) + n
+    return out
+
+
+def _new_config(layer, name, n_out_removed, node, args):
+    config = layer.get_config()
+    config["name"] = name
+    if n_out_removed:
+        if isinstance(layer, _FILTERS):
+            config["filters"] = int(config["filters"]) - n_out_removed
+        elif isinstance(layer, L.Dense):
+            config["units"] = int(config["units"]) - n_out_removed
+        else:  # pragma: no cover - the graph only registers the layers above as producers
+            raise ModelError(f"Layer {name!r} ({type(layer).__name__}) cannot change its output channel count.")
+    if isinstance(layer, L.Reshape):
+        old_in = tuple(node.input_tensors[0].shape)
+        new_in = tuple(args[0].shape) if args else old_in
+        target = tuple(config["target_shape"])
+        if old_in != new_in and -1 not in target:
+            if len(target) == 1:
+                target = (int(math.prod(new_in[1:])),)
+            else:
+                target = target[:-1] + (new_in[-1],)
+            config["target_shape"] = target
+    return config
+
+
+def _clone_layer(layer, name, n_out_removed, node, args):
+    config = _new_config(layer, name, n_out_removed, node, args)
+    try:
+        return type(layer).from_config(config)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(
+            f"Could not re-create layer {name!r} ({type(layer).__name__}) from its config: {e}. Layers must "
+            f"implement get_config()/from_config() to be rebuilt by the pruner."
+        ) from e
+
+
+def _clone_op(op):
+    try:
+        return type(op).from_config(op.get_config())
+    except Exception:  # noqa: BLE001 - stateless ops can be shared safely
+        return op
+
+
+def rebuild(model, graph, removed, copy_weights=True):
+    """A new, flat ``keras.Model`` equal to ``model`` with the channels in ``removed`` deleted.
+
+    Args:
+        model: the original functional/Sequential model (untouched).
+        graph: its :class:`~kslim.graph.DependencyGraph`.
+        removed: ``{ChannelGroup: channel indices}``; every group must be prunable and keep >= 1 channel.
+        copy_weights: False skips copying weights (fresh initialisation) - for quick MAC estimates.
+    """
+    names = graph._names
+    n_out = removed_outputs(removed)
+    cuts = deletions(removed)
+    fn = graph_of(model)
+    clones, op_clones = {}, {}
+
+    inputs = []
+    for x in fn.inputs:
+        hist = x._keras_history.operation
+        inputs.append(keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype,
+                                  name=hist.name if hist is not None else None))
+
+    def visit(node, values):
+        op = node.operation
+        args, kwargs = node.arguments.fill_in(values)
+        if isinstance(op, L.Layer):
+            name = names.get(id(op), op.name)
+            if name not in clones:
+                clones[name] = (op, _clone_layer(op, name, n_out.get(name, 0), node, args))
+            new = clones[name][1]
+        else:
+            if id(op) not in op_clones:
+                op_clones[id(op)] = _clone_op(op)
+            new = op_clones[id(op)]
+        out = new(*args, **kwargs)
+        return keras.tree.flatten(out)
+
+    outputs = walk(model, inputs, visit)
+    new_model = keras.Model(
+        inputs=keras.tree.pack_sequence_as(fn._inputs_struct, inputs),
+        outputs=keras.tree.pack_sequence_as(fn._outputs_struct, outputs),
+        name=model.name,
+    )
+    if copy_weights:
+        for name, (old, new) in clones.items():
+            _copy_weights(name, old, new, cuts)
+    return new_model
+
+
+def _copy_weights(name, old, new, cuts):
+    old_w = old.get_weights()
+    if not old_w:
+        return
+    new_w = []
+    for i, w in enumerate(old_w):
+        for axis in range(w.ndim):
+            idx = cuts.get((name, i, axis))
+            if idx is not None:
+                w = np.delete(w, idx, axis=axis)
+        new_w.append(w)
+    expected = [tuple(v.shape) for v in new.weights]
+    got = [tuple(w.shape) for w in new_w]
+    if expected != got:
+        raise ModelError(
+            f"Pruning produced inconsistent weights for layer {name!r} ({type(old).__name__}): sliced {got}, "
+            f"rebuilt layer expects {expected}. This is a kslim bug; please report it with the model."
+        )
+    new.set_weights(new_w)
