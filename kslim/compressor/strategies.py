@@ -89,13 +89,19 @@ def run_prune(ctx, p, sdir, prefix):
 
             a = p["auto"]
             x, y = ctx.data.eval_arrays(a.get("eval_samples", 500))
+            kwargs = {k: float(a[k]) for k in ("init_temperature", "reduce_rate") if k in a}
             result = auto_prune(
                 ctx.model, lambda m: accuracy(m, x, y), target_flops=float(a["flops_target"]),
-                max_trials=int(a.get("max_trials", 20)), init_temperature=float(a.get("init_temperature", 100)),
-                reduce_rate=float(a.get("reduce_rate", 0.85)), criterion=p.get("criterion", "l1"),
-                checkpoint=str(sdir / "ckpt" / "auto_prune.json"), seed=ctx.stage_seed,
+                pruner=pruner, max_trials=int(a.get("max_trials", 20)), seed=ctx.stage_seed,
+                directory=str(sdir / "ckpt"), project_name="auto_prune", overwrite=False,
+                plot=True, **kwargs,
             )
-            pruned = result[0] if isinstance(result, tuple) else result
+            pruned = result.model
+            info.update(ratios={k: float(v) for k, v in result.ratios.items()}, score=float(result.score))
+            if result.plot_path:
+                import shutil
+
+                shutil.copyfile(result.plot_path, ctx.run.plots / f"{sdir.name}_auto_prune.png")
         guarded_write(atomic_save_model, pruned, pruned_path)
         crash_point(f"{prefix}:pruned")
     model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
