@@ -370,7 +370,17 @@ def correct_bias(quantized, calibrated, x, verbose=False):
         targets.append(op)
     if not targets:
         return quantized
-    float_vals = run_all_tensors(calibrated, x, {names[op.outputs[0]] for op in targets})
+    # float reference of each output: same name, or (graph outputs) the DEQUANTIZE that follows it
+    reference = {}
+    for op in sg.operators:
+        if op_code(model_t, op) == _DEQUANTIZE and op.inputs[0] >= 0:
+            reference[names[op.inputs[0]]] = names[op.outputs[0]]
+    float_names = {tensor_name(t) for t in read_flatbuffer(calibrated).subgraphs[0].tensors}
+    ref_of = {}
+    for op in targets:
+        n = names[op.outputs[0]]
+        ref_of[n] = n if n in float_names else reference.get(n)
+    float_vals = run_all_tensors(calibrated, x, {r for r in ref_of.values() if r})
     # give every corrected bias its own buffer (the quantizer may share identical ones)
     users = {}
     for t in sg.tensors:
@@ -378,11 +388,11 @@ def correct_bias(quantized, calibrated, x, verbose=False):
     content = quantized
     for op in targets:
         out_name = names[op.outputs[0]]
-        if out_name not in float_vals:
+        if ref_of.get(out_name) not in float_vals:
             continue
         out_t = sg.tensors[op.outputs[0]]
         q = run_all_tensors(content, x, {out_name}).get(out_name)
-        f = float_vals[out_name]
+        f = float_vals[ref_of[out_name]]
         if q is None or q.shape != f.shape:
             continue
         lo, hi = _fused_activation_bounds(op)
