@@ -1,6 +1,40 @@
-"""TFLite export (``convert``, ``LiteModel``), latency profiling and latency tables."""
+"""TFLite export (``convert``, ``LiteModel``), latency profiling on devices, latency tables.
 
-from kslim.lite.converter import QUANTIZE_MODES, convert, parity
-from kslim.lite.model import LiteModel
+Imports are lazy: ``kslim.lite.runner`` (the standalone on-device runner) and the device classes
+pull in nothing heavy; TensorFlow is imported only by :func:`convert`.
+"""
 
-__all__ = ["QUANTIZE_MODES", "convert", "parity", "LiteModel"]
+import importlib
+
+_LAZY = {
+    "QUANTIZE_MODES": "kslim.lite.converter",
+    "convert": "kslim.lite.converter",
+    "parity": "kslim.lite.converter",
+    "LiteModel": "kslim.lite.model",
+    "profile": "kslim.lite.profiling",
+    "ProfileReport": "kslim.lite.profiling",
+    "plot_by_op_type": "kslim.lite.profiling",
+    "Device": "kslim.lite.devices",
+    "LocalDevice": "kslim.lite.devices",
+    "AdbDevice": "kslim.lite.devices",
+    "SshDevice": "kslim.lite.devices",
+    "LatencyTable": "kslim.lite.latency",
+    "LatencyPredictor": "kslim.lite.latency",
+    "LatencyPrediction": "kslim.lite.latency",
+    "op_configs": "kslim.lite.latency",
+    "parse_benchmark_output": "kslim.lite.benchmark_output",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kslim.lite' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

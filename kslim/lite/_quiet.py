@@ -23,6 +23,10 @@ def captured_output(verbose=False):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         old_streams = sys.stdout, sys.stderr
+        # Python-level prints (Keras' "Saved artifact at ...", "Captures: ...") go to the same log even
+        # when sys.stdout is not fd 1 (IDEs, notebooks, pytest)
+        pylog = open(os.dup(log.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+        sys.stdout = sys.stderr = pylog
         try:
             def read():
                 sys.stdout.flush()
@@ -38,6 +42,7 @@ def captured_output(verbose=False):
             except Exception:
                 pass
             sys.stdout, sys.stderr = old_streams
+            pylog.close()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])

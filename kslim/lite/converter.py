@@ -86,6 +86,13 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
                     ("inference_output_type", inference_output_type)):
         if t not in ("float32", "int8", "uint8"):
             raise KslimValueError(f"{name} must be 'float32', 'int8' or 'uint8', got {t!r}.")
+        if t != "float32" and quantize != "int8":
+            raise KslimValueError(
+                f"{name}={t!r} needs quantize='int8' (integer model I/O only exists for full-integer models).")
+    if representative_data is not None and quantize != "int8":
+        raise KslimValueError(
+            f"representative_data is only used with quantize='int8' (got quantize={quantize!r}): drop it or "
+            "ask for int8.")
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "dynamic":
@@ -97,7 +104,9 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if representative_data is not None:
             converter.representative_dataset = _representative(representative_data, num_calibration_samples)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # else a QAT model: its fake-quant ops carry the ranges. (Asking for TFLITE_BUILTINS_INT8 here
+        # would make the converter demand a representative dataset before it has seen the graph.)
         converter.inference_input_type = tf.as_dtype(inference_input_type)
         converter.inference_output_type = tf.as_dtype(inference_output_type)
     if converter_hook is not None:
@@ -106,28 +115,71 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
         try:
             content = converter.convert()
         except Exception as e:
+            hint = ""
+            if quantize == "int8" and representative_data is None:
+                hint = ("\nquantize='int8' without representative_data works only for QAT models (fake-quant "
+                        "ranges on every tensor): pass representative_data= (a few hundred training images).")
             raise ConversionError(
-                f"TFLite conversion of {model.name!r} failed: {e}\n--- converter output ---\n{log()[-4000:]}"
+                f"TFLite conversion of {model.name!r} failed: {_first_line(e)}{hint}\n--- converter output ---\n"
+                f"{log()[-4000:]}"
             ) from e
     lite = LiteModel(content, source=model.name)
+    if quantize == "int8":
+        from kslim.lite.runner import describe_ops
+
+        if not any(o["dtype"] in ("int8", "uint8") for d in describe_ops(content) for o in d["outputs"]):
+            raise ConversionError(
+                f"quantize='int8' gave no int8 kernels for {model.name!r}: "
+                + ("the model carries no fake-quant ranges (it is not a QAT model), so pass representative_data= "
+                   "(a few hundred training images)." if representative_data is None
+                   else "the converter kept every op in float; check the model's layers are supported in int8."))
     if check:
         lite.parity = parity(model, lite, check_data)
     return lite
 
 
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def parity(model, lite, data=None, samples=16, seed=0):
     """Compare a Keras model and its TFLite conversion on ``data`` (or seeded uniform random inputs).
 
-    Returns a dict: for float models ``{"kind": "max_abs_diff", "value": ...}``; for models with
-    integer tensors also ``{"argmax_agreement": ...}``.
+    Returns ``{"kind", "value", "max_abs_diff", "argmax_agreement", "samples", "quantized"}``:
+    ``kind`` is ``"max_abs_diff"`` for float models, float16 and dynamic-range ones included (value =
+    max |keras - tflite| over the first output) and ``"argmax_agreement"`` for models with int8
+    activations (value = share of samples whose top-1 class agrees). Both figures are always
+    present (argmax_agreement is None for outputs that are not class scores). ``data`` may be an
+    array or ``(x, y)``; random data uses ``samples`` rows, given data up to 256.
     """
+    limit = int(samples)
     if data is None:
-        shape = tuple(lite.input_details[0]["shape"][1:])
+        shape = tuple(int(s) for s in lite.input_details[0]["shape"][1:])
         data = np.random.default_rng(seed).uniform(0, 1, size=(samples, *shape)).astype(np.float32)
-    x = np.asarray(data, np.float32)
-    ref = np.asarray(model(x, training=False))
+    else:
+        limit = max(limit, 256)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not np.isscalar(data[1]):
+        data = data[0]
+    x = np.asarray(data)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    x = np.asarray(x[:max(limit, 1)], np.float32)
+    ref = model(x, training=False)
+    if isinstance(ref, dict):
+        ref = next(iter(ref.values()))
+    if isinstance(ref, (list, tuple)):
+        ref = ref[0]
+    ref = np.asarray(ref, np.float32)
     got = lite.predict(x)
-    out = {"kind": "max_abs_diff", "value": float(np.max(np.abs(ref - got))), "samples": int(len(x))}
+    from kslim.lite.runner import describe_ops
+
+    # int8 kernels = int8 activations (op outputs); dynamic-range models keep float activations
+    quantized = any(o["dtype"] in ("int8", "uint8") for d in describe_ops(lite.content) for o in d["outputs"])
+    agree = None
     if ref.ndim == 2 and ref.shape[-1] > 1:
-        out["argmax_agreement"] = float(np.mean(np.argmax(ref, -1) == np.argmax(got, -1)))
-    return out
+        agree = float(np.mean(np.argmax(ref, -1) == np.argmax(got, -1)))
+    diff = float(np.max(np.abs(ref - got)))
+    kind = "argmax_agreement" if quantized and agree is not None else "max_abs_diff"
+    return {"kind": kind, "value": agree if kind == "argmax_agreement" else diff, "max_abs_diff": diff,
+            "argmax_agreement": agree, "samples": int(len(x)), "quantized": quantized}

@@ -47,13 +47,21 @@ class LiteModel:
         path = Path(path)
         if not path.is_file():
             raise KslimFileError(f"TFLite file {path} does not exist.")
-        lm = cls(path.read_bytes(), source=str(path))
+        try:
+            content = path.read_bytes()
+        except OSError as e:
+            raise KslimFileError(f"cannot read TFLite file {path}: {e}") from e
+        if len(content) < 8 or content[4:8] != TFLITE_MAGIC:
+            raise KslimFileError(
+                f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier): pass a .tflite file written "
+                "by `kslim convert` / LiteModel.save().")
+        lm = cls(content, source=str(path))
         try:
             lm.interpreter()
-        except KslimFileError:
-            raise
-        except Exception as e:  # the runtime's own error for a corrupt flatbuffer
-            raise KslimFileError(f"{path} is not a valid TFLite model: {e}") from e
+        except Exception as e:  # the runtime's verifier rejects a corrupt flatbuffer
+            raise KslimFileError(
+                f"{path} is a corrupt or truncated TFLite model ({_first_line(e.__cause__ or e)}): re-export it with "
+                "`kslim convert` / LiteModel.save().") from e
         return lm
 
     def save(self, path):
@@ -79,7 +87,9 @@ class LiteModel:
                 interp = Interpreter(**kwargs)
                 interp.allocate_tensors()
             except (ValueError, RuntimeError) as e:
-                raise KslimFileError(f"{self.source or 'model'} cannot be loaded by LiteRT: {e}") from e
+                raise KslimFileError(
+                    f"{self.source or 'model'} cannot be loaded by LiteRT ({_first_line(e)}): the flatbuffer is "
+                    "corrupt or uses ops this runtime lacks.") from e
             self._interpreters[key] = interp
         return self._interpreters[key]
 
@@ -145,6 +155,11 @@ class LiteModel:
 
     def __repr__(self):
         return f"LiteModel(size={self.size}, source={self.source!r})"
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _quantize(x, detail):

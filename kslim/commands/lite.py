@@ -1,0 +1,216 @@
+"""``kslim convert``, ``kslim profile`` and ``kslim latency-table build|predict``."""
+
+import json
+import sys
+from pathlib import Path
+
+
+def _load_keras(path):
+    from kslim.errors import KslimFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KslimFileError(f"model file {path} does not exist.")
+    import keras
+
+    for area in ("kslim.quant", "kslim.prune", "kslim.distill"):  # register kslim's custom layers
+        try:
+            __import__(area)
+        except Exception:
+            pass
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise KslimFileError(f"cannot load Keras model {path}: {str(e).splitlines()[0] if str(e) else e}") from e
+
+
+def _load_any(path):
+    """A LiteModel for a ``.tflite`` path, a Keras model for anything else."""
+    from kslim.lite import LiteModel
+
+    if str(path).lower().endswith(".tflite"):
+        return LiteModel.load(path)
+    return _load_keras(path)
+
+
+def _calibration(args, model):
+    import numpy as np
+
+    from kslim.errors import KslimFileError, KslimValueError
+
+    if args.calibration_data:
+        try:
+            x = np.load(args.calibration_data, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise KslimFileError(f"cannot read calibration data {args.calibration_data} (a .npy array): {e}") from e
+        return x[: args.calibration_samples]
+    shape = tuple(model.inputs[0].shape[1:])
+    if shape == (28, 28, 1):
+        from kslim.datasets import fashion_mnist_small, preprocess
+
+        (x, _), _ = fashion_mnist_small()
+        return preprocess(x[: args.calibration_samples])
+    raise KslimValueError(
+        f"--quantize int8 needs calibration images for input shape {shape}: pass --calibration-data X.npy "
+        "(float32, batch first, preprocessed like training data).")
+
+
+def cmd_convert(args):
+    from kslim.lite import convert
+
+    model = _load_keras(args.model)
+    q = None if args.quantize == "none" else args.quantize
+    rep = _calibration(args, model) if q == "int8" and not args.qat else None
+    io = "int8" if args.io_int8 else "float32"
+    lm = convert(model, quantize=q, representative_data=rep, num_calibration_samples=args.calibration_samples,
+                 inference_input_type=io, inference_output_type=io, check=not args.no_check,
+                 check_data=rep, verbose=args.verbose)
+    out = Path(args.output or Path(args.model).with_suffix(".tflite"))
+    lm.save(out)
+    print(f"wrote {out} ({lm.size / 1024:.1f} KB, quantize={args.quantize})")
+    print("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(lm.ops().items())))
+    if lm.parity:
+        p = lm.parity
+        extra = "" if p.get("argmax_agreement") is None else f", argmax agreement {p['argmax_agreement']:.3f}"
+        print(f"parity vs Keras ({p['samples']} samples): max abs diff {p['max_abs_diff']:.3g}{extra}")
+    return 0
+
+
+def _device(args):
+    from kslim.lite import AdbDevice, LocalDevice, SshDevice
+
+    if args.device == "local":
+        return LocalDevice(use_xnnpack=not args.no_xnnpack)
+    if args.device == "adb":
+        return AdbDevice(serial=args.serial, benchmark_binary=args.benchmark_binary, adb=args.adb,
+                         timeout=args.timeout)
+    from kslim.errors import KslimValueError
+
+    if not args.host:
+        raise KslimValueError("--device ssh needs --host HOST (and --user, --port as for ssh).")
+    mode = "benchmark_model" if args.benchmark_binary else "runner"
+    return SshDevice(args.host, user=args.user, port=args.port, identity_file=args.identity_file, mode=mode,
+                     benchmark_binary=args.benchmark_binary, python=args.python, timeout=args.timeout)
+
+
+def _device_args(p):
+    g = p.add_argument_group("device")
+    g.add_argument("--device", choices=("local", "adb", "ssh"), default="local")
+    g.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    g.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    g.add_argument("--serial", help="adb: device serial (adb devices)")
+    g.add_argument("--adb", default="adb", help="adb: executable")
+    g.add_argument("--benchmark-binary", help="adb/ssh: local path of TFLite's benchmark_model for the device")
+    g.add_argument("--host", help="ssh: host name")
+    g.add_argument("--user", help="ssh: user")
+    g.add_argument("--port", type=int, help="ssh: port")
+    g.add_argument("--identity-file", help="ssh: private key")
+    g.add_argument("--python", default="python3", help="ssh: Python with ai-edge-litert on the board")
+    g.add_argument("--timeout", type=float, default=300, help="seconds allowed per benchmark command")
+
+
+def cmd_profile(args):
+    from kslim.lite import LiteModel, profile
+
+    lm = LiteModel.load(args.model)
+    dev = _device(args)
+    rep = profile(lm, device=dev, num_threads=args.threads, warmup=args.warmup, runs=args.runs,
+                  use_xnnpack=not args.no_xnnpack, use_gpu=args.gpu, op_profiling=args.op_profile or bool(args.plot))
+    print(rep)
+    if rep.ops and args.op_profile:
+        print(f"{'#':>3}  {'op':<22} {'ms':>9}  name")
+        for r in rep.ops:
+            print(f"{r['index']:>3}  {r['op']:<22} {r['avg_ms']:9.4f}  {r.get('name', '')[:60]}")
+    if args.json:
+        rep.save(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        rep.plot_by_op_type(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_table_build(args):
+    from kslim.lite import LatencyTable
+
+    models = [_load_any(m) for m in args.models]
+    for m, path in zip(models, args.models):
+        if hasattr(m, "source"):
+            m.source = Path(path).name
+    table = LatencyTable.build(_device(args), models, num_threads=args.threads, runs=args.runs,
+                               repeats=args.repeats, calibrate=not args.no_calibrate, progress=sys.stdout.isatty())
+    table.save(args.output)
+    cal = table.calibration
+    print(f"wrote {args.output}: {len(table)} op configurations, device {table.device.get('kind')}, "
+          f"threads {table.num_threads}, calibration intercept {cal['intercept_us']:.1f} us scale {cal['scale']:.3f}")
+    return 0
+
+
+def cmd_table_predict(args):
+    from kslim.lite import LatencyPredictor, LatencyTable, plot_by_op_type
+
+    pred = LatencyPredictor(LatencyTable.load(args.table))
+    results = []
+    for path in args.models:
+        r = pred.predict(_load_any(path))
+        flag = f"  (fallback for {r.fallback_ops} ops, {100 * r.fallback_fraction:.0f} % of the sum)" if r.flagged else ""
+        print(f"{path}: {r.total_ms:.4f} ms predicted at {r.num_threads} thread(s){flag}")
+        results.append({"model": str(path), "predicted_ms": r.total_ms, "fallback_ops": r.fallback_ops,
+                        "ops": r.ops})
+        if args.plot:
+            out = Path(args.plot)
+            if len(args.models) > 1:
+                out = out.with_name(f"{out.stem}_{Path(path).stem}{out.suffix}")
+            plot_by_op_type(r.by_op_type(), out, f"predicted latency by op type: {Path(path).name}")
+            print(f"wrote {out}")
+    if args.json:
+        from kslim._io import atomic_write_json
+
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("convert", help="convert a Keras model to .tflite (float, dynamic, float16, int8)",
+                       description="Convert a .keras model to TFLite, check it against Keras and save it.")
+    p.add_argument("model", help="a .keras model file")
+    p.add_argument("-o", "--output", help="output .tflite (default: next to the model)")
+    p.add_argument("--quantize", choices=("none", "dynamic", "float16", "int8"), default="none")
+    p.add_argument("--calibration-data", help="int8: .npy array of calibration inputs (default for 28x28x1 "
+                                              "models: the bundled Fashion-MNIST subset)")
+    p.add_argument("--calibration-samples", type=int, default=200)
+    p.add_argument("--qat", action="store_true", help="int8 from a QAT model's own ranges, no calibration data")
+    p.add_argument("--io-int8", action="store_true", help="int8: int8 input and output tensors")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check against Keras")
+    p.add_argument("--verbose", action="store_true", help="show the converter's own output")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("profile", help="latency of a .tflite on the host, an adb phone or an ssh board",
+                       description="Time a .tflite model: mean/median/p5/p95/std, init time, peak memory, "
+                                   "optionally per-op latencies and a plot by op type.")
+    p.add_argument("model", help="a .tflite file")
+    _device_args(p)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--gpu", action="store_true", help="GPU delegate (benchmark_model devices only)")
+    p.add_argument("--op-profile", action="store_true", help="per-op latencies")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--plot", help="save a bar chart of latency by op type (png/pdf/svg)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("latency-table", help="build a per-op latency table / predict latency from one")
+    tsub = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
+    b = tsub.add_parser("build", help="measure every op configuration of the given models on a device")
+    b.add_argument("models", nargs="+", help=".tflite or .keras models")
+    b.add_argument("-o", "--output", required=True, help="table file (.json or .csv)")
+    _device_args(b)
+    b.add_argument("--runs", type=int, default=100, help="timed invokes per op configuration")
+    b.add_argument("--repeats", type=int, default=3, help="repeats (median of medians)")
+    b.add_argument("--no-calibrate", action="store_true", help="skip timing the whole models for calibration")
+    b.set_defaults(func=cmd_table_build)
+    q = tsub.add_parser("predict", help="predict the latency of models from a table")
+    q.add_argument("models", nargs="+", help=".tflite or .keras models")
+    q.add_argument("--table", required=True, help="a table written by `kslim latency-table build`")
+    q.add_argument("--json", help="write the predictions (with per-op rows) as JSON")
+    q.add_argument("--plot", help="save a bar chart of predicted latency by op type")
+    q.set_defaults(func=cmd_table_predict)
