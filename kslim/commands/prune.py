@@ -1,0 +1,209 @@
+"""``kslim prune`` (physically smaller model) and ``kslim sensitivity`` (per-layer pruning sensitivity)."""
+
+import argparse
+import sys
+
+
+def _ratio_list(text):
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _name_list(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ratio_map(text):
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected LAYER=RATIO items separated by commas, got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"ratio of {name.strip()!r} is not a number: {value!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no LAYER=RATIO item given")
+    return out
+
+
+def _load_model(path):
+    from kslim._model_io import load_keras_model
+
+    return load_keras_model(path)
+
+
+def _make_pruner(model, args):
+    from kslim.prune.sensitivity import criterion_class
+
+    cls = criterion_class(args.criterion)
+    return cls(model, skip=args.skip, keep_classifier=not args.prune_classifier, round_to=args.round_to)
+
+
+def _macs(model):
+    try:
+        from kslim.analysis import flops
+    except ImportError:
+        return None
+    try:
+        return int(flops(model).macs)
+    except Exception:  # FLOPs are informative here, never a reason to fail the command
+        return None
+
+
+def _accuracy_fn(x, y, batch_size=500):
+    import numpy as np
+
+    def evaluate(model):
+        correct = 0
+        for s in range(0, len(x), batch_size):
+            out = np.asarray(model(x[s:s + batch_size], training=False))
+            correct += int(np.sum(np.argmax(out, axis=-1) == y[s:s + batch_size]))
+        return correct / len(x)
+
+    return evaluate
+
+
+def _eval_data(args, model):
+    import numpy as np
+
+    from kslim.datasets import preprocess
+    from kslim.datasets.fashion_mnist import load
+    from kslim.errors import ModelError
+
+    (_, _), (x, y) = load(args.data)
+    x, y = preprocess(x[: args.limit]), np.asarray(y[: args.limit]).astype(np.int64)
+    want = tuple(model.input_shape[1:])
+    if want != tuple(x.shape[1:]):
+        raise ModelError(
+            f"Model {model.name!r} takes inputs {want} but the Fashion-MNIST data are {tuple(x.shape[1:])}: "
+            "kslim sensitivity evaluates on Fashion-MNIST; call kslim.prune.sensitivity() with your own "
+            "eval_fn for other models."
+        )
+    return x, y
+
+
+# -------------------------------------------------------------------------------------------- prune
+def cmd_prune(args):
+    from kslim._io import atomic_save_model
+    from kslim.errors import KslimValueError
+
+    model = _load_model(args.model)
+    pruner = _make_pruner(model, args)
+    info = {}
+    if args.flops_target is not None:
+        if args.sensitivity:
+            from kslim.prune.sensitivity import load_sensitivity, ratios_by_flops
+
+            ratios, info = ratios_by_flops(model, load_sensitivity(args.sensitivity), args.flops_target,
+                                           pruner=pruner)
+            pruned = pruner.prune(ratios)
+        else:
+            pruned, info = pruner.prune_to_flops(args.flops_target)
+    elif args.max_loss is not None:
+        if not args.sensitivity:
+            raise KslimValueError("--max-loss needs --sensitivity SENS.json (from `kslim sensitivity`).")
+        from kslim.prune.sensitivity import load_sensitivity, ratios_by_loss
+
+        ratios = ratios_by_loss(load_sensitivity(args.sensitivity), args.max_loss)
+        if not ratios:
+            raise KslimValueError(f"No group stays under --max-loss {args.max_loss}: nothing to prune.")
+        pruned = pruner.prune(ratios)
+    elif args.ratios is not None:
+        pruned = pruner.prune(args.ratios)
+    else:
+        pruned = pruner.prune(args.ratio)
+    atomic_save_model(pruned, args.output)
+
+    p0, p1 = model.count_params(), pruned.count_params()
+    m0, m1 = _macs(model), _macs(pruned)
+    print(f"{args.model} -> {args.output}")
+    print(f"  params: {p0:,} -> {p1:,} ({p1 / p0:.1%})")
+    if m0 and m1:
+        print(f"  MACs:   {m0:,} -> {m1:,} ({m1 / m0:.1%})")
+    if info and "max_loss" in info:
+        print(f"  sensitivity threshold: {info['max_loss']:.4f} relative loss")
+    elif info and "ratio" in info:
+        print(f"  uniform ratio: {info['ratio']:.4f}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- sensitivity
+def cmd_sensitivity(args):
+    from kslim.prune.sensitivity import DEFAULT_RATIOS, sensitivity
+
+    model = _load_model(args.model)
+    x, y = _eval_data(args, model)
+    pruner = _make_pruner(model, args)
+    sens = sensitivity(model, _accuracy_fn(x, y), ratios=args.ratios or DEFAULT_RATIOS, layers=args.layers,
+                       checkpoint=args.checkpoint, pruner=pruner, verbose=0 if args.quiet else 1)
+    if not args.quiet:
+        ratios = sorted({r for c in sens.values() for r in c})
+        width = max(len(g) for g in sens)
+        print(f"{'group':<{width}}  " + "  ".join(f"{r:>6g}" for r in ratios))
+        for g, curve in sens.items():
+            print(f"{g:<{width}}  " + "  ".join(f"{curve.get(r, float('nan')):>6.3f}" for r in ratios))
+        print(f"relative accuracy loss; checkpoint: {args.checkpoint}", file=sys.stderr)
+    if args.plot:
+        from kslim.prune.plot import plot_sensitivity
+
+        plot_sensitivity(sens, args.plot, title=f"Sensitivity of {model.name}")
+        if not args.quiet:
+            print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _add_pruner_options(p):
+    p.add_argument("--criterion", default="l1", choices=("l1", "l2", "fpgm"), help="filter importance (default l1)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep channel counts multiples of N (e.g. 8 for SIMD kernels)")
+    p.add_argument("--skip", type=_name_list, default=None, metavar="A,B",
+                   help="layers (or groups) never pruned")
+    p.add_argument("--prune-classifier", action="store_true",
+                   help="also prune the channels feeding the last Dense layer")
+
+
+def register(sub):
+    p = sub.add_parser(
+        "prune",
+        help="filter pruning: a physically smaller .keras model",
+        description="Remove whole filters (channels) from a Keras model and save the smaller model. "
+                    "Choose exactly one of --ratio, --ratios, --flops-target, --max-loss.",
+    )
+    p.add_argument("model", help="input .keras model")
+    p.add_argument("-o", "--output", required=True, help="output .keras file")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="fraction of channels removed from every prunable group")
+    how.add_argument("--ratios", type=_ratio_map, metavar="L1=R,L2=R", help="per-layer ratios")
+    how.add_argument("--flops-target", type=float, metavar="F",
+                     help="fraction of MACs to remove (uniform ratio, or from --sensitivity)")
+    how.add_argument("--max-loss", type=float, metavar="L",
+                     help="per-layer ratios whose sensitivity loss is L (needs --sensitivity)")
+    p.add_argument("--sensitivity", metavar="SENS.json",
+                   help="sensitivity file from `kslim sensitivity` (with --flops-target or --max-loss)")
+    _add_pruner_options(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "sensitivity",
+        help="accuracy loss of each layer pruned alone at several ratios",
+        description="Prune each channel group alone at each ratio and measure the relative top-1 accuracy "
+                    "loss on the Fashion-MNIST test slice. Results go to --checkpoint after every "
+                    "measurement; rerunning the same command resumes.",
+    )
+    p.add_argument("model", help="input .keras model (28x28x1 inputs)")
+    p.add_argument("--data", default="small", choices=("small", "full"), help="Fashion-MNIST source")
+    p.add_argument("--limit", type=int, default=1000, help="test samples evaluated (default 1000)")
+    p.add_argument("--checkpoint", default="sens.json", help="JSON results / resume file")
+    p.add_argument("--ratios", type=_ratio_list, default=None, metavar="R,R",
+                   help="ratios (default 0.1,...,0.9)")
+    p.add_argument("--layers", type=_name_list, default=None, metavar="A,B", help="only these groups")
+    p.add_argument("--plot", default=None, metavar="PNG", help="save a plot of the curves")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_pruner_options(p)
+    p.set_defaults(func=cmd_sensitivity)

@@ -1,0 +1,408 @@
+"""Gradual filter pruning during training: a Keras callback masking channels on a schedule, then a strip.
+
+During ``fit``, :class:`GradualPruning` raises the pruned fraction of every channel group along a
+:class:`PolynomialDecay` (AGP) schedule. At each pruning step it recomputes the importance of the
+channels with the pruner's criterion, and zeroes the least important ones in *every* weight that
+shares the channel (producer kernels and biases, BatchNormalization parameters, depthwise kernels,
+and the input axis of the consumers): a masked channel then contributes nothing, exactly as if it
+were removed. The masks are enforced after each optimizer step through variable constraints (inside
+the compiled train step, so ``steps_per_execution`` > 1 is fine).
+
+Masked training is only a training-time stage: :func:`strip_pruning` turns the masked model into the
+physically smaller one (:meth:`FilterPruner.prune_channels`), with the same outputs.
+
+Saving: the masked model can be saved as usual (masked weights are stored as zeros), but the masks
+themselves live in the callback. Either strip before saving (recommended), or keep the masks with
+``callback.save_state("masks.json")`` and later call ``strip_pruning(loaded_model, "masks.json")``.
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kslim._io import atomic_write_json
+from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
+
+STATE_FORMAT = "kslim.gradual_pruning/1"
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+class PruningSchedule:
+    """Base schedule: ``fraction(step)`` in [0, 1] of the target ratio, and whether ``step`` prunes."""
+
+    def fraction(self, step):
+        raise NotImplementedError
+
+    def should_prune(self, step):
+        raise NotImplementedError
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class PolynomialDecay(PruningSchedule):
+    """Polynomial ramp of the pruned fraction (Zhu & Gupta's automated gradual pruning, AGP).
+
+    ``ratio(t) = target * (1 - (1 - p) ** power)`` with ``p = (t - begin_step) / (end_step - begin_step)``
+    clipped to [0, 1]; pruning happens at ``begin_step``, every ``frequency`` steps after it, and at
+    ``end_step``. ``power=3`` is AGP: prune fast while there is redundancy, slowly near the target.
+
+    Steps are optimizer iterations (``model.optimizer.iterations`` after the step).
+
+    Example:
+        >>> s = PolynomialDecay(begin_step=0, end_step=100, frequency=10)
+        >>> round(s.fraction(50), 3), s.fraction(100), s.should_prune(20), s.should_prune(25)
+        (0.875, 1.0, True, False)
+    """
+
+    def __init__(self, begin_step=0, end_step=1000, frequency=100, power=3):
+        begin_step, end_step, frequency = int(begin_step), int(end_step), int(frequency)
+        if begin_step < 0:
+            raise KslimValueError(f"begin_step must be >= 0, got {begin_step}.")
+        if end_step < begin_step:
+            raise KslimValueError(f"end_step ({end_step}) must be >= begin_step ({begin_step}).")
+        if frequency < 1:
+            raise KslimValueError(f"frequency must be >= 1, got {frequency}.")
+        if not power or power <= 0:
+            raise KslimValueError(f"power must be > 0, got {power!r}.")
+        self.begin_step, self.end_step, self.frequency, self.power = begin_step, end_step, frequency, power
+
+    def fraction(self, step):
+        if step < self.begin_step:
+            return 0.0
+        span = self.end_step - self.begin_step
+        p = 1.0 if span == 0 else min(1.0, (step - self.begin_step) / span)
+        return 1.0 - (1.0 - p) ** self.power
+
+    def should_prune(self, step):
+        if step < self.begin_step or step > self.end_step:
+            return False
+        return step == self.end_step or (step - self.begin_step) % self.frequency == 0
+
+    def get_config(self):
+        return {"begin_step": self.begin_step, "end_step": self.end_step, "frequency": self.frequency,
+                "power": self.power}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+class AGP(PolynomialDecay):
+    """:class:`PolynomialDecay` with ``power=3`` (automated gradual pruning)."""
+
+    def __init__(self, begin_step=0, end_step=1000, frequency=100):
+        super().__init__(begin_step, end_step, frequency, power=3)
+
+    def get_config(self):
+        c = super().get_config()
+        c.pop("power")
+        return c
+
+
+class ConstantRatio(PolynomialDecay):
+    """Prune to the full target at ``begin_step`` (one shot), re-choosing channels every ``frequency`` steps."""
+
+    def __init__(self, begin_step=0, end_step=None, frequency=100):
+        super().__init__(begin_step, begin_step if end_step is None else end_step, frequency, power=1)
+        self._end = end_step
+
+    def fraction(self, step):
+        return 0.0 if step < self.begin_step else 1.0
+
+    def get_config(self):
+        return {"begin_step": self.begin_step, "end_step": self._end, "frequency": self.frequency}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _pruner_class(pruner):
+    from kslim.prune import FilterPruner
+    from kslim.prune.sensitivity import criterion_class
+
+    if pruner is None:
+        pruner = "l1"
+    if isinstance(pruner, str):
+        return criterion_class(pruner)
+    if isinstance(pruner, type) and issubclass(pruner, FilterPruner):
+        return pruner
+    raise KslimTypeError(
+        f"pruner must be a criterion name ('l1', 'l2', 'fpgm') or a FilterPruner subclass, got {pruner!r}."
+    )
+
+
+class _MaskConstraint:
+    """``constraint(w) = original(w) * mask``: keeps masked entries at zero after every optimizer step."""
+
+    def __init__(self, mask, original=None):
+        self.mask = mask
+        self.original = original
+
+    def __call__(self, w):
+        from keras import ops
+
+        if self.original is not None:
+            w = self.original(w)
+        return ops.multiply(w, ops.cast(self.mask, w.dtype))
+
+
+# ---------------------------------------------------------------------------------------------- callback
+class GradualPruning(keras.callbacks.Callback):
+    """Keras callback pruning channel groups gradually during ``fit`` (masking), see :mod:`kslim.prune.gradual`.
+
+    Args:
+        pruner: criterion name (``"l1"``, ``"l2"``, ``"fpgm"``) or a ``FilterPruner`` subclass,
+            built on the model at the start of training.
+        target_ratio: final fraction of channels removed, a float for every prunable group or a
+            dict ``{group_or_layer_name: ratio}`` (groups not named are not pruned).
+        schedule: a :class:`PruningSchedule`; default ``AGP(0, 1000, 100)``.
+        skip / keep_classifier / round_to: passed to the pruner (``round_to``: kept channel counts
+            are multiples of it, e.g. 8 for SIMD-friendly kernels).
+        verbose: 1 prints the ratio reached at each pruning step.
+
+    After training, ``callback.masks`` is ``{group_name: sorted channel indices masked}`` and
+    :func:`strip_pruning` gives the smaller model.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="c1"),
+        ...                       keras.layers.Conv2D(4, 3, name="c2"), keras.layers.GlobalAveragePooling2D(),
+        ...                       keras.layers.Dense(2, name="fc")])
+        >>> m.compile("sgd", "mse")
+        >>> cb = GradualPruning("l1", 0.5, schedule=AGP(0, 4, 2))
+        >>> _ = m.fit(np.ones((32, 8, 8, 1)), np.ones((32, 2)), batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+        >>> len(cb.masks["c1"]), strip_pruning(m, cb).get_layer("c1").filters
+        (4, 4)
+    """
+
+    def __init__(self, pruner="l1", target_ratio=0.5, schedule=None, skip=None, keep_classifier=True,
+                 round_to=1, verbose=0):
+        super().__init__()
+        self.pruner_cls = _pruner_class(pruner)
+        if isinstance(target_ratio, dict):
+            if not target_ratio:
+                raise KslimValueError("target_ratio dict is empty: name at least one group.")
+            for k, v in target_ratio.items():
+                self._check_ratio(v, f"target_ratio[{k!r}]")
+            self.target_ratio = {str(k): float(v) for k, v in target_ratio.items()}
+        else:
+            self.target_ratio = self._check_ratio(target_ratio, "target_ratio")
+        if schedule is None:
+            schedule = AGP()
+        if not isinstance(schedule, PruningSchedule):
+            raise KslimTypeError(f"schedule must be a PruningSchedule (e.g. AGP, PolynomialDecay), got {schedule!r}.")
+        self.schedule = schedule
+        self.skip = skip
+        self.keep_classifier = keep_classifier
+        self.round_to = max(1, int(round_to))
+        self.verbose = verbose
+        self.masks = {}          # group name -> sorted np.ndarray of masked channel indices
+        self.history = []        # (step, {group: ratio masked})
+        self.pruner = None
+        self._targets = None     # group name -> target ratio
+        self._mask_vars = {}     # id(variable) -> (variable, keras.Variable mask)
+        self._saved_constraints = {}
+
+    @staticmethod
+    def _check_ratio(v, what):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise KslimValueError(f"{what} must be a number in [0, 1), got {v!r}.") from None
+        if not 0.0 <= v < 1.0:
+            raise KslimValueError(f"{what} must be in [0, 1), got {v!r}.")
+        return v
+
+    # -------------------------------------------------------------- set-up
+    def _setup(self, model):
+        if self.pruner is not None and self.pruner.model is model:
+            return
+        if self.pruner is not None:
+            raise ModelError(
+                f"This GradualPruning callback was used with model {self.pruner.model.name!r}; use a new "
+                f"callback for model {model.name!r}."
+            )
+        self.pruner = self.pruner_cls(model, skip=self.skip, keep_classifier=self.keep_classifier,
+                                      round_to=self.round_to)
+        groups = {g.name: g for g in self.pruner.groups}
+        if isinstance(self.target_ratio, dict):
+            targets = {}
+            for k, v in self.target_ratio.items():
+                g = self.pruner.graph.group(k)  # raises, naming the layer, if unknown / not a producer
+                if g.name not in groups:
+                    raise KslimValueError(
+                        f"target_ratio names {k!r}, whose channel group {g.name!r} cannot be pruned: "
+                        f"{g.reason or 'excluded by the pruner (skip / keep_classifier)'}."
+                    )
+                targets[g.name] = v
+        else:
+            targets = {name: self.target_ratio for name in groups}
+        self._targets = targets
+        self._groups = groups
+        # one mask per (variable) touched by a pruned group
+        for name in targets:
+            for m in groups[name].members:
+                var = self.pruner.graph.layers[m.layer_name].weights[m.weight_index]
+                if id(var) not in self._mask_vars:
+                    mask = keras.Variable(np.ones(tuple(var.shape), "float32"), trainable=False,
+                                          dtype="float32", name=f"{var.name}_prune_mask")
+                    self._mask_vars[id(var)] = (var, mask)
+
+    def _install_constraints(self):
+        for key, (var, mask) in self._mask_vars.items():
+            if not getattr(var, "trainable", False):
+                continue
+            self._saved_constraints[key] = var.constraint
+            var.constraint = _MaskConstraint(mask, var.constraint)
+
+    def _remove_constraints(self):
+        for key, original in self._saved_constraints.items():
+            self._mask_vars[key][0].constraint = original
+        self._saved_constraints = {}
+
+    # -------------------------------------------------------------- keras hooks
+    def on_train_begin(self, logs=None):
+        self._setup(self.model)
+        self._install_constraints()
+        # the compiled train step must be traced with the constraints (and without them afterwards)
+        self.model.make_train_function(force=True)
+        step = self._step()
+        self._last_step = step
+        if self.masks:
+            self._apply_masks()          # continuing training: keep the masks of the previous fit
+        elif step > 0 and self.schedule.fraction(step) > 0:
+            self._update_masks(step)     # resuming with a schedule already under way
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        # with steps_per_execution > 1 several steps ran since the last call: take the latest
+        # pruning step among them
+        due = [t for t in range(self._last_step + 1, step + 1) if self.schedule.should_prune(t)]
+        self._last_step = step
+        if due:
+            self._update_masks(due[-1])
+
+    def on_train_end(self, logs=None):
+        self._remove_constraints()
+        self.model.train_function = None
+
+    def _step(self):
+        return int(np.asarray(self.model.optimizer.iterations))
+
+    # -------------------------------------------------------------- masking
+    def _update_masks(self, step):
+        frac = self.schedule.fraction(step)
+        reached = {}
+        self.pruner.refresh()  # the weights trained since the last step: recompute importance
+        for name, target in self._targets.items():
+            group = self._groups[name]
+            n = self.pruner.n_remove(group, target * frac)
+            old = self.masks.get(name, np.zeros(0, np.int64))
+            if n <= len(old):
+                reached[name] = len(old) / group.size
+                continue
+            imp = np.asarray(self.pruner.importance(group), dtype=np.float64).copy()
+            imp[old] = -np.inf            # masks only grow: masked channels stay masked
+            order = np.argsort(imp, kind="stable")
+            self.masks[name] = np.sort(order[:n]).astype(np.int64)
+            reached[name] = n / group.size
+        self._apply_masks()
+        self.history.append((int(step), reached))
+        if self.verbose:
+            mean = float(np.mean(list(reached.values()))) if reached else 0.0
+            print(f"GradualPruning: step {step}: mean channel ratio {mean:.3f} (schedule {frac:.3f})")
+
+    def _mask_arrays(self):
+        arrays = {key: np.ones(tuple(var.shape), "float32") for key, (var, _) in self._mask_vars.items()}
+        for name, channels in self.masks.items():
+            if not len(channels):
+                continue
+            for m in self._groups[name].members:
+                var = self.pruner.graph.layers[m.layer_name].weights[m.weight_index]
+                arr = arrays[id(var)]
+                idx = m.indices(channels)
+                sl = [slice(None)] * arr.ndim
+                sl[m.axis] = idx
+                arr[tuple(sl)] = 0.0
+        return arrays
+
+    def _apply_masks(self):
+        for key, arr in self._mask_arrays().items():
+            var, mask = self._mask_vars[key]
+            mask.assign(arr)
+            var.assign(np.asarray(var.numpy()) * arr.astype(var.dtype))
+
+    # -------------------------------------------------------------- state
+    def sparsity(self):
+        """``{group: fraction of its channels masked}``."""
+        if self._targets is None:
+            return {}
+        return {name: len(self.masks.get(name, ())) / self._groups[name].size for name in self._targets}
+
+    def get_state(self):
+        """JSON-ready state: model fingerprint and ``{group: masked channel indices}``."""
+        from kslim.prune.sensitivity import model_fingerprint
+
+        if self.pruner is None:
+            raise KslimValueError("GradualPruning has no state yet: train with it first.")
+        fp = model_fingerprint(self.pruner.model)
+        return {"format": STATE_FORMAT, "model": {"name": fp["name"], "architecture": fp["architecture"]},
+                "criterion": self.pruner_cls.__name__, "round_to": self.round_to,
+                "skip": list(self.skip) if isinstance(self.skip, (list, tuple, set)) else self.skip,
+                "keep_classifier": self.keep_classifier,
+                "masks": {k: [int(i) for i in v] for k, v in self.masks.items()}}
+
+    def save_state(self, path):
+        """Write :meth:`get_state` to ``path`` (JSON, atomic) for a later :func:`strip_pruning`."""
+        return atomic_write_json(path, self.get_state())
+
+
+# ---------------------------------------------------------------------------------------------- strip
+def strip_pruning(model, state):
+    """The physically smaller model: remove the masked channels of ``model`` for good.
+
+    Args:
+        model: the model trained with :class:`GradualPruning` (or that model saved and loaded).
+        state: the callback, its :meth:`GradualPruning.get_state` dict, or the path of a file
+            written by :meth:`GradualPruning.save_state`.
+
+    Returns:
+        a new ``keras.Model`` with fewer channels whose outputs equal the masked model's.
+    """
+    from kslim.prune.sensitivity import model_fingerprint
+
+    if hasattr(state, "get_state") and hasattr(state, "masks"):
+        cb = state
+        if cb.pruner is None:
+            raise KslimValueError("The GradualPruning callback was never used in fit(): nothing to strip.")
+        if cb.pruner.model is model:
+            return cb.pruner.prune_channels({k: v for k, v in cb.masks.items() if len(v)})
+        state = cb.get_state()
+    if isinstance(state, (str, Path)):
+        path = Path(state)
+        if not path.is_file():
+            raise KslimFileError(f"Pruning state file {path} does not exist.")
+        try:
+            state = json.loads(path.read_text())
+        except ValueError as e:
+            raise KslimFileError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise KslimValueError(
+            "state must be a GradualPruning callback, its get_state() dict or a file from save_state()."
+        )
+    fp = model_fingerprint(model)
+    if state["model"]["architecture"] != fp["architecture"]:
+        raise ModelError(
+            f"The pruning state was made for model {state['model']['name']!r} with other layers than "
+            f"{model.name!r}: cannot strip it."
+        )
+    import kslim.prune as kp
+
+    pruner_cls = getattr(kp, state["criterion"], None) or kp.L1NormFilterPruner
+    pruner = pruner_cls(model, skip=state.get("skip"), keep_classifier=state.get("keep_classifier", True),
+                        round_to=1)
+    return pruner.prune_channels({k: np.asarray(v, np.int64) for k, v in state["masks"].items() if v})

@@ -1,0 +1,394 @@
+"""Sensitivity analysis of filter pruning, and pruning ratios derived from it (PaddleSlim style).
+
+:func:`sensitivity` prunes one channel group at a time at several ratios and records how much an
+evaluation metric drops; :func:`ratios_by_loss` turns those curves into per-group ratios for a
+tolerated loss, and :func:`ratios_by_flops` searches the tolerated loss that reaches a FLOPs target.
+"""
+
+import gc
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from kslim._io import atomic_write_json
+from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
+
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CHECKPOINT_FORMAT = "kslim.sensitivity/1"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _check_ratios(ratios, what="ratios"):
+    try:
+        values = [float(r) for r in ratios]
+    except (TypeError, ValueError):
+        raise KslimValueError(f"{what} must be a sequence of numbers in [0, 1), got {ratios!r}.") from None
+    if not values:
+        raise KslimValueError(f"{what} is empty: give at least one ratio in (0, 1).")
+    for r in values:
+        if not (0.0 <= r < 1.0) or math.isnan(r):
+            raise KslimValueError(
+                f"{what}: ratio {r!r} is outside [0, 1); a ratio is the fraction of channels removed."
+            )
+    return sorted({round(r, 6) for r in values})
+
+
+def _ratio_key(r):
+    return f"{round(float(r), 6):g}"
+
+
+def _make_pruner(model, pruner):
+    """Accept a pruner class (built on ``model``), a pruner instance, or a criterion name."""
+    from kslim.prune import FilterPruner, L1NormFilterPruner
+
+    if pruner is None:
+        pruner = L1NormFilterPruner
+    if isinstance(pruner, str):
+        pruner = criterion_class(pruner)
+    if isinstance(pruner, type):
+        if not issubclass(pruner, FilterPruner):
+            raise KslimTypeError(f"pruner must be a FilterPruner subclass or instance, got {pruner.__name__}.")
+        return pruner(model)
+    if isinstance(pruner, FilterPruner):
+        bound = getattr(pruner, "model", None)
+        if bound is not None and bound is not model:
+            raise KslimValueError(
+                f"The pruner instance is bound to model {bound.name!r}, not to {model.name!r}: build the "
+                "pruner on the model you analyse (or pass the pruner class)."
+            )
+        return pruner
+    raise KslimTypeError(f"pruner must be a FilterPruner subclass or instance, got {type(pruner).__name__}.")
+
+
+CRITERIA = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
+
+
+def criterion_class(name):
+    """The pruner class of a criterion name: ``"l1"``, ``"l2"`` or ``"fpgm"``."""
+    import kslim.prune as kp
+
+    key = str(name).lower()
+    if key not in CRITERIA:
+        raise KslimValueError(f"Unknown pruning criterion {name!r}; choose one of {sorted(CRITERIA)}.")
+    return getattr(kp, CRITERIA[key])
+
+
+def _criterion_name(pruner):
+    return type(pruner).__name__
+
+
+def model_fingerprint(model):
+    """Hashes identifying a model: ``{"name", "architecture", "weights"}``.
+
+    ``architecture`` covers the layer classes, the names of the layers with weights and the weight
+    shapes; ``weights`` the weight values.
+    """
+    arch = hashlib.sha1()
+    wts = hashlib.sha1()
+    for layer in model.layers:
+        # names of weightless layers (auto-numbered Input, ReLU ...) do not identify the model
+        arch.update(f"{layer.name if layer.weights else ''}|{type(layer).__name__}|".encode())
+        for w in layer.weights:
+            arch.update(f"{tuple(w.shape)};".encode())
+    for w in model.weights:
+        wts.update(np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w)).tobytes())
+    return {"name": model.name, "architecture": arch.hexdigest()[:16], "weights": wts.hexdigest()[:16]}
+
+
+def _select_groups(pruner, layers):
+    """The prunable groups named by ``layers`` (group names or any of their producer layers)."""
+    groups = list(pruner.groups)
+    if layers is None:
+        return groups
+    if isinstance(layers, str):
+        layers = [layers]
+    prunable = {id(g) for g in groups}
+    chosen = []
+    for name in layers:
+        g = pruner.graph.group(name)  # raises, naming the layer, if unknown or not a channel producer
+        if id(g) not in prunable:
+            reason = g.reason or "excluded by the pruner (skip / keep_classifier)"
+            raise KslimValueError(f"Layer {name!r} (channel group {g.name!r}) cannot be pruned: {reason}.")
+        if all(c is not g for c in chosen):
+            chosen.append(g)
+    return chosen
+
+
+def _load_checkpoint(path, fingerprint, criterion):
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KslimFileError(
+            f"Sensitivity checkpoint {path} is unreadable ({e}); delete it or choose another --checkpoint."
+        ) from e
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise KslimFileError(
+            f"{path} is not a kslim sensitivity checkpoint (no format {CHECKPOINT_FORMAT!r}); refusing to "
+            "overwrite it: choose another checkpoint path."
+        )
+    old = data.get("model", {})
+    if old.get("architecture") != fingerprint["architecture"]:
+        raise ModelError(
+            f"Checkpoint {path} was computed for another model ({old.get('name')!r}, architecture "
+            f"{old.get('architecture')}) than {fingerprint['name']!r} (architecture "
+            f"{fingerprint['architecture']}): its layers differ. Delete it or use another checkpoint path."
+        )
+    if old.get("weights") != fingerprint["weights"]:
+        raise ModelError(
+            f"Checkpoint {path} was computed for model {old.get('name')!r} with other weights (hash "
+            f"{old.get('weights')} vs {fingerprint['weights']}): same layers, different training. Delete it "
+            "or use another checkpoint path."
+        )
+    if data.get("criterion") != criterion:
+        raise KslimValueError(
+            f"Checkpoint {path} was computed with pruner {data.get('criterion')!r}, not {criterion!r}: losses "
+            "of different criteria cannot be mixed. Use the same criterion or another checkpoint path."
+        )
+    return data
+
+
+def _to_float_keys(sens):
+    return {g: {float(r): float(v) for r, v in curve.items()} for g, curve in sens.items()}
+
+
+# ---------------------------------------------------------------------------------------------- API
+def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="sens.json", pruner=None,
+                verbose=1, base_rtol=1e-3):
+    """Loss of ``eval_fn`` when each channel group of ``model`` alone is pruned at each ratio.
+
+    For every prunable group and ratio the model is physically pruned (only that group) and
+    evaluated; the loss is ``(base - metric) / base`` where ``base = eval_fn(model)``, as in
+    PaddleSlim. ``eval_fn`` takes a ``keras.Model`` and returns a float where higher is better
+    (accuracy); negate a lower-is-better metric.
+
+    Every measurement is written at once (atomically) to ``checkpoint``, so an interrupted run
+    started again with the same arguments resumes where it stopped. A checkpoint made for another
+    model (other layers or other weights) or another criterion is refused with the reason.
+
+    Args:
+        model: a built ``keras.Model``.
+        eval_fn: ``callable(model) -> float``.
+        ratios: fractions of channels removed, each in [0, 1).
+        layers: group names (first producer layer) or layer names to analyse; default every
+            prunable group.
+        checkpoint: JSON file (``None``: keep nothing on disk).
+        pruner: a :class:`~kslim.prune.FilterPruner` subclass (built on ``model``), an instance
+            bound to ``model``, or a criterion name (``"l1"``, ``"l2"``, ``"fpgm"``); default L1.
+        verbose: 1 shows a Keras progress bar.
+        base_rtol: when resuming, the base metric must match the checkpoint's within this
+            relative tolerance (otherwise ``eval_fn`` changed and the checkpoint is refused).
+
+    Returns:
+        ``{group_name: {ratio: loss}}`` for the requested groups.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from kslim.prune import sensitivity
+        >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="c1"),
+        ...                       keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Conv2D(4, 1, name="c3"),
+        ...                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, name="fc")])
+        >>> x = np.random.rand(16, 8, 8, 1).astype("float32")
+        >>> score = lambda mm: 1.0 / (1.0 + float(np.abs(np.asarray(mm(x))).mean()))
+        >>> s = sensitivity(m, score, ratios=[0.5], checkpoint=None, verbose=0)
+        >>> sorted(s)  # c3 feeds the classifier, kept by default
+        ['c1', 'c2']
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise KslimTypeError(f"sensitivity() needs a keras.Model, got {type(model).__name__}.")
+    if not callable(eval_fn):
+        raise KslimTypeError(f"eval_fn must be callable(model) -> float, got {type(eval_fn).__name__}.")
+    ratios = _check_ratios(ratios)
+    if 0.0 in ratios:
+        ratios.remove(0.0)
+        if not ratios:
+            raise KslimValueError("ratios holds only 0: give ratios in (0, 1).")
+    pruner = _make_pruner(model, pruner)
+    groups = _select_groups(pruner, layers)
+    if not groups:
+        raise ModelError(f"Model {model.name!r} has no prunable channel group.")
+    fingerprint = model_fingerprint(model)
+    criterion = _criterion_name(pruner)
+
+    data = _load_checkpoint(checkpoint, fingerprint, criterion) if checkpoint else None
+    base = _metric(eval_fn, model, "the unpruned model")
+    if base == 0:
+        raise KslimValueError("eval_fn returned 0 for the unpruned model: the relative loss is undefined.")
+    if data is None:
+        data = {"format": CHECKPOINT_FORMAT, "model": fingerprint, "criterion": criterion, "base": base,
+                "sensitivities": {}}
+    elif not math.isclose(float(data["base"]), base, rel_tol=base_rtol, abs_tol=1e-12):
+        raise KslimValueError(
+            f"Checkpoint {checkpoint} was measured with base metric {data['base']:.6g} but eval_fn now "
+            f"gives {base:.6g} for the same model: the evaluation changed (other data?). Delete the "
+            "checkpoint or use another path."
+        )
+    table = data["sensitivities"]
+
+    todo = [(g, r) for g in groups for r in ratios if _ratio_key(r) not in table.get(g.name, {})]
+    bar = keras.utils.Progbar(len(todo), unit_name="eval") if verbose and todo else None
+    for i, (group, r) in enumerate(todo):
+        pruned = pruner.prune({group.name: r})
+        metric = _metric(eval_fn, pruned, f"group {group.name!r} pruned at {r:g}")
+        del pruned
+        gc.collect()
+        table.setdefault(group.name, {})[_ratio_key(r)] = (base - metric) / base
+        if checkpoint:
+            atomic_write_json(checkpoint, data)
+        if bar is not None:
+            bar.update(i + 1, values=[("loss", table[group.name][_ratio_key(r)])])
+    if checkpoint and not todo and not Path(checkpoint).exists():
+        atomic_write_json(checkpoint, data)
+    wanted = {_ratio_key(r) for r in ratios}
+    return _to_float_keys({g.name: {k: v for k, v in table[g.name].items() if k in wanted} for g in groups})
+
+
+def _metric(eval_fn, model, what):
+    value = eval_fn(model)
+    try:
+        value = float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError):
+        raise KslimTypeError(f"eval_fn must return one number; for {what} it returned {value!r}.") from None
+    if math.isnan(value):
+        raise KslimValueError(f"eval_fn returned NaN for {what}.")
+    return value
+
+
+def load_sensitivity(path):
+    """Read the ``{group: {ratio: loss}}`` table of a checkpoint written by :func:`sensitivity`."""
+    path = Path(path)
+    if not path.is_file():
+        raise KslimFileError(f"Sensitivity file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise KslimFileError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        data = data["sensitivities"]
+    return _check_sens(data)
+
+
+def _check_sens(sens):
+    if not isinstance(sens, dict) or not sens:
+        raise KslimValueError("sensitivities must be a non-empty dict {group_name: {ratio: loss}}.")
+    out = {}
+    for g, curve in sens.items():
+        if not isinstance(curve, dict):
+            raise KslimValueError(f"sensitivities[{g!r}] must be a dict {{ratio: loss}}, got {type(curve).__name__}.")
+        try:
+            out[g] = {float(r): float(v) for r, v in curve.items()}
+        except (TypeError, ValueError):
+            raise KslimValueError(f"sensitivities[{g!r}] has a non-numeric ratio or loss.") from None
+        for r in out[g]:
+            if not 0.0 <= r < 1.0:
+                raise KslimValueError(f"sensitivities[{g!r}]: ratio {r} is outside [0, 1).")
+    return out
+
+
+def ratios_by_loss(sens, max_loss):
+    """Per-group pruning ratio whose interpolated loss is ``max_loss`` (PaddleSlim's ``get_ratios_by_loss``).
+
+    For each group, the largest measured ratio whose loss is <= ``max_loss`` is found; if a larger
+    ratio follows, the ratio is linearly interpolated between the two. Unlike PaddleSlim, the curve
+    starts at ``(0, 0)``, so a group already too sensitive at its first ratio gets an interpolated
+    ratio below it instead of nothing. Groups that reach 0 are left out.
+
+    Example:
+        >>> ratios_by_loss({"conv1": {0.2: 0.01, 0.4: 0.03}}, 0.02)
+        {'conv1': 0.3}
+    """
+    sens = _check_sens(sens)
+    try:
+        max_loss = float(max_loss)
+    except (TypeError, ValueError):
+        raise KslimValueError(f"max_loss must be a number, got {max_loss!r}.") from None
+    ratios = {}
+    for g, curve in sens.items():
+        points = sorted(curve.items())
+        if not points or points[0][0] > 0:
+            points = [(0.0, 0.0)] + points
+        for i in range(len(points) - 1, -1, -1):
+            r0, l0 = points[i]
+            if l0 <= max_loss:
+                if i == len(points) - 1:
+                    ratio = r0
+                else:
+                    r1, l1 = points[i + 1]
+                    ratio = r0 + (max_loss - l0) * (r1 - r0) / (l1 - l0) if l1 != l0 else r0
+                ratio = round(min(max(ratio, 0.0), points[-1][0]), 6)
+                if ratio > 0:
+                    ratios[g] = ratio
+                break
+    return ratios
+
+
+def ratios_by_flops(model, sens, target, pruner=None, tol=0.005, max_iter=30):
+    """Per-group ratios (from :func:`ratios_by_loss`) meeting a FLOPs target, by bisection on the loss.
+
+    Args:
+        model: the unpruned model the sensitivities were measured on.
+        sens: ``{group: {ratio: loss}}`` from :func:`sensitivity` (or a checkpoint path).
+        target: fraction of the MACs to remove, in (0, 1) (0.5: the pruned model has half the MACs).
+        pruner: pruner class, instance or criterion name (as in :func:`sensitivity`), giving the
+            ``skip`` / ``round_to`` settings used to measure the MACs.
+        tol: stop when the removed fraction is within ``tol`` above ``target``.
+
+    Returns:
+        ``(ratios, info)`` with ``info = {"max_loss", "macs", "base_macs", "reduction"}``; the
+        smallest tolerated loss whose ratios remove at least ``target`` of the MACs. If even the
+        largest measured ratios cannot reach the target, raises :class:`KslimValueError`.
+    """
+    if isinstance(sens, (str, Path)):
+        sens = load_sensitivity(sens)
+    sens = _check_sens(sens)
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.") from None
+    if not 0.0 < target < 1.0:
+        raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.")
+    pruner = _make_pruner(model, pruner)
+    known = {g.name for g in pruner.groups}
+    unknown = sorted(set(sens) - known)
+    if unknown:
+        raise ModelError(
+            f"Sensitivities name groups that are not prunable groups of {model.name!r}: {unknown[:10]}; "
+            "were they measured on another model?"
+        )
+    base_macs = float(pruner.macs_before)
+
+    def reduction(max_loss):
+        ratios = ratios_by_loss(sens, max_loss)
+        macs = pruner.estimate_macs(ratios) if ratios else base_macs  # no model is built
+        return ratios, 1.0 - macs / base_macs
+
+    all_losses = sorted({v for c in sens.values() for v in c.values()})
+    hi = max(all_losses[-1], 0.0) + 1.0  # every group at its largest measured ratio
+    ratios_hi, red_hi = reduction(hi)
+    if red_hi < target:
+        raise KslimValueError(
+            f"Even the largest measured ratios remove only {red_hi:.1%} of the MACs of {model.name!r} (target "
+            f"{target:.1%}): measure larger ratios or more layers, or lower the target."
+        )
+    lo = min(all_losses[0], 0.0) - 1e-9
+    best = (hi, ratios_hi, red_hi)
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        ratios, red = reduction(mid)
+        if red >= target:
+            hi = mid
+            best = (mid, ratios, red)
+            if red - target <= tol:
+                break
+        else:
+            lo = mid
+    max_loss, ratios, red = best
+    return ratios, {"max_loss": max_loss, "macs": int(round(base_macs * (1 - red))), "base_macs": int(base_macs),
+                    "reduction": red}
