@@ -16,6 +16,7 @@ def captured_output(verbose=False):
     if verbose:
         yield lambda: ""
         return
+    _init_loggers()
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -47,3 +48,18 @@ def captured_output(verbose=False):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _init_loggers():
+    """Create TF's / absl's logging handlers now, bound to the real stderr.
+
+    A handler created while ``sys.stderr`` is redirected would keep the temporary stream after it is
+    closed, and every later log call would fail with "I/O operation on closed file".
+    """
+    try:
+        import tensorflow as tf
+
+        tf.get_logger()
+        import absl.logging  # noqa: F401
+    except Exception:  # logging setup is best effort; conversion works without it
+        pass
