@@ -1,0 +1,251 @@
+"""Distillation losses: soft labels (Hinton et al.), L2 feature matching (FitNets), FSP (Yim et al.).
+
+Each loss exists in two forms:
+
+* a function ``fn(teacher, student, ...) -> scalar`` (mean over the batch), usable on its own:
+  :func:`soft_label_loss`, :func:`l2_loss`, :func:`fsp_loss`;
+* a ``keras.losses.Loss`` subclass called as ``loss(teacher, student, sample_weight=None)``
+  (teacher in the ``y_true`` slot, student in ``y_pred``), which is what a :class:`~kslim.distill.Pair`
+  uses: :class:`SoftLabelLoss`, :class:`L2Loss`, :class:`FSPLoss`. They reduce per-sample values
+  like every Keras loss (sample weights, ``tf.distribute`` scaling) and serialise with ``get_config``.
+
+The teacher argument always comes first. All values are computed in float32.
+"""
+
+import keras
+from keras import ops
+
+from kslim.errors import KslimValueError
+
+# ------------------------------------------------------------------------------------------------
+# per-sample values (shape (batch,))
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def _check_temperature(name, value):
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise KslimValueError(f"{name} must be a number > 0, got {value!r}.")
+    return float(value)
+
+
+def soft_label_per_sample(teacher_logits, student_logits, teacher_temperature=1.0, student_temperature=1.0,
+                          scale_by_temperature=False):
+    """Per-sample cross-entropy ``H(softmax(t / Tt), softmax(s / Ts))`` over the last axis -> (batch,)."""
+    teacher_logits, student_logits = _f32(teacher_logits), _f32(student_logits)
+    p_teacher = ops.softmax(teacher_logits / teacher_temperature, axis=-1)
+    log_p_student = ops.log_softmax(student_logits / student_temperature, axis=-1)
+    ce = -ops.sum(ops.stop_gradient(p_teacher) * log_p_student, axis=-1)
+    if len(ce.shape) > 1:  # e.g. per-position logits (batch, T, classes): mean over the extra axes
+        ce = ops.mean(ops.reshape(ce, (ops.shape(ce)[0], -1)), axis=-1)
+    if scale_by_temperature:
+        ce = ce * (teacher_temperature * student_temperature)
+    return ce
+
+
+def l2_per_sample(teacher_feature, student_feature):
+    """Per-sample mean squared difference over every non-batch axis -> (batch,)."""
+    diff = ops.square(_f32(student_feature) - ops.stop_gradient(_f32(teacher_feature)))
+    return ops.mean(ops.reshape(diff, (ops.shape(diff)[0], -1)), axis=-1)
+
+
+def _match_spatial(a, b):
+    """Max-pool the larger of two NHWC maps down to the spatial size of the smaller (Yim et al. 2017)."""
+    ha, wa = a.shape[1], a.shape[2]
+    hb, wb = b.shape[1], b.shape[2]
+    if None in (ha, wa, hb, wb):
+        raise KslimValueError(
+            f"fsp needs static spatial sizes, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    if (ha, wa) == (hb, wb):
+        return a, b
+    size = (min(ha, hb), min(wa, wb))
+    if (ha, wa) != size:
+        a = ops.adaptive_max_pool(a, size, data_format="channels_last")
+    if (hb, wb) != size:
+        b = ops.adaptive_max_pool(b, size, data_format="channels_last")
+    return a, b
+
+
+def fsp_matrix(a, b):
+    """Flow of Solution Procedure matrix of two NHWC feature maps -> (batch, C_a, C_b).
+
+    ``G[i, j] = sum_{h,w} a[h, w, i] * b[h, w, j] / (H * W)``. When the two maps have different
+    spatial sizes the larger one is max-pooled down to the smaller (as Yim et al. do).
+
+    Example:
+        >>> import numpy as np
+        >>> fsp_matrix(np.ones((2, 8, 8, 3)), np.ones((2, 4, 4, 5))).shape
+        TensorShape([2, 3, 5])
+    """
+    a, b = _f32(a), _f32(b)
+    if len(a.shape) != 4 or len(b.shape) != 4:
+        raise KslimValueError(
+            f"fsp needs two rank-4 NHWC feature maps, got shapes {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    a, b = _match_spatial(a, b)
+    hw = a.shape[1] * a.shape[2]
+    a = ops.reshape(a, (ops.shape(a)[0], hw, a.shape[3]))
+    b = ops.reshape(b, (ops.shape(b)[0], hw, b.shape[3]))
+    return ops.einsum("nki,nkj->nij", a, b) / float(hw)
+
+
+def fsp_per_sample(teacher_maps, student_maps):
+    """Per-sample mean squared difference of the teacher and student FSP matrices -> (batch,)."""
+    t_a, t_b = teacher_maps
+    s_a, s_b = student_maps
+    g_t = ops.stop_gradient(fsp_matrix(t_a, t_b))
+    g_s = fsp_matrix(s_a, s_b)
+    if tuple(g_t.shape[1:]) != tuple(g_s.shape[1:]):
+        raise KslimValueError(
+            f"fsp: teacher FSP matrix is {tuple(g_t.shape[1:])} but student's is {tuple(g_s.shape[1:])}; "
+            "the paired feature maps need the same channel counts (use adaptor=True)."
+        )
+    return ops.mean(ops.reshape(ops.square(g_s - g_t), (ops.shape(g_s)[0], -1)), axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# scalar functions
+
+
+def soft_label_loss(teacher_logits, student_logits, teacher_temperature=1.0, student_temperature=1.0,
+                    scale_by_temperature=False):
+    """Softmax cross-entropy between the softened teacher and student distributions (a scalar).
+
+    ``mean_batch( -sum_k softmax(t / Tt)_k * log softmax(s / Ts)_k )``; no gradient flows to the
+    teacher. With the same temperature ``T`` on both sides the gradients of this term shrink as
+    ``1 / T**2`` (Hinton et al., 2015): pass ``scale_by_temperature=True`` (multiplies by ``Tt * Ts``)
+    or put ``T**2`` into the pair weight to keep its contribution independent of ``T``.
+    PaddleSlim's ``soft_label_loss`` does not scale (``scale_by_temperature=False``).
+
+    Example:
+        >>> import numpy as np
+        >>> t = np.array([[2.0, 0.0, -1.0]]); s = np.array([[1.0, 0.5, 0.0]])
+        >>> round(float(soft_label_loss(t, s, 2.0, 2.0)), 4)
+        0.9973
+    """
+    tt = _check_temperature("teacher_temperature", teacher_temperature)
+    ts = _check_temperature("student_temperature", student_temperature)
+    return ops.mean(soft_label_per_sample(teacher_logits, student_logits, tt, ts, scale_by_temperature))
+
+
+def l2_loss(teacher_feature, student_feature):
+    """Mean squared difference between a teacher and a student feature of the same shape (a scalar).
+
+    Example:
+        >>> import numpy as np
+        >>> float(l2_loss(np.zeros((2, 4)), np.ones((2, 4))))
+        1.0
+    """
+    _check_same_shape("l2_loss", teacher_feature, student_feature)
+    return ops.mean(l2_per_sample(teacher_feature, student_feature))
+
+
+def fsp_loss(t_a, t_b, s_a, s_b):
+    """FSP loss (Yim et al., CVPR 2017): mean squared difference of the FSP matrices (a scalar).
+
+    ``G_t = fsp_matrix(t_a, t_b)`` and ``G_s = fsp_matrix(s_a, s_b)`` (see :func:`fsp_matrix`; maps
+    of different spatial sizes are max-pooled to the smaller one). ``t_a``/``s_a`` and ``t_b``/``s_b``
+    need the same channel counts. Like PaddleSlim, the mean (not the sum) over the ``C_a x C_b``
+    entries is taken.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y = np.random.rand(2, 8, 8, 3), np.random.rand(2, 4, 4, 5)
+        >>> float(fsp_loss(x, y, x, y))
+        0.0
+    """
+    return ops.mean(fsp_per_sample((t_a, t_b), (s_a, s_b)))
+
+
+def _check_same_shape(where, t, s):
+    ts, ss = tuple(getattr(t, "shape", ())), tuple(getattr(s, "shape", ()))
+    if len(ts) != len(ss) or any(a is not None and b is not None and a != b for a, b in zip(ts[1:], ss[1:])):
+        raise KslimValueError(f"{where}: teacher shape {ts} and student shape {ss} differ.")
+
+
+# ------------------------------------------------------------------------------------------------
+# keras.losses.Loss forms (what a Pair uses)
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class SoftLabelLoss(keras.losses.Loss):
+    """:func:`soft_label_loss` as a Keras loss: ``SoftLabelLoss(T)(teacher_logits, student_logits)``.
+
+    Args:
+        temperature: sets both temperatures (shortcut).
+        teacher_temperature, student_temperature: the softmax temperatures (default 1).
+        scale_by_temperature: multiply by ``Tt * Ts`` (Hinton's ``T**2``).
+
+    Example:
+        >>> import numpy as np
+        >>> loss = SoftLabelLoss(temperature=2.0)
+        >>> t = np.array([[2.0, 0.0, -1.0]]); s = np.array([[1.0, 0.5, 0.0]])
+        >>> round(float(loss(t, s)), 4)
+        0.9973
+    """
+
+    def __init__(self, temperature=None, teacher_temperature=1.0, student_temperature=1.0,
+                 scale_by_temperature=False, reduction="sum_over_batch_size", name="soft_label", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if temperature is not None:
+            teacher_temperature = student_temperature = temperature
+        self.teacher_temperature = _check_temperature("teacher_temperature", teacher_temperature)
+        self.student_temperature = _check_temperature("student_temperature", student_temperature)
+        self.scale_by_temperature = bool(scale_by_temperature)
+
+    def call(self, y_true, y_pred):
+        return soft_label_per_sample(y_true, y_pred, self.teacher_temperature, self.student_temperature,
+                                     self.scale_by_temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(teacher_temperature=self.teacher_temperature, student_temperature=self.student_temperature,
+                      scale_by_temperature=self.scale_by_temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class L2Loss(keras.losses.Loss):
+    """:func:`l2_loss` as a Keras loss: ``L2Loss()(teacher_feature, student_feature)``.
+
+    Example:
+        >>> import numpy as np
+        >>> float(L2Loss()(np.zeros((2, 4)), np.ones((2, 4))))
+        1.0
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="l2", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return l2_per_sample(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class FSPLoss(keras.losses.Loss):
+    """:func:`fsp_loss` as a Keras loss: ``FSPLoss()((t_a, t_b), (s_a, s_b))``.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y = np.random.rand(2, 8, 8, 3), np.random.rand(2, 4, 4, 5)
+        >>> float(FSPLoss()((x, y), (x, y)))
+        0.0
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="fsp", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return fsp_per_sample(y_true, y_pred)
+
+
+# name -> (class, number of tensors per side)
+BUILTIN_LOSSES = {"soft_label": (SoftLabelLoss, 1), "l2": (L2Loss, 1), "fsp": (FSPLoss, 2)}
+
+__all__ = [
+    "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix",
+    "SoftLabelLoss", "L2Loss", "FSPLoss", "BUILTIN_LOSSES",
+]
