@@ -36,8 +36,7 @@ def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune"):
         return model, []
     lr = float(settings.get("learning_rate", ctx.config["train"].get("learning_rate", 5e-4)))
     bs = settings.get("batch_size", ctx.config["train"].get("batch_size"))
-    if not getattr(model, "optimizer", None) or not getattr(model, "compiled", False):
-        compile_classifier(model, learning_rate=lr)
+    compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
     history = fit_resumable(
         model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
         prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv",
