@@ -1,0 +1,268 @@
+"""``auto_prune``: simulated annealing over per-group pruning ratios (PaddleSlim's ``AutoPruner``)."""
+
+import dataclasses
+import math
+from pathlib import Path
+
+from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.nas.constraints import Constraint, InfeasibleConstraintError, MaxFlops, MaxLatency
+
+_PRUNERS = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
+
+
+@dataclasses.dataclass
+class AutoPruneResult:
+    """What :func:`auto_prune` returns.
+
+    Attributes:
+        model: the best pruned model (fine-tuned by ``finetune_fn`` if one was given).
+        ratios: ``{group name: ratio}`` of that model.
+        score: its ``eval_fn`` score.
+        flops, flops_before: FLOPs of the pruned and the original model.
+        initial_ratios: the starting point (the uniform ratio meeting the constraints).
+        history, rejected: per-trial records and the candidates rejected before evaluation.
+        oracle, directory, history_path, plot_path: as for :class:`kslim.nas.SearchResult`.
+    """
+
+    model: object
+    ratios: dict
+    score: float
+    flops: float
+    flops_before: float
+    initial_ratios: dict
+    history: list
+    rejected: list
+    oracle: object
+    directory: Path
+    history_path: Path
+    plot_path: Path = None
+
+    @property
+    def flops_reduction(self):
+        """Fraction of the FLOPs removed."""
+        return 1.0 - self.flops / self.flops_before
+
+
+def _make_pruner(model, pruner):
+    import kslim.prune as kp
+
+    if isinstance(pruner, str):
+        if pruner.lower() not in _PRUNERS:
+            raise KslimValueError(
+                f"pruner {pruner!r} unknown; choose one of {sorted(_PRUNERS)} or pass a FilterPruner.")
+        return getattr(kp, _PRUNERS[pruner.lower()])(model)
+    if isinstance(pruner, type) and issubclass(pruner, kp.FilterPruner):
+        return pruner(model)
+    if isinstance(pruner, kp.FilterPruner):
+        if pruner.model is not model:
+            raise KslimValueError("pruner was built for another model than `model`.")
+        return pruner
+    raise KslimTypeError(f"pruner must be 'l1', 'l2', 'fpgm', a FilterPruner class or instance, got {pruner!r}.")
+
+
+class _RatioSpace:
+    """The hypermodel of per-group ratios: ``build(hp)`` -> pruned model (``weights=False``: structure only)."""
+
+    def __init__(self, pruner, grid, weights):
+        self.pruner = pruner
+        self.grid = grid
+        self.weights = weights
+
+    def declare(self, hp):
+        for g in self.pruner.groups:
+            hp.Choice(g.name, self.grid, ordered=True, default=0.0)
+
+    def ratios(self, hp):
+        self.declare(hp)
+        return {g.name: float(hp.get(g.name)) for g in self.pruner.groups}
+
+    def build(self, hp):
+        ratios = self.ratios(hp)
+        if self.weights:
+            return self.pruner.prune(ratios)
+        return self.pruner.prune_channels(self.pruner.plan(ratios), copy_weights=False)
+
+    def smallest_values(self):
+        return {g.name: self.grid[-1] for g in self.pruner.groups}
+
+
+def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=None, *, pruner="l1",
+               max_trials=20, init_temperature=0.05, reduce_rate=0.85, ratio_step=0.05, max_ratio=0.8,
+               init_ratios=None, perturb=2, finetune_fn=None, constraints=(), seed=0,
+               directory="kslim_runs", project_name="auto_prune", overwrite=True, plot=True, verbose=0):
+    """Search per-group pruning ratios with simulated annealing; return the best pruned model.
+
+    Every candidate is a dict ``{group: ratio}`` over the channel groups of ``pruner`` (ratios on a
+    grid of ``ratio_step`` up to ``max_ratio``). Candidates over the FLOPs/latency limit are
+    rejected *before* being evaluated; the others are pruned (:meth:`FilterPruner.prune`),
+    optionally fine-tuned by ``finetune_fn(model)`` (which must compile the model), and scored by
+    ``eval_fn(model) -> float`` (higher is better, e.g. validation accuracy). The search starts
+    from the smallest uniform ratio meeting the limits, and perturbs ``perturb`` groups per step.
+
+    PaddleSlim's AutoPruner anneals from ``init_temperature=100`` with ``reduce_rate=0.85``; with
+    an accuracy in [0, 1] as score that accepts any worse candidate (``exp(-0.02/100) ~ 1``), i.e.
+    a random walk. The default here, 0.05, is in score units: a candidate 0.02 worse is accepted
+    with p = 0.67 at first, p = 0.13 after 10 trials.
+
+    Args:
+        model: a built Keras model (functional or Sequential).
+        eval_fn: ``model -> float``, higher is better.
+        target_flops: a fraction in (0, 1) = the share of FLOPs to remove (as
+            :meth:`FilterPruner.prune_to_flops` and PaddleSlim's ``pruned_flops``), or an absolute
+            FLOPs count (> 1) the pruned model must not exceed. FLOPs = 2 x MACs, from
+            :func:`kslim.analysis.flops`.
+        max_latency: milliseconds, measured by ``latency_fn(model) -> ms`` (a latency predictor's
+            ``predict``, a device measurement; default: TFLite on this CPU).
+        pruner: ``"l1"``, ``"l2"``, ``"fpgm"``, a :class:`kslim.prune.FilterPruner` class or instance.
+        max_trials: evaluated candidates (rejected ones do not count).
+        init_temperature, reduce_rate, perturb, seed: the annealing (see
+            :class:`kslim.nas.SimulatedAnnealingOracle`).
+        ratio_step, max_ratio: the ratio grid ``0, step, 2 step, ... <= max_ratio``.
+        init_ratios: starting ratios ``{group: ratio}`` (default: uniform, meeting the limits).
+        finetune_fn: ``model -> None``, run on each candidate before ``eval_fn`` (a short fit).
+        constraints: further :class:`kslim.nas.Constraint` objects.
+        directory, project_name, overwrite: where the keras-tuner state, ``sa_history.json`` and
+            ``search.png`` go (``overwrite=False`` resumes).
+
+    Returns:
+        :class:`AutoPruneResult`.
+
+    Example:
+        >>> import kslim
+        >>> from kslim.nas import auto_prune
+        >>> model, _ = kslim.models.pretrained("mobilenet_v1", width=0.5)           # doctest: +SKIP
+        >>> res = auto_prune(model, lambda m: my_accuracy(m), target_flops=0.5,
+        ...                  max_trials=10, directory="/tmp/kslim_ap")               # doctest: +SKIP
+        >>> res.flops_reduction >= 0.5                                               # doctest: +SKIP
+        True
+    """
+    import keras
+    import keras_tuner
+    from keras_tuner.src.engine.base_tuner import BaseTuner
+
+    from kslim.analysis import flops as count_flops
+    from kslim.nas.history import plot_history
+    from kslim.nas.oracle import SimulatedAnnealingOracle
+
+    if not isinstance(model, keras.Model):
+        raise KslimTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    if not callable(eval_fn):
+        raise KslimTypeError(f"eval_fn must be callable (model -> score), got {eval_fn!r}.")
+    if finetune_fn is not None and not callable(finetune_fn):
+        raise KslimTypeError(f"finetune_fn must be callable (model -> None), got {finetune_fn!r}.")
+    if target_flops is None and max_latency is None and not constraints:
+        raise KslimValueError("auto_prune needs a goal: target_flops=<fraction to remove or FLOPs count> "
+                              "and/or max_latency=<ms>.")
+    if not (0 < float(ratio_step) < 1) or not (0 < float(max_ratio) < 1):
+        raise KslimValueError(f"ratio_step and max_ratio must be in (0, 1), got {ratio_step!r}, {max_ratio!r}.")
+
+    pruner = _make_pruner(model, pruner)
+    if not pruner.groups:
+        raise ModelError(f"model {model.name!r} has no prunable channel group.")
+    flops_before = float(count_flops(model).flops)
+    cons = []
+    if target_flops is not None:
+        t = float(target_flops)
+        if not (t > 0) or t == 1.0 or math.isnan(t):
+            raise KslimValueError(f"target_flops must be a fraction in (0, 1) to remove or a FLOPs count > 1, "
+                                  f"got {target_flops!r}.")
+        cons.append(MaxFlops((1.0 - t) * flops_before if t < 1 else t))
+    if max_latency is not None:
+        cons.append(MaxLatency(max_latency, latency_fn))
+    for c in constraints or ():
+        if not isinstance(c, Constraint):
+            raise KslimTypeError(f"constraints must be kslim.nas.Constraint objects, got {c!r}.")
+        cons.append(c)
+
+    n = int(math.floor(float(max_ratio) / float(ratio_step) + 1e-9))
+    grid = [round(i * float(ratio_step), 6) for i in range(n + 1)]
+    probe = _RatioSpace(pruner, grid, weights=False)
+    names = [g.name for g in pruner.groups]
+
+    def feasible(ratio):
+        m = probe.pruner.prune_channels(pruner.plan({g: ratio for g in names}), copy_weights=False)
+        return all(c.check(m)[0] for c in cons)
+
+    if init_ratios is None:
+        if not feasible(grid[-1]):
+            m = probe.pruner.prune_channels(pruner.plan({g: grid[-1] for g in names}), copy_weights=False)
+            over = "; ".join(c.describe(c.measure(m)) for c in cons if not c.check(m)[0])
+            raise InfeasibleConstraintError(
+                f"the constraints cannot be met: even pruning {grid[-1]:.0%} of every group leaves {over}. "
+                f"Raise max_ratio, relax the target, or prune the groups kept by the pruner (skip/keep_classifier)."
+            )
+        lo, hi = 0, len(grid) - 1  # smallest uniform grid ratio meeting the limits
+        if feasible(grid[0]):
+            hi = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if feasible(grid[mid]):
+                hi = mid
+            else:
+                lo = mid
+        init = {g: grid[hi] for g in names}
+    else:
+        unknown = sorted(set(init_ratios) - set(names))
+        if unknown:
+            raise KslimValueError(f"init_ratios: {unknown[0]!r} is not a prunable group; groups: {names}.")
+        init = {g: float(init_ratios.get(g, 0.0)) for g in names}
+        for g, r in init.items():
+            if r not in grid:
+                raise KslimValueError(f"init_ratios[{g!r}] = {r} is not on the ratio grid {grid}.")
+
+    oracle = SimulatedAnnealingOracle(
+        objective=keras_tuner.Objective("score", "max"), max_trials=max_trials,
+        init_temperature=init_temperature, reduce_rate=reduce_rate, initial_values=init, perturb=perturb,
+        constraints=cons, hypermodel=probe, seed=seed,
+    )
+    best = {"score": -math.inf, "model": None, "ratios": None}
+    space = _RatioSpace(pruner, grid, weights=True)
+
+    class _PruneTuner(BaseTuner):
+        def run_trial(self, trial, **kwargs):
+            ratios = space.ratios(trial.hyperparameters)
+            pruned = space.build(trial.hyperparameters)
+            if finetune_fn is not None:
+                finetune_fn(pruned)
+            score = float(eval_fn(pruned))
+            if not math.isfinite(score):
+                raise ModelError(f"eval_fn returned {score} for ratios {ratios}.")
+            if score > best["score"]:
+                best.update(score=score, model=pruned, ratios=ratios)
+            return {"score": score}
+
+    tuner = _PruneTuner(oracle, hypermodel=space.declare, directory=str(directory),
+                        project_name=project_name, overwrite=overwrite)
+    try:
+        tuner.search(verbose=verbose)
+    except RuntimeError as e:
+        if "consecutive failures" in str(e):
+            last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise ModelError(f"auto_prune stopped: trials kept failing. Last error: {last[-1] if last else e}") from e
+        raise
+    project_dir = Path(directory) / project_name
+    history_path = project_dir / "sa_history.json"
+    oracle.export_history(history_path)
+    best_trial = oracle.get_best_trials(1)
+    if not best_trial or best_trial[0].score is None:
+        msgs = [t.get("message") for t in oracle.history if t.get("message")]
+        raise ModelError("no auto_prune candidate could be evaluated" + (f": {msgs[-1]}" if msgs else "."))
+    ratios = space.ratios(best_trial[0].hyperparameters)
+    best_model = best["model"]
+    if best_model is None or best["ratios"] != ratios:  # resumed search: rebuild (and fine-tune) the best
+        best_model = pruner.prune(ratios)
+        if finetune_fn is not None:
+            finetune_fn(best_model)
+    plot_path = None
+    if plot:
+        plot_path = plot_history(oracle, project_dir / "search.png",
+                                 title=f"auto_prune {model.name}: {len(oracle.history)} trials")
+    return AutoPruneResult(
+        model=best_model, ratios=ratios, score=float(best_trial[0].score),
+        flops=float(count_flops(best_model).flops), flops_before=flops_before, initial_ratios=init,
+        history=oracle.history, rejected=oracle.rejected, oracle=oracle, directory=project_dir,
+        history_path=history_path, plot_path=plot_path,
+    )
+
+
+__all__ = ["auto_prune", "AutoPruneResult"]
