@@ -1,7 +1,7 @@
 """Deterministic, resumable fine-tuning used by every strategy of the pipeline.
 
-Training runs one epoch at a time. Before epoch ``e`` the global seeds are set to ``seed + e`` and
-the training data are shuffled with that seed, so an epoch's result depends only on the weights,
+Training runs one epoch at a time. Before epoch ``e`` the global seeds and the layers' own random
+generators (Dropout) are set from ``seed + e`` and the training data are shuffled with that seed, so an epoch's result depends only on the weights,
 the optimizer state and ``e``. After each epoch the weights and the optimizer variables are saved
 (one ``ckpt/train.npz``, written atomically, with the number of finished epochs and the history); a resumed run restores them
 and continues with the next epoch, reaching the same weights as an uninterrupted run.
@@ -31,6 +31,21 @@ def _load_checkpoint(path):
         weights = [z[k] for k in sorted(k for k in z.files if k.startswith("w"))]
         opt_vars = [z[k] for k in sorted(k for k in z.files if k.startswith("o"))]
         return weights, opt_vars, int(z["epochs_done"]), json.loads(str(z["history"]))
+
+
+def _reseed(model, seed):
+    """Set the state of every random-number generator of the model's layers (Dropout ...) from ``seed``.
+
+    Keras seeds a layer's ``SeedGenerator`` when the layer is created, from the global Python RNG,
+    and its state is not part of ``get_weights()``: a model loaded in a resumed process would draw
+    other dropout masks than the uninterrupted one. Reseeding at each epoch makes them equal.
+    """
+    import zlib
+
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for i, gen in enumerate(getattr(layer, "_seed_generators", ())):
+            value = zlib.crc32(f"{seed}/{layer.name}/{i}".encode()) & 0x7FFFFFFF
+            gen.state.assign(np.array([value, 0], dtype=gen.state.dtype))
 
 
 def _optimizer_variables(model):
@@ -67,6 +82,7 @@ def fit_resumable(model, make_train_data, epochs, ckpt_dir, seed, point_prefix, 
             var.assign(value)
     for epoch in range(start, epochs):
         keras.utils.set_random_seed(seed + epoch)
+        _reseed(model, seed + epoch)
         cbs = list(callbacks or [])
         if csv_log is not None:
             cbs.append(keras.callbacks.CSVLogger(str(csv_log), append=True))
