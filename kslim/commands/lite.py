@@ -6,22 +6,9 @@ from pathlib import Path
 
 
 def _load_keras(path):
-    from kslim.errors import KslimFileError
+    from kslim._model_io import load_keras_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise KslimFileError(f"model file {path} does not exist.")
-    import keras
-
-    for area in ("kslim.quant", "kslim.prune", "kslim.distill"):  # register kslim's custom layers
-        try:
-            __import__(area)
-        except Exception:
-            pass
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:
-        raise KslimFileError(f"cannot load Keras model {path}: {str(e).splitlines()[0] if str(e) else e}") from e
+    return load_keras_model(path)
 
 
 def _load_any(path):

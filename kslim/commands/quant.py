@@ -40,9 +40,9 @@ def _skip(value):
 
 
 def _load(path):
-    from kslim.commands.lite import _load_keras
+    from kslim._model_io import load_keras_model
 
-    return _load_keras(path)
+    return load_keras_model(path)
 
 
 def cmd_quantize(args):

@@ -20,11 +20,9 @@ def accuracy(model, x, y, batch_size=256):
 
 
 def _load_keras(path):
-    import keras
+    from kslim._model_io import load_keras_model
 
-    import kslim.quant  # noqa: F401  (registers the QAT layers so that their models load)
-
-    return keras.models.load_model(path, safe_mode=True)
+    return load_keras_model(path)  # registers kslim's layers (QAT, ...) first; safe_mode
 
 
 def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune"):
@@ -122,7 +120,9 @@ def _build_model(ctx, spec, what):
             path = ctx.base_dir / path
         if not path.is_file():
             raise ConfigError(f"{what} model file {path} does not exist", path=f"{what}.path")
-        return keras.models.load_model(path, safe_mode=True), None
+        from kslim._model_io import load_keras_model
+
+        return load_keras_model(path), None
     kwargs = {"width": spec["width"]} if "width" in spec else {}
     source = ctx.config["data"].get("source", "small")
     if source == "hook":
