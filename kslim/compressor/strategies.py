@@ -108,8 +108,6 @@ def run_prune(ctx, p, sdir, prefix):
 
 # ----------------------------------------------------------------------------- distill
 def _build_model(ctx, spec, what):
-    import keras
-
     from kslim.models import pretrained
 
     if "path" in spec:
