@@ -47,6 +47,9 @@ _LAZY = {
     "sensitivity": "kslim.prune",
     "ratios_by_loss": "kslim.prune",
     "plot_sensitivity": "kslim.prune",
+    "ratios_by_flops": "kslim.prune",
+    "GradualPruning": "kslim.prune",
+    "strip_pruning": "kslim.prune",
     # quantization
     "QuantConfig": "kslim.quant",
     "quant_aware": "kslim.quant",
@@ -58,6 +61,7 @@ _LAZY = {
     "soft_label_loss": "kslim.distill",
     "l2_loss": "kslim.distill",
     "fsp_loss": "kslim.distill",
+    "Pair": "kslim.distill",
     # lite
     "convert": "kslim.lite",
     "LiteModel": "kslim.lite",
@@ -67,10 +71,13 @@ _LAZY = {
     "SshDevice": "kslim.lite",
     "LatencyTable": "kslim.lite",
     "LatencyPredictor": "kslim.lite",
+    "ProfileReport": "kslim.lite",
     # search
     "SimulatedAnnealingOracle": "kslim.nas",
     "search": "kslim.nas",
     "auto_prune": "kslim.nas",
+    "MobileNetV2Space": "kslim.nas",
+    "ResNetSpace": "kslim.nas",
     # pipeline
     "Compressor": "kslim.compressor",
 }
