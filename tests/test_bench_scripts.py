@@ -1,0 +1,214 @@
+"""Smoke tests of the benchmark entry point: argument parsing and BENCHMARKS.md rendering (no training)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(f"_bench_test_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("bench")
+
+
+@pytest.fixture(scope="module")
+def render():
+    return _load("render_benchmarks")
+
+
+# ------------------------------------------------------------------------------------ bench.py
+def test_tables_default_all_in_order(bench):
+    args = bench.parse_args([])
+    assert args.tables == list(bench.TABLES)
+    assert not args.quick and not args.render_only
+
+
+def test_tables_subset_keeps_order_and_dedups(bench):
+    args = bench.parse_args(["--tables", "cost", "peers", "cost", "--quick"])
+    assert args.tables == ["cost", "peers"]
+    assert args.quick
+
+
+def test_unknown_table_is_refused(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tables", "pruning"])
+    assert "invalid choice: 'pruning'" in capsys.readouterr().err
+
+
+def test_every_table_script_exists(bench):
+    for table, (script, stems, *_rest) in bench.TABLES.items():
+        assert (SCRIPTS / script).is_file(), f"{table}: scripts/{script} missing"
+        assert stems
+
+
+def test_run_table_reports_a_missing_script(bench, tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    entry = bench.run_table("cost", quick=True, root=tmp_path, logs=tmp_path, log=lambda m: None)
+    assert entry["status"] == "missing"
+    assert "bench_cost.py" in entry["error"]
+
+
+def test_run_table_records_a_failing_script(bench, tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "scripts" / "bench_cost.py").write_text("import sys\nprint('boom: no data')\nsys.exit(3)\n")
+    entry = bench.run_table("cost", quick=True, root=tmp_path, logs=tmp_path, log=lambda m: None)
+    assert entry["status"] == "failed" and entry["returncode"] == 3
+    assert "boom: no data" in entry["error"]
+    assert entry["fragments"] == []
+    assert (tmp_path / "cost.log").read_text().strip() == "boom: no data"
+
+
+def test_ensure_tfmot_does_not_install_when_present(bench, monkeypatch):
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: object())
+
+    def no_pip(*a, **k):
+        raise AssertionError("pip must not run when the peer is installed")
+
+    monkeypatch.setattr(bench.subprocess, "run", no_pip)
+    assert bench.ensure_tfmot(log=lambda m: None) is True
+
+
+def test_ensure_tfmot_installs_no_deps_as_argument_list(bench, monkeypatch):
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name == "tf_keras" else object())
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw)) or Done())
+    assert bench.ensure_tfmot(log=lambda m: None)
+    (cmd, kw), = calls
+    assert isinstance(cmd, list) and "shell" not in kw
+    assert cmd[1:5] == ["-m", "pip", "install", "--no-deps"]
+    assert set(bench.TFMOT_PACKAGES) <= set(cmd)
+
+
+def test_helpers(bench):
+    assert bench.median([3, None, 1, 2]) == 2
+    assert bench.median([None]) is None
+    assert bench.gzip_size(b"\0" * 10000) < 100
+    m = bench.machine()
+    assert m["cores"] >= 1 and m["python"].count(".") == 2
+
+
+@pytest.mark.parametrize("name", ["bench_peers_tfmot", "bench_combined", "bench_cost"])
+def test_quick_flags(name):
+    mod = _load(name)
+    full, quick = mod.parse_args([]), mod.parse_args(["--quick"])
+    assert len(quick.seeds if hasattr(quick, "seeds") else [0]) == 1
+    assert quick != full
+
+
+def test_peer_script_keeps_tfmot_out_of_this_process():
+    mod = _load("bench_peers_tfmot")
+    assert "tensorflow_model_optimization" not in sys.modules
+    assert "tf_keras" not in sys.modules
+    args = mod.parse_args(["--quick"])
+    assert args.width == 0.25 and args.seeds == [0] and args.worker is None
+
+
+def test_combined_configs_validate():
+    mod = _load("bench_combined")
+    from kslim.compressor import validate_config
+
+    args = mod.parse_args(["--quick"])
+    runs = mod.configs(args, 0, "/tmp/s.keras", "/tmp/t.keras")
+    assert set(runs) == {"baseline", "finetuned", "distill", "prune"}
+    for cfg, stages in runs.values():
+        validated = validate_config(cfg)
+        for idx in stages.values():  # every row points at an export stage
+            assert "export" in validated["strategies"][idx - 1]
+
+
+# ------------------------------------------------------------------------------------ render_benchmarks.py
+def _write(d, name, text):
+    (d / name).write_text(text, encoding="utf-8")
+
+
+def test_render_orders_demotes_and_reports(render, tmp_path):
+    _write(tmp_path, "prune.md", "## Filter pruning\n\n| a | b |\n|---|---|\n| 1 | 0.1234 |\n\n```\n# not a heading\n```\n")
+    _write(tmp_path, "peers_tfmot.md", "<!-- section: prune -->\n### Peer prune\nP-FIG 0.777\n"
+                                       "<!-- section: quant -->\n### Peer quant\nQ-FIG 0.888\n")
+    _write(tmp_path, "cost.md", "## Cost\nC-FIG 1.5 s\n")
+    _write(tmp_path, "bench_status.json", json.dumps({
+        "tables": {"quant": {"script": "scripts/bench_quant.py", "status": "failed", "started": "x",
+                             "command": "python scripts/bench_quant.py", "seconds": 90.0,
+                             "error": "exit 1; ImportError: nope"}}}))
+    text = render.render(tmp_path, quick=True, date="2030-01-01 00:00 UTC",
+                         machine={"cpu": "TestCPU", "cores": 2, "python": "3.11.0", "load_avg_1_5_15": [5.0, 1, 1]})
+    assert "Smoke run" in text and "TestCPU" in text and "2030-01-01" in text
+    assert "machine was shared" in text
+    # fixed order of the tables, fragments kept verbatim (figures untouched), headings demoted
+    order = [text.index(f"## {n}. ") for n in range(1, 8)]
+    assert order == sorted(order)
+    assert "| 1 | 0.1234 |" in text and "### Filter pruning" in text and "\n# not a heading" in text
+    # the peer fragment is split: its prune part under table 1, its quant part under table 2
+    t1, t2, t3 = text.index("## 1. "), text.index("## 2. "), text.index("## 3. ")
+    assert t1 < text.index("P-FIG 0.777") < t2 < text.index("Q-FIG 0.888") < t3
+    assert "<!-- section" not in text
+    # failed and missing tables are said so
+    assert "`scripts/bench_quant.py` failed" in text and "ImportError: nope" in text
+    assert "`benchmarks/distill.md` does not exist" in text
+    assert text.count("**Anchor.**") == 7
+    assert "| quant | `python scripts/bench_quant.py` | failed | 1.5 | x |" in text
+
+
+def test_render_main_writes_file(render, tmp_path):
+    _write(tmp_path, "cost.md", "C-FIG\n")
+    out = tmp_path / "B.md"
+    assert render.main(["--bench-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert "C-FIG" in out.read_text() and "Smoke run" not in out.read_text()
+
+
+def test_split_and_demote(render):
+    parts = render.split_sections("intro\n<!-- section: a -->\nA\n<!-- section: b-2 -->\nB\n")
+    assert parts == {None: "intro", "a": "A", "b-2": "B"}
+    assert render.demote("# T\n```\n# c\n```\n## U") == "## T\n```\n# c\n```\n### U"
+
+
+def test_command_line_drops_output_folders(bench):
+    cmd = bench.command_line("scripts/bench_cost.py", ["--repeats", "1", "--out", "/tmp/x", "--workdir=/w", "--quick"])
+    assert cmd == "python scripts/bench_cost.py --repeats 1 --quick"
+
+
+def _peer_row(table, tool, acc, failed=False):
+    if failed:
+        return {"table": table, "tool": tool, "variant": "v", "failed": True}
+    return {"table": table, "tool": tool, "variant": f"{tool}-{table}", "accuracy": acc, "delta_pt": 1.0,
+            "bytes": 1000, "gzip_bytes": 900, "latency_ms_1t": 1.0, "latency_ms_all": 0.5, "speedup_1t": 1.0,
+            "step_ratio": 1.5, "step_cpu_ratio": 1.25}
+
+
+def test_peer_fragment_has_both_sections_and_reports_failure(render):
+    mod = _load("bench_peers_tfmot")
+    res = {"command": "python scripts/bench_peers_tfmot.py", "date": "d", "load_end": [1, 1, 1],
+           "machine": {"cpu": "C", "cores": 2, "platform": "P", "load_avg_1_5_15": [1, 1, 1]},
+           "settings": {"model": "m", "pretrain_epochs": 3, "train_images": 10, "test_images": 5, "seeds": [0],
+                        "epochs": 1, "batch_size": 128, "flops_target": 0.5, "kslim_kernel_sparsity": 0.47,
+                        "kslim_macs_ratio": 0.5, "tfmot_kernel_sparsity": None},
+           "tfmot_float_keras_acc": None, "baseline_keras_acc": 0.8, "kslim_float_step_ms": 10.0,
+           "tfmot_float_step_ms": None, "anchors": mod.ANCHORS, "tfmot_error": "ImportError: no tfmot",
+           "rows": [_peer_row("both", "-", 0.8), _peer_row("prune", "kslim", 0.81234),
+                    _peer_row("prune", "tfmot", 0, failed=True), _peer_row("quant", "kslim", 0.79876),
+                    _peer_row("quant", "tfmot", 0, failed=True)]}
+    md = mod.markdown(res)
+    parts = render.split_sections(md)
+    assert "0.8123" in parts["prune"] and "0.7988" not in parts["prune"]
+    assert "0.7988" in parts["quant"] and "1.25x" in parts["quant"]
+    for part in ("prune", "quant"):
+        assert "FAILED" in parts[part] and "ImportError: no tfmot" in parts[part]
