@@ -22,8 +22,13 @@ def atomic_path(path, suffix=None):
         dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix
     )
     os.close(fd)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -194,3 +194,24 @@ def test_load_datasets_limits():
     assert sum(int(b[0].shape[0]) for b in train_ds) == 120
     assert sum(int(b[0].shape[0]) for b in test_ds) == 60
     assert tuple(next(iter(test_ds))[0].shape) == (50, 28, 28, 1)
+
+
+def test_atomic_write_keeps_umask_permissions_and_leaves_nothing_on_error(tmp_path):
+    import os
+
+    from kslim._io import atomic_path, atomic_write_text
+
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "one")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    try:
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("killed mid-write")
+    except RuntimeError:
+        pass
+    assert target.read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
