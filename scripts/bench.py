@@ -67,21 +67,13 @@ TABLES = {
 EXPECTED_MIN = {"prune": 15, "quant": 15, "peers": 20, "distill": 15, "combined": 20, "nas": 20,
                 "latency": 10, "cost": 10}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _benchlib import cpu_name  # noqa: E402
+
 STATUS_FILE = "bench_status.json"
 
 
 # ------------------------------------------------------------------------------------ shared helpers
-def cpu_name():
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _version(dist):
     import importlib.metadata as md
 

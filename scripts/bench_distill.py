@@ -31,30 +31,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _benchlib import cpu_name, load_data  # noqa: E402
 TARGET_GAIN_PT = 1.0
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_data(quick):
-    import numpy as np
-
-    from kslim.datasets import fashion_mnist_small, preprocess
-
-    (xtr, ytr), (xte, yte) = fashion_mnist_small()
-    xtr, xte = preprocess(xtr), preprocess(xte)
-    ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)
-    if quick:
-        xtr, ytr, xte, yte = xtr[:2000], ytr[:2000], xte[:500], yte[:500]
-    return (xtr, ytr), (xte, yte)
 
 
 def keras_acc(model, x, y):
