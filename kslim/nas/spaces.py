@@ -39,6 +39,7 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 
 from kslim.errors import KslimValueError
 from kslim.models._common import BN_MOMENTUM, check_input
+from kslim.models.resnet import _basic_block  # the reference ResNet's block, shared
 
 
 class SearchSpace(keras_tuner.HyperModel):
@@ -231,20 +232,6 @@ class ResNetSpace(SearchSpace):
         x = layers.GlobalAveragePooling2D(name="pool")(x)
         outputs = layers.Dense(self.num_classes, name="logits")(x)
         return self.compile(keras.Model(inputs, outputs, name="resnet_space"))
-
-
-def _basic_block(x, filters, stride, name):
-    shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
-    if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
 
 
 SPACES = {"mobilenetv2": MobileNetV2Space, "resnet": ResNetSpace}
