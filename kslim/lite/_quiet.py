@@ -25,9 +25,10 @@ def captured_output(verbose=False):
         os.dup2(log.fileno(), 2)
         old_streams = sys.stdout, sys.stderr
         # Python-level prints (Keras' "Saved artifact at ...", "Captures: ...") go to the same log even
-        # when sys.stdout is not fd 1 (IDEs, notebooks, pytest)
+        # when sys.stdout is not fd 1 (IDEs, notebooks, pytest). sys.stderr is left alone: logging
+        # handlers created meanwhile (absl, TF) bind it, and would keep a closed stream afterwards.
         pylog = open(os.dup(log.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
-        sys.stdout = sys.stderr = pylog
+        sys.stdout = pylog
         try:
             def read():
                 sys.stdout.flush()
