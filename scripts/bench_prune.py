@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, load_data  # noqa: E402
+from _benchlib import cpu_name, latency_runs, load_data  # noqa: E402
 TARGETS = {"loss50_pt": 0.5, "loss70_pt": 1.5, "speedup50": 1.8, "resnet50_prune_s": 10.0}
 
 
@@ -59,32 +59,6 @@ def fine_tune(model, train, epochs, lr, seed=0):
     compile_classifier(model, learning_rate=schedule)
     model.fit(ds, epochs=epochs, verbose=0, shuffle=False)
     return model
-
-
-def latency_runs(lites, warmup, rounds, runs):
-    """Median single-image latency (ms) of each LiteModel, rounds interleaved across models."""
-    import numpy as np
-
-    samples = {k: [] for k in lites}
-    interps = {}
-    for k, lm in lites.items():
-        it = lm.interpreter(num_threads=1)
-        inp = it.get_input_details()[0]
-        if tuple(inp["shape"]) != (1, 28, 28, 1):
-            it.resize_tensor_input(inp["index"], [1, 28, 28, 1])
-            it.allocate_tensors()
-        x = np.random.default_rng(0).uniform(0, 1, (1, 28, 28, 1)).astype(np.float32)
-        it.set_tensor(inp["index"], x)
-        for _ in range(warmup):
-            it.invoke()
-        interps[k] = it
-    for _ in range(rounds):
-        for k, it in interps.items():
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                it.invoke()
-                samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def bench_model(name, width, args, train, test, log):

@@ -6,7 +6,7 @@ from pathlib import Path
 from kslim._io import atomic_save_model
 from kslim.compressor.config import load_config
 from kslim.compressor.data import PipelineData
-from kslim.compressor.report import measure_latency, write_report
+from kslim.compressor.report import latency_value, measure_latency, write_report
 from kslim.compressor.run_dir import RunDir, crash_point, guarded_write
 from kslim.compressor.strategies import STRATEGY_FUNCTIONS, _build_model, _load_keras, accuracy
 
@@ -131,7 +131,7 @@ class Compressor:
             if name == "profile":
                 row = dict(self._previous_row(state, i))
                 row["stage"] = f"{i}. profile"
-                row["latency_ms"] = _lat(ctx.info.get("profile", {}))
+                row["latency_ms"] = latency_value(ctx.info.get("profile", {}))
                 row["profile"] = ctx.info.get("profile")
             else:
                 row = self._measure(ctx, f"{i}. {name}", artefact, x_eval, y_eval)
@@ -206,15 +206,8 @@ class Compressor:
                 row["macs"] = int(flops(ctx.model).macs)
             except Exception:
                 row["macs"] = None
-        row["latency_ms"] = _lat(measure_latency(lite, threads=threads, runs=runs))
+        row["latency_ms"] = latency_value(measure_latency(lite, threads=threads, runs=runs))
         return row
-
-
-def _lat(d):
-    for key in ("median_ms", "median", "mean_ms", "mean"):
-        if isinstance(d, dict) and key in d:
-            return float(d[key])
-    return None
 
 
 def _rel(path, run):

@@ -6,7 +6,6 @@ with ``predict``; latency on its float ``.tflite`` conversion, or int8 for a QAT
 """
 
 import html
-import time
 
 import numpy as np
 
@@ -19,37 +18,19 @@ COLUMNS = (
 
 
 def measure_latency(lite, threads=1, runs=50, warmup=5):
-    """Median latency (ms) of one inference of ``lite`` on the host (batch 1, ai-edge-litert)."""
-    try:
-        from kslim.lite import LocalDevice, profile
+    """Latency of one inference of ``lite`` on the host (batch 1), as a dict of ``kslim.lite.profile``'s
+    figures (``median_ms``, ``mean_ms``, ``p5_ms`` ...)."""
+    from kslim.lite import LocalDevice, profile
 
-        rep = profile(lite, device=LocalDevice(), num_threads=threads, warmup=warmup, runs=runs)
-        d = rep.to_dict() if hasattr(rep, "to_dict") else dict(vars(rep))
-        return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in d.items()
-                if isinstance(v, (int, float, str, np.floating))}
-    except ImportError:
-        pass
-    interp = lite.interpreter(num_threads=threads)
-    inp = interp.get_input_details()[0]
-    shape = [1, *inp["shape"][1:]]
-    if list(inp["shape"]) != shape:
-        interp.resize_tensor_input(inp["index"], shape)
-        interp.allocate_tensors()
-    interp.set_tensor(inp["index"], np.zeros(shape, dtype=inp["dtype"]))
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t) * 1e3)
-    return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)), "runs": runs,
-            "threads": threads}
+    rep = profile(lite, device=LocalDevice(), num_threads=threads, warmup=warmup, runs=runs)
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rep.to_dict().items()
+            if isinstance(v, (int, float, str, np.floating))}
 
 
-def _latency_value(d):
-    for key in ("median_ms", "median", "mean_ms", "mean"):
-        if key in d:
+def latency_value(d):
+    """The headline latency (ms) of a :func:`measure_latency` dict: its median, else its mean."""
+    for key in ("median_ms", "mean_ms"):
+        if isinstance(d, dict) and d.get(key) is not None:
             return float(d[key])
     return None
 
