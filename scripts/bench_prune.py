@@ -269,8 +269,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/prune.json; quick: not written)")
     ap.add_argument("--md", default=None, help="markdown output (default benchmarks/prune.md)")
     ap.add_argument("--no-resnet50", action="store_true")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs of the baselines (full: 3)")
-    ap.add_argument("--ft-epochs", type=int, default=None, help="fine-tune epochs of every variant (full: 1)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs of the baselines (full: 5)")
+    ap.add_argument("--ft-epochs", type=int, default=None, help="fine-tune epochs of every variant (full: 3)")
     ap.add_argument("--combine", nargs="+", metavar="JSON",
                     help="merge the JSON results of runs made with different --models into --out/--md")
     ap.add_argument("--note", default="", help="with --combine: a sentence added to the report")
@@ -288,7 +288,7 @@ def main(argv=None):
     else:
         args.models = args.models or "mobilenet_v1,resnet"
         args.width, args.ft_lr = 1.0, 1e-3
-        args.epochs, args.ft_epochs = args.epochs or 3, args.ft_epochs or 1
+        args.epochs, args.ft_epochs = args.epochs or 5, args.ft_epochs or 3
         args.sens_samples, args.sens_ratios = 1000, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
         args.warmup, args.rounds, args.runs, args.round_to = 50, 10, 50, 1
     out = Path(args.out) if args.out else (None if args.quick else ROOT / "benchmarks" / "prune.json")
