@@ -58,6 +58,26 @@ def atomic_write_json(path, obj, indent=2):
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json(path, what="File"):
+    """Parse the JSON file ``path``; a missing or malformed file raises ``KslimFileError`` naming it.
+
+    ``what`` describes the file in the message (``"Sensitivity file"``, ``"search history"`` ...).
+
+    >>> _ = atomic_write_json("/tmp/_kslim_example.json", {"a": 1})
+    >>> read_json("/tmp/_kslim_example.json")
+    {'a': 1}
+    """
+    from kslim.errors import KslimFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KslimFileError(f"{what} {str(path)!r} does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise KslimFileError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
+
+
 def atomic_save_model(model, path):
     """Save a Keras model to ``path`` (``.keras``) atomically."""
     with atomic_path(path, suffix=".keras") as tmp:

@@ -1,11 +1,10 @@
 """Trial history of a search: Pareto front and the figure (score vs cost, SA trajectory)."""
 
-import json
 import math
 from pathlib import Path
 
-from kslim._io import atomic_path
-from kslim.errors import KslimFileError, KslimValueError
+from kslim._io import atomic_path, read_json
+from kslim.errors import KslimValueError
 
 _COST_KEYS = ("flops", "latency_ms", "params")
 
@@ -18,13 +17,7 @@ def load_history(path_or_summary):
         return path_or_summary
     if isinstance(path_or_summary, list):
         return {"trials": path_or_summary, "rejected": []}
-    path = Path(path_or_summary)
-    if not path.is_file():
-        raise KslimFileError(f"search history {str(path)!r} not found.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KslimFileError(f"search history {str(path)!r} is not valid JSON: {e}") from None
+    return read_json(path_or_summary, "search history")
 
 
 def pareto_front(points, direction="max"):

@@ -16,14 +16,13 @@ themselves live in the callback. Either strip before saving (recommended), or ke
 ``callback.save_state("masks.json")`` and later call ``strip_pruning(loaded_model, "masks.json")``.
 """
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from kslim._io import atomic_write_json
-from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
+from kslim._io import atomic_write_json, read_json
+from kslim.errors import KslimTypeError, KslimValueError, ModelError
 
 STATE_FORMAT = "kslim.gradual_pruning/1"
 
@@ -383,13 +382,7 @@ def strip_pruning(model, state):
             return cb.pruner.prune_channels({k: v for k, v in cb.masks.items() if len(v)})
         state = cb.get_state()
     if isinstance(state, (str, Path)):
-        path = Path(state)
-        if not path.is_file():
-            raise KslimFileError(f"Pruning state file {path} does not exist.")
-        try:
-            state = json.loads(path.read_text())
-        except ValueError as e:
-            raise KslimFileError(f"{path} is not valid JSON: {e}") from e
+        state = read_json(state, "Pruning state file")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise KslimValueError(
             "state must be a GradualPruning callback, its get_state() dict or a file from save_state()."

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kslim._io import atomic_write_json
+from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -263,13 +263,7 @@ def _metric(eval_fn, model, what):
 
 def load_sensitivity(path):
     """Read the ``{group: {ratio: loss}}`` table of a checkpoint written by :func:`sensitivity`."""
-    path = Path(path)
-    if not path.is_file():
-        raise KslimFileError(f"Sensitivity file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise KslimFileError(f"{path} is not valid JSON: {e}") from e
+    data = read_json(path, "Sensitivity file")
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         data = data["sensitivities"]
     return _check_sens(data)
