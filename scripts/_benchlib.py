@@ -1,8 +1,7 @@
 """Helpers shared by the benchmark scripts (machine description, data slices, latency)."""
 
+import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 
@@ -31,31 +30,36 @@ def load_data(quick):
     return (xtr, ytr), (xte, yte)
 
 
-def latency_runs(lites, warmup=20, rounds=5, runs=40):
-    """Median single-image latency (ms) of each LiteModel, rounds interleaved across models."""
+def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40):
+    """Median batch-1 latency (ms) of each ``.tflite`` per thread count, rounds interleaved across models.
+
+    ``models``: ``{name: bytes or LiteModel}``. ``threads`` entries of ``None`` mean all cores
+    (``os.cpu_count()``). Returns ``{name: {"1": ms, "all": ms}}``. Runs through ai-edge-litert with
+    XNNPACK (the default); inputs are random (seed 0), int8 inputs quantized.
+    """
     import numpy as np
 
-    samples = {k: [] for k in lites}
-    interps = {}
-    for k, lm in lites.items():
-        it = lm.interpreter(num_threads=1)
-        inp = it.get_input_details()[0]
-        shape = [1, *inp["shape"][1:]]
-        if list(inp["shape"]) != shape:
-            it.resize_tensor_input(inp["index"], shape)
-            it.allocate_tensors()
+    from kslim.lite.runner import make_interpreter, random_inputs, time_invokes
+
+    out = {k: {} for k in models}
+    for t in threads:
+        n = t or os.cpu_count() or 1
+        key = str(t) if t else "all"
+        interps = {}
+        for name, m in models.items():
+            it = make_interpreter(bytes(getattr(m, "content", m)), num_threads=n)
             inp = it.get_input_details()[0]
-        x = np.random.default_rng(0).uniform(0, 1, shape)
-        if inp["dtype"] == np.int8:
-            x = np.clip(np.round(x / inp["quantization"][0] + inp["quantization"][1]), -128, 127)
-        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        for _ in range(warmup):
-            it.invoke()
-        interps[k] = it
-    for _ in range(rounds):
-        for k, it in interps.items():
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                it.invoke()
-                samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+            shape = [1, *[int(s) for s in inp["shape"][1:]]]
+            if [int(s) for s in inp["shape"]] != shape:
+                it.resize_tensor_input(inp["index"], shape)
+                it.allocate_tensors()
+            feeds = random_inputs(it, seed=0)
+            time_invokes(it, warmup, feeds)
+            interps[name] = it
+        samples = {k: [] for k in interps}
+        for _ in range(rounds):
+            for name, it in interps.items():
+                samples[name].extend(time_invokes(it, runs).tolist())
+        for name, s in samples.items():
+            out[name][key] = float(np.median(s)) / 1e3
+    return out

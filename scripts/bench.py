@@ -68,7 +68,7 @@ EXPECTED_MIN = {"prune": 50, "quant": 5, "peers": 20, "distill": 15, "combined":
                 "latency": 10, "cost": 10}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name  # noqa: E402
+from _benchlib import cpu_name, latency_ms  # noqa: E402,F401  (latency_ms: bench.latency_ms for the scripts)
 
 STATUS_FILE = "bench_status.json"
 
@@ -116,40 +116,6 @@ def median(values):
 def gzip_size(content):
     """Bytes of the gzip-compressed flatbuffer (what unstructured sparsity buys)."""
     return len(gzip.compress(bytes(content), compresslevel=9))
-
-
-def latency_ms(contents, threads=(1, None), warmup=20, rounds=5, runs=40):
-    """Median batch-1 latency (ms) of each ``.tflite`` (bytes), per thread count, rounds interleaved.
-
-    ``threads`` entries of ``None`` mean all cores (``os.cpu_count()``). Returns
-    ``{name: {"1": ms, "all": ms}}``. Runs through ai-edge-litert with XNNPACK (the default).
-    """
-    import numpy as np
-
-    from kslim.lite.runner import make_interpreter, random_inputs, time_invokes
-
-    out = {k: {} for k in contents}
-    for t in threads:
-        n = t or os.cpu_count() or 1
-        key = str(t) if t else "all"
-        interps = {}
-        for name, content in contents.items():
-            it = make_interpreter(content, num_threads=n)
-            inp = it.get_input_details()[0]
-            shape = [1, *[int(s) for s in inp["shape"][1:]]]
-            if [int(s) for s in inp["shape"]] != shape:
-                it.resize_tensor_input(inp["index"], shape)
-                it.allocate_tensors()
-            feeds = random_inputs(it, seed=0)
-            time_invokes(it, warmup, feeds)
-            interps[name] = it
-        samples = {k: [] for k in interps}
-        for _ in range(rounds):
-            for name, it in interps.items():
-                samples[name].extend(time_invokes(it, runs).tolist())
-        for name, s in samples.items():
-            out[name][key] = float(np.median(s)) / 1e3
-    return out
 
 
 def step_timer(keras_module):

@@ -32,7 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_runs, load_data  # noqa: E402
+from _benchlib import cpu_name, latency_ms, load_data  # noqa: E402
+from bench import command_line, fmt  # noqa: E402
 TARGETS = {"loss50_pt": 0.5, "loss70_pt": 1.5, "speedup50": 1.8, "resnet50_prune_s": 10.0}
 
 
@@ -127,11 +128,13 @@ def bench_model(name, width, args, train, test, log):
             "tflite_bytes": lm.size, **{k: v[k] for k in ("prune_info",) if k in v},
         })
         log(f"[{name}] {vname}: tflite acc {rows[-1]['tflite_acc']:.4f}, {lm.size:,} B")
-    lat = latency_runs(lites, args.warmup, args.rounds, args.runs)
+    lat = latency_ms(lites, threads=(1, None), warmup=args.warmup, rounds=args.rounds, runs=args.runs)
     ref, ref_ft = rows[0], rows[1]
     for r in rows:
-        r["latency_ms"] = lat[r["variant"]]
-        r["speedup"] = lat["baseline"] / lat[r["variant"]]
+        r["latency_ms"] = lat[r["variant"]]["1"]
+        r["speedup"] = lat["baseline"]["1"] / lat[r["variant"]]["1"]
+        r["latency_all_ms"] = lat[r["variant"]]["all"]
+        r["speedup_all"] = lat["baseline"]["all"] / lat[r["variant"]]["all"]
         r["macs_ratio"] = r["macs"] / ref["macs"]
         r["acc_drop_pt"] = 100 * (ref["tflite_acc"] - r["tflite_acc"])
         # fair comparison: against the baseline given the same extra training
@@ -175,7 +178,8 @@ def markdown(result):
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}  ",
-        f"Machine: {result['platform']}, {result['cpu']} (2 cores shared with other jobs)  ",
+        f"Machine: {result['platform']}, {result['cpu']}, {result.get('cores', '?')} cores, load average "
+        f"(1/5/15 min) {result['load_average']} at the end of the run  ",
         f"Versions: TF {result['versions']['tensorflow']}, Keras {result['versions']['keras']}, "
         f"ai-edge-litert {result['versions']['ai-edge-litert']}",
         "",
@@ -185,20 +189,21 @@ def markdown(result):
         f"({a['ft_epochs']} epoch(s) on the {a['train_samples']} training images, Adam lr {a['ft_lr']} with cosine decay to 0). "
         f"Pruning: L1-norm, round_to={a['round_to']}; "
         f"sensitivity on {a['sens_samples']} training images (not the test set), ratios {a['sens_ratios']}. "
-        "Accuracy is top-1 of the float32 `.tflite` on the test images. Latency: ai-edge-litert, 1 thread, "
-        f"XNNPACK, batch 1, median of {a['rounds']}x{a['runs']} invocations after {a['warmup']} warm-up, "
+        "Accuracy is top-1 of the float32 `.tflite` on the test images. Latency: ai-edge-litert, 1 thread "
+        f"and all {result.get('cores', 'the')} cores, XNNPACK, batch 1, median of {a['rounds']}x{a['runs']} invocations after {a['warmup']} warm-up, "
         "variants interleaved." + (f" {result['note']}" if result.get("note") else ""),
         "",
         "| model | variant | MACs (M) | MACs vs base | params | Keras acc | TFLite acc | drop vs base (pt) | "
-        "drop vs base+FT (pt) | .tflite bytes | latency (ms) | speedup |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "drop vs base+FT (pt) | .tflite bytes | latency 1 thread (ms) | speedup | latency all cores (ms) | speedup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['macs'] / 1e6:.2f} | {r['macs_ratio']:.2f} | {r['params']:,} | "
             f"{r['keras_acc']:.4f} | {r['tflite_acc']:.4f} | {r['acc_drop_pt']:+.2f} | {r['acc_drop_vs_ft_pt']:+.2f} | "
             f"{r['tflite_bytes']:,} | "
-            f"{r['latency_ms']:.3f} | {r['speedup']:.2f}x |")
+            f"{r['latency_ms']:.3f} | {r['speedup']:.2f}x | {fmt(r.get('latency_all_ms'), '.3f')} | "
+            f"{fmt(r.get('speedup_all'), '.2f')}x |")
     lines += ["", "Drops are in accuracy points (positive = worse), against the unpruned baseline and against the "
               "baseline given the same fine-tune (base+FT, the fair reference: the pruned models got that extra "
               "training too). Targets are judged against base+FT.", "", "Targets:", ""]
@@ -322,10 +327,8 @@ def main(argv=None):
             return None
 
     result = {
-        "command": "python scripts/bench_prune.py" + (" --quick" if args.quick else "")
-                   + (f" --models {args.models}"
-                      if args.models != ("mobilenet_v1" if args.quick else "mobilenet_v1,resnet") else "")
-                   + (" --no-resnet50" if args.no_resnet50 and not args.quick else ""),
+        "command": command_line("scripts/bench_prune.py", argv),
+        "cores": os.cpu_count(),
         "load_average": [round(x, 1) for x in os.getloadavg()],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(), "cpu": cpu_name(),

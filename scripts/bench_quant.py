@@ -34,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_runs  # noqa: E402
+from _benchlib import cpu_name, latency_ms  # noqa: E402
+from bench import fmt  # noqa: E402
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 TARGETS = {"qat_pt": -0.2, "ptq_pt": -0.5, "dynamic_pt": -0.3, "dynamic_bytes": -0.74}
 
@@ -116,14 +117,15 @@ def bench_model(name, width, epochs, args, train, test, log):
                                            check=False))
         if key in lites:
             accs[key] = lites[key].evaluate(test)
-    lat = latency_runs(lites, rounds=args.rounds)
+    lat = latency_ms(lites, threads=(1, None), rounds=args.rounds)
     base = accs["float32"]
     rows = []
     for k, lm in lites.items():
         rows.append({"model": name, "variant": k, "accuracy": accs[k], "delta_pt": 100 * (accs[k] - base),
                      "bytes": lm.size, "bytes_ratio": lm.size / lites["float32"].size,
-                     "latency_ms": lat[k], "seconds": seconds.get(k)})
-        log(f"    {k:<28} acc {accs[k]:.4f} ({100 * (accs[k] - base):+.2f} pt)  {lm.size:>9} B  {lat[k]:.3f} ms")
+                     "latency_ms": lat[k]["1"], "latency_all_ms": lat[k]["all"], "seconds": seconds.get(k)})
+        log(f"    {k:<28} acc {accs[k]:.4f} ({100 * (accs[k] - base):+.2f} pt)  {lm.size:>9} B  "
+            f"{lat[k]['1']:.3f} ms (1 thread)  {lat[k]['all']:.3f} ms (all cores)")
     return {"model": name, "width": width, "epochs": epochs, "keras_accuracy": keras_acc, "rows": rows,
             "failed": notes}
 
@@ -173,23 +175,27 @@ def write_markdown(result, path):
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}  ",
-        f"Machine: {result['platform']}, {result['cpu']} (2 cores shared with other jobs)  ",
+        f"Machine: {result['platform']}, {result['cpu']}, {result.get('cores', '?')} cores, load average "
+        f"(1/5/15 min) {result.get('load_average', '?')} at the end of the run  ",
         f"Data: bundled Fashion-MNIST subset (10000 train / {result['test_samples']} test images); reference "
         f"models from `kslim.models.pretrained` (3 epochs). Calibration: {result['calib_samples']} training "
         f"images (8 batches of 32) for every PTQ variant and for the converter's own PTQ. QAT: "
         f"{result['qat_epochs']} epoch(s) of fine-tuning at lr 1e-4 on the 10000 training images "
         "(`float32_finetuned`: the same fine-tune without quantization, the control). Accuracy and latency are measured on each "
-        "`.tflite` with ai-edge-litert (latency: 1 thread, XNNPACK, batch 1, median of interleaved rounds).",
+        "`.tflite` with ai-edge-litert (latency: 1 thread and all cores, XNNPACK, batch 1, median of "
+        "interleaved rounds).",
         "",
-        "| model | variant | top-1 (%) | vs float32 (pt) | .tflite bytes | vs float32 bytes | latency (ms) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | variant | top-1 (%) | vs float32 (pt) | .tflite bytes | vs float32 bytes | latency 1 thread (ms) "
+        "| latency all cores (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for res in result["models"]:
         for r in res["rows"]:
             lines.append(f"| {r['model']} | {r['variant']} | {100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f} | "
-                         f"{r['bytes']} | {100 * (r['bytes_ratio'] - 1):+.1f} % | {r['latency_ms']:.3f} |")
+                         f"{r['bytes']} | {100 * (r['bytes_ratio'] - 1):+.1f} % | {r['latency_ms']:.3f} | "
+                         f"{fmt(r.get('latency_all_ms'), '.3f')} |")
         for k, v in res["failed"].items():
-            lines.append(f"| {res['model']} | {k} | failed: {v} | | | | |")
+            lines.append(f"| {res['model']} | {k} | failed: {v} | | | | | |")
     lines += ["", "Targets from the issue:", "", "| target | required | measured | met |", "|---|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['what']} | {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
@@ -258,7 +264,8 @@ def report(args, results, pending, yte, t0, log):
     result = {
         "command": "nice -n 10 python scripts/bench_quant.py" + (" --quick" if args.quick else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": platform.platform(), "cpu": cpu_name(), "test_samples": len(yte),
+        "platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count(),
+        "load_average": [round(x, 1) for x in os.getloadavg()], "test_samples": len(yte),
         "calib_samples": args.calib_samples, "qat_epochs": 0 if args.no_qat else args.qat_epochs,
         "models": results, "targets": targets, "wall_seconds": time.time() - t0, "notes": [],
     }
