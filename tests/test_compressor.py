@@ -255,3 +255,145 @@ def test_data_hook(tmp_path, tiny_model_path):
     cfg["data"] = {"source": "hook", "hook": f"{hook}:nothing"}
     with pytest.raises(ConfigError, match="no function 'nothing'"):
         Compressor(cfg, out=tmp_path / "run2", verbose=0).run()
+
+
+# ----------------------------------------------------------------------------- review fixes
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(point):
+    def crash(name):
+        if name == point:
+            raise _Crash(name)
+    return crash
+
+
+def test_resume_from_stored_config_resolves_paths_from_the_config_folder(tmp_path, tiny_model_path, monkeypatch,
+                                                                          capsys):
+    """`kslim compress --resume RUN` (no CONFIG) from another cwd: relative paths still resolve from the
+    folder of the config the run was started with."""
+    import shutil
+
+    import kslim.compressor.compressor as comp_mod
+    from kslim.cli import main
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copyfile(tiny_model_path, proj / "tiny.keras")
+    (proj / "relhook.py").write_text(
+        "import numpy as np\n"
+        "def load():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.integers(0, 255, size=(64, 28, 28), dtype=np.uint8)\n"
+        "    y = rng.integers(0, 10, size=64)\n"
+        "    return (x, y), (x[:32], y[:32])\n"
+    )
+    cfg = _run_config("tiny.keras", [{"export": {}}])
+    cfg["data"] = {"source": "hook", "hook": "relhook.py:load"}
+    (proj / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(comp_mod, "crash_point", _crash_at("base:done"))
+    with pytest.raises(_Crash):
+        Compressor(str(proj / "cfg.yaml"), out=run, verbose=0).run()
+    monkeypatch.setattr(comp_mod, "crash_point", _crash_at(None))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["compress", "--resume", str(run), "--verbose", "0"]) == 0, capsys.readouterr().err
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+
+
+def test_prune_info_survives_a_resume(tmp_path, tiny_model_path, monkeypatch):
+    """A crash right after pruned.keras is saved: the resumed stage still reports ratio/reduction."""
+    import kslim.compressor.strategies as strategies
+    from kslim.compressor import RunDir
+    from kslim.compressor.compressor import _Context
+
+    cfg = validate_config(_run_config(tiny_model_path, [{"prune": {"flops_target": 0.3, "fine_tune": {"epochs": 0}}}]))
+    params = cfg["strategies"][0]["prune"]
+    run = RunDir(tmp_path / "run")
+
+    def stage():
+        ctx = _Context(cfg, None, run, tmp_path, 0)
+        ctx.model = strategies._load_keras(tiny_model_path)
+        strategies.run_prune(ctx, params, run.stage_dir(1, "prune"), "1:prune")
+        return ctx
+
+    monkeypatch.setattr(strategies, "crash_point", _crash_at("1:prune:pruned"))
+    with pytest.raises(_Crash):
+        stage()
+    monkeypatch.setattr(strategies, "crash_point", _crash_at(None))
+    ctx = stage()
+    assert ctx.info["reduction"] >= 0.3 and 0 < ctx.info["ratio"] < 1
+    assert ctx.info["macs_before"] > ctx.info["macs_after"] > 0
+
+
+def test_long_one_line_yaml_config(tmp_path):
+    """A YAML string longer than a file name can be is a config, never a raw OSError."""
+    text = json.dumps(_cfg(name="x" * 300))
+    assert "\n" not in text and len(text) > 300
+    comp = Compressor(text, out=tmp_path / "run", verbose=0)
+    assert comp.config["name"] == "x" * 300 and comp.base_dir == Path.cwd()
+    with pytest.raises(ConfigError, match="squash"):
+        Compressor(json.dumps(_cfg(name="x" * 300, strategies=[{"squash": {}}])), out=tmp_path / "r2")
+    with pytest.raises(ConfigError, match="does not exist"):
+        Compressor("y" * 300, out=tmp_path / "r3")
+
+
+def test_distill_uses_train_batch_size(tmp_path, tiny_model_path):
+    import kslim.compressor.strategies as strategies
+    from kslim.compressor import RunDir
+    from kslim.compressor.compressor import _Context
+    from kslim.compressor.data import PipelineData
+
+    cfg = validate_config(_run_config(
+        tiny_model_path, [{"distill": {"teacher": {"path": str(tiny_model_path)}, "epochs": 1}}],
+        train={"epochs": 1, "learning_rate": 0.001, "batch_size": 32},
+    ))
+    cfg["data"]["train_limit"] = 64
+    data = PipelineData(cfg["data"])
+    sizes, real = [], data.train
+
+    def spy(seed, batch_size=None):
+        sizes.append(batch_size)
+        return real(seed, batch_size)
+
+    data.train = spy
+    run = RunDir(tmp_path / "run")
+    ctx = _Context(cfg, data, run, tmp_path, 0)
+    ctx.model = strategies._load_keras(tiny_model_path)
+    strategies.run_distill(ctx, cfg["strategies"][0]["distill"], run.stage_dir(1, "distill"), "1:distill")
+    assert sizes == [32]
+
+
+def test_corrupt_run_state_names_the_file(tmp_path):
+    from kslim.compressor import RunDir
+
+    cfg = validate_config(BASE)
+    run = RunDir(tmp_path / "run")
+    run.start(cfg)
+    run.state_file.write_bytes(b"\xff\xfe\x00 not json \x81")
+    with pytest.raises(KslimFileError, match="state.json"):
+        run.resume(cfg)
+    run.state_file.write_text("[1, 2]")
+    with pytest.raises(KslimFileError, match="state.json"):
+        run.resume(cfg)
+
+
+def test_stage_plot_keeps_the_matplotlib_backend(tmp_path):
+    import matplotlib
+
+    from kslim.compressor.report import plot_stages
+
+    old = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        rows = [{"stage": "baseline", "accuracy": 0.8, "bytes": 1000, "latency_ms": 1.0},
+                {"stage": "1. prune", "accuracy": 0.7, "bytes": 500, "latency_ms": None}]
+        path = plot_stages(rows, tmp_path / "stages.png")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(old)
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 from kslim._io import atomic_save_model
-from kslim.compressor.config import load_config
+from kslim.compressor.config import config_file, load_config
 from kslim.compressor.data import PipelineData
 from kslim.compressor.report import latency_value, measure_latency, write_report
 from kslim.compressor.run_dir import RunDir, crash_point, guarded_write
@@ -69,9 +69,11 @@ class Compressor:
     """
 
     def __init__(self, config, out=None, verbose=1):
-        self.base_dir = Path(config).parent if isinstance(config, (str, Path)) and Path(str(config)).is_file() \
-            else Path.cwd()
-        self.config = load_config(config)
+        path = config_file(config)
+        # relative paths of the config (model.path, data.hook ...) are relative to its file's folder
+        self._base_from_file = path is not None
+        self.base_dir = path.resolve().parent if path is not None else Path.cwd()
+        self.config = load_config(path if path is not None else config)
         if out is None:
             out = Path("kslim_runs") / f"{self.config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = RunDir(out)
@@ -83,7 +85,12 @@ class Compressor:
         import keras
 
         config = self.config
-        state = self.run_dir.resume(config) if resume else self.run_dir.start(config)
+        if resume:
+            state = self.run_dir.resume(config)
+            if not self._base_from_file and state.get("base_dir"):
+                self.base_dir = Path(state["base_dir"])  # a stored config: its paths are the run's start's
+        else:
+            state = self.run_dir.start(config, base_dir=self.base_dir)
         keras.utils.set_random_seed(config["seed"])
         data = PipelineData(config["data"], base_dir=self.base_dir)
         ctx = _Context(config, data, self.run_dir, self.base_dir, self.verbose)

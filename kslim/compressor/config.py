@@ -27,6 +27,7 @@ Errors name the field path (``strategies[0].prune.criterion``) and the allowed v
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -318,17 +319,48 @@ def validate_config(config):
     return out
 
 
+def _is_file(path):
+    try:
+        return path.is_file()
+    except OSError:  # e.g. ENAMETOOLONG: a long line of YAML is no file name
+        return False
+
+
+def config_file(source):
+    """The config file ``source`` names, or ``None`` when it is a dict or YAML text.
+
+    A ``Path`` is a file; a string is a file unless it spans several lines, or it names no existing
+    file and reads as a YAML mapping (a one-line config such as ``"{model: ..., strategies: ...}"``).
+    """
+    if isinstance(source, os.PathLike):
+        return Path(source)
+    if not isinstance(source, str) or "\n" in source:
+        return None
+    path = Path(source)
+    if _is_file(path):
+        return path
+    try:
+        return None if isinstance(yaml.safe_load(source), dict) else path
+    except yaml.YAMLError:
+        return path
+
+
 def load_config(source):
     """Load and validate a config from a YAML file path, a YAML string or a dict."""
     if isinstance(source, dict):
         return validate_config(source)
-    path = Path(source) if not (isinstance(source, str) and "\n" in source) else None
+    path = config_file(source)
     if path is not None:
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError(f"config file {path} does not exist", path=str(path))
-        text = path.read_text(encoding="utf-8")
-    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}", path=str(path)) from None
+    elif isinstance(source, str):
         text = source
+    else:
+        return validate_config(source)  # not a mapping: a ConfigError naming the type
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -86,13 +86,6 @@ class PipelineData:
         return to_dataset(self.x_train, self.y_train, batch_size=batch_size or self.batch_size,
                           shuffle=True, seed=seed, normalize=False)
 
-    def test(self, batch_size=None):
-        from kslim.datasets import to_dataset
-
-        if self._test_ds is not None:
-            return self._test_ds
-        return to_dataset(self.x_test, self.y_test, batch_size=batch_size or self.batch_size, normalize=False)
-
     def calibration(self, n):
         """Up to ``n`` training images (float32 NHWC) for calibration."""
         if self.x_train is not None:

@@ -9,7 +9,7 @@ import html
 
 import numpy as np
 
-from kslim._io import atomic_write_text
+from kslim._io import atomic_path, atomic_write_text
 
 COLUMNS = (
     ("stage", "stage"), ("kind", "artefact"), ("params", "params"), ("macs", "MACs"),
@@ -35,7 +35,7 @@ def latency_value(d):
     return None
 
 
-def render_markdown(config, rows, plots, info=None):
+def render_markdown(config, rows, plots):
     lines = [f"# kslim run report: {config.get('name', 'kslim-run')}", ""]
     model = config["model"]
     lines.append(f"Model: `{model.get('reference') or model.get('path')}`; data: `{config['data']['source']}`; "
@@ -90,13 +90,13 @@ def render_html(config, rows, plots):
 
 
 def plot_stages(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = [r["stage"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig = Figure(figsize=(12, 3.5))
+    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; no pyplot state to close
+    axes = fig.subplots(1, 3)
     for ax, key, label in zip(axes, ("accuracy", "bytes", "latency_ms"), ("accuracy", "bytes", "latency (ms)")):
         vals = [r.get(key) if r.get(key) is not None else 0 for r in rows]
         ax.bar(range(len(vals)), vals, color="#4477aa")
@@ -106,11 +106,8 @@ def plot_stages(rows, path):
             lo = min(v for v in vals if v) - 0.05
             ax.set_ylim(max(0, lo), 1)
     fig.tight_layout()
-    from kslim._io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
     return path
 
 

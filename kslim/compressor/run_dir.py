@@ -21,14 +21,13 @@ Every file is written atomically (temp file + rename), so a run killed at any mo
 ``kslim compress CONFIG --resume RUN_DIR`` continues from the last finished step.
 """
 
-import json
 import os
 import signal
 from pathlib import Path
 
 import yaml
 
-from kslim._io import atomic_write_json, atomic_write_text
+from kslim._io import atomic_write_json, atomic_write_text, read_json
 from kslim.compressor.config import config_hash, diff_configs
 from kslim.errors import ConfigError, KslimFileError
 
@@ -68,8 +67,12 @@ class RunDir:
         return d
 
     # ---------------------------------------------------------------- state
-    def start(self, config):
-        """Create a fresh run directory for ``config``; refuses a folder that already holds a run."""
+    def start(self, config, base_dir=None):
+        """Create a fresh run directory for ``config``; refuses a folder that already holds a run.
+
+        ``base_dir`` (the folder relative config paths resolve from) is kept in the state, so that a
+        run resumed from its stored config finds the same files whatever the working directory.
+        """
         if self.state_file.exists():
             raise KslimFileError(
                 f"{self.path} already holds a run; resume it with `--resume {self.path}` or choose "
@@ -78,6 +81,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         guarded_write(atomic_write_text, self.config_file, yaml.safe_dump(config, sort_keys=False))
         state = {"version": STATE_VERSION, "config_hash": config_hash(config), "stages": {}, "finished": False}
+        if base_dir is not None:
+            state["base_dir"] = str(Path(base_dir).resolve())
         self.write_state(state)
         return state
 
@@ -88,10 +93,9 @@ class RunDir:
                 f"{self.path} is not a kslim run directory (no state.json); start a run with "
                 "`kslim compress CONFIG --out DIR`."
             )
-        try:
-            state = json.loads(self.state_file.read_text())
-        except json.JSONDecodeError as e:
-            raise KslimFileError(f"{self.state_file} is corrupt: {e}") from e
+        state = read_json(self.state_file, "Run state")
+        if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+            raise KslimFileError(f"Run state {str(self.state_file)!r} is corrupt: not a kslim run state.")
         if state.get("config_hash") != config_hash(config):
             old = yaml.safe_load(self.config_file.read_text()) if self.config_file.is_file() else {}
             fields = diff_configs(old, config) or ["(unknown)"]

@@ -7,7 +7,7 @@ them up again when the run is resumed (see :mod:`kslim.compressor.run_dir`).
 
 import numpy as np
 
-from kslim._io import atomic_save_model
+from kslim._io import atomic_save_model, atomic_write_json, read_json
 from kslim.compressor.run_dir import crash_point, guarded_write
 from kslim.compressor.training import fit_resumable
 from kslim.errors import ConfigError
@@ -25,15 +25,24 @@ def _load_keras(path):
     return load_keras_model(path)  # registers kslim's layers (QAT, ...) first; safe_mode
 
 
+def _train_settings(ctx, settings):
+    """``(epochs, learning_rate, batch_size)`` of a strategy: its own ``settings``, else the config's ``train``.
+
+    ``batch_size`` is ``None`` when neither sets it (the data's default batch size).
+    """
+    train = ctx.config["train"]
+    return (int(settings.get("epochs", train.get("epochs", 1))),
+            float(settings.get("learning_rate", train.get("learning_rate", 5e-4))),
+            settings.get("batch_size", train.get("batch_size")))
+
+
 def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune"):
     """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size)."""
     from kslim.models import compile_classifier
 
-    epochs = int(settings.get("epochs", ctx.config["train"].get("epochs", 1)))
+    epochs, lr, bs = _train_settings(ctx, settings)
     if epochs <= 0:
         return model, []
-    lr = float(settings.get("learning_rate", ctx.config["train"].get("learning_rate", 5e-4)))
-    bs = settings.get("batch_size", ctx.config["train"].get("batch_size"))
     compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
     history = fit_resumable(
         model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
@@ -50,9 +59,12 @@ def run_prune(ctx, p, sdir, prefix):
     import kslim.prune as kp
 
     pruned_path = sdir / "pruned.keras"
+    info_path = sdir / "pruned_info.json"  # written before pruned.keras: a resumed run gets it back
     info = {}
     if pruned_path.is_file():
         pruned = _load_keras(pruned_path)
+        if info_path.is_file():
+            info = read_json(info_path, "Pruning info")
     else:
         cls = getattr(kp, _PRUNERS[p.get("criterion", "l1")])
         pruner = cls(ctx.model, skip=p.get("skip"), keep_classifier=p.get("keep_classifier", True),
@@ -99,10 +111,12 @@ def run_prune(ctx, p, sdir, prefix):
                 import shutil
 
                 shutil.copyfile(result.plot_path, ctx.run.plots / f"{sdir.name}_auto_prune.png")
+        info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list))}
+        guarded_write(atomic_write_json, info_path, info)
         guarded_write(atomic_save_model, pruned, pruned_path)
         crash_point(f"{prefix}:pruned")
     model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update({k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list))})
+    ctx.info.update(info)
     ctx.model, ctx.lite = model, None
 
 
@@ -149,10 +163,9 @@ def run_distill(ctx, p, sdir, prefix):
         ctx.model, teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
         hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    lr = float(p.get("learning_rate", ctx.config["train"].get("learning_rate", 5e-4)))
+    epochs, lr, bs = _train_settings(ctx, p)
     distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
-    epochs = int(p.get("epochs", ctx.config["train"].get("epochs", 1)))
-    fit_resumable(distiller, lambda seed: ctx.data.train(seed), epochs, sdir / "ckpt" / "distill",
+    fit_resumable(distiller, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / "distill",
                   ctx.stage_seed, prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_distill.csv")
     ctx.model, ctx.lite = distiller.student, None
 
