@@ -124,3 +124,24 @@ def test_bad_inputs():
                   callbacks=[GradualPruning("l1", {"nope": 0.5}, schedule=AGP(0, 2, 1))])
     with pytest.raises(KslimValueError, match="never used"):
         strip_pruning(model, GradualPruning("l1", 0.5))
+
+
+def test_ratio_must_be_a_number_not_a_bool():
+    with pytest.raises(KslimTypeError, match="target_ratio"):
+        GradualPruning("l1", False)
+    with pytest.raises(KslimTypeError, match="conv1"):
+        GradualPruning("l1", {"conv1": True})
+    assert GradualPruning("l1", {"conv1": np.float32(0.25)}).target_ratio == {"conv1": 0.25}
+
+
+def test_strip_refuses_a_state_naming_an_unknown_pruner():
+    from kslim.prune.gradual import STATE_FORMAT
+    from kslim.prune.sensitivity import model_fingerprint
+
+    model = tiny_model()
+    state = {"format": STATE_FORMAT, "model": model_fingerprint(model), "criterion": "L2NormFilterPruner",
+             "skip": None, "keep_classifier": True, "masks": {"conv1": [0, 3]}}
+    assert strip_pruning(model, state).get_layer("conv1").filters == 14
+    state["criterion"] = "MagicPruner"  # was silently stripped as L1 before
+    with pytest.raises(KslimValueError, match="MagicPruner.*L1NormFilterPruner"):
+        strip_pruning(model, state)

@@ -397,3 +397,53 @@ def test_constraint_generic():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(9)])
     assert c.check(model) == (False, 9.0) and c.describe(9.0) == "width 9 > max 8"
     assert np.isclose(MaxParams(100).check(model)[1], 27)
+
+
+def test_latency_prefers_the_median_and_measure_latency_uses_profile(monkeypatch):
+    import types
+
+    import kslim.lite
+    from kslim.nas import measure_latency
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    report = types.SimpleNamespace(mean_ms=5.0, median_ms=2.0)  # e.g. a kslim.lite.ProfileReport
+    assert MaxLatency(3.0, latency_fn=lambda m: report).check(model) == (True, 2.0)
+    no_median = types.SimpleNamespace(mean_ms=5.0, median_ms=None)  # a device without per-run timings
+    assert MaxLatency(3.0, latency_fn=lambda m: no_median).check(model) == (False, 5.0)
+
+    calls = []
+    real_profile = kslim.lite.profile
+
+    def spy(lite, **kw):
+        rep = real_profile(lite, **kw)
+        calls.append((kw, rep))
+        return rep
+
+    monkeypatch.setattr(kslim.lite, "profile", spy)
+    ms = measure_latency(model, runs=5)
+    (kw, rep), = calls
+    assert isinstance(kw["device"], kslim.lite.LocalDevice) and kw["num_threads"] == 1 and kw["runs"] == 5
+    assert ms == rep.median_ms > 0
+
+
+def test_auto_prune_latency_fn_needs_max_latency(tmp_path):
+    from kslim.nas import auto_prune
+
+    with pytest.raises(KslimValueError, match="max_latency"):  # was silently ignored
+        auto_prune(_prunable_model(), lambda m: 0.0, target_flops=0.5, latency_fn=lambda m: 1.0,
+                   directory=tmp_path)
+
+
+def test_plot_history_leaves_pyplot_alone(tmp_path, monkeypatch):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    def no_switch(*a, **k):
+        raise AssertionError("plot_history must not switch the matplotlib backend")
+
+    monkeypatch.setattr(matplotlib, "use", no_switch)
+    before = plt.get_fignums()
+    summary = {"trials": [{"score": 0.5, "flops": 1e6, "temperature": 0.1}, {"score": 0.6, "flops": 2e6,
+                                                                             "temperature": 0.05}]}
+    assert plot_history(summary, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert plt.get_fignums() == before  # no figure left open in pyplot

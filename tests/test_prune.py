@@ -334,3 +334,26 @@ def test_more_layer_kinds_are_exact():
     assert small.get_layer("to_seq").target_shape == (324, 3)
     assert [tuple(o.shape) for o in small(data)] == [(2, 2), (2, 3)]
 
+
+
+def test_make_pruner_from_name_class_or_instance():
+    from kslim.prune import criterion_class, make_pruner
+
+    model = zoo_model()
+    p = make_pruner(model, "FPGM", round_to=2, skip=["c1"])
+    assert type(p) is FPGMFilterPruner and p.round_to == 2 and p.skip == ("c1",)
+    assert type(make_pruner(model)) is L1NormFilterPruner
+    assert type(make_pruner(model, L2NormFilterPruner, keep_classifier=False)) is L2NormFilterPruner
+    bound = L1NormFilterPruner(model)
+    assert make_pruner(model, bound) is bound
+    assert criterion_class("l2") is L2NormFilterPruner
+    with pytest.raises(KslimValueError, match=r"pruner 'l7'.*\['fpgm', 'l1', 'l2'\]"):
+        make_pruner(model, "l7")
+    with pytest.raises(KslimValueError, match="round_to"):  # options of an existing instance: ambiguous
+        make_pruner(model, bound, round_to=4)
+    other = keras.Sequential([keras.Input((4, 4, 1)), layers.Conv2D(2, 1), layers.Flatten(), layers.Dense(2)],
+                             name="other")
+    with pytest.raises(KslimValueError, match="'other'"):
+        make_pruner(model, L1NormFilterPruner(other))
+    with pytest.raises(KslimTypeError, match="int"):
+        make_pruner(model, 3)

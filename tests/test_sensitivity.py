@@ -177,3 +177,30 @@ def test_plot_sensitivity(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(KslimValueError):
         plot_sensitivity({}, tmp_path / "empty.png")
+
+
+def test_checkpoint_of_other_pruner_options_is_refused(model, tmp_path):
+    ckpt = tmp_path / "sens.json"
+    sensitivity(model, Agreement(model), ratios=[0.5], layers=["conv2"], checkpoint=ckpt, verbose=0)
+    assert json.loads(ckpt.read_text())["pruner_options"] == {"round_to": 1, "skip": [], "keep_classifier": True}
+    with pytest.raises(KslimValueError, match="round_to"):  # would mix curves of other channel counts
+        sensitivity(model, Agreement(model), ratios=[0.5], layers=["conv2"], checkpoint=ckpt,
+                    pruner=L1NormFilterPruner(model, round_to=2), verbose=0)
+    with pytest.raises(KslimValueError, match="skip"):
+        sensitivity(model, Agreement(model), ratios=[0.5], layers=["conv2"], checkpoint=ckpt,
+                    pruner=L1NormFilterPruner(model, skip=["conv1"]), verbose=0)
+    old = json.loads(ckpt.read_text())
+    del old["pruner_options"]  # a checkpoint of an older kslim: options unknown
+    ckpt.write_text(json.dumps(old))
+    with pytest.raises(KslimValueError, match="not recorded"):
+        sensitivity(model, Agreement(model), ratios=[0.5], layers=["conv2"], checkpoint=ckpt, verbose=0)
+
+
+def test_malformed_checkpoint_is_refused_with_advice(model, tmp_path):
+    bad = tmp_path / "half.json"
+    bad.write_text('{"format": "kslim.sensitivity/1", "sens')
+    with pytest.raises(KslimFileError, match=r"half\.json.*not valid JSON.*Delete it"):
+        sensitivity(model, Agreement(model), ratios=[0.5], checkpoint=bad, verbose=0)
+    bad.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(KslimFileError, match="Delete it"):
+        sensitivity(model, Agreement(model), ratios=[0.5], checkpoint=bad, verbose=0)

@@ -1,23 +1,17 @@
 """``kslim convert``, ``kslim profile`` and ``kslim latency-table build|predict``."""
 
-import json
 import sys
 from pathlib import Path
 
 
-def _load_keras(path):
-    from kslim._model_io import load_keras_model
-
-    return load_keras_model(path)
-
-
 def _load_any(path):
     """A LiteModel for a ``.tflite`` path, a Keras model for anything else."""
+    from kslim._model_io import load_keras_model
     from kslim.lite import LiteModel
 
     if str(path).lower().endswith(".tflite"):
         return LiteModel.load(path)
-    return _load_keras(path)
+    return load_keras_model(path)
 
 
 def _calibration(args, model):
@@ -43,9 +37,10 @@ def _calibration(args, model):
 
 
 def cmd_convert(args):
+    from kslim._model_io import load_keras_model
     from kslim.lite import convert
 
-    model = _load_keras(args.model)
+    model = load_keras_model(args.model)
     q = None if args.quantize == "none" else args.quantize
     rep = _calibration(args, model) if q == "int8" and not args.qat else None
     io = "int8" if args.io_int8 else "float32"

@@ -32,17 +32,11 @@ def _ratio_map(text):
     return out
 
 
-def _load_model(path):
-    from kslim._model_io import load_keras_model
-
-    return load_keras_model(path)
-
-
 def _make_pruner(model, args):
-    from kslim.prune.sensitivity import criterion_class
+    from kslim.prune import make_pruner
 
-    cls = criterion_class(args.criterion)
-    return cls(model, skip=args.skip, keep_classifier=not args.prune_classifier, round_to=args.round_to)
+    return make_pruner(model, args.criterion, skip=args.skip, keep_classifier=not args.prune_classifier,
+                       round_to=args.round_to)
 
 
 def _macs(model):
@@ -91,9 +85,10 @@ def _eval_data(args, model):
 # -------------------------------------------------------------------------------------------- prune
 def cmd_prune(args):
     from kslim._io import atomic_save_model
+    from kslim._model_io import load_keras_model
     from kslim.errors import KslimValueError
 
-    model = _load_model(args.model)
+    model = load_keras_model(args.model)
     pruner = _make_pruner(model, args)
     info = {}
     if args.flops_target is not None:
@@ -135,9 +130,10 @@ def cmd_prune(args):
 
 # -------------------------------------------------------------------------------------------- sensitivity
 def cmd_sensitivity(args):
+    from kslim._model_io import load_keras_model
     from kslim.prune.sensitivity import DEFAULT_RATIOS, sensitivity
 
-    model = _load_model(args.model)
+    model = load_keras_model(args.model)
     x, y = _eval_data(args, model)
     pruner = _make_pruner(model, args)
     sens = sensitivity(model, _accuracy_fn(x, y), ratios=args.ratios or DEFAULT_RATIOS, layers=args.layers,

@@ -39,16 +39,11 @@ def _skip(value):
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
-def _load(path):
-    from kslim._model_io import load_keras_model
-
-    return load_keras_model(path)
-
-
 def cmd_quantize(args):
+    from kslim._model_io import load_keras_model
     from kslim.quant import quant_post_dynamic, quant_post_static
 
-    model = _load(args.model)
+    model = load_keras_model(args.model)
     skip = _skip(args.skip)
     if args.mode == "static":
         x = _calibration_data(args.calib, model, args.batches * args.batch_size)
@@ -82,9 +77,10 @@ def cmd_quantize(args):
 
 def cmd_quant_debug(args):
     from kslim._io import atomic_write_json
+    from kslim._model_io import load_keras_model
     from kslim.quant import quant_debug
 
-    model = _load(args.model)
+    model = load_keras_model(args.model)
     x = _calibration_data(args.calib, model, args.calib_batches * args.batch_size)
     report = quant_debug(model, x, algo=args.algo, batches=args.batches, batch_size=args.batch_size,
                          batch_nums=args.calib_batches, skip=_skip(args.skip), verbose=args.verbose)

@@ -191,10 +191,6 @@ class DependencyGraph:
             f"pruned directly; name the Conv/Dense layer that produces its channels.{hint}"
         )
 
-    def groups_touching(self, layer_name):
-        """Every group with a member on layer ``layer_name``."""
-        return [g for g in self.groups if g.members_of(layer_name)]
-
     def __repr__(self):
         n = len(self.prunable_groups)
         return f"DependencyGraph({self.model.name!r}: {len(self.groups)} channel groups, {n} prunable)"

@@ -5,9 +5,7 @@ import math
 from pathlib import Path
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
-from kslim.nas.constraints import Constraint, InfeasibleConstraintError, MaxFlops, MaxLatency
-
-_PRUNERS = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
+from kslim.nas.constraints import InfeasibleConstraintError, make_constraints
 
 
 @dataclasses.dataclass
@@ -41,23 +39,6 @@ class AutoPruneResult:
     def flops_reduction(self):
         """Fraction of the FLOPs removed."""
         return 1.0 - self.flops / self.flops_before
-
-
-def _make_pruner(model, pruner):
-    import kslim.prune as kp
-
-    if isinstance(pruner, str):
-        if pruner.lower() not in _PRUNERS:
-            raise KslimValueError(
-                f"pruner {pruner!r} unknown; choose one of {sorted(_PRUNERS)} or pass a FilterPruner.")
-        return getattr(kp, _PRUNERS[pruner.lower()])(model)
-    if isinstance(pruner, type) and issubclass(pruner, kp.FilterPruner):
-        return pruner(model)
-    if isinstance(pruner, kp.FilterPruner):
-        if pruner.model is not model:
-            raise KslimValueError("pruner was built for another model than `model`.")
-        return pruner
-    raise KslimTypeError(f"pruner must be 'l1', 'l2', 'fpgm', a FilterPruner class or instance, got {pruner!r}.")
 
 
 class _RatioSpace:
@@ -143,6 +124,7 @@ def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=N
     from kslim.analysis import flops as count_flops
     from kslim.nas.history import plot_history
     from kslim.nas.oracle import SimulatedAnnealingOracle
+    from kslim.prune import make_pruner
 
     if not isinstance(model, keras.Model):
         raise KslimTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
@@ -156,37 +138,37 @@ def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=N
     if not (0 < float(ratio_step) < 1) or not (0 < float(max_ratio) < 1):
         raise KslimValueError(f"ratio_step and max_ratio must be in (0, 1), got {ratio_step!r}, {max_ratio!r}.")
 
-    pruner = _make_pruner(model, pruner)
+    pruner = make_pruner(model, pruner)
     if not pruner.groups:
         raise ModelError(f"model {model.name!r} has no prunable channel group.")
     flops_before = float(count_flops(model).flops)
-    cons = []
+    max_flops = None
     if target_flops is not None:
         t = float(target_flops)
         if not (t > 0) or t == 1.0 or math.isnan(t):
             raise KslimValueError(f"target_flops must be a fraction in (0, 1) to remove or a FLOPs count > 1, "
                                   f"got {target_flops!r}.")
-        cons.append(MaxFlops((1.0 - t) * flops_before if t < 1 else t))
-    if max_latency is not None:
-        cons.append(MaxLatency(max_latency, latency_fn))
-    for c in constraints or ():
-        if not isinstance(c, Constraint):
-            raise KslimTypeError(f"constraints must be kslim.nas.Constraint objects, got {c!r}.")
-        cons.append(c)
+        max_flops = (1.0 - t) * flops_before if t < 1 else t
+    cons = make_constraints(max_flops=max_flops, max_latency=max_latency, latency_fn=latency_fn,
+                            constraints=constraints)
 
     n = int(math.floor(float(max_ratio) / float(ratio_step) + 1e-9))
     grid = [round(i * float(ratio_step), 6) for i in range(n + 1)]
     probe = _RatioSpace(pruner, grid, weights=False)
     names = [g.name for g in pruner.groups]
 
+    def uniform(ratio):
+        return pruner.prune_channels(pruner.plan({g: ratio for g in names}), copy_weights=False)
+
     def feasible(ratio):
-        m = probe.pruner.prune_channels(pruner.plan({g: ratio for g in names}), copy_weights=False)
+        m = uniform(ratio)
         return all(c.check(m)[0] for c in cons)
 
     if init_ratios is None:
-        if not feasible(grid[-1]):
-            m = probe.pruner.prune_channels(pruner.plan({g: grid[-1] for g in names}), copy_weights=False)
-            over = "; ".join(c.describe(c.measure(m)) for c in cons if not c.check(m)[0])
+        smallest = uniform(grid[-1])
+        checks = [(c, *c.check(smallest)) for c in cons]
+        if not all(ok for _, ok, _ in checks):
+            over = "; ".join(c.describe(value) for c, ok, value in checks if not ok)
             raise InfeasibleConstraintError(
                 f"the constraints cannot be met: even pruning {grid[-1]:.0%} of every group leaves {over}. "
                 f"Raise max_ratio, relax the target, or prune the groups kept by the pruner (skip/keep_classifier)."

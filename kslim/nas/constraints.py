@@ -13,7 +13,6 @@ Example:
 """
 
 import math
-import time
 
 from kslim.errors import KslimTypeError, KslimValueError
 
@@ -112,9 +111,10 @@ class MaxLatency(Constraint):
 
     def measure(self, model):
         value = self._measure(model)
-        # a predictor may return a report object; accept anything with `.ms` / `.latency_ms` / float()
-        for attr in ("total_ms", "latency_ms", "ms", "mean_ms", "median_ms"):
-            if hasattr(value, attr):
+        # a predictor may return a report object; accept anything with `.ms` / `.latency_ms` / float();
+        # of a ProfileReport take the median (as kslim.compressor's reports do), else the mean
+        for attr in ("total_ms", "latency_ms", "ms", "median_ms", "mean_ms"):
+            if getattr(value, attr, None) is not None:
                 return float(getattr(value, attr))
         return float(value)
 
@@ -122,26 +122,15 @@ class MaxLatency(Constraint):
 def measure_latency(model, num_threads=1, warmup=3, runs=20):
     """Median latency (ms) of one batch-1 inference of ``model`` converted to float32 TFLite on this CPU.
 
-    A fallback ``latency_fn`` when no latency table or device is given; it converts the model each
-    call (about a second for a small model), so prefer a :class:`kslim.lite.LatencyPredictor`.
+    A fallback ``latency_fn`` when no latency table or device is given: :func:`kslim.lite.profile` on
+    a :class:`kslim.lite.LocalDevice`. It converts the model each call (about a second for a small
+    model), so prefer a :class:`kslim.lite.LatencyPredictor`.
     """
-    import numpy as np
+    from kslim.lite import LocalDevice, convert, profile
 
-    from kslim.lite import convert
-
-    lite = convert(model, check=False)
-    interp = lite.interpreter(num_threads=num_threads)
-    for d in interp.get_input_details():
-        shape = [1 if s is None or s < 0 else int(s) for s in d["shape"]]
-        interp.set_tensor(d["index"], np.zeros(shape, dtype=d["dtype"]))
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    report = profile(convert(model, check=False), device=LocalDevice(), num_threads=num_threads, warmup=warmup,
+                     runs=runs)
+    return float(report.median_ms)
 
 
 def make_constraints(max_flops=None, max_latency=None, latency_fn=None, max_params=None, constraints=(),

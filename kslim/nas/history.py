@@ -46,10 +46,8 @@ def plot_history(history, path, cost=None, title=None):
     Right: the trajectory — score of each trial in order, the current (accepted) score, the best
     so far, and the temperature (log scale, right axis).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     summary = load_history(history)
     trials = [t for t in summary.get("trials", []) if t.get("score") is not None]
@@ -59,7 +57,9 @@ def plot_history(history, path, cost=None, title=None):
     elif not any(cost in t for t in trials):
         raise KslimValueError(f"plot_history: no trial recorded {cost!r}; recorded keys: "
                               f"{sorted(set().union(*[t.keys() for t in trials])) if trials else []}.")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; pyplot keeps no reference
+    ax1, ax2 = fig.subplots(1, 2)
     objective = summary.get("objective", "score")
 
     # ---- score vs cost
@@ -119,5 +119,4 @@ def plot_history(history, path, cost=None, title=None):
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return Path(path)

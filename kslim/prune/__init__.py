@@ -14,14 +14,16 @@ from kslim.prune.criteria import (
     FPGMFilterPruner,
     L1NormFilterPruner,
     L2NormFilterPruner,
+    criterion_class,
     fpgm,
     geometric_median,
     l1_norm,
     l2_norm,
+    make_pruner,
 )
 
 __all__ = ["FilterPruner", "L1NormFilterPruner", "L2NormFilterPruner", "FPGMFilterPruner",
-           "l1_norm", "l2_norm", "fpgm", "geometric_median"]
+           "make_pruner", "criterion_class", "l1_norm", "l2_norm", "fpgm", "geometric_median"]
 
 # sensitivity analysis, gradual (training-time) pruning, plots
 from kslim.prune.gradual import AGP, ConstantRatio, GradualPruning, PolynomialDecay, PruningSchedule, strip_pruning

@@ -1,11 +1,12 @@
 """Filter importance criteria (L1 norm, L2 norm, FPGM) and the pruners that use them.
 
 A criterion maps the filters of one producer, as an ``(n_filters, filter_size)`` array, to one score
-per filter; higher scores are kept.
+per filter; higher scores are kept. :func:`make_pruner` builds the pruner of a criterion name.
 """
 
 import numpy as np
 
+from kslim.errors import KslimTypeError, KslimValueError
 from kslim.prune.base import FilterPruner
 
 
@@ -98,3 +99,65 @@ class FPGMFilterPruner(FilterPruner):
     """
 
     criterion = staticmethod(fpgm)
+
+
+#: criterion name -> pruner class
+CRITERIA = {"l1": L1NormFilterPruner, "l2": L2NormFilterPruner, "fpgm": FPGMFilterPruner}
+
+
+def criterion_class(name):
+    """The pruner class of a criterion name: ``"l1"``, ``"l2"`` or ``"fpgm"``.
+
+    >>> criterion_class("fpgm").__name__
+    'FPGMFilterPruner'
+    """
+    key = str(name).lower()
+    if key not in CRITERIA:
+        raise KslimValueError(
+            f"Unknown pruning criterion: pruner {name!r} is not one of {sorted(CRITERIA)}; choose one of them "
+            "or pass a FilterPruner class or instance."
+        )
+    return CRITERIA[key]
+
+
+def make_pruner(model, pruner=None, **options):
+    """A :class:`FilterPruner` on ``model`` from a criterion name, a pruner class or a pruner instance.
+
+    Args:
+        model: the ``keras.Model`` to prune.
+        pruner: ``"l1"`` (default when ``None``), ``"l2"``, ``"fpgm"``, a :class:`FilterPruner`
+            subclass (built on ``model`` with ``options``), or an instance already bound to ``model``.
+        **options: ``skip``, ``keep_classifier``, ``round_to`` ... passed to the class; not allowed
+            with an instance (it has its own).
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="c1"),
+        ...                       keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Flatten(),
+        ...                       keras.layers.Dense(2)])
+        >>> p = make_pruner(m, "l2", round_to=4)
+        >>> type(p).__name__, p.round_to
+        ('L2NormFilterPruner', 4)
+    """
+    if pruner is None:
+        pruner = "l1"
+    if isinstance(pruner, str):
+        pruner = criterion_class(pruner)
+    if isinstance(pruner, type) and issubclass(pruner, FilterPruner):
+        return pruner(model, **options)
+    if isinstance(pruner, FilterPruner):
+        if pruner.model is not model:
+            raise KslimValueError(
+                f"The pruner instance is bound to model {pruner.model.name!r}, not to {model.name!r}: build the "
+                "pruner on the model you pass (or pass the pruner class)."
+            )
+        if options:
+            raise KslimValueError(
+                f"Pruner options {sorted(options)} cannot be applied to a pruner instance; pass its class, or "
+                "build the instance with them."
+            )
+        return pruner
+    name = pruner.__name__ if isinstance(pruner, type) else type(pruner).__name__
+    raise KslimTypeError(
+        f"pruner must be a criterion name {tuple(CRITERIA)}, a FilterPruner subclass or instance, got {name}."
+    )

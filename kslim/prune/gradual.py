@@ -23,6 +23,7 @@ import numpy as np
 
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.prune.base import _check_ratio
 
 STATE_FORMAT = "kslim.gradual_pruning/1"
 
@@ -120,8 +121,8 @@ class ConstantRatio(PolynomialDecay):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _pruner_class(pruner):
-    from kslim.prune import FilterPruner
-    from kslim.prune.sensitivity import criterion_class
+    from kslim.prune.base import FilterPruner
+    from kslim.prune.criteria import criterion_class
 
     if pruner is None:
         pruner = "l1"
@@ -185,11 +186,9 @@ class GradualPruning(keras.callbacks.Callback):
         if isinstance(target_ratio, dict):
             if not target_ratio:
                 raise KslimValueError("target_ratio dict is empty: name at least one group.")
-            for k, v in target_ratio.items():
-                self._check_ratio(v, f"target_ratio[{k!r}]")
-            self.target_ratio = {str(k): float(v) for k, v in target_ratio.items()}
+            self.target_ratio = {str(k): _check_ratio(v, f"target_ratio[{k!r}]") for k, v in target_ratio.items()}
         else:
-            self.target_ratio = self._check_ratio(target_ratio, "target_ratio")
+            self.target_ratio = _check_ratio(target_ratio, "target_ratio")
         if schedule is None:
             schedule = AGP()
         if not isinstance(schedule, PruningSchedule):
@@ -205,16 +204,6 @@ class GradualPruning(keras.callbacks.Callback):
         self._targets = None     # group name -> target ratio
         self._mask_vars = {}     # id(variable) -> (variable, keras.Variable mask)
         self._saved_constraints = {}
-
-    @staticmethod
-    def _check_ratio(v, what):
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise KslimValueError(f"{what} must be a number in [0, 1), got {v!r}.") from None
-        if not 0.0 <= v < 1.0:
-            raise KslimValueError(f"{what} must be in [0, 1), got {v!r}.")
-        return v
 
     # -------------------------------------------------------------- set-up
     def _setup(self, model):
@@ -372,14 +361,17 @@ def strip_pruning(model, state):
     Returns:
         a new ``keras.Model`` with fewer channels whose outputs equal the masked model's.
     """
+    from kslim.prune.criteria import CRITERIA
     from kslim.prune.sensitivity import model_fingerprint
 
+    pruner_cls = None
     if hasattr(state, "get_state") and hasattr(state, "masks"):
         cb = state
         if cb.pruner is None:
             raise KslimValueError("The GradualPruning callback was never used in fit(): nothing to strip.")
         if cb.pruner.model is model:
             return cb.pruner.prune_channels({k: v for k, v in cb.masks.items() if len(v)})
+        pruner_cls = cb.pruner_cls
         state = cb.get_state()
     if isinstance(state, (str, Path)):
         state = read_json(state, "Pruning state file")
@@ -393,9 +385,14 @@ def strip_pruning(model, state):
             f"The pruning state was made for model {state['model']['name']!r} with other layers than "
             f"{model.name!r}: cannot strip it."
         )
-    import kslim.prune as kp
-
-    pruner_cls = getattr(kp, state["criterion"], None) or kp.L1NormFilterPruner
+    if pruner_cls is None:
+        known = {cls.__name__: cls for cls in CRITERIA.values()}
+        pruner_cls = known.get(state.get("criterion"))
+        if pruner_cls is None:
+            raise KslimValueError(
+                f"The pruning state names pruner {state.get('criterion')!r}, not one of {sorted(known)}: strip "
+                "with the GradualPruning callback itself (strip_pruning(model, callback)) for another pruner."
+            )
     pruner = pruner_cls(model, skip=state.get("skip"), keep_classifier=state.get("keep_classifier", True),
                         round_to=1)
     return pruner.prune_channels({k: np.asarray(v, np.int64) for k, v in state["masks"].items() if v})

@@ -7,7 +7,6 @@ tolerated loss, and :func:`ratios_by_flops` searches the tolerated loss that rea
 
 import gc
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
+from kslim.prune.criteria import make_pruner
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHECKPOINT_FORMAT = "kslim.sensitivity/1"
@@ -38,46 +38,6 @@ def _check_ratios(ratios, what="ratios"):
 
 def _ratio_key(r):
     return f"{round(float(r), 6):g}"
-
-
-def _make_pruner(model, pruner):
-    """Accept a pruner class (built on ``model``), a pruner instance, or a criterion name."""
-    from kslim.prune import FilterPruner, L1NormFilterPruner
-
-    if pruner is None:
-        pruner = L1NormFilterPruner
-    if isinstance(pruner, str):
-        pruner = criterion_class(pruner)
-    if isinstance(pruner, type):
-        if not issubclass(pruner, FilterPruner):
-            raise KslimTypeError(f"pruner must be a FilterPruner subclass or instance, got {pruner.__name__}.")
-        return pruner(model)
-    if isinstance(pruner, FilterPruner):
-        bound = getattr(pruner, "model", None)
-        if bound is not None and bound is not model:
-            raise KslimValueError(
-                f"The pruner instance is bound to model {bound.name!r}, not to {model.name!r}: build the "
-                "pruner on the model you analyse (or pass the pruner class)."
-            )
-        return pruner
-    raise KslimTypeError(f"pruner must be a FilterPruner subclass or instance, got {type(pruner).__name__}.")
-
-
-CRITERIA = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
-
-
-def criterion_class(name):
-    """The pruner class of a criterion name: ``"l1"``, ``"l2"`` or ``"fpgm"``."""
-    import kslim.prune as kp
-
-    key = str(name).lower()
-    if key not in CRITERIA:
-        raise KslimValueError(f"Unknown pruning criterion {name!r}; choose one of {sorted(CRITERIA)}.")
-    return getattr(kp, CRITERIA[key])
-
-
-def _criterion_name(pruner):
-    return type(pruner).__name__
 
 
 def model_fingerprint(model):
@@ -117,16 +77,14 @@ def _select_groups(pruner, layers):
     return chosen
 
 
-def _load_checkpoint(path, fingerprint, criterion):
+def _load_checkpoint(path, fingerprint, criterion, options):
     path = Path(path)
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise KslimFileError(
-            f"Sensitivity checkpoint {path} is unreadable ({e}); delete it or choose another --checkpoint."
-        ) from e
+        data = read_json(path, "Sensitivity checkpoint")
+    except OSError as e:  # KslimFileError (malformed, undecodable) or an unreadable file
+        raise KslimFileError(f"{e} Delete it or choose another --checkpoint.") from e
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise KslimFileError(
             f"{path} is not a kslim sensitivity checkpoint (no format {CHECKPOINT_FORMAT!r}); refusing to "
@@ -150,6 +108,12 @@ def _load_checkpoint(path, fingerprint, criterion):
             f"Checkpoint {path} was computed with pruner {data.get('criterion')!r}, not {criterion!r}: losses "
             "of different criteria cannot be mixed. Use the same criterion or another checkpoint path."
         )
+    if data.get("pruner_options") != options:
+        raise KslimValueError(
+            f"Checkpoint {path} was computed with pruner options {data.get('pruner_options')} (round_to, skip, "
+            f"keep_classifier; None: not recorded), not {options}: losses measured with other options cannot be "
+            "mixed. Use the same options or another checkpoint path."
+        )
     return data
 
 
@@ -169,7 +133,8 @@ def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="
 
     Every measurement is written at once (atomically) to ``checkpoint``, so an interrupted run
     started again with the same arguments resumes where it stopped. A checkpoint made for another
-    model (other layers or other weights) or another criterion is refused with the reason.
+    model (other layers or other weights), another criterion or other pruner options (``round_to``,
+    ``skip``, ``keep_classifier``) is refused with the reason.
 
     Args:
         model: a built ``keras.Model``.
@@ -210,20 +175,21 @@ def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="
         ratios.remove(0.0)
         if not ratios:
             raise KslimValueError("ratios holds only 0: give ratios in (0, 1).")
-    pruner = _make_pruner(model, pruner)
+    pruner = make_pruner(model, pruner)
     groups = _select_groups(pruner, layers)
     if not groups:
         raise ModelError(f"Model {model.name!r} has no prunable channel group.")
     fingerprint = model_fingerprint(model)
-    criterion = _criterion_name(pruner)
+    criterion = type(pruner).__name__
+    options = {"round_to": pruner.round_to, "skip": sorted(pruner.skip), "keep_classifier": pruner.keep_classifier}
 
-    data = _load_checkpoint(checkpoint, fingerprint, criterion) if checkpoint else None
+    data = _load_checkpoint(checkpoint, fingerprint, criterion, options) if checkpoint else None
     base = _metric(eval_fn, model, "the unpruned model")
     if base == 0:
         raise KslimValueError("eval_fn returned 0 for the unpruned model: the relative loss is undefined.")
     if data is None:
-        data = {"format": CHECKPOINT_FORMAT, "model": fingerprint, "criterion": criterion, "base": base,
-                "sensitivities": {}}
+        data = {"format": CHECKPOINT_FORMAT, "model": fingerprint, "criterion": criterion,
+                "pruner_options": options, "base": base, "sensitivities": {}}
     elif not math.isclose(float(data["base"]), base, rel_tol=base_rtol, abs_tol=1e-12):
         raise KslimValueError(
             f"Checkpoint {checkpoint} was measured with base metric {data['base']:.6g} but eval_fn now "
@@ -348,7 +314,7 @@ def ratios_by_flops(model, sens, target, pruner=None, tol=0.005, max_iter=30):
         raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.") from None
     if not 0.0 < target < 1.0:
         raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.")
-    pruner = _make_pruner(model, pruner)
+    pruner = make_pruner(model, pruner)
     known = {g.name for g in pruner.groups}
     unknown = sorted(set(sens) - known)
     if unknown:
