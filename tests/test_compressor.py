@@ -148,6 +148,22 @@ def test_prune_then_export_run(tmp_path, tiny_model_path):
         Compressor(cfg, out=run, verbose=0).run()
 
 
+@pytest.mark.parametrize("sens", [{"flops_target": 0.4}, {"max_loss": 0.5}])
+def test_sensitivity_prune_stage(tmp_path, tiny_model_path, sens):
+    """The sensitivity strategy (as in examples/prune_sensitivity.yaml) prunes and records its ratios."""
+    cfg = _run_config(tiny_model_path, [
+        {"prune": {"criterion": "l2", "sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, **sens},
+                   "fine_tune": {"epochs": 1}}},
+    ])
+    result = Compressor(cfg, out=tmp_path / "run", verbose=0).run()
+    base, pruned = result.rows[0], result.rows[1]
+    assert pruned["macs"] < base["macs"]
+    info = json.loads((tmp_path / "run" / "stages" / "01_prune" / "pruned_info.json").read_text())
+    assert info["ratios"] and all(0.0 < r < 1.0 for r in info["ratios"].values())
+    if "flops_target" in sens:
+        assert info["reduction"] >= 0.4 and pruned["macs"] <= 0.6 * base["macs"] * 1.01
+
+
 def _cli(args, env=None, cwd=None):
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.run([sys.executable, "-m", "kslim", *args], capture_output=True, text=True, env=e,

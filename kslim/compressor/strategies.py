@@ -52,9 +52,6 @@ def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune"):
 
 
 # ----------------------------------------------------------------------------- prune
-_PRUNERS = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
-
-
 def run_prune(ctx, p, sdir, prefix):
     import kslim.prune as kp
 
@@ -66,9 +63,8 @@ def run_prune(ctx, p, sdir, prefix):
         if info_path.is_file():
             info = read_json(info_path, "Pruning info")
     else:
-        cls = getattr(kp, _PRUNERS[p.get("criterion", "l1")])
-        pruner = cls(ctx.model, skip=p.get("skip"), keep_classifier=p.get("keep_classifier", True),
-                     round_to=p.get("round_to", 1))
+        pruner = kp.make_pruner(ctx.model, p.get("criterion", "l1"), skip=p.get("skip"),
+                                keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1))
         if "ratio" in p:
             pruned = pruner.prune(float(p["ratio"]))
         elif "ratios" in p:
@@ -88,7 +84,8 @@ def run_prune(ctx, p, sdir, prefix):
             except Exception:  # a plot is a nicety; never fail a run for it
                 pass
             if "flops_target" in s:
-                ratios = kp.ratios_by_flops(ctx.model, sens, float(s["flops_target"]), pruner=pruner)
+                ratios, found = kp.ratios_by_flops(ctx.model, sens, float(s["flops_target"]), pruner=pruner)
+                info.update(max_loss=float(found["max_loss"]), reduction=float(found["reduction"]))
             else:
                 ratios = kp.ratios_by_loss(sens, float(s["max_loss"]))
             info["ratios"] = {k: float(v) for k, v in ratios.items()}
