@@ -6,6 +6,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+# The process umask, read once at import (os.umask can only be read by setting it, which would race
+# with files other threads create meanwhile). Files written by atomic_path get 0o666 & ~_UMASK.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path, suffix=None):
@@ -22,13 +27,11 @@ def atomic_path(path, suffix=None):
         dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix
     )
     os.close(fd)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         yield tmp
         if os.path.exists(tmp):
-            os.chmod(tmp, 0o666 & ~umask)
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask)
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

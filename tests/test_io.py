@@ -39,3 +39,17 @@ def test_loaders_use_it(tmp_path):
         strip_pruning(None, bad)  # the file is read before the model is looked at
     with pytest.raises(KslimFileError, match="Sensitivity file '.*missing.json' does not exist"):
         load_sensitivity(tmp_path / "missing.json")
+
+
+def test_atomic_path_never_changes_the_umask(tmp_path, monkeypatch):
+    """The umask is read once at import: setting it (even briefly) races with other threads' files."""
+    import os
+
+    from kslim import _io
+
+    def no_umask(*_):
+        raise AssertionError("atomic_path changed the process umask")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    path = _io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_io._UMASK

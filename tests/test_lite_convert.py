@@ -129,6 +129,40 @@ def test_converter_noise_is_captured(capfd):
     assert capfd.readouterr().out == "after\n"
 
 
+def test_failed_redirection_restores_fds(monkeypatch):
+    """If redirecting fd 2 fails, fd 1 is restored and no saved descriptor leaks."""
+    import os
+
+    from kslim.lite import _quiet
+
+    real_dup2 = os.dup2
+    calls = []
+
+    def dup2(fd, fd2, *args):
+        calls.append(fd2)
+        if fd2 == 2 and calls.count(2) == 1:  # redirecting fd 2 (after fd 1 was redirected) fails
+            raise OSError("dup2 refused")
+        return real_dup2(fd, fd2, *args)
+
+    stdout_id = os.fstat(1).st_ino, os.fstat(1).st_dev
+    before = set(map(int, os.listdir("/proc/self/fd")))
+    monkeypatch.setattr(os, "dup2", dup2)
+    with pytest.raises(OSError, match="dup2 refused"):
+        with _quiet.captured_output():
+            pass
+    monkeypatch.undo()
+    assert (os.fstat(1).st_ino, os.fstat(1).st_dev) == stdout_id
+    assert set(map(int, os.listdir("/proc/self/fd"))) == before
+
+
+def test_float_ops_lists_float_kernels(float_lite):
+    from kslim.quant import float_ops
+
+    bad = float_ops(float_lite)  # a float model: every op computes in float
+    assert [i for _, i in bad] == list(range(sum(float_lite.ops().values())))
+    assert {op for op, _ in bad} == set(float_lite.ops()) >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+
+
 def test_save_is_atomic_and_load_roundtrips(float_lite, tmp_path):
     from kslim.lite import LiteModel
 

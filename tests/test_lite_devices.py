@@ -293,3 +293,51 @@ def test_ssh_errors(lite, fakes, tmp_path):
         profile(lite, device=SshDevice("pi", ssh=str(tmp_path / "nossh"), remote_dir=tmp_path / "b"))
     with pytest.raises(KslimValueError, match="benchmark_binary"):
         SshDevice("pi", mode="benchmark_model")
+
+
+def test_load_report_bad_files_name_the_file(tmp_path):
+    from kslim.errors import KslimFileError
+    from kslim.lite.profiling import load_report
+
+    with pytest.raises(KslimFileError, match=r"Profile report '.*nope\.json' does not exist"):
+        load_report(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text('{"device": ')
+    with pytest.raises(KslimFileError, match=r"Profile report '.*bad\.json' is not valid JSON"):
+        load_report(tmp_path / "bad.json")
+
+
+def test_plot_by_op_type_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from kslim.lite.profiling import plot_by_op_type
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")
+    try:
+        user_fig = plt.figure()
+        png = plot_by_op_type({"CONV_2D": (2, 0.5), "MEAN": 0.1}, tmp_path / "ops.png")
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [user_fig.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)
+
+
+def test_make_interpreter_preserve_all_tensors(lite):
+    from kslim.lite import runner
+
+    interp = runner.make_interpreter(lite.content, use_xnnpack=False, preserve_all_tensors=True)
+    for i, x in runner.random_inputs(interp):
+        interp.set_tensor(i, x)
+    interp.invoke()
+    index = {t["name"]: t["index"] for t in interp.get_tensor_details()}
+    conv, dw = runner.describe_ops(lite.content)[:2]
+    assert (conv["op"], dw["op"]) == ("CONV_2D", "DEPTHWISE_CONV_2D")
+    # the depthwise output's memory is reused by later ops unless every tensor is preserved: it must
+    # equal the depthwise op run alone on the (preserved) conv output
+    single = runner.make_interpreter(runner.single_op_model(lite.content, dw["index"]), use_xnnpack=False)
+    single.set_tensor(single.get_input_details()[0]["index"], interp.get_tensor(index[conv["name"]]))
+    single.invoke()
+    np.testing.assert_allclose(interp.get_tensor(index[dw["name"]]),
+                               single.get_tensor(single.get_output_details()[0]["index"]), atol=1e-6)

@@ -299,6 +299,16 @@ def test_bad_config(kw, field):
         quant_aware(tiny_net(), **kw)
 
 
+def test_bits_accept_integral_floats_like_the_layers():
+    cfg = QuantConfig(weight_bits=8.0, activation_bits=4.0)
+    assert (cfg.weight_bits, cfg.activation_bits) == (8, 4) and isinstance(cfg.weight_bits, int)
+    assert ActivationQuantizer(bits=8.0).bits == 8
+    with pytest.raises(ConfigError, match="weight_bits: must be an integer"):
+        QuantConfig(weight_bits=7.5)
+    with pytest.raises(ConfigError, match="activation_bits"):
+        QuantConfig(activation_bits=True)
+
+
 def test_bad_config_dict():
     with pytest.raises(ConfigError, match="weight_bitz"):
         QuantConfig.from_dict({"weight_bitz": 8})

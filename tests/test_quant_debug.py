@@ -62,6 +62,11 @@ def test_mse_matches_manual_comparison(setup):
     f = TensorRunner(calibrated)(x[:32], {row["tensor"]})[row["tensor"]]
     q = TensorRunner(quantized)(x[:32], {row["tensor"]})[row["tensor"]]
     assert row["mse"] == pytest.approx(float(np.mean((f - q) ** 2)), rel=1e-4)
+    # the whole-model figure is per element too (32 samples x 5 logits; per sample it would be 5x larger)
+    from kslim.lite import LiteModel
+
+    f_out, q_out = LiteModel(calibrated).predict(x[:32]), LiteModel(quantized).predict(x[:32])
+    assert report.model["mse"] == pytest.approx(float(np.mean((f_out.astype(np.float64) - q_out) ** 2)), rel=1e-4)
 
 
 def test_str_plot_json_and_skip_suggestion(setup, tmp_path):
@@ -96,3 +101,43 @@ def test_bad_arguments(setup):
         quant_debug(model, x, algo="percentile")
     with pytest.raises(KslimValueError, match="debug_data.*shape"):
         quant_debug(model, x[:8], algo="abs_max", debug_data=np.zeros((4, 5, 5, 1), "float32"))
+
+
+def test_regression_output_has_no_argmax_agreement():
+    import keras
+
+    from kslim.quant import quant_debug
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1)], name="reg")
+    x = np.random.default_rng(1).uniform(0, 1, size=(32, 8)).astype(np.float32)
+    report = quant_debug(model, x, algo="abs_max", batches=1, batch_size=32)
+    assert report.model["argmax_agreement"] is None
+    assert "argmax agreement n/a" in str(report)
+    from kslim.lite import LiteModel
+    from kslim.quant.ptq import _quantize_static
+
+    calibrated, quantized, _, _ = _quantize_static(
+        model, x, "abs_max", None, 32, 0.9999, 2048, "channel_wise_abs_max", "float32", "float32",
+        False, None, False)
+    f, q = LiteModel(calibrated).predict(x), LiteModel(quantized).predict(x)
+    assert report.model["mse"] == pytest.approx(float(np.mean((f.astype(np.float64) - q) ** 2)), rel=1e-4)
+    assert json.loads(json.dumps(report.to_dict()))["model"]["argmax_agreement"] is None
+
+
+def test_plot_leaves_pyplot_alone(setup, tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    _, _, report = setup
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")
+    try:
+        user_fig = plt.figure()
+        report.plot(tmp_path / "snr.png")
+        assert matplotlib.get_backend() == "svg" and plt.fignum_exists(user_fig.number)
+        assert plt.get_fignums() == [user_fig.number]  # the report's figure is not left in pyplot
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)

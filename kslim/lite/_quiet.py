@@ -19,17 +19,25 @@ def captured_output(verbose=False):
     _init_loggers()
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
         old_streams = sys.stdout, sys.stderr
-        # Python-level prints (Keras' "Saved artifact at ...", "Captures: ...") go to the same log even
-        # when sys.stdout is not fd 1 (IDEs, notebooks, pytest). sys.stderr is left alone: logging
-        # handlers created meanwhile (absl, TF) bind it, and would keep a closed stream afterwards.
-        pylog = open(os.dup(log.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
-        sys.stdout = pylog
+        saved, pylog = [], None
         try:
+            saved.append(os.dup(1))
+            saved.append(os.dup(2))
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            # Python-level prints (Keras' "Saved artifact at ...", "Captures: ...") go to the same log even
+            # when sys.stdout is not fd 1 (IDEs, notebooks, pytest). sys.stderr is left alone: logging
+            # handlers created meanwhile (absl, TF) bind it, and would keep a closed stream afterwards.
+            log_fd = os.dup(log.fileno())
+            try:
+                pylog = open(log_fd, "w", buffering=1, encoding="utf-8", errors="replace")
+            except BaseException:
+                os.close(log_fd)
+                raise
+            sys.stdout = pylog
+
             def read():
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -38,17 +46,21 @@ def captured_output(verbose=False):
 
             yield read
         finally:
+            # undo whatever part of the redirection was done, even if setting it up failed midway
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
             except Exception:
                 pass
             sys.stdout, sys.stderr = old_streams
-            pylog.close()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            if pylog is not None:
+                pylog.close()
+            try:
+                for fd, saved_fd in zip((1, 2), saved):
+                    os.dup2(saved_fd, fd)
+            finally:
+                for saved_fd in saved:
+                    os.close(saved_fd)
 
 
 def _init_loggers():

@@ -4,7 +4,7 @@ import numpy as np
 
 from kslim.errors import ConversionError, KslimTypeError, KslimValueError
 from kslim.lite._quiet import captured_output
-from kslim.lite.model import LiteModel
+from kslim.lite.model import LiteModel, _first_line
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -124,26 +124,31 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
                 f"{log()[-4000:]}"
             ) from e
     lite = LiteModel(content, source=model.name)
+    int8 = None
     if quantize == "int8":
-        from kslim.lite.runner import describe_ops
-
-        if not any(o["dtype"] in ("int8", "uint8") for d in describe_ops(content) for o in d["outputs"]):
+        int8 = has_int8_kernels(content)
+        if not int8:
             raise ConversionError(
                 f"quantize='int8' gave no int8 kernels for {model.name!r}: "
                 + ("the model carries no fake-quant ranges (it is not a QAT model), so pass representative_data= "
                    "(a few hundred training images)." if representative_data is None
                    else "the converter kept every op in float; check the model's layers are supported in int8."))
     if check:
-        lite.parity = parity(model, lite, check_data)
+        lite.parity = parity(model, lite, check_data, quantized=int8)
     return lite
 
 
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def has_int8_kernels(content):
+    """Whether a ``.tflite`` computes in integers: some op outputs an int8/uint8 tensor.
+
+    (int8 kernels = int8 activations; dynamic-range and float16 models keep float activations.)
+    """
+    from kslim.lite.runner import describe_ops
+
+    return any(o["dtype"] in ("int8", "uint8") for d in describe_ops(content) for o in d["outputs"])
 
 
-def parity(model, lite, data=None, samples=16, seed=0):
+def parity(model, lite, data=None, samples=16, seed=0, *, quantized=None):
     """Compare a Keras model and its TFLite conversion on ``data`` (or seeded uniform random inputs).
 
     Returns ``{"kind", "value", "max_abs_diff", "argmax_agreement", "samples", "quantized"}``:
@@ -151,7 +156,8 @@ def parity(model, lite, data=None, samples=16, seed=0):
     max |keras - tflite| over the first output) and ``"argmax_agreement"`` for models with int8
     activations (value = share of samples whose top-1 class agrees). Both figures are always
     present (argmax_agreement is None for outputs that are not class scores). ``data`` may be an
-    array or ``(x, y)``; random data uses ``samples`` rows, given data up to 256.
+    array or ``(x, y)``; random data uses ``samples`` rows, given data up to 256. ``quantized``:
+    :func:`has_int8_kernels` of ``lite`` when the caller already knows it (computed if None).
     """
     limit = int(samples)
     if data is None:
@@ -172,10 +178,8 @@ def parity(model, lite, data=None, samples=16, seed=0):
         ref = ref[0]
     ref = np.asarray(ref, np.float32)
     got = lite.predict(x)
-    from kslim.lite.runner import describe_ops
-
-    # int8 kernels = int8 activations (op outputs); dynamic-range models keep float activations
-    quantized = any(o["dtype"] in ("int8", "uint8") for d in describe_ops(lite.content) for o in d["outputs"])
+    if quantized is None:
+        quantized = has_int8_kernels(lite.content)
     agree = None
     if ref.ndim == 2 and ref.shape[-1] > 1:
         agree = float(np.mean(np.argmax(ref, -1) == np.argmax(got, -1)))

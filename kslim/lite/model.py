@@ -78,14 +78,10 @@ class LiteModel:
         """An allocated ai-edge-litert ``Interpreter`` (cached per settings)."""
         key = (num_threads, use_xnnpack)
         if key not in self._interpreters:
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+            from kslim.lite.runner import make_interpreter
 
-            kwargs = {"model_content": self.content, "num_threads": num_threads}
-            if not use_xnnpack:
-                kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             try:
-                interp = Interpreter(**kwargs)
-                interp.allocate_tensors()
+                interp = make_interpreter(self.content, num_threads, use_xnnpack)
             except (ValueError, RuntimeError) as e:
                 raise KslimFileError(
                     f"{self.source or 'model'} cannot be loaded by LiteRT ({_first_line(e)}): the flatbuffer is "
@@ -146,8 +142,9 @@ class LiteModel:
     # ------------------------------------------------------------------ inspection
     def ops(self):
         """Histogram of the builtin operators in the graph, e.g. ``{'CONV_2D': 7, 'FULLY_CONNECTED': 1}``."""
-        details = self.interpreter(use_xnnpack=False)._get_ops_details()
-        return dict(Counter(d["op_name"] for d in details))
+        from kslim.lite.runner import describe_ops
+
+        return dict(Counter(d["op"] for d in describe_ops(self.content)))
 
     def tensors(self):
         """Details of every tensor (name, dtype, shape, quantization parameters)."""

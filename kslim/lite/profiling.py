@@ -1,11 +1,10 @@
 """``profile(lite_model, device=...)`` -> :class:`ProfileReport` (latency statistics, per-op table, plot)."""
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kslim._io import atomic_path, atomic_write_json
+from kslim._io import atomic_path, atomic_write_json, read_json
 from kslim.errors import KslimValueError
 
 
@@ -79,15 +78,15 @@ class ProfileReport:
 
 def plot_by_op_type(by_type, path, title="latency by op type"):
     """Save a horizontal bar chart of ``{op type: (count, ms)}`` (or ``{op type: ms}``) to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     items = [(k, v[1] if isinstance(v, (tuple, list)) else v, v[0] if isinstance(v, (tuple, list)) else None)
              for k, v in by_type.items()]
     items.sort(key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(items) + 1.2))
+    fig = Figure(figsize=(6, 0.45 * len(items) + 1.2))
+    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
+    ax = fig.add_subplot(1, 1, 1)
     ax.barh([f"{k} (x{c})" if c else k for k, _, c in items], [v for _, v, _ in items], color="#4c72b0")
     ax.set_xlabel("latency (ms)")
     ax.set_title(title)
@@ -96,7 +95,6 @@ def plot_by_op_type(by_type, path, title="latency by op type"):
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
     return Path(path)
 
 
@@ -153,6 +151,6 @@ def profile(lite_model, device=None, num_threads=1, warmup=10, runs=50, use_xnnp
 
 
 def load_report(path):
-    """Read a report written by :meth:`ProfileReport.save`."""
-    with open(path) as f:
-        return ProfileReport(**json.load(f))
+    """Read a report written by :meth:`ProfileReport.save`; a missing or malformed file raises
+    :class:`~kslim.errors.KslimFileError` naming it."""
+    return ProfileReport(**read_json(path, "Profile report"))

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -44,13 +45,23 @@ def _interpreter_module():
     return mod
 
 
-def make_interpreter(content, num_threads=1, use_xnnpack=True):
-    """An allocated interpreter for the flatbuffer ``content`` (bytes)."""
+def make_interpreter(content, num_threads=1, use_xnnpack=True, preserve_all_tensors=False):
+    """An allocated interpreter for the flatbuffer ``content`` (bytes).
+
+    ``preserve_all_tensors`` keeps every intermediate tensor readable after ``invoke()``
+    (``experimental_preserve_all_tensors``; its "for debugging" warning is silenced).
+    """
     mod = _interpreter_module()
     kwargs = {"model_content": bytes(content), "num_threads": int(num_threads)}
     if not use_xnnpack:
         kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = mod.Interpreter(**kwargs)
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
+            interp = mod.Interpreter(**kwargs)
+    else:
+        interp = mod.Interpreter(**kwargs)
     interp.allocate_tensors()
     return interp
 
@@ -142,10 +153,15 @@ def _has_data(buffers, index):
     return 0 < index < len(buffers) and buffers[index].data is not None and len(buffers[index].data) > 0
 
 
+def builtin_code(code):
+    """The builtin operator number of an ``OperatorCodeT`` (codes > 127 live in ``builtinCode`` only)."""
+    return max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
+
+
 def op_name(schema, model, opcode_index):
     """The builtin (or custom) name of an operator code, e.g. ``CONV_2D``."""
     code = model.operatorCodes[opcode_index]
-    builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
+    builtin = builtin_code(code)
     name = _enum_names(schema.BuiltinOperator).get(builtin, str(builtin))
     if name == "CUSTOM" and code.customCode:
         cc = code.customCode
@@ -211,10 +227,7 @@ def describe_ops(content, model=None):
 def integer_values(content, seed=0):
     """Values of the small integer tensors (shapes, axes, indices: <= 16 elements) computed in one
     run of the full model on seeded inputs; ``{tensor index: array}`` for :func:`single_op_model`."""
-    mod = _interpreter_module()
-    interp = mod.Interpreter(model_content=bytes(content), experimental_preserve_all_tensors=True,
-                             experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interp.allocate_tensors()
+    interp = make_interpreter(content, use_xnnpack=False, preserve_all_tensors=True)
     for index, x in random_inputs(interp, seed):
         interp.set_tensor(index, x)
     interp.invoke()

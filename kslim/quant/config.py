@@ -15,7 +15,7 @@ Example:
 import dataclasses
 from dataclasses import dataclass
 
-from kslim.errors import ConfigError
+from kslim.errors import ConfigError, KslimValueError
 from kslim.quant import ops
 
 WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
@@ -30,6 +30,19 @@ DEFAULT_PASSTHROUGH_LAYER_TYPES = (
     "GaussianDropout", "GaussianNoise", "AlphaDropout", "ZeroPadding1D", "ZeroPadding2D",
     "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Identity", "InputLayer",
 )
+
+
+def check_bits(bits, field="bits"):
+    """Validate a bit width (``2..8``, an int or an integral float); returns it as int."""
+    if isinstance(bits, bool) or not isinstance(bits, (int,)) and not (
+            isinstance(bits, float) and float(bits).is_integer()):
+        raise KslimValueError(f"{field} must be an integer in {ops.MIN_BITS}..{ops.MAX_BITS}, got {bits!r}.")
+    bits = int(bits)
+    if not ops.MIN_BITS <= bits <= ops.MAX_BITS:
+        raise KslimValueError(
+            f"{field} must be in {ops.MIN_BITS}..{ops.MAX_BITS} (int8 kernels store at most 8 bits), got {bits}."
+        )
+    return bits
 
 
 @dataclass
@@ -81,11 +94,10 @@ class QuantConfig:
         self._check_choice("weight_quantize_type", WEIGHT_QUANTIZE_TYPES)
         self._check_choice("activation_quantize_type", ACTIVATION_QUANTIZE_TYPES)
         for name in ("weight_bits", "activation_bits"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not ops.MIN_BITS <= v <= ops.MAX_BITS:
-                raise ConfigError(
-                    f"must be an integer in {ops.MIN_BITS}..{ops.MAX_BITS} (int8 kernels store at most "
-                    f"8 bits), got {v!r}.", path=name)
+            try:
+                setattr(self, name, check_bits(getattr(self, name), name))
+            except KslimValueError as e:  # same rule as the layers; ConfigError with the field as path
+                raise ConfigError(str(e).removeprefix(f"{name} "), path=name) from None
         try:
             rate = float(self.moving_rate)
         except (TypeError, ValueError):

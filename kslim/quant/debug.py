@@ -30,6 +30,9 @@ import numpy as np
 
 from kslim.errors import KslimValueError
 from kslim.quant.ptq import (
+    _DEQUANTIZE,
+    _INT8,
+    _QUANTIZE,
     _WEIGHT_OPS,
     TensorRunner,
     _quantize_static,
@@ -63,7 +66,8 @@ class QuantDebugReport:
             ``scale``, ``zero_point``, ``range`` (float ``(lo, hi)`` of the int8 grid),
             ``calibrated_range`` (the ``(lo, hi)`` kslim's algorithm chose, None if not calibrated), ``snr_db``,
             ``mse``, ``snr_drop_db``, ``local_snr_db``, ``clipped``.
-        model: dict with the output ``snr_db``, ``mse`` and ``argmax_agreement`` of the whole model.
+        model: dict with the output ``snr_db``, ``mse`` (per element) and ``argmax_agreement`` of the
+            whole model (None when the output is not class scores, e.g. a regression output).
         algo: the calibration algorithm.
     """
 
@@ -102,9 +106,10 @@ class QuantDebugReport:
                 "suggest_skip": self.suggest_skip()}
 
     def __str__(self):
+        agree = self.model["argmax_agreement"]
         head = (f"Quantization error per tensor (algo={self.algo}, {self.samples} samples; "
                 f"output SNR {self.model['snr_db']:.1f} dB, argmax agreement "
-                f"{self.model['argmax_agreement']:.3f})")
+                f"{'n/a' if agree is None else f'{agree:.3f}'})")
         cols = ("#", "layer", "op", "SNR dB", "drop dB", "local dB", "clipped", "MSE", "scale")
         table = []
         for r in self.rows:
@@ -126,17 +131,17 @@ class QuantDebugReport:
 
     def plot(self, path):
         """Bar chart of accumulated and local SNR per tensor (graph order), saved to ``path`` (png/pdf/svg)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         from kslim._io import atomic_path
 
         labels = [r["weight_layer"] or "+".join(r["layers"][:1]) or r["op"] for r in self.rows]
         x = np.arange(len(self.rows))
         cap = lambda v: float(np.clip(v, -10, 80))  # noqa: E731
-        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(x)), 4))
+        fig = Figure(figsize=(max(6, 0.45 * len(x)), 4))
+        FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
+        ax = fig.add_subplot(1, 1, 1)
         ax.bar(x - 0.2, [cap(r["snr_db"]) for r in self.rows], 0.4, label="SNR (accumulated)")
         ax.bar(x + 0.2, [cap(r["local_snr_db"]) for r in self.rows], 0.4, label="local SNR (this tensor only)")
         ax.set_xticks(x)
@@ -150,7 +155,6 @@ class QuantDebugReport:
         suffix = Path(path).suffix.lstrip(".") or "png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=suffix, dpi=110)
-        plt.close(fig)
         return path
 
 
@@ -190,10 +194,9 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
     rows = []
     weighted = {layer.name for layer in model.layers
                 if hasattr(layer, "kernel") or hasattr(layer, "depthwise_kernel")}
-    quantize_code = next((k for k, v in op_names.items() if v == "QUANTIZE"), 114)
     dequantized_as = {}  # int8 tensor -> name of the float tensor a DEQUANTIZE makes of it (graph outputs)
     for op in sg.operators:
-        if op_names.get(op_code(qm, op)) == "DEQUANTIZE" and op.inputs[0] >= 0:
+        if op_code(qm, op) == _DEQUANTIZE and op.inputs[0] >= 0:
             dequantized_as[op.inputs[0]] = names[op.outputs[0]]
     for op in sg.operators:
         out = op.outputs[0]
@@ -201,11 +204,11 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         q = t.quantization
         code = op_code(qm, op)
         ref = names[out]
-        if code == quantize_code and op.inputs[0] >= 0:  # the graph input's quantization
+        if code == _QUANTIZE and op.inputs[0] >= 0:  # the graph input's quantization
             ref = names[op.inputs[0]]
         elif ref not in float_names and out in dequantized_as:  # renamed int8 twin of a float output
             ref = dequantized_as[out]
-        if t.type != 9 or q is None or q.scale is None or len(q.scale) != 1 or ref not in float_names:
+        if t.type != _INT8 or q is None or q.scale is None or len(q.scale) != 1 or ref not in float_names:
             continue
         layers = layers_in_name(model, names[out], names) or layers_in_name(model, ref, names)
         weight_layer = None
@@ -213,7 +216,7 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
             w_name = names[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] >= 0 else ""
             w_layers = [x for x in layers_in_name(model, w_name, names) + layers if x in weighted]
             weight_layer = w_layers[0] if w_layers else None
-        if code == quantize_code and not layers:
+        if code == _QUANTIZE and not layers:
             layers = ["input"]
         producers[out] = len(rows)
         scale, zp = float(q.scale[0]), int(q.zeroPoint[0])
@@ -232,7 +235,7 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
     wanted_f = {r["reference"] for r in rows}
     run_f, run_q = TensorRunner(calibrated), TensorRunner(quantized)
     out_name = names[sg.outputs[0]]
-    agree = n_total = 0
+    agree = n_class = out_n = 0  # top-1 agreements / samples with class scores, output elements
     out_acc = np.zeros(2)
     for x in data:
         fv = run_f(x, wanted_f | {out_name})
@@ -250,9 +253,10 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         f_out, q_out = fv.get(out_name), qv.get(out_name)
         if f_out is not None and q_out is not None:
             out_acc += (np.sum(f_out.astype(np.float64) ** 2), np.sum((f_out - q_out).astype(np.float64) ** 2))
+            out_n += f_out.size
             if f_out.ndim == 2 and f_out.shape[-1] > 1:
                 agree += int(np.sum(np.argmax(f_out, -1) == np.argmax(q_out, -1)))
-            n_total += len(f_out)
+                n_class += len(f_out)
     for r in rows:
         s, e, local, clipped = r.pop("_acc")
         n = max(r.pop("_n"), 1)
@@ -263,6 +267,6 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         # inputs not tracked (float graph input): the drop is not measured
         drop = min(ins) - r["snr_db"] if ins else 0.0
         r["snr_drop_db"] = float(max(drop, 0.0)) if np.isfinite(drop) else 0.0
-    summary = {"snr_db": _snr(*out_acc), "mse": float(out_acc[1] / max(n_total, 1)),
-               "argmax_agreement": float(agree / n_total) if n_total else float("nan")}
+    summary = {"snr_db": _snr(*out_acc), "mse": float(out_acc[1] / max(out_n, 1)),
+               "argmax_agreement": float(agree / n_class) if n_class else None}
     return QuantDebugReport(rows, summary, algo, int(sum(len(x) for x in data)))

@@ -29,22 +29,7 @@ from keras import ops as kops
 
 from kslim.errors import KslimValueError
 from kslim.quant import ops
-
-ACTIVATION_MODES = ("abs_max", "moving_average_abs_max")
-WEIGHT_MODES = ("abs_max", "channel_wise_abs_max")
-
-
-def check_bits(bits, field="bits"):
-    """Validate a bit width (``2..8``); returns it as int."""
-    if isinstance(bits, bool) or not isinstance(bits, (int,)) and not (
-            isinstance(bits, float) and float(bits).is_integer()):
-        raise KslimValueError(f"{field} must be an integer in {ops.MIN_BITS}..{ops.MAX_BITS}, got {bits!r}.")
-    bits = int(bits)
-    if not ops.MIN_BITS <= bits <= ops.MAX_BITS:
-        raise KslimValueError(
-            f"{field} must be in {ops.MIN_BITS}..{ops.MAX_BITS} (int8 kernels store at most 8 bits), got {bits}."
-        )
-    return bits
+from kslim.quant.config import ACTIVATION_QUANTIZE_TYPES, check_bits
 
 
 def _check_choice(value, allowed, field):
@@ -86,7 +71,7 @@ class ActivationQuantizer(keras.layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.bits = check_bits(bits, "bits")
-        self.mode = _check_choice(mode, ACTIVATION_MODES, "mode")
+        self.mode = _check_choice(mode, ACTIVATION_QUANTIZE_TYPES, "mode")
         momentum = float(momentum)
         if not 0.0 <= momentum < 1.0:
             raise KslimValueError(f"momentum must be in [0, 1), got {momentum}.")

@@ -32,16 +32,17 @@ import numpy as np
 
 from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
 from kslim.lite._quiet import captured_output
+from kslim.lite.runner import builtin_code, make_interpreter
 from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
+from kslim.quant.config import WEIGHT_QUANTIZE_TYPES
 
-WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
 IO_TYPES = ("float32", "int8")
 
 # TFLite builtin operator codes used here (schema BuiltinOperator).
-_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED, _DEQUANTIZE = 3, 4, 9, 6
+_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED, _DEQUANTIZE, _QUANTIZE = 3, 4, 9, 6, 114
 _WEIGHT_OPS = (_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED)
 # TensorType codes
-_FLOAT32, _FLOAT16, _INT32, _INT8 = 0, 1, 2, 9
+_FLOAT32, _INT32, _INT8 = 0, 2, 9
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -135,8 +136,7 @@ def tensor_name(t):
 
 
 def op_code(model_t, op):
-    oc = model_t.operatorCodes[op.opcodeIndex]
-    return max(int(oc.builtinCode), int(getattr(oc, "deprecatedBuiltinCode", 0) or 0))
+    return builtin_code(model_t.operatorCodes[op.opcodeIndex])
 
 
 def layer_pattern(model, layer_name, names):
@@ -217,15 +217,7 @@ class TensorRunner:
     """
 
     def __init__(self, content):
-        import warnings
-
-        from ai_edge_litert.interpreter import Interpreter
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
-            self.interp = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
-                                      num_threads=1)
-        self.interp.allocate_tensors()
+        self.interp = make_interpreter(content, num_threads=1, preserve_all_tensors=True)
         self.batch = None
 
     def __call__(self, x, wanted=None):
@@ -347,7 +339,7 @@ def _fused_activation_bounds(op):
     return {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}.get(int(act), (-np.inf, np.inf))
 
 
-def correct_bias(quantized, calibrated, x, verbose=False):
+def correct_bias(quantized, calibrated, x):
     """Empirical bias correction: make each int8 conv/dense output unbiased w.r.t. the float model.
 
     For every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with an int32 bias, in graph order, the
@@ -467,7 +459,7 @@ def _quantize_static(model, calibration_data, algo, batch_nums, batch_size, hist
                               inference_input_type, inference_output_type, denylist, verbose)
     if bias_correction:
         x = np.concatenate(batches, axis=0)[:256]
-        quantized = correct_bias(quantized, calibrated, x, verbose)
+        quantized = correct_bias(quantized, calibrated, x)
     return calibrated, quantized, ranges, batches
 
 

@@ -520,13 +520,12 @@ def float_ops(lite_model):
 
     Returns a list of ``(op_name, index)``; empty for a fully int8 graph.
     """
-    interp = lite_model.interpreter(use_xnnpack=False)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    from kslim.lite.runner import describe_ops
+
     bad = []
-    for op in interp._get_ops_details():
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+    for op in describe_ops(lite_model.content):
+        if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
-        if any(tensors[i]["dtype"] == np.float32 for i in idx):
-            bad.append((op["op_name"], op["index"]))
+        if any(t is not None and t["dtype"] == "float32" for t in op["inputs"] + op["outputs"]):
+            bad.append((op["op"], op["index"]))
     return bad
