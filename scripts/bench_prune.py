@@ -98,6 +98,14 @@ def bench_model(name, width, args, train, test, log):
             "model": fine_tune(pruned, train, args.ft_epochs, args.ft_lr), "fine_tuned": True,
             "prune_info": _jsonable(info)}
 
+    # channel counts on multiples of 8 (SIMD-friendly for XNNPACK): same target, coarser choices
+    t1 = time.time()
+    pruned, info = L1NormFilterPruner(base, round_to=8).prune_to_flops(0.5)
+    log(f"[{name}] uniform -50% MACs, round_to=8: pruned in {time.time() - t1:.1f}s")
+    variants["uniform -50% MACs, round_to=8"] = {
+        "model": fine_tune(pruned, train, args.ft_epochs, args.ft_lr), "fine_tuned": True,
+        "prune_info": _jsonable(info)}
+
     # sensitivity on a training slice (never the test set), then ratios reaching -50 % MACs
     sx, sy = train[0][-args.sens_samples:], train[1][-args.sens_samples:]
 
@@ -187,7 +195,8 @@ def markdown(result):
         "not the full set). Baselines: `kslim.models.pretrained(..., epochs="
         f"{a['epochs']})`. Every pruned model and the 'baseline + fine-tune' row get the same fine-tune "
         f"({a['ft_epochs']} epoch(s) on the {a['train_samples']} training images, Adam lr {a['ft_lr']} with cosine decay to 0). "
-        f"Pruning: L1-norm, round_to={a['round_to']}; "
+        f"Pruning: L1-norm, round_to={a['round_to']} (except the row marked round_to=8: kept channel counts "
+        "on multiples of 8, which XNNPACK's SIMD kernels run faster); "
         f"sensitivity on {a['sens_samples']} training images (not the test set), ratios {a['sens_ratios']}. "
         "Accuracy is top-1 of the float32 `.tflite` on the test images. Latency: ai-edge-litert, 1 thread "
         f"and all {result.get('cores', 'the')} cores, XNNPACK, batch 1, median of {a['rounds']}x{a['runs']} invocations after {a['warmup']} warm-up, "
@@ -231,8 +240,9 @@ def evaluate_targets(rows, resnet50):
                 targets.append({"what": f"{model}: {what}", "target": f"<= {TARGETS[key]} pt",
                                 "measured": f"{d:+.2f} pt vs base+FT ({by[variant]['acc_drop_pt']:+.2f} vs base)",
                                 "met": round(d, 2) <= TARGETS[key]})  # at the printed 0.01 pt
-        best = max((by[v] for v in ("uniform -50% MACs", "sensitivity -50% MACs") if v in by),
-                   key=lambda r: r["speedup"], default=None)
+        # the -50 % variants whose MACs really are about half (round_to can overshoot the target)
+        half = [r for v, r in by.items() if "-50%" in v and 0.45 <= r["macs_ratio"] <= 0.55]
+        best = max(half, key=lambda r: r["speedup"], default=None)
         if best:
             targets.append({"what": f"{model}: latency speedup at -50 % MACs ({best['variant']})",
                             "target": f">= {TARGETS['speedup50']}x", "measured": f"{best['speedup']:.2f}x",
