@@ -21,7 +21,7 @@ table                 script                               writes
 then ``scripts/render_benchmarks.py`` assembles ``BENCHMARKS.md`` from the fragments (machine,
 date, commands, and what failed). Usage::
 
-    nice -n 10 python scripts/bench.py                        # every table, full (~2 h on 2 idle cores)
+    nice -n 10 python scripts/bench.py                        # every table, full (~70 min on 2 idle cores)
     nice -n 10 python scripts/bench.py --tables prune peers   # some tables, then render
     python scripts/bench.py --quick                           # smoke run of every script (CI), ~15-20 min
     python scripts/bench.py --render-only                     # re-render BENCHMARKS.md from the fragments
@@ -64,8 +64,8 @@ TABLES = {  # in the order of a full run
     "combined": ("bench_combined.py", ("combined",), [], []),
 }
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
-EXPECTED_MIN = {"prune": 50, "quant": 5, "peers": 20, "distill": 15, "combined": 20, "nas": 20,
-                "latency": 10, "cost": 10}
+EXPECTED_MIN = {"prune": 14, "quant": 4, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
+                "latency": 4, "cost": 2}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name, latency_ms  # noqa: E402,F401  (latency_ms: bench.latency_ms for the scripts)

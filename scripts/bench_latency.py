@@ -223,7 +223,7 @@ def _markdown(r, target):
         "## Latency prediction (kslim.lite)",
         "",
         f"Command: `nice -n 10 {r['command']}` — {r['date']} — {r['platform']}, CPU: {r['cpu']} "
-        f"(2 vCPUs shared with other jobs; load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end). "
+        f"({os.cpu_count()} vCPUs; load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end). "
         f"LiteRT, {r['threads']} thread, XNNPACK. Model latency = minimum over {r['repeats']} interleaved passes "
         f"of the median of {r['runs'] * 2} invokes (load only ever adds time). Ops: single-op models cut out of "
         f"each `.tflite` (same op, options, weights, quantization), minimum over {r['repeats']} interleaved "
@@ -280,12 +280,15 @@ def _markdown(r, target):
         "",
         "Run-to-run variation: over the full runs made during development the table predictor scored 82 % "
         "(run 1: 14/17, every small model within ±10 %; median statistic, fitted scale), 41 % (run 4: medians "
-        "of interleaved passes, small models over-predicted up to +44 %) and the figure above (run 5). The "
-        "small models' errors move by 10-20 points between runs, i.e. by more than the ±10 % band: on this "
-        "shared 2-vCPU host the measurement noise is of the size of the target, so these figures say more "
-        "about the host than about the predictor. A quiet machine or a real device is needed for a fair figure.",
+        "of interleaved passes, small models over-predicted up to +44 %), 88 % (a quiet rerun), 35 % (a run "
+        "whose 7 fitting models measured 13-30 us slow at its start: the fitted intercept became 27 us instead "
+        "of ~1-4 us and every small held-out model was over-predicted by ~23 us) and the figure above. The "
+        "small models' errors move by 10-20 points between runs, i.e. by more than the ±10 % band: the "
+        "calibration rests on one measurement of each fitting model, and on this shared 2-vCPU host the "
+        "measurement noise is of the size of the target. A quiet machine or a real device is needed for a "
+        "fair figure; fitting the intercept robustly is the next improvement.",
         "",
-        "Honesty notes: the host was heavily shared during the runs (load averages above). Four choices were "
+        "Honesty notes: the development runs were made on a shared host (load averages up to ~18). Four choices were "
         "made after looking at earlier full runs on this same held-out set, so the held-out set is not fully "
         "blind to them: (1) the calibration scale is fitted only with >= 10 fitting models (run 1: a scale of "
         "0.938 fitted on 7 models biased predictions by -6 %; 82 % within ±10 %); (2) the fallback is log-log "

@@ -143,7 +143,7 @@ def render(bench_dir, quick=False, date=None, machine=None):
                      + (" -- **above the core count: the machine was shared, latency figures are noisy**"
                         if load and m.get("cores") and load[0] > m["cores"] else ""))
     lines += [
-        "- Reproduce every table: `nice -n 10 python scripts/bench.py` (about 2 h on 2 idle cores); one table: "
+        "- Reproduce every table: `nice -n 10 python scripts/bench.py` (about 70 min on 2 idle cores); one table: "
         "`python scripts/bench.py --tables <name>` with name in " + ", ".join(f"`{t}`" for t in bench.TABLES)
         + "; smoke version (CI): `python scripts/bench.py --quick`.",
         "- Each fragment below repeats the exact command, date and load of its own run.",
