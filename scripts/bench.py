@@ -68,7 +68,7 @@ EXPECTED_MIN = {"prune": 14, "quant": 4, "peers": 14, "distill": 7, "combined": 
                 "latency": 4, "cost": 2}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_ms  # noqa: E402,F401  (latency_ms: bench.latency_ms for the scripts)
+from _benchlib import cpu_name  # noqa: E402
 
 STATUS_FILE = "bench_status.json"
 

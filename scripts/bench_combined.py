@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
+from _benchlib import latency_ms  # noqa: E402
 
 ANCHOR = (
     "PaddleSlim's model zoo (PaddlePaddle/models, PaddleSlim/docs/model_zoo.md; MobileNetV1 on ImageNet, top-1; "
@@ -168,7 +169,7 @@ def main(argv=None):
     if not labels:
         log("every run failed")
     s0 = {lb: min(lites[lb]) for lb in labels}
-    lat = bench.latency_ms({lb: lites[lb][s0[lb]] for lb in labels}, rounds=3 if args.quick else 7,
+    lat = latency_ms({lb: lites[lb][s0[lb]] for lb in labels}, rounds=3 if args.quick else 7,
                            runs=20 if args.quick else 50) if labels else {}
     base = "baseline"
     rows = []

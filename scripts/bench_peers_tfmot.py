@@ -41,6 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (helpers; imports nothing heavy)
+from _benchlib import latency_ms  # noqa: E402
 
 # tfmot's own figures (anchors), from its documentation
 ANCHORS = {
@@ -282,7 +283,7 @@ def run(args, argv=None):
     accs = {k: LiteModel(c).evaluate(test) for k, c in lites.items()}
     s0 = str(args.seeds[0])
     lat_keys = [k for k in lites if k == "float32" or k.endswith(f"_s{s0}")]
-    lat = bench.latency_ms({k: lites[k] for k in lat_keys}, rounds=3 if args.quick else 7,
+    lat = latency_ms({k: lites[k] for k in lat_keys}, rounds=3 if args.quick else 7,
                            runs=20 if args.quick else 50)
     log(f"latency (ms): {lat}")
 

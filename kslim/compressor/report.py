@@ -9,7 +9,7 @@ import html
 
 import numpy as np
 
-from kslim._io import atomic_path, atomic_write_text
+from kslim._io import atomic_write_text
 
 COLUMNS = (
     ("stage", "stage"), ("kind", "artefact"), ("params", "params"), ("macs", "MACs"),
@@ -90,12 +90,10 @@ def render_html(config, rows, plots):
 
 
 def plot_stages(rows, path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from kslim._plot import new_figure, save_figure
 
     names = [r["stage"] for r in rows]
-    fig = Figure(figsize=(12, 3.5))
-    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; no pyplot state to close
+    fig = new_figure((12, 3.5))
     axes = fig.subplots(1, 3)
     for ax, key, label in zip(axes, ("accuracy", "bytes", "latency_ms"), ("accuracy", "bytes", "latency (ms)")):
         vals = [r.get(key) if r.get(key) is not None else 0 for r in rows]
@@ -105,9 +103,7 @@ def plot_stages(rows, path):
         if key == "accuracy" and any(vals):
             lo = min(v for v in vals if v) - 0.05
             ax.set_ylim(max(0, lo), 1)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+    save_figure(fig, path, dpi=90, format="png")
     return path
 
 

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kslim._io import atomic_path, atomic_write_json, read_json
+from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimValueError
 
 
@@ -78,24 +78,17 @@ class ProfileReport:
 
 def plot_by_op_type(by_type, path, title="latency by op type"):
     """Save a horizontal bar chart of ``{op type: (count, ms)}`` (or ``{op type: ms}``) to ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from kslim._plot import new_figure, save_figure
 
     items = [(k, v[1] if isinstance(v, (tuple, list)) else v, v[0] if isinstance(v, (tuple, list)) else None)
              for k, v in by_type.items()]
     items.sort(key=lambda kv: kv[1])
-    fig = Figure(figsize=(6, 0.45 * len(items) + 1.2))
-    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
+    fig = new_figure((6, 0.45 * len(items) + 1.2))
     ax = fig.add_subplot(1, 1, 1)
     ax.barh([f"{k} (x{c})" if c else k for k, _, c in items], [v for _, v, _ in items], color="#4c72b0")
     ax.set_xlabel("latency (ms)")
     ax.set_title(title)
-    fig.tight_layout()
-    from pathlib import Path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def profile(lite_model, device=None, num_threads=1, warmup=10, runs=50, use_xnnpack=True, use_gpu=False,

@@ -1,9 +1,8 @@
 """Trial history of a search: Pareto front and the figure (score vs cost, SA trajectory)."""
 
 import math
-from pathlib import Path
 
-from kslim._io import atomic_path, read_json
+from kslim._io import read_json
 from kslim.errors import KslimValueError
 
 _COST_KEYS = ("flops", "latency_ms", "params")
@@ -46,8 +45,7 @@ def plot_history(history, path, cost=None, title=None):
     Right: the trajectory — score of each trial in order, the current (accepted) score, the best
     so far, and the temperature (log scale, right axis).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from kslim._plot import new_figure, save_figure
 
     summary = load_history(history)
     trials = [t for t in summary.get("trials", []) if t.get("score") is not None]
@@ -57,8 +55,7 @@ def plot_history(history, path, cost=None, title=None):
     elif not any(cost in t for t in trials):
         raise KslimValueError(f"plot_history: no trial recorded {cost!r}; recorded keys: "
                               f"{sorted(set().union(*[t.keys() for t in trials])) if trials else []}.")
-    fig = Figure(figsize=(12, 4.5))
-    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; pyplot keeps no reference
+    fig = new_figure((12, 4.5))
     ax1, ax2 = fig.subplots(1, 2)
     objective = summary.get("objective", "score")
 
@@ -116,7 +113,4 @@ def plot_history(history, path, cost=None, title=None):
     ax2.legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return Path(path)
+    return save_figure(fig, path, dpi=110, format="png")

@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-from kslim._io import atomic_path
-
 
 def plot_sensitivity(sens, path, title=None, max_legend=20):
     """Save a figure of ``loss`` against ``ratio`` for every channel group of ``sens``.
@@ -21,15 +19,12 @@ def plot_sensitivity(sens, path, title=None, max_legend=20):
         >>> plot_sensitivity({"conv1": {0.2: 0.01, 0.5: 0.1}}, "/tmp/_kslim_sens.png").name
         '_kslim_sens.png'
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    from kslim._plot import new_figure, save_figure
     from kslim.prune.sensitivity import _check_sens, load_sensitivity
 
     sens = load_sensitivity(sens) if isinstance(sens, (str, Path)) else _check_sens(sens)
     path = Path(path)
-    fig = Figure(figsize=(8, 5), dpi=100)
-    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
+    fig = new_figure((8, 5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for i, (group, curve) in enumerate(sens.items()):
         pts = sorted(curve.items())
@@ -42,7 +37,4 @@ def plot_sensitivity(sens, path, title=None, max_legend=20):
     ax.grid(True, alpha=0.3)
     if sens:
         ax.legend(fontsize="x-small", ncol=2 if len(sens) > 10 else 1, loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    return path
+    return save_figure(fig, path)

@@ -131,16 +131,12 @@ class QuantDebugReport:
 
     def plot(self, path):
         """Bar chart of accumulated and local SNR per tensor (graph order), saved to ``path`` (png/pdf/svg)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        from kslim._io import atomic_path
+        from kslim._plot import new_figure, save_figure
 
         labels = [r["weight_layer"] or "+".join(r["layers"][:1]) or r["op"] for r in self.rows]
         x = np.arange(len(self.rows))
         cap = lambda v: float(np.clip(v, -10, 80))  # noqa: E731
-        fig = Figure(figsize=(max(6, 0.45 * len(x)), 4))
-        FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
+        fig = new_figure((max(6, 0.45 * len(x)), 4))
         ax = fig.add_subplot(1, 1, 1)
         ax.bar(x - 0.2, [cap(r["snr_db"]) for r in self.rows], 0.4, label="SNR (accumulated)")
         ax.bar(x + 0.2, [cap(r["local_snr_db"]) for r in self.rows], 0.4, label="local SNR (this tensor only)")
@@ -149,12 +145,7 @@ class QuantDebugReport:
         ax.set_ylabel("dB")
         ax.set_title(f"Quantization SNR per tensor (algo={self.algo})")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        from pathlib import Path
-
-        suffix = Path(path).suffix.lstrip(".") or "png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix, dpi=110)
+        save_figure(fig, path, dpi=110)
         return path
 
 
