@@ -120,6 +120,24 @@ def criterion_class(name):
     return CRITERIA[key]
 
 
+def pruner_class(pruner=None):
+    """The :class:`FilterPruner` subclass of a criterion name (``None``: ``"l1"``) or the class itself.
+
+    >>> pruner_class("l2").__name__
+    'L2NormFilterPruner'
+    """
+    if pruner is None:
+        pruner = "l1"
+    if isinstance(pruner, str):
+        return criterion_class(pruner)
+    if isinstance(pruner, type) and issubclass(pruner, FilterPruner):
+        return pruner
+    name = pruner.__name__ if isinstance(pruner, type) else type(pruner).__name__
+    raise KslimTypeError(
+        f"pruner must be a criterion name {tuple(CRITERIA)} or a FilterPruner subclass, got {name}."
+    )
+
+
 def make_pruner(model, pruner=None, **options):
     """A :class:`FilterPruner` on ``model`` from a criterion name, a pruner class or a pruner instance.
 
@@ -139,12 +157,6 @@ def make_pruner(model, pruner=None, **options):
         >>> type(p).__name__, p.round_to
         ('L2NormFilterPruner', 4)
     """
-    if pruner is None:
-        pruner = "l1"
-    if isinstance(pruner, str):
-        pruner = criterion_class(pruner)
-    if isinstance(pruner, type) and issubclass(pruner, FilterPruner):
-        return pruner(model, **options)
     if isinstance(pruner, FilterPruner):
         if pruner.model is not model:
             raise KslimValueError(
@@ -157,7 +169,4 @@ def make_pruner(model, pruner=None, **options):
                 "build the instance with them."
             )
         return pruner
-    name = pruner.__name__ if isinstance(pruner, type) else type(pruner).__name__
-    raise KslimTypeError(
-        f"pruner must be a criterion name {tuple(CRITERIA)}, a FilterPruner subclass or instance, got {name}."
-    )
+    return pruner_class(pruner)(model, **options)

@@ -24,6 +24,7 @@ import numpy as np
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 from kslim.prune.base import _check_ratio
+from kslim.prune.criteria import CRITERIA, pruner_class
 
 STATE_FORMAT = "kslim.gradual_pruning/1"
 
@@ -120,21 +121,6 @@ class ConstantRatio(PolynomialDecay):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _pruner_class(pruner):
-    from kslim.prune.base import FilterPruner
-    from kslim.prune.criteria import criterion_class
-
-    if pruner is None:
-        pruner = "l1"
-    if isinstance(pruner, str):
-        return criterion_class(pruner)
-    if isinstance(pruner, type) and issubclass(pruner, FilterPruner):
-        return pruner
-    raise KslimTypeError(
-        f"pruner must be a criterion name ('l1', 'l2', 'fpgm') or a FilterPruner subclass, got {pruner!r}."
-    )
-
-
 class _MaskConstraint:
     """``constraint(w) = original(w) * mask``: keeps masked entries at zero after every optimizer step."""
 
@@ -182,7 +168,7 @@ class GradualPruning(keras.callbacks.Callback):
     def __init__(self, pruner="l1", target_ratio=0.5, schedule=None, skip=None, keep_classifier=True,
                  round_to=1, verbose=0):
         super().__init__()
-        self.pruner_cls = _pruner_class(pruner)
+        self.pruner_cls = pruner_class(pruner)  # GradualPruning builds it on the model fit() trains
         if isinstance(target_ratio, dict):
             if not target_ratio:
                 raise KslimValueError("target_ratio dict is empty: name at least one group.")
@@ -361,7 +347,6 @@ def strip_pruning(model, state):
     Returns:
         a new ``keras.Model`` with fewer channels whose outputs equal the masked model's.
     """
-    from kslim.prune.criteria import CRITERIA
     from kslim.prune.sensitivity import model_fingerprint
 
     pruner_cls = None
