@@ -166,20 +166,35 @@ def test_uncounted_layer_is_reported_and_register_rule_counts_it():
     assert report.uncounted == [] and report.row("gain").elementwise == 12
 
 
-def test_subclassed_model_is_one_uncounted_row():
+def test_subclassed_model_is_seen_through():
     class Net(keras.Model):
         def __init__(self, **kw):
             super().__init__(**kw)
-            self.dense = layers.Dense(3)
+            self.dense = layers.Dense(3, name="fc")
 
         def call(self, x):
-            return self.dense(x)
+            return keras.ops.relu(self.dense(x))
 
     net = Net(name="net")
     with pytest.raises(ModelError, match="input_shape"):
         flops(net)
     report = flops(net, input_shape=(5,))
-    assert report.uncounted == ["net"] and report.params == 18
+    assert report.uncounted == [] and report.params == 18
+    assert report.row("net/fc").macs == 5 * 3 and report.macs == 15
+    assert report.rows[-1].output_shape == (None, 3)
+
+
+def test_opaque_subclassed_model_is_one_uncounted_row():
+    class Net(keras.Model):  # owns a weight used directly in call(): cannot be seen through
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], 3), name="w")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.w)
+
+    net = Net(name="net")
+    report = flops(net, input_shape=(5,))
+    assert report.uncounted == ["net"] and report.params == 15
     assert report.rows[0].output_shape == (None, 3)
 
 

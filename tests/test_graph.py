@@ -109,7 +109,7 @@ def test_reshape_keeping_channels_and_python_ops():
     assert g.group("conv").prunable, g.group("conv").reason
 
 
-def test_nested_models_are_flattened():
+def test_nested_models_are_walked_into_with_paths():
     backbone = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="b_conv"),
                                  layers.BatchNormalization(name="b_bn")], name="backbone")
     inp = keras.Input((8, 8, 3))
@@ -117,9 +117,10 @@ def test_nested_models_are_flattened():
     out = layers.Dense(2, name="head")(x)
     g = build_dependency_graph(keras.Model(inp, out))
     assert g.nested
-    assert "b_conv" in g.layers and "b_bn" in g.layers
-    grp = g.group("b_conv")
-    assert grp.prunable and {"b_bn", "head"} <= {m.layer_name for m in grp.members}
+    assert "backbone/b_conv" in g.layers and "backbone/b_bn" in g.layers and "b_conv" not in g.layers
+    grp = g.group("b_conv")  # a bare name unique at every depth resolves to its path
+    assert grp is g.group("backbone/b_conv")
+    assert grp.prunable and {"backbone/b_bn", "head"} <= {m.layer_name for m in grp.members}
 
 
 def test_group_lookup_errors():

@@ -221,8 +221,12 @@ def test_sequential_and_nested_models(x16):
     same = p.prune(0.0)
     np.testing.assert_allclose(same(x16), outer(x16), atol=TOL)
     small = p.prune(0.5)
-    assert small.get_layer("bb_conv1").filters == 4 and small(x16).shape == (4, 3)
-    assert not any(isinstance(layer, keras.Model) for layer in small.layers)  # flattened
+    # the nested model comes back as a nested model of the same name, its layers pruned
+    bb = small.get_layer("bb")
+    assert isinstance(bb, keras.Model) and bb.get_layer("bb_conv1").filters == 4
+    assert small(x16).shape == (4, 3)
+    bb.trainable = False  # the transfer-learning idiom works on the pruned model
+    assert not any(w.trainable for w in bb.weights) and small.get_layer("head").trainable
 
 
 def _backbone():

@@ -121,27 +121,11 @@ class FlopsReport:
         return self.table()
 
 
-def _functional_cls():
-    from keras.src.models.functional import Functional
-
-    return Functional
-
-
-def _is_graph(op):
-    import keras
-
-    return isinstance(op, (_functional_cls(), keras.Sequential))
-
-
 def _as_graph(model):
     """The Functional graph behind a Functional or a built Sequential, else None."""
-    import keras
+    from kslim.graph import keras_graph as kg
 
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if isinstance(model, _functional_cls()):
-        return model
-    return None
+    return kg.graph_of(model) if kg.is_graph_model(model) else None
 
 
 def _shape(t):
@@ -157,25 +141,33 @@ class _Tracer:
     def trace_graph(self, graph, inputs, prefix):
         import keras
 
+        from kslim.graph import keras_graph as kg
+
         flat = keras.tree.flatten(inputs)
-        return graph._run_through_graph(
-            flat, operation_fn=lambda op: functools.partial(self.visit, op, prefix)
-        )
+        return kg.run_through_graph(graph, flat, lambda op: functools.partial(self.visit, op, prefix))
 
     def visit(self, op, prefix, *args, **kwargs):
         import keras
 
         from kslim.analysis.rules import find_rule
+        from kslim.graph import keras_graph as kg
 
-        if _is_graph(op):
-            graph = _as_graph(op)
-            if graph is not None:
-                inputs = args[0] if args else kwargs.get("inputs")
-                return self.trace_graph(graph, inputs, f"{prefix}{op.name}/")
+        graph = _as_graph(op)
+        if graph is not None:
+            inputs = args[0] if args else kwargs.get("inputs")
+            return self.trace_graph(graph, inputs, f"{prefix}{op.name}/")
         tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        if find_rule(op) is None and kg.expandable(op)[0]:
+            try:  # a composite layer: count the layers and ops its call() runs
+                sub = kg.expand_call(op, args, kwargs)
+            except kg.NotExpandable:
+                sub = None
+            if sub is not None:
+                out = self.trace_graph(kg.graph_of(sub), tensors, f"{prefix}{op.name}/")
+                return keras.tree.pack_sequence_as(kg.outputs_struct(sub), keras.tree.flatten(out))
         try:
             if args and getattr(op, "input_spec", None) is not None:
-                op._assert_input_compatibility(args[0])  # what Layer.__call__ checks (e.g. Dense input dim)
+                kg.assert_input_compatibility(op, args[0])  # what Layer.__call__ checks (e.g. Dense input dim)
             out = op.compute_output_spec(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - Keras raises many kinds; name the layer
             raise ModelError(

@@ -42,8 +42,10 @@ def _reseed(model, seed):
     """
     import zlib
 
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for i, gen in enumerate(getattr(layer, "_seed_generators", ())):
+    from kslim.graph import keras_graph as kg
+
+    for layer in kg.all_layers(model):
+        for i, gen in enumerate(kg.seed_generators(layer)):
             value = zlib.crc32(f"{seed}/{layer.name}/{i}".encode()) & 0x7FFFFFFF
             gen.state.assign(np.array([value, 0], dtype=gen.state.dtype))
 

@@ -12,39 +12,13 @@ import difflib
 import keras
 
 from kslim.errors import ModelError
+from kslim.graph import keras_graph as kg
 
 _SELF = object()  # marks "this layer's own output is wanted" in a wanted-tree
 
 
-def _is_graph_model(layer):
-    """Functional or Sequential (a graph whose inner layers can be tapped)."""
-    return isinstance(layer, keras.Sequential) or (
-        isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph")
-    )
-
-
-def layer_paths(model):
-    """Every addressable layer of ``model`` as ``{path: layer}``, depth first, nested graphs included.
-
-    Example:
-        >>> from kslim.models import mobilenet_v1
-        >>> "block1_dw" in layer_paths(mobilenet_v1(width=0.25))
-        True
-    """
-    out = {}
-
-    def walk(m, prefix):
-        for layer in m.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            path = prefix + layer.name
-            out[path] = layer
-            if _is_graph_model(layer):
-                walk(layer, path + "/")
-
-    if _is_graph_model(model):
-        walk(model, "")
-    return out
+_is_graph_model = kg.is_graph_model
+layer_paths = kg.layer_paths
 
 
 def resolve_layer(model, name, role="model"):

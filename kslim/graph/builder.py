@@ -20,7 +20,7 @@ import keras
 
 from kslim.graph import rules
 from kslim.graph.dependency import ChannelGroup, DependencyGraph, Member
-from kslim.graph.traverse import graph_of, leaf_layers, walk
+from kslim.graph import keras_graph as kg
 
 
 class _Segment:
@@ -52,9 +52,10 @@ class ChannelMap:
 
 
 class _Builder:
-    def __init__(self, model):
+    def __init__(self, model, opaque=None):
         self.model = model
-        self.layers, self.names = leaf_layers(model)
+        self.opaque = opaque or {}   # path -> why a composite layer could not be expanded
+        self.layers, self.names = kg.leaf_layers(model)
         self.parent = []          # union-find over group ids
         self.size = []
         self.producers = []       # group id -> [layer names]
@@ -183,13 +184,13 @@ class _Builder:
             self.members[self.find(s.group)].append(m)
 
     def build(self):
-        graph = graph_of(self.model)
-        self.nested = any(_is_nested(op) for op in graph.operations)
+        graph = kg.graph_of(self.model)
+        self.nested = any(kg.is_graph_model(op) for op in graph.operations)
         inputs = []
         for x in graph.inputs:
-            name = x._keras_history.operation.name if x._keras_history.operation is not None else "input"
+            name = kg.input_name(x) or "input"
             inputs.append(self.fresh(_channels(x), name, f"model input {name!r}"))
-        outputs = walk(self.model, inputs, self.visit)
+        outputs = kg.walk(self.model, inputs, self.visit)
         classifiers = []
         for cmap in outputs:
             classifiers += sorted(p for p in cmap.last if p not in classifiers)
@@ -219,16 +220,16 @@ class _Builder:
         return graph
 
     # -- the visitor ---------------------------------------------------------------------------------
-    def visit(self, node, values):
+    def visit(self, node, values, prefix=""):
         op = node.operation
         in_maps = [values[id(x)] for x in node.input_tensors]
-        name = self.names.get(id(op), op.name)
+        name = self.names.get(id(op), prefix + op.name)
         handler = rules.handler_for(op)
         outs = None
         if handler is not None:
             outs = getattr(self, "h_" + handler)(op, name, node, in_maps)
         if outs is None:  # cannot reason about this op: block what it touches
-            reason = rules.blocked_reason(op, name)
+            reason = rules.blocked_reason(op, name, self.opaque.get(name))
             for m in in_maps:
                 self.block(m, reason)
             outs = [self.fresh(_channels(x), name, f"produced by {_describe(op, name)}, "
@@ -438,12 +439,6 @@ def _describe(op, name):
     return f"{name!r} ({type(op).__name__})"
 
 
-def _is_nested(op):
-    from kslim.graph.traverse import is_graph_model
-
-    return is_graph_model(op)
-
-
 def _dedupe(members):
     seen, out = set(), []
     for m in members:
@@ -454,14 +449,19 @@ def _dedupe(members):
     return out
 
 
-def build_dependency_graph(model):
+def build_dependency_graph(model, expand=True):
     """Build the :class:`~kslim.graph.DependencyGraph` of a functional or Sequential Keras 3 model.
 
-    Nested models are flattened: their layers appear under their own names (prefixed with the nested
-    model's name only if two layers share a name).
+    Composite layers (a user or keras-hub layer whose ``call()`` runs Keras layers and ``keras.ops``)
+    are seen through: the graph is built on ``graph.model``, the model with each such layer replaced
+    by a nested Functional model of the same name (:func:`kslim.graph.keras_graph.expand_composites`;
+    ``graph.source`` is the model you passed). Layers inside nested models are named by their path
+    (``"backbone/conv1"``); a bare name unique at every depth is accepted wherever a name is asked for.
+    A composite that cannot be expanded stays opaque, with the reason in ``graph.opaque``.
 
     Args:
         model: a built functional or Sequential ``keras.Model``.
+        expand: False keeps composite layers opaque.
 
     Returns:
         A :class:`~kslim.graph.DependencyGraph`; ``graph.groups`` lists every channel space.
@@ -484,8 +484,13 @@ def build_dependency_graph(model):
         from kslim.errors import KslimTypeError
 
         raise KslimTypeError(f"build_dependency_graph expects a keras.Model, got {type(model).__name__}.")
-    return _Builder(model).build()
+    kg.graph_of(model)  # a clear error for subclassed models before anything else
+    opaque = {}
+    work = kg.expand_composites(model, known=rules.is_known, reasons=opaque) if expand else model
+    graph = _Builder(work, opaque).build()
+    graph.source = model
+    graph.opaque = opaque
+    return graph
 
 
 __all__ = ["build_dependency_graph", "ChannelMap"]
-

@@ -127,14 +127,20 @@ class DependencyGraph:
     """All channel groups of a model, from :func:`kslim.graph.build_dependency_graph`.
 
     Attributes:
-        model: the model the graph was built from.
+        model: the model the graph describes: the model given to ``build_dependency_graph`` with its
+            composite layers expanded into nested Functional models (the same object when there was
+            nothing to expand). Its layers share weights with :attr:`source`.
+        source: the model given to ``build_dependency_graph``.
         groups: list of :class:`ChannelGroup` (every channel space, prunable or not), in graph order.
-        layers: dict ``name -> layer`` of every leaf layer (nested models flattened).
-        classifiers: names of the producer layers whose output is a model output.
+        layers: dict ``path -> layer`` of every leaf layer (``"outer/inner"`` inside nested models).
+        classifiers: paths of the producer layers whose output is a model output.
+        opaque: ``{path: reason}`` of the composite layers that could not be expanded.
     """
 
     def __init__(self, model, groups, layers, classifiers=(), nested=False):
         self.model = model
+        self.source = model
+        self.opaque = {}
         self.groups = list(groups)
         self.layers = dict(layers)
         self.classifiers = list(classifiers)
@@ -175,6 +181,7 @@ class DependencyGraph:
         to channels of different layers (e.g. a conv added to a concatenation of two convs); each
         slice is then a group named ``"layer[start:stop]"``.
         """
+        layer_name = self.resolve(layer_name)
         if layer_name in self._by_name:
             return [self._by_name[layer_name]]
         if layer_name in self._by_producer:
@@ -190,6 +197,20 @@ class DependencyGraph:
             f"Layer {layer_name!r} ({type(layer).__name__}) produces no channels of its own, so it cannot be "
             f"pruned directly; name the Conv/Dense layer that produces its channels.{hint}"
         )
+
+    def resolve(self, name):
+        """The path of layer or group ``name``: itself, or the one path ending in ``"/" + name``.
+
+        Unknown names are returned unchanged (the caller reports them); an ambiguous bare name raises
+        ModelError listing the candidate paths.
+        """
+        if not isinstance(name, str) or name in self._by_name or name in self.layers:
+            return name
+        candidates = [p for p in list(self.layers) + list(self._by_name) if p.endswith("/" + name)]
+        candidates = list(dict.fromkeys(candidates))
+        if len(candidates) > 1:
+            raise ModelError(f"Layer name {name!r} is ambiguous: it matches {candidates}. Give the full path.")
+        return candidates[0] if candidates else name
 
     def __repr__(self):
         n = len(self.prunable_groups)

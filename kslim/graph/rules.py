@@ -112,8 +112,13 @@ def handler_for(op):
     return check(op)[0]
 
 
-def blocked_reason(op, name):
-    reason = check(op)[1] or "its channel mapping is not well defined"
+def is_known(op):
+    """True if the graph handles ``op`` as a unit (so a composite layer of that type is not expanded)."""
+    return check(op)[0] is not None
+
+
+def blocked_reason(op, name, opaque=None):
+    reason = opaque or check(op)[1] or "its channel mapping is not well defined"
     return f"consumed by {name!r} ({type(op).__name__}): {reason}"
 
 
@@ -147,10 +152,10 @@ def producer_spec(op):
 
 def merge_constants_ok(node, channels):
     """Non-tensor arguments of an element-wise op must broadcast over channels (scalars, size-1 last axis)."""
-    from keras.src.backend import KerasTensor
+    from kslim.graph.keras_graph import node_constants
 
-    for arg in node.arguments._flat_arguments:
-        if isinstance(arg, KerasTensor) or arg is None or isinstance(arg, (numbers.Number, str, bool)):
+    for arg in node_constants(node):
+        if arg is None or isinstance(arg, (numbers.Number, str, bool)):
             continue
         shape = getattr(arg, "shape", None)
         if shape is None:

@@ -79,7 +79,7 @@ class FilterPruner:
             skip = ()
         elif isinstance(skip, str):
             skip = (skip,)
-        self.skip = tuple(skip)
+        self.skip = tuple(self.graph.resolve(n) for n in skip)
         for name in self.skip:
             if name not in self.graph.layers:
                 raise KslimValueError(f"skip: unknown layer {name!r}; the model has no layer of that name.")
@@ -175,7 +175,25 @@ class FilterPruner:
                     out[group] = ratio
             return out
         ratio = _check_ratio(ratios)
+        if ratio > 0:
+            self._require_groups()
         return {g: ratio for g in self.groups}
+
+    def _require_groups(self):
+        """Raise ModelError saying why when no channel group may be pruned ("nothing to prune")."""
+        if self.groups:
+            return
+        why = {}
+        for g in self.graph.groups:
+            reason = self._excluded.get(g.name) or g.reason
+            if g.layer_names and reason:
+                why.setdefault(reason, g.name)
+        lines = "; ".join(f"{name!r}: {reason}" for reason, name in list(why.items())[:4])
+        raise ModelError(
+            f"Nothing to prune in model {self.model.name!r}: none of its {len(self.graph.groups)} channel groups "
+            f"can be pruned ({lines or 'it has no Conv/Dense producer'}). Register a rule for the layers "
+            f"named (kslim.graph.rules), or pass skip/keep_classifier differently."
+        )
 
     def _groups(self, name, single=False):
         """The prunable groups ``name`` designates (a group name or a producer layer name)."""
@@ -231,7 +249,7 @@ class FilterPruner:
             if idx.size >= group.size:
                 raise KslimValueError(f"Cannot remove all {group.size} channels of {name!r}; at least one must remain.")
             removed[group] = idx
-        return rebuild(self.model, self.graph, removed, copy_weights=copy_weights)
+        return rebuild(self.graph.model, self.graph, removed, copy_weights=copy_weights)
 
     def prune_to_flops(self, target, mode="uniform", tolerance=1e-3):
         """Prune with the smallest uniform ratio that removes at least ``target`` of the MACs.
@@ -256,8 +274,7 @@ class FilterPruner:
             raise KslimValueError(f"target must be in (0, 1) (the fraction of MACs to remove), got {target!r}.")
         if mode != "uniform":
             raise KslimValueError(f"mode must be 'uniform', got {mode!r}.")
-        if not self.groups:
-            raise ModelError(f"Model {self.model.name!r} has no prunable channel group.")
+        self._require_groups()
         before = self.macs_before
         cache = {}
 
@@ -326,13 +343,11 @@ class FilterPruner:
             report = flops(self.model)
             self._macs_before = int(report.macs)
             per = {}
-            names = self.graph._names
-            clash = any(names.get(id(layer)) != layer.name for layer in self.graph.layers.values())
             for row in report.rows:
                 if not row.macs:
                     continue
-                base = row.name.split("#")[0].split("/")[-1]
-                if clash or base not in self.graph.layers:
+                base = row.name.split("#")[0]
+                if base not in self.graph.layers:
                     per = False
                     break
                 per[base] = per.get(base, 0) + int(row.macs)

@@ -1,12 +1,14 @@
 """Model surgery: rebuild a functional model with channels removed.
 
 The new model is made of ordinary Keras layers re-created from their configs (producers get fewer
-``filters``/``units``, Reshape targets follow their input), called in the original graph order (nested
-models flattened), then given the original weights with the removed channels sliced out. The original
-model is not modified.
+``filters``/``units``, Reshape targets follow their input), called in the original graph order, then
+given the original weights with the removed channels sliced out. Nested models stay nested models of
+the same name (a shared one stays shared); an expanded composite layer comes back as the nested
+Functional model it was expanded into. The original model is not modified.
 """
 
 import math
+import warnings
 from collections import defaultdict
 
 import keras
@@ -14,7 +16,7 @@ import numpy as np
 from keras import layers as L
 
 from kslim.errors import ModelError
-from kslim.graph.traverse import graph_of, walk
+from kslim.graph import keras_graph as kg
 
 _FILTERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
             L.SeparableConv1D, L.SeparableConv2D)
@@ -45,7 +47,7 @@ def removed_outputs(removed):
 
 def _new_config(layer, name, n_out_removed, node, args):
     config = layer.get_config()
-    config["name"] = name
+    config["name"] = layer.name
     if n_out_removed:
         if isinstance(layer, _FILTERS):
             config["filters"] = int(config["filters"]) - n_out_removed
@@ -67,13 +69,22 @@ def _new_config(layer, name, n_out_removed, node, args):
 
 
 def _clone_layer(layer, name, n_out_removed, node, args):
-    config = _new_config(layer, name, n_out_removed, node, args)
+    try:
+        config = _new_config(layer, name, n_out_removed, node, args)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(
+            f"Could not read the config of layer {name!r} ({type(layer).__name__}): get_config() failed with "
+            f"{type(e).__name__}: {e}. Implement get_config() for this layer so the pruner can rebuild it, or "
+            f"prune a model without it."
+        ) from e
     try:
         return type(layer).from_config(config)
     except Exception as e:  # noqa: BLE001
         raise ModelError(
-            f"Could not re-create layer {name!r} ({type(layer).__name__}) from its config: {e}. Layers must "
-            f"implement get_config()/from_config() to be rebuilt by the pruner."
+            f"Could not re-create layer {name!r} ({type(layer).__name__}) from its config: {type(e).__name__}: "
+            f"{e}. Layers must implement get_config()/from_config() to be rebuilt by the pruner."
         ) from e
 
 
@@ -85,10 +96,10 @@ def _clone_op(op):
 
 
 def rebuild(model, graph, removed, copy_weights=True):
-    """A new, flat ``keras.Model`` equal to ``model`` with the channels in ``removed`` deleted.
+    """A new ``keras.Model`` equal to ``model`` with the channels in ``removed`` deleted.
 
     Args:
-        model: the original functional/Sequential model (untouched).
+        model: the model the graph describes (``graph.model``; untouched).
         graph: its :class:`~kslim.graph.DependencyGraph`.
         removed: ``{ChannelGroup: channel indices}``; every group must be prunable and keep >= 1 channel.
         copy_weights: False skips copying weights (fresh initialisation) - for quick MAC estimates.
@@ -96,39 +107,42 @@ def rebuild(model, graph, removed, copy_weights=True):
     names = graph._names
     n_out = removed_outputs(removed)
     cuts = deletions(removed)
-    fn = graph_of(model)
     clones, op_clones = {}, {}
 
-    inputs = []
-    for x in fn.inputs:
-        hist = x._keras_history.operation
-        inputs.append(keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype,
-                                  name=hist.name if hist is not None else None))
+    touched = {k[0] for k in cuts} | set(n_out)
+    shared = []
 
-    def visit(node, values):
+    def leaf_fn(node, path, args, kwargs):
         op = node.operation
-        args, kwargs = node.arguments.fill_in(values)
-        if isinstance(op, L.Layer):
-            name = names.get(id(op), op.name)
+        if kg.is_layer(op):
+            name = names.get(id(op), path)
             if name not in clones:
-                clones[name] = (op, _clone_layer(op, name, n_out.get(name, 0), node, args))
+                try:
+                    clones[name] = (op, _clone_layer(op, name, n_out.get(name, 0), node, args))
+                except ModelError:
+                    if name in touched:
+                        raise
+                    # not pruned, but its config does not round-trip: keep the very layer (shared weights)
+                    clones[name] = (op, op)
+                    shared.append(f"{name} ({type(op).__name__})")
             new = clones[name][1]
         else:
             if id(op) not in op_clones:
                 op_clones[id(op)] = _clone_op(op)
             new = op_clones[id(op)]
-        out = new(*args, **kwargs)
-        return keras.tree.flatten(out)
+        return new(*args, **kwargs)
 
-    outputs = walk(model, inputs, visit)
-    new_model = keras.Model(
-        inputs=keras.tree.pack_sequence_as(fn._inputs_struct, inputs),
-        outputs=keras.tree.pack_sequence_as(fn._outputs_struct, outputs),
-        name=model.name,
-    )
+    new_model = kg.rebuild(model, leaf_fn)
+    if shared:
+        warnings.warn(
+            f"{len(shared)} layer(s) cannot be re-created from their get_config() and are not pruned, so the "
+            f"pruned model shares them (and their weights) with the original: {', '.join(shared[:5])}"
+            f"{' ...' if len(shared) > 5 else ''}. Fix their get_config() to get independent copies.",
+            stacklevel=3)
     if copy_weights:
         for name, (old, new) in clones.items():
-            _copy_weights(name, old, new, cuts)
+            if new is not old:
+                _copy_weights(name, old, new, cuts)
     return new_model
 
 

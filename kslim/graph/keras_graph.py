@@ -1,0 +1,564 @@
+"""The one place in kslim that reads Keras' graph and private API.
+
+Keras 3 keeps a functional model as a DAG of ``Node`` objects (edges are ``KerasTensor`` s; each node
+records the operation called, its ``SymbolicArguments`` and its outputs), grouped by depth in
+``Functional._nodes_by_depth``. Pruning, quantization-aware training, FLOPs counting and distillation
+taps all need to walk that DAG, recurse into nested models, rebuild a model with other layers, and see
+through *composite* layers (a ``keras.layers.Layer`` whose ``call()`` runs other layers and
+``keras.ops``, as most of keras-hub is written). They ask this module; nothing else in kslim touches
+``keras.src`` or a private attribute of a Keras object. :func:`check_keras_internals` exercises every
+private access on a tiny model, so a Keras upgrade that breaks one fails loudly in one test.
+
+Naming: a layer of the top model is named by its own name; a layer inside a nested model (or an
+expanded composite layer) by its path, ``"outer/inner"`` (Keras forbids ``/`` in names, so a path is
+never ambiguous). :func:`resolve_path` also accepts a bare name that is unique at every depth.
+
+Example:
+    >>> import keras
+    >>> from kslim.graph import keras_graph as kg
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")], name="base")
+    >>> inp = keras.Input((4,))
+    >>> m = keras.Model(inp, keras.layers.Dense(2, name="head")(inner(inp)))
+    >>> sorted(kg.leaf_layers(m)[0])
+    ['base/fc', 'head', 'input_layer_1']
+"""
+
+import difflib
+
+import keras
+import numpy as np
+
+from kslim.errors import ModelError
+
+KerasTensor = keras.KerasTensor
+
+
+# ------------------------------------------------------------------------------------------ model kinds
+def functional_class():
+    """Keras' ``Functional`` class (private module path)."""
+    from keras.src.models.functional import Functional
+
+    return Functional
+
+
+def is_functional(obj):
+    """True for a Functional model (not a Sequential, not a subclassed model)."""
+    return isinstance(obj, functional_class())
+
+
+def graph_of(model):
+    """The functional graph of ``model``: itself for a Functional, its inner Functional for a Sequential.
+
+    Raises:
+        ModelError: a subclassed model (no graph), or a Sequential without a known input shape.
+    """
+    if isinstance(model, keras.Sequential):
+        fn = getattr(model, "_functional", None)
+        if fn is None:
+            raise ModelError(
+                f"Sequential model {model.name!r} has no input shape yet; start it with keras.Input(shape=...) "
+                f"or call it on data once before compressing it."
+            )
+        return fn
+    if is_functional(model) and getattr(model, "inputs", None) is not None:
+        return model
+    raise ModelError(
+        f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}) is a subclassed model without a "
+        f"functional graph; kslim needs a functional or Sequential Keras model (or wrap the subclassed model's "
+        f"layers in one)."
+    )
+
+
+def is_graph_model(op):
+    """True for a Functional or Sequential model with a graph (walked into rather than treated as a layer)."""
+    if not isinstance(op, keras.Model):
+        return False
+    try:
+        graph_of(op)
+    except ModelError:
+        return False
+    return True
+
+
+def is_layer(op):
+    """True for a ``keras.layers.Layer`` (False for a ``keras.ops`` operation node)."""
+    return isinstance(op, keras.layers.Layer)
+
+
+def is_input_layer(op):
+    return isinstance(op, keras.layers.InputLayer)
+
+
+# ------------------------------------------------------------------------------------------ nodes
+def nodes(model):
+    """The non-input nodes of ``model``'s own graph (nested models not entered), in topological order."""
+    graph = graph_of(model)
+    out = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                out.append(node)
+    return out
+
+
+def node_inputs(node):
+    """The KerasTensors a node consumes (flat)."""
+    return list(node.input_tensors)
+
+
+def node_outputs(node):
+    """The KerasTensors a node produces (flat)."""
+    return list(node.outputs)
+
+
+def node_call_args(node, values):
+    """``(args, kwargs)`` of the node's call with its KerasTensors replaced by ``values[id(tensor)]``."""
+    return node.arguments.fill_in(values)
+
+
+def node_arguments(node):
+    """``(args, kwargs)`` of the node's call as recorded (KerasTensors and constants)."""
+    return node.arguments.args, node.arguments.kwargs
+
+
+def node_constants(node):
+    """The non-tensor values among the node's flat call arguments (scalars, arrays, None ...)."""
+    return [a for a in node.arguments._flat_arguments if not isinstance(a, KerasTensor)]
+
+
+def layer_nodes(layer):
+    """Every node at which ``layer`` was called (in every graph it is part of)."""
+    return list(getattr(layer, "_inbound_nodes", []))
+
+
+def producer(tensor):
+    """The operation that produced a KerasTensor (an InputLayer for a model input), or None."""
+    hist = getattr(tensor, "_keras_history", None)
+    return hist.operation if hist is not None else None
+
+
+def input_name(tensor):
+    """The name of the InputLayer behind a model input tensor (None if it has none)."""
+    op = producer(tensor)
+    return op.name if op is not None else None
+
+
+def inputs_struct(model):
+    """The model's inputs with their nesting (a tensor, list or dict), as the model was built."""
+    return graph_of(model)._inputs_struct
+
+
+def outputs_struct(model):
+    """The model's outputs with their nesting, as the model was built."""
+    return graph_of(model)._outputs_struct
+
+
+def fresh_inputs(model):
+    """New ``keras.Input`` tensors like ``model``'s, in the same structure (names kept)."""
+    return keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=input_name(t)),
+        inputs_struct(model))
+
+
+def run_through_graph(model, inputs, operation_fn):
+    """Keras' own graph executor with ``operation_fn(op) -> callable`` replacing each operation call."""
+    return graph_of(model)._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def assert_input_compatibility(layer, x):
+    """What ``Layer.__call__`` checks of its first input (e.g. the input dimension of a Dense)."""
+    layer._assert_input_compatibility(x)
+
+
+def layer_calls(model):
+    """``{id(operation): number of nodes}`` over ``model``'s graph and every nested graph."""
+    counts = {}
+
+    def visit(m):
+        for node in nodes(m):
+            op = node.operation
+            counts[id(op)] = counts.get(id(op), 0) + 1
+            if is_graph_model(op) and counts[id(op)] == 1:
+                visit(op)
+
+    visit(model)
+    return counts
+
+
+def sublayers(layer):
+    """The layers a layer owns directly (not recursively)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def all_layers(layer):
+    """``layer`` and every layer it owns, recursively (depth first)."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def seed_generators(layer):
+    """The ``SeedGenerator`` objects a layer draws random numbers from (Dropout ...)."""
+    return list(getattr(layer, "_seed_generators", ()))
+
+
+def own_weights(layer):
+    """Weights created by ``layer`` itself (``add_weight``), not by its sublayers."""
+    inner = {id(w) for sub in layer._flatten_layers(include_self=False, recursive=True) for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+# ------------------------------------------------------------------------------------------ walking
+def walk(model, inputs, visit, *, enter=None, prefix=""):
+    """Run ``visit(node, values, prefix)`` over every leaf node of ``model`` in topological order.
+
+    ``values`` maps ``id(KerasTensor)`` to whatever the caller propagates (channel maps, new tensors);
+    ``inputs`` are the values of the model's flat inputs. ``visit`` returns the values of
+    ``node.outputs``. Nested graph models are walked into (``prefix`` becomes ``"outer/"``) unless
+    ``enter(node, values, prefix)`` is given, which then handles the nested call itself and returns its
+    outputs. Returns the values of the model's flat outputs.
+    """
+    graph = graph_of(model)
+    values = {id(x): v for x, v in zip(graph.inputs, inputs)}
+    for node in nodes(model):
+        if any(id(x) not in values for x in node.input_tensors):
+            continue
+        op = node.operation
+        if is_graph_model(op):
+            if enter is not None:
+                outs = enter(node, values, prefix)
+            else:
+                outs = walk(op, [values[id(x)] for x in node.input_tensors], visit,
+                            prefix=f"{prefix}{op.name}/")
+        else:
+            outs = visit(node, values, prefix)
+        for x, y in zip(node.outputs, outs):
+            values[id(x)] = y
+    return [values[id(x)] for x in graph.outputs]
+
+
+def leaf_layers(model):
+    """``(layers, names)``: dict path -> layer of every leaf layer, and dict ``id(layer) -> path``.
+
+    A layer of the top model has its own name as path, one inside nested model ``base`` is
+    ``"base/conv"``. A layer object that appears in several places keeps its first path.
+    """
+    layers, names = {}, {}
+
+    def visit(m, prefix):
+        for op in graph_of(m).operations:
+            if is_graph_model(op):
+                visit(op, f"{prefix}{op.name}/")
+                continue
+            if not is_layer(op) or id(op) in names:
+                continue
+            if is_input_layer(op) and m is not model:
+                continue
+            path = prefix + op.name
+            layers[path] = op
+            names[id(op)] = path
+
+    visit(model, "")
+    return layers, names
+
+
+def layer_paths(model):
+    """Every addressable layer of ``model`` (nested models themselves included) as ``{path: layer}``."""
+    out = {}
+
+    def visit(m, prefix):
+        for layer in m.layers:
+            if is_input_layer(layer):
+                continue
+            path = prefix + layer.name
+            out[path] = layer
+            if is_graph_model(layer):
+                visit(layer, path + "/")
+
+    if is_graph_model(model):
+        visit(model, "")
+    return out
+
+
+def resolve_path(paths, name, what="layer", model_name=None):
+    """The canonical path in ``paths`` for ``name``: itself, or the one path ending in ``/name``.
+
+    Raises ModelError naming close matches when it is unknown, or the candidates when ambiguous.
+    """
+    paths = list(paths)
+    where = f" of model {model_name!r}" if model_name else ""
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"{what} name must be a non-empty string, got {name!r}.")
+    if name in paths:
+        return name
+    candidates = [p for p in paths if p.endswith("/" + name)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        raise ModelError(f"{what} name {name!r}{where} is ambiguous: it matches {candidates}. Give the full path.")
+    names = paths + sorted({p.rsplit("/", 1)[-1] for p in paths})
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Close matches: {close}." if close else f" It has {len(paths)}, e.g. {paths[:8]}."
+    raise ModelError(f"No {what} {name!r}{where}.{hint}")
+
+
+# ------------------------------------------------------------------------------------------ rebuilding
+def rebuild(model, leaf_fn, name=None):
+    """A new model with ``model``'s structure, each leaf node's call replaced by ``leaf_fn``.
+
+    ``leaf_fn(node, path, args, kwargs)`` gets a leaf node, the path of its operation and the call
+    arguments already mapped onto the new graph, and returns the node's outputs in the new graph.
+    Nested graph models are rebuilt as nested Functional models of the same name (their inputs shaped
+    like the tensors they are first called on), once per model object: a nested model used twice
+    stays one shared model. The original model is not modified.
+    """
+    cache = {}
+
+    def build_graph(m, new_inputs, prefix):
+        def visit(node, values, pfx):
+            args, kwargs = node_call_args(node, values)
+            op = node.operation
+            out = leaf_fn(node, f"{pfx}{op.name}", args, kwargs)
+            return keras.tree.flatten(out)
+
+        def enter(node, values, pfx):
+            sub = node.operation
+            args, kwargs = node_call_args(node, values)
+            if id(sub) not in cache:
+                flat = [values[id(x)] for x in node.input_tensors]
+                sub_inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=input_name(x))
+                              for t, x in zip(flat, graph_of(sub).inputs)]
+                outs = build_graph(sub, sub_inputs, f"{pfx}{sub.name}/")
+                cache[id(sub)] = keras.Model(
+                    inputs=keras.tree.pack_sequence_as(inputs_struct(sub), sub_inputs),
+                    outputs=keras.tree.pack_sequence_as(outputs_struct(sub), outs),
+                    name=sub.name)
+            return keras.tree.flatten(cache[id(sub)](*args, **kwargs))
+
+        return walk(m, new_inputs, visit, enter=enter, prefix=prefix)
+
+    graph = graph_of(model)
+    new_inputs = [keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=input_name(x)) for x in graph.inputs]
+    outputs = build_graph(model, new_inputs, "")
+    return keras.Model(inputs=keras.tree.pack_sequence_as(inputs_struct(model), new_inputs),
+                       outputs=keras.tree.pack_sequence_as(outputs_struct(model), outputs),
+                       name=name or model.name)
+
+
+# ------------------------------------------------------------------------------------------ composites
+class NotExpandable(Exception):
+    """Raised by :func:`expand` with the reason a layer stays opaque."""
+
+
+def _is_builtin(layer):
+    return type(layer).__module__.startswith("keras.")
+
+
+def expandable(layer, known=None):
+    """``(True, "")`` if ``layer`` is a composite kslim should see through, else ``(False, reason)``.
+
+    A composite is a user or keras-hub layer (not a built-in Keras layer, not a graph model) whose
+    ``call()`` runs other layers and/or ``keras.ops``. ``known(layer)`` says whether a kslim rule
+    already handles the layer as a unit (then it is not expanded).
+    """
+    if not is_layer(layer) or is_graph_model(layer) or is_input_layer(layer):
+        return False, "not a composite layer"
+    if known is not None and known(layer):
+        return False, "handled by its own rule"
+    if _is_builtin(layer):
+        return False, f"built-in Keras layer {type(layer).__name__}"
+    if type(layer).call is keras.layers.Layer.call:
+        return False, "has no call()"
+    own = own_weights(layer)
+    if own:
+        names = ", ".join(sorted({str(getattr(w, "name", "?")) for w in own})[:3])
+        return False, f"owns weights outside its sublayers ({names}): kslim cannot see how call() uses them"
+    return True, ""
+
+
+def expand(layer, node):
+    """:func:`expand_call` on the arguments recorded at ``node`` (a call of ``layer`` in a graph)."""
+    args, kwargs = node_arguments(node)
+    return expand_call(layer, args, kwargs)
+
+
+def expand_call(layer, args, kwargs):
+    """A Functional model (named like ``layer``) running ``layer.call`` on symbolic ``args``/``kwargs``.
+
+    The model is built by calling ``layer.call`` (not ``layer.__call__``) on fresh symbolic inputs
+    shaped like the KerasTensors among the arguments, so every sublayer call and ``keras.ops`` call
+    inside is recorded as a node of the new graph, with the *same* sublayer objects (weights shared).
+    Non-tensor arguments are passed as given. The model's inputs are the tensor arguments in the order
+    of ``keras.tree.flatten((args, kwargs))``. The expanded model is checked to compute what the layer
+    computes on a small random batch.
+
+    Raises:
+        NotExpandable: with the reason (the call needs concrete values, returns no tensor, differs ...).
+    """
+    flat_in = []
+
+    def to_input(t):
+        if isinstance(t, KerasTensor):
+            new = keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype)
+            flat_in.append((t, new))
+            return new
+        return t
+
+    new_args, new_kwargs = keras.tree.map_structure(to_input, (tuple(args), dict(kwargs)))
+    if not flat_in:
+        raise NotExpandable("its call has no tensor input")
+    try:
+        out = layer.call(*new_args, **new_kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure means: keep it opaque
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise NotExpandable(f"its call() cannot be traced symbolically ({type(e).__name__}: {msg})") from None
+    flat_out = keras.tree.flatten(out)
+    if not flat_out or not all(isinstance(t, KerasTensor) for t in flat_out):
+        raise NotExpandable("its call() returns something other than tensors")
+    if any(producer(t) is None for t in flat_out):
+        raise NotExpandable("its call() returns a tensor not computed from its inputs")
+    inputs = [new for _, new in flat_in]
+    try:
+        sub = keras.Model(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=out, name=layer.name)
+    except Exception as e:  # noqa: BLE001
+        raise NotExpandable(f"its traced call() is not a valid graph ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    if not _same_outputs(layer, sub, args, kwargs, [t for t, _ in flat_in]):
+        raise NotExpandable("its traced graph does not compute what its call() computes")
+    return sub
+
+
+def _sample(t, rng):
+    shape = tuple(2 if d is None else int(d) for d in t.shape)
+    dtype = str(t.dtype)
+    if "int" in dtype:
+        return np.zeros(shape, dtype=dtype)
+    if "bool" in dtype:
+        return np.ones(shape, dtype=bool)
+    return rng.standard_normal(shape).astype(dtype if "float" in dtype else "float32")
+
+
+def _same_outputs(layer, sub, args, kwargs, tensors, tol=1e-4):
+    rng = np.random.default_rng(0)
+    samples = {id(t): _sample(t, rng) for t in tensors}
+    try:
+        call_args, call_kwargs = keras.tree.map_structure(
+            lambda a: samples[id(a)] if isinstance(a, KerasTensor) else a, (tuple(args), dict(kwargs)))
+        want = keras.tree.flatten(layer(*call_args, **call_kwargs))
+        got = keras.tree.flatten(sub([samples[id(t)] for t in tensors] if len(tensors) > 1 else samples[id(tensors[0])]))
+    except Exception:  # noqa: BLE001
+        return False
+    if len(want) != len(got):
+        return False
+    for a, b in zip(want, got):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape or not np.allclose(a, b, atol=tol, rtol=tol, equal_nan=True):
+            return False
+    return True
+
+
+def expand_composites(model, known=None, reasons=None, _prefix=""):
+    """``model`` rebuilt with every expandable composite layer replaced by its expansion.
+
+    Each composite layer (see :func:`expandable`) becomes a nested Functional model of the same name
+    whose nodes are the sublayer and ``keras.ops`` calls of its ``call()`` (weights shared with the
+    original, nothing copied); composites inside composites are expanded too. Nested models stay
+    nested. Returns ``model`` itself when there is nothing to expand. ``reasons`` (a dict, optional)
+    receives ``{path: why it stays opaque}`` for the composites that could not be expanded.
+    """
+    reasons = {} if reasons is None else reasons
+    expansions = {}
+
+    def plan(m, prefix):
+        """True if any composite below ``m`` gets expanded."""
+        found = False
+        for node in nodes(m):
+            op = node.operation
+            path = f"{prefix}{op.name}"
+            if is_graph_model(op):
+                found |= plan(op, path + "/")
+                continue
+            if not is_layer(op) or (_is_builtin(op) and not sublayers(op)):
+                continue
+            ok, why = expandable(op, known)
+            if not ok:
+                if why not in ("not a composite layer", "handled by its own rule") and not why.startswith("built-in"):
+                    reasons.setdefault(path, why)
+                continue
+            if id(op) in expansions:
+                found = True
+                continue
+            try:
+                sub = expand(op, node)
+            except NotExpandable as e:
+                reasons.setdefault(path, str(e))
+                continue
+            expansions[id(op)] = (sub, path)
+            found = True
+        return found
+
+    if not plan(model, _prefix):
+        return model
+    # expand expansions recursively, innermost first
+    done = {}
+
+    def expanded(op):
+        if id(op) not in done:
+            sub, path = expansions[id(op)]
+            done[id(op)] = expand_composites(sub, known, reasons, _prefix=path + "/")
+        return done[id(op)]
+
+    def leaf_fn(node, path, args, kwargs):
+        op = node.operation
+        if id(op) in expansions:
+            return expanded(op)(*[a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, KerasTensor)])
+        return op(*args, **kwargs)
+
+    return rebuild(model, leaf_fn)
+
+
+# ------------------------------------------------------------------------------------------ self-check
+def check_keras_internals():
+    """Exercise every private Keras access of this module on a tiny nested model; raise if one broke.
+
+    Returns the Keras version checked. A failure here after a Keras upgrade names the attribute.
+    """
+    L = keras.layers
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(3, name="fc")], name="base")
+    inp = keras.Input((4,), name="x")
+    out = L.Dense(2, name="head")(keras.ops.relu(inner(inp)))
+    m = keras.Model(inp, out, name="probe")
+    problems = []
+
+    def probe(what, fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{what}: {type(e).__name__}: {e}")
+
+    probe("keras.src.models.functional.Functional", functional_class)
+    probe("Sequential._functional", lambda: graph_of(inner).operations)
+    probe("Functional._nodes_by_depth", lambda: nodes(m)[0].operation)
+    probe("Node.arguments.fill_in", lambda: node_call_args(nodes(m)[-1], {id(t): t for t in
+                                                                           nodes(m)[-1].input_tensors}))
+    probe("Node.arguments._flat_arguments", lambda: node_constants(nodes(m)[-1]))
+    probe("KerasTensor._keras_history", lambda: input_name(m.inputs[0]) == "x" or 1 / 0)
+    probe("Function._inputs_struct/_outputs_struct", lambda: (inputs_struct(m), outputs_struct(m)))
+    probe("Function._run_through_graph", lambda: run_through_graph(m, [m.inputs[0]], lambda op: op))
+    probe("Layer._assert_input_compatibility", lambda: assert_input_compatibility(m.get_layer("head"),
+                                                                                   keras.KerasTensor((None, 3))))
+    probe("Layer._flatten_layers", lambda: sublayers(inner))
+    probe("Layer._inbound_nodes", lambda: layer_nodes(m.get_layer("head"))[0])
+    probe("rebuild", lambda: rebuild(m, lambda node, path, a, k: node.operation(*a, **k)))
+    if problems:
+        raise RuntimeError(f"kslim does not work with Keras {keras.__version__}: " + "; ".join(problems))
+    return keras.__version__
+
+
+__all__ = [
+    "KerasTensor", "functional_class", "is_functional", "graph_of", "is_graph_model", "is_layer", "nodes",
+    "node_inputs", "node_outputs", "node_call_args", "node_arguments", "node_constants", "layer_nodes",
+    "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
+    "assert_input_compatibility", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
+    "layer_paths", "resolve_path", "rebuild", "NotExpandable", "expandable", "expand", "expand_call",
+    "expand_composites",
+    "check_keras_internals",
+]
