@@ -86,15 +86,26 @@ def test_squeeze_excite_multiply_and_separable():
 def test_unknown_layer_blocks_groups_with_reason():
     inp = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, name="conv")(inp)
-    x = layers.LayerNormalization(name="ln")(x)
+    x = layers.GroupNormalization(groups=2, name="gn")(x)
     y = layers.Conv2D(4, 3, name="conv2")(x)
     y = layers.Reshape((8, 8), name="reshape")(y)
     out = layers.Dense(2, name="head")(layers.Flatten()(y))
     g = build_dependency_graph(keras.Model(inp, out))
     conv = g.group("conv")
-    assert not conv.prunable and "'ln'" in conv.reason and "LayerNormalization" in conv.reason
+    assert not conv.prunable and "'gn'" in conv.reason and "GroupNormalization" in conv.reason
     conv2 = g.group("conv2")
     assert not conv2.prunable and "reshape" in conv2.reason
+
+
+def test_layer_norm_carries_channels_approximately():
+    inp = keras.Input((6, 8))
+    x = layers.Dense(8, name="fc1")(inp)
+    x = layers.LayerNormalization(name="ln")(x)
+    out = layers.Dense(2, name="head")(layers.Dense(4, name="fc2")(x))
+    g = build_dependency_graph(keras.Model(inp, out))
+    fc1, fc2 = g.group("fc1"), g.group("fc2")
+    assert fc1.prunable and {"ln"} <= {m.layer_name for m in fc1.members} and not fc1.exact
+    assert fc2.prunable and fc2.exact
 
 
 def test_reshape_keeping_channels_and_python_ops():

@@ -21,6 +21,7 @@ import keras
 from kslim.graph import rules
 from kslim.graph.dependency import ChannelGroup, DependencyGraph, Member
 from kslim.graph import keras_graph as kg
+from kslim.rules import weight_index
 
 
 class _Segment:
@@ -66,6 +67,7 @@ class _Builder:
         self.layer_group = {}     # producer layer name -> group id
         self.layer_size = {}      # producer layer name -> output channels
         self.first_input = {}     # weighted layer name -> ChannelMap of its first call
+        self.approximate = set()  # layers through which pruning is not exact (LayerNormalization)
         self.nested = False
 
     # -- union-find -------------------------------------------------------------------------------------
@@ -214,7 +216,9 @@ class _Builder:
             else:
                 name = self.origin[gid]
             members = _dedupe(self.members[gid])
-            groups.append(ChannelGroup(name, self.size[gid], producers, members, prunable=not reason, reason=reason))
+            group = ChannelGroup(name, self.size[gid], producers, members, prunable=not reason, reason=reason)
+            group.exact = not any(m.layer_name in self.approximate for m in members)
+            groups.append(group)
         graph = DependencyGraph(self.model, groups, self.layers, classifiers, nested=self.nested)
         graph._names = self.names
         return graph
@@ -234,7 +238,7 @@ class _Builder:
                 self.block(m, reason)
             outs = [self.fresh(_channels(x), name, f"produced by {_describe(op, name)}, "
                                                    f"which kslim cannot prune") for x in node.outputs]
-        if handler == "producer" and outs is not None and len(outs) == 1:
+        if handler in ("producer", "attention") and outs is not None and len(outs) >= 1:
             last = frozenset([name])
         else:
             last = frozenset().union(*(m.last for m in in_maps))
@@ -308,36 +312,72 @@ class _Builder:
                 self.add_member(out, name, b, 0, "carry", weights[b])
         return [out]
 
-    def h_batchnorm(self, op, name, node, in_maps):
+    def h_carry(self, op, name, node, in_maps):
+        """A layer with one weight entry per channel (BatchNormalization, LayerNormalization, PReLU).
+
+        Every weight must be per-channel on its last axis (PReLU's alpha may also vary over positions)
+        or shared by all channels (last axis 1); a normalisation must normalise over the last axis only.
+        """
         if len(in_maps) != 1:
             return None
         rank = len(node.input_tensors[0].shape)
-        if op.axis not in (-1, rank - 1):
+        axis = getattr(op, "axis", -1)
+        axes = [axis] if isinstance(axis, int) else list(axis)
+        if hasattr(op, "axis") and [a % rank for a in axes] != [rank - 1]:
             return None
         in_map = in_maps[0]
         seen = self._weighted_call(name, in_map)
         if seen is None:
             return None
+        if not rules.is_exact(op):
+            self.approximate.add(name)
         if not seen:
             for i, w in enumerate(op.weights):
-                if len(w.shape) != 1 or w.shape[0] != in_map.channels:
+                shape = tuple(w.shape)
+                if not shape or shape[-1] == 1:
+                    continue  # shared by every channel
+                if shape[-1] != in_map.channels:
                     return None
-                self.add_member(in_map, name, i, 0, "carry", w)
+                self.add_member(in_map, name, i, len(shape) - 1, "carry", w)
         return [in_map]
 
-    def h_prelu(self, op, name, node, in_maps):
-        if len(in_maps) != 1:
+    def h_attention(self, op, name, node, in_maps):
+        """MultiHeadAttention: query/key/value kernels consume the inputs' channels (axis 0), the output
+        projection produces a new channel space (its kernel's last axis and bias)."""
+        parts = kg.attention_parts(op)
+        if parts is None or len(node.outputs) < 1:
             return None
-        in_map = in_maps[0]
-        seen = self._weighted_call(name, in_map)
+        roles = kg.attention_inputs(node)
+        if roles is None:
+            return None
+        by_id = {id(t): m for t, m in zip(node.input_tensors, in_maps)}
+        maps = {r: by_id.get(id(t)) for r, t in roles.items()}
+        if any(m is None or m.flat for m in maps.values()):
+            return None
+        seen = self._weighted_call(name, maps["query"])
         if seen is None:
             return None
-        alpha = op.alpha
-        if not seen and alpha.shape[-1] != 1:
-            if alpha.shape[-1] != in_map.channels:
-                return None
-            self.add_member(in_map, name, _index_of(op, alpha), len(alpha.shape) - 1, "carry", alpha)
-        return [in_map]
+        if seen:
+            g = self.layer_group[name]
+            size = self.size[g]
+            return [ChannelMap([_Segment(g, size, 0, 1, size, 1)], size)] + [
+                self.fresh(_channels(x), name, f"attention scores of {name!r}") for x in node.outputs[1:]]
+        weights = op.weights
+        for role in ("query", "key", "value"):
+            dense = parts[role]
+            self.add_member(maps[role], name, _index_of(op, dense.kernel), 0, "input", dense.kernel)
+        out_dense = parts["output"]
+        out = self.fresh(_channels(node.outputs[0]), name)
+        g = out.segments[0].group
+        self.producers[g].append((name, 0, self.size[g]))
+        self.layer_group[name] = g
+        self.layer_size[name] = self.size[g]
+        k = out_dense.kernel
+        self.add_member(out, name, _index_of(op, k), len(k.shape) - 1, "filter", k)
+        if getattr(out_dense, "bias", None) is not None:
+            self.add_member(out, name, _index_of(op, out_dense.bias), 0, "bias", out_dense.bias)
+        del weights
+        return [out] + [self.fresh(_channels(x), name, f"attention scores of {name!r}") for x in node.outputs[1:]]
 
     def h_merge(self, op, name, node, in_maps):
         """Element-wise ops: inputs with the full channel count share groups; size-1 inputs broadcast."""
@@ -412,15 +452,7 @@ class _Builder:
         return [in_maps[0]]
 
 
-def _index_of(layer, variable):
-    for i, w in enumerate(layer.weights):
-        if w is variable:
-            return i
-    path = getattr(variable, "path", None)
-    for i, w in enumerate(layer.weights):
-        if path is not None and getattr(w, "path", None) == path:
-            return i
-    raise KeyError(f"variable {variable} not found in {layer.name}")
+_index_of = weight_index
 
 
 def _channels(x):

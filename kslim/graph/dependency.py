@@ -92,6 +92,9 @@ class ChannelGroup:
         members: list of :class:`Member`.
         prunable: whether channels of this group may be removed.
         reason: why not, when ``prunable`` is False.
+        exact: False when the group passes through a layer whose rule is not exact
+            (LayerNormalization: its statistics span every channel, so removing even a zero channel
+            changes the others' values slightly).
     """
 
     def __init__(self, name, size, layer_names=(), members=(), prunable=True, reason=""):
@@ -101,6 +104,7 @@ class ChannelGroup:
         self.members = list(members)
         self.prunable = bool(prunable)
         self.reason = reason
+        self.exact = True
 
     def members_of(self, layer_name):
         """Members that live on layer ``layer_name``."""

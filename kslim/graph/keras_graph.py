@@ -206,6 +206,30 @@ def own_weights(layer):
     return [w for w in layer.weights if id(w) not in inner]
 
 
+def attention_parts(layer):
+    """``{"query", "key", "value", "output"}`` -> the EinsumDense sublayers of a built MultiHeadAttention."""
+    if not isinstance(layer, keras.layers.MultiHeadAttention):
+        return None
+    parts = {role: getattr(layer, f"_{role}_dense", None) for role in ("query", "key", "value", "output")}
+    if any(p is None or getattr(p, "kernel", None) is None for p in parts.values()):
+        return None
+    return parts
+
+
+def attention_inputs(node):
+    """``{"query", "value", "key"}`` -> the KerasTensors a MultiHeadAttention node was called with."""
+    args, kwargs = node_arguments(node)
+    args = list(args)
+    query = args[0] if args else kwargs.get("query")
+    value = args[1] if len(args) > 1 else kwargs.get("value")
+    key = args[2] if len(args) > 2 else kwargs.get("key")
+    key = value if key is None else key
+    roles = {"query": query, "value": value, "key": key}
+    if not all(isinstance(t, KerasTensor) for t in roles.values()):
+        return None
+    return roles
+
+
 # ------------------------------------------------------------------------------------------ walking
 def walk(model, inputs, visit, *, enter=None, prefix=""):
     """Run ``visit(node, values, prefix)`` over every leaf node of ``model`` in topological order.
@@ -557,7 +581,7 @@ __all__ = [
     "KerasTensor", "functional_class", "is_functional", "graph_of", "is_graph_model", "is_layer", "nodes",
     "node_inputs", "node_outputs", "node_call_args", "node_arguments", "node_constants", "layer_nodes",
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
-    "assert_input_compatibility", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
+    "assert_input_compatibility", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
     "layer_paths", "resolve_path", "rebuild", "NotExpandable", "expandable", "expand", "expand_call",
     "expand_composites",
     "check_keras_internals",

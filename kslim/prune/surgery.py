@@ -7,20 +7,14 @@ the same name (a shared one stays shared); an expanded composite layer comes bac
 Functional model it was expanded into. The original model is not modified.
 """
 
-import math
 import warnings
 from collections import defaultdict
 
 import keras
 import numpy as np
-from keras import layers as L
 
 from kslim.errors import ModelError
 from kslim.graph import keras_graph as kg
-
-_FILTERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
-            L.SeparableConv1D, L.SeparableConv2D)
-
 
 def deletions(removed):
     """``{(layer_name, weight_index, axis): sorted indices}`` to delete, from ``{ChannelGroup: channels}``."""
@@ -46,26 +40,11 @@ def removed_outputs(removed):
 
 
 def _new_config(layer, name, n_out_removed, node, args):
+    import kslim.rules as registry
+
     config = layer.get_config()
     config["name"] = layer.name
-    if n_out_removed:
-        if isinstance(layer, _FILTERS):
-            config["filters"] = int(config["filters"]) - n_out_removed
-        elif isinstance(layer, L.Dense):
-            config["units"] = int(config["units"]) - n_out_removed
-        else:  # pragma: no cover - the graph only registers the layers above as producers
-            raise ModelError(f"Layer {name!r} ({type(layer).__name__}) cannot change its output channel count.")
-    if isinstance(layer, L.Reshape):
-        old_in = tuple(node.input_tensors[0].shape)
-        new_in = tuple(args[0].shape) if args else old_in
-        target = tuple(config["target_shape"])
-        if old_in != new_in and -1 not in target:
-            if len(target) == 1:
-                target = (int(math.prod(new_in[1:])),)
-            else:
-                target = target[:-1] + (new_in[-1],)
-            config["target_shape"] = target
-    return config
+    return registry.get(layer).pruned_config(layer, config, n_out_removed, node, args)
 
 
 def _clone_layer(layer, name, n_out_removed, node, args):
