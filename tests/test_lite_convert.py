@@ -1,5 +1,7 @@
 """kslim.lite.convert / LiteModel: quantization modes, parity, QAT, save/load, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -156,11 +158,41 @@ def test_failed_redirection_restores_fds(monkeypatch):
 
 
 def test_float_ops_lists_float_kernels(float_lite):
-    from kslim.quant import float_ops
+    from kslim.lite import float_ops
+    from kslim.quant import float_ops as quant_float_ops
+    from kslim.quant.qat import float_ops as qat_float_ops
 
-    bad = float_ops(float_lite)  # a float model: every op computes in float
+    assert quant_float_ops is float_ops and qat_float_ops is float_ops  # one implementation
+    bad = float_lite.float_ops  # a float model: every op computes in float
+    assert bad == float_ops(float_lite) == float_ops(float_lite.content)
     assert [i for _, i in bad] == list(range(sum(float_lite.ops().values())))
     assert {op for op, _ in bad} == set(float_lite.ops()) >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    assert float_lite.precision == "float32" and "float32" in repr(float_lite)
+
+
+def test_precision_names_float_ops_left_in_an_int8_model(trained, small_data):
+    """Integer-only ops (SHAPE, int32 shape arithmetic) are not float; float compute ops are listed."""
+    from kslim.lite import LiteModel, convert
+    from kslim.lite.runner import _pack, read_model
+
+    (x, _), _ = small_data
+    lm = convert(trained[0], quantize="int8", representative_data=x[:64], check=False)
+    assert lm.float_ops == [] and lm.precision == "int8" and repr(lm).endswith(", int8)")
+    assert lm.summary().splitlines()[0].endswith(" bytes, int8")
+    assert re.search(r"inputs:  input_layer\w* float32 \(batch, 28, 28, 1\)", lm.summary())
+    # mark the two convs' filters float (as if the converter had left them float; only inspected, never
+    # run): both are reported, by name
+    schema, m = read_model(lm.content)
+    sg = m.subgraphs[0]
+    convs = [op for op in sg.operators if m.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.CONV_2D]
+    for op in convs:
+        sg.tensors[op.inputs[1]].type = schema.TensorType.FLOAT32
+    bad = LiteModel(_pack(schema, m))
+    assert [op for op, _ in bad.float_ops] == ["CONV_2D", "CONV_2D"]
+    assert bad.precision == "int8 (2 float ops: CONV_2D\u00d72)" and "CONV_2D\u00d72" in repr(bad)
+    dyn = convert(trained[0], quantize="dynamic", check=False)
+    assert dyn.precision == "dynamic-range (int8 weights, float activations)"
+    assert convert(trained[0], quantize="float16", check=False).precision == "float16 weights"
 
 
 def test_save_is_atomic_and_load_roundtrips(float_lite, tmp_path):

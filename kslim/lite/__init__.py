@@ -1,5 +1,8 @@
 """TFLite export (``convert``, ``LiteModel``), latency profiling on devices, latency tables.
 
+``float_ops`` / ``LiteModel.float_ops`` is the one list of the ops of a converted model that compute
+in float; ``model_inputs`` describes what a Keras model takes (one array, a list, a dict).
+
 Imports are lazy: ``kslim.lite.runner`` (the standalone on-device runner) and the device classes
 pull in nothing heavy; TensorFlow is imported only by :func:`convert`.
 """
@@ -11,6 +14,9 @@ _LAZY = {
     "convert": "kslim.lite.converter",
     "parity": "kslim.lite.converter",
     "LiteModel": "kslim.lite.model",
+    "float_ops": "kslim.lite.model",
+    "has_int8_kernels": "kslim.lite.model",
+    "model_inputs": "kslim.lite.inputs",
     "profile": "kslim.lite.profiling",
     "ProfileReport": "kslim.lite.profiling",
     "plot_by_op_type": "kslim.lite.profiling",

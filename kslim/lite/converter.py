@@ -1,10 +1,42 @@
-"""Keras model -> TFLite, with the quantization modes users ask for and a parity check."""
+"""Keras model -> TFLite, with the quantization modes users ask for and a parity check.
+
+How a Keras 3 model reaches the converter (:func:`keras_converter`): kslim exports the model's
+``__call__(training=False)`` itself (``keras.export.ExportArchive``) with an input signature of the
+model's own structure — one tensor, a list, or a dict keyed by input name — and each input's own
+dtype, then converts that SavedModel. (``tf.lite.TFLiteConverter.from_keras_model`` passes the flat
+``model.inputs`` list, which a dict-input functional model refuses; the converter swallows that
+error and falls back to a tf-keras code path that does not exist under Keras 3, hence
+``'NoneType' object is not callable``.) The TFLite signature's input names are the Keras input
+names, and :class:`~kslim.lite.LiteModel` feeds inputs by name.
+
+Recurrent layers (LSTM, GRU, SimpleRNN, Bidirectional, ConvLSTM) trace to a ``tf.while_loop`` over
+``TensorList`` ops, which TFLite's builtin ops cannot express with a dynamic batch size
+(``TensorListReserve ... requires element_shape to be static``). kslim converts them as follows:
+
+* a fixed number of timesteps: the layers are exported with ``unroll=True`` (restored afterwards):
+  one FULLY_CONNECTED / LOGISTIC / TANH / MUL / ADD chain per step, builtin ops only, any batch size,
+  and full-integer quantization makes every one of them int8;
+* a variable number of timesteps (``keras.Input((None, features))``): float, float16 and dynamic
+  conversions export with a fixed batch size of 1, which the converter lowers to a builtin WHILE
+  loop (``LiteModel.predict`` then runs one sample at a time); full-integer quantization of such a
+  loop is refused (the TFLite calibrator crashes on it), naming the layer.
+
+Converter failures become a :class:`~kslim.errors.ConversionError` with one line: the first
+``error:`` of the MLIR diagnostics, with the TF op and the Keras layer it came from. The exception
+carries ``log`` (the converter's whole output), ``reason``, ``op`` and ``layer``.
+"""
+
+import contextlib
+import functools
+import re
+import tempfile
 
 import numpy as np
 
-from kslim.errors import ConversionError, KslimTypeError, KslimValueError
+from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError
 from kslim.lite._quiet import captured_output
-from kslim.lite.model import LiteModel, _first_line
+from kslim.lite.inputs import model_inputs
+from kslim.lite.model import LiteModel, _first_line, float_ops, has_int8_kernels  # noqa: F401 (re-exported)
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -14,42 +46,282 @@ def _keras_model_check(model):
 
     if not isinstance(model, keras.Model):
         raise KslimTypeError(f"convert() needs a keras.Model, got {type(model).__name__}.")
-    if not model.inputs and not model.built:
+    if not getattr(model, "inputs", None) and not model.built:
         raise KslimValueError(
             f"Model {model.name!r} has no defined input shape: build it (call it on data or give it "
             "an Input layer) before converting."
         )
 
 
-def _representative(data, limit=None):
-    """Normalise calibration data (array, tf.data of batches or (x, y), callable generator) to a generator."""
+# ---------------------------------------------------------------------------------- recurrent layers
+def _walk_layers(model):
+    """Every layer reachable from ``model`` (nested models, wrappers, layers held as attributes)."""
+    import keras
 
-    def gen():
-        count = 0
-        src = data() if callable(data) else data
-        for item in src:
-            if isinstance(item, (tuple, list)) and len(item) >= 1 and not isinstance(item, np.ndarray):
-                item = item[0]
-            item = np.asarray(item, dtype=np.float32)
-            for sample in item:
-                yield [sample[None, ...]]
-                count += 1
-                if limit and count >= limit:
-                    return
-
-    if isinstance(data, np.ndarray):
-        arr = np.asarray(data, np.float32)
-
-        def gen_arr():
-            for i, sample in enumerate(arr):
-                if limit and i >= limit:
-                    return
-                yield [sample[None, ...]]
-
-        return gen_arr
-    return gen
+    seen, stack = set(), [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if layer is not model:
+            yield layer
+        for value in vars(layer).values():
+            if isinstance(value, keras.layers.Layer):
+                stack.append(value)
+            elif isinstance(value, (list, tuple)):
+                stack.extend(v for v in value if isinstance(v, keras.layers.Layer))
 
 
+UNKNOWN = "unknown"  # timesteps of an RNN whose input cannot be read (called inside another layer's call)
+
+
+def rnn_layers(model):
+    """``[(layer, [rnn, ...], timesteps)]``: the recurrent layers of ``model`` as the user sees them
+    (a Bidirectional is one entry holding its forward and backward RNNs); ``timesteps`` is the
+    sequence length, ``None`` when it is variable, or :data:`UNKNOWN` when the layer's input cannot
+    be read."""
+    import keras
+
+    out, inner = [], set()
+    layers = list(_walk_layers(model))
+    for layer in layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            rnns = [r for r in (layer.forward_layer, layer.backward_layer) if isinstance(r, keras.layers.RNN)]
+            inner.update(id(r) for r in rnns)
+            out.append((layer, rnns, _timesteps(layer)))
+    for layer in layers:
+        if isinstance(layer, keras.layers.RNN) and id(layer) not in inner:
+            out.append((layer, [layer], _timesteps(layer)))
+    return out
+
+
+def _timesteps(layer):
+    try:
+        inp = layer.input
+    except (AttributeError, ValueError):  # never called symbolically, or shared between several inputs
+        return UNKNOWN
+    if isinstance(inp, (list, tuple)):
+        inp = inp[0]
+    shape = getattr(inp, "shape", None)
+    if shape is None or len(shape) < 3:
+        return UNKNOWN
+    t = shape[0] if getattr(layer, "time_major", False) else shape[1]
+    return None if t is None else int(t)
+
+
+def _rnn_plan(model, quantize, fn="convert", variable=None):
+    """How to export the RNN layers: ``{"layers", "mode", "batch_size", "_unroll"}`` (None: no RNN
+    layer); ``mode`` is ``"unrolled"`` or ``"while_loop_batch_1"``, ``_unroll`` the RNNs to unroll.
+    RNNs of unknown length are unrolled (:func:`keras_converter` retries with a WHILE loop when Keras
+    cannot unroll them); ``variable`` forces the WHILE loop, naming the layer it is for.
+
+    Raises ConversionError for full-integer quantization of a variable-length recurrence.
+    """
+    rnns = rnn_layers(model)
+    if not rnns:
+        return None
+    names = [layer.name for layer, _, _ in rnns]
+    variable = variable or next((layer for layer, _, t in rnns if t is None), None)
+    if variable is None:
+        return {"layers": names, "mode": "unrolled", "batch_size": None,
+                "_unroll": [r for _, rs, _ in rnns for r in rs],
+                "_unknown": [layer for layer, _, t in rnns if t is UNKNOWN]}
+    if quantize == "int8":
+        raise ConversionError(
+            f"{fn}(): layer {variable.name!r} ({type(variable).__name__}) runs over a variable number of timesteps, "
+            "so TFLite can only express it as a WHILE loop, which full-integer quantization does not support (the "
+            "TFLite calibrator crashes on it): give the model a fixed sequence length "
+            "(keras.Input((timesteps, features))) so kslim can unroll it.")
+    return {"layers": names, "mode": "while_loop_batch_1", "batch_size": 1, "_unroll": [], "_unknown": []}
+
+
+@contextlib.contextmanager
+def _unrolled(rnns):
+    saved = [r.unroll for r in rnns]
+    try:
+        for r in rnns:
+            r.unroll = True
+        yield
+    finally:
+        for r, u in zip(rnns, saved):
+            r.unroll = u
+
+
+# ---------------------------------------------------------------------------------- the converter
+@contextlib.contextmanager
+def keras_converter(model, quantize=None, fn="convert"):
+    """Yield a ``tf.lite.TFLiteConverter`` for ``model`` (see the module docstring): the model's own
+    input structure and dtypes in the signature, RNN layers unrolled (or a fixed batch of 1), and
+    ``converter.kslim_rnn`` describing what was done for RNNs (None without RNN layers).
+
+    ``convert()`` must be called inside the ``with`` block (the exported SavedModel lives there).
+    Models without symbolic inputs (subclassed models built by calling them) use
+    ``TFLiteConverter.from_keras_model``.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> with keras_converter(m) as c:
+        ...     content = c.convert()
+        >>> content[4:8]
+        b'TFL3'
+    """
+    import tensorflow as tf
+
+    plan = _rnn_plan(model, quantize, fn)
+    try:
+        inputs = model_inputs(model, fn)
+    except ModelError:
+        if not model.built:
+            raise
+        inputs = None
+    with tempfile.TemporaryDirectory(prefix="kslim_export_") as tmp:
+        if inputs is None:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        else:
+            try:
+                _export(model, inputs, plan, tmp)
+            except _CannotUnroll:  # an RNN of unknown length turned out variable: a WHILE loop then
+                plan = _rnn_plan(model, quantize, fn, variable=plan["_unknown"][0])
+                _export(model, inputs, plan, tmp)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        converter.kslim_rnn = None if plan is None else {k: v for k, v in plan.items() if not k.startswith("_")}
+        yield converter
+
+
+class _CannotUnroll(Exception):
+    pass
+
+
+def _export(model, inputs, plan, directory):
+    """Export ``model.__call__(training=False)`` as a SavedModel with the model's own input signature."""
+    import keras
+    import tensorflow as tf
+
+    batch = plan["batch_size"] if plan else None
+    specs = [tf.TensorSpec((batch, *s.shape), tf.as_dtype(s.dtype), name=s.name) for s in inputs]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    with captured_output() as log, _unrolled(plan["_unroll"] if plan else []):
+        try:
+            archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                                 [inputs.structure(specs)])
+            archive.write_out(directory, verbose=False)
+        except Exception as e:  # tracing the model failed: a Keras error, before any converter work
+            if plan and plan["_unknown"] and "Cannot unroll" in str(e):
+                raise _CannotUnroll() from e
+            raise conversion_error(model, e, log(), "export for TFLite") from e
+
+
+def run_converter(model, converter, verbose=False, what="TFLite conversion", hint=""):
+    """``converter.convert()`` with the converter's chatter captured; failures -> one-line ConversionError."""
+    with captured_output(verbose) as log:
+        try:
+            return bytes(converter.convert())
+        except Exception as e:
+            raise conversion_error(model, e, log(), what, hint) from e
+
+
+_GENERIC = ("failed while converting", "Lowering tensor list ops is failed", "illegal op still exists",
+            "failed to legalize operation")
+
+
+# what to do about the converter's most common complaints (matched in the reason)
+_KNOWN = (
+    ("neither a custom op nor a flex op", "TFLite has no builtin kernel for this op and kslim exports builtin ops "
+                                          "only: rewrite the layer with ops TFLite supports."),
+    ("TensorList", "This is a recurrent loop TFLite cannot express with builtin ops: give the model a fixed "
+                   "sequence length so kslim can unroll it."),
+)
+
+
+def conversion_error(model, exc, log="", what="TFLite conversion", hint=""):
+    """A :class:`ConversionError` with one line naming the first real MLIR ``error:`` (its op and the
+    Keras layer it comes from) and ``.log``, ``.reason``, ``.op``, ``.layer`` attributes."""
+    text = f"{exc}\n{log}"
+    errors = [m.group(1) for m in re.finditer(r"error: (.*)", text)]
+    first = next((e for e in errors if not any(g in e for g in _GENERIC)), errors[0] if errors else None)
+    op = layer = None
+    if first is None:
+        reason = _first_line(exc)
+    else:
+        loc, reason = _split_location(first)
+        m = re.search(r"'(tf\.\w+|tfl\.\w+)' op", reason)
+        op = m.group(1) if m else None
+        scopes = re.findall(r'fused\["([^"]*?):?", "([^"@]*)', loc)
+        if scopes:
+            op = op or "tf." + scopes[0][0].rstrip(":")
+            for _, scope in scopes:
+                layer = _layer_of_scope(model, scope)
+                if layer is not None:
+                    break
+        if not op:
+            m = re.search(r"\btf\.(\w+)\(", text)
+            op = f"tf.{m.group(1)}" if m else None
+    reason = reason.strip().rstrip(".")
+    where = ""
+    if layer is not None:
+        where = f" in layer {layer.name!r} ({type(layer).__name__})"
+    elif op:
+        where = f" at {op}"
+    if op and layer is not None and op not in reason:
+        where = f" at {op}{where}"
+    of = f" of {model.name!r}" if model is not None else ""
+    known = next((h for k, h in _KNOWN if k in reason), "")
+    hint = " ".join(h.strip() for h in (known, hint) if h)
+    msg = f"{what}{of} failed{where}: {reason}." + (f" {hint}" if hint else "")
+    err = ConversionError(" ".join(msg.split("\n")))
+    err.log, err.reason, err.op, err.layer = text, reason, op, None if layer is None else layer.name
+    return err
+
+
+def _split_location(line):
+    """``loc(...): message`` -> (location, message); lines without a location -> ("", line)."""
+    if not line.startswith("loc("):
+        return "", line
+    depth = 0
+    for i, ch in enumerate(line):
+        if ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0:
+                return line[:i + 1], line[i + 1:].lstrip(": ")
+    return line, ""
+
+
+def _layer_of_scope(model, scope):
+    """The Keras layer a TF name scope (``model_1/lstm_1/while/...``) comes from, innermost known first."""
+    if model is None:
+        return None
+    by_name = {}
+    for layer in _walk_layers(model):
+        by_name.setdefault(layer.name, layer)
+    parts = [re.sub(r"_\d+$", "", p) for p in scope.split("/")]
+    raw = scope.split("/")
+    for p, r in reversed(list(zip(parts, raw))):
+        for candidate in (r, p):
+            if candidate in by_name and candidate != model.name:
+                return by_name[candidate]
+    return None
+
+
+# ---------------------------------------------------------------------------------- calibration data
+def _representative(data, inputs, limit=None):
+    """Calibration data -> the converter's representative dataset: one dict per sample, keyed by input
+    name, each input in its own dtype (read and checked here, before the converter starts)."""
+    samples = []
+    for batch in inputs.batches(data, "representative_data", allow_unbatched=True):
+        for i in range(len(batch[0])):
+            samples.append({s.name: a[i:i + 1] for s, a in zip(inputs, batch)})
+        if limit and len(samples) >= limit:
+            break
+    if not samples:
+        raise KslimValueError("representative_data is empty: int8 conversion needs calibration samples.")
+    samples = samples[:limit] if limit else samples
+    return lambda: iter(samples)
+
+
+# ---------------------------------------------------------------------------------- public API
 def convert(model, quantize=None, representative_data=None, num_calibration_samples=200,
             inference_input_type="float32", inference_output_type="float32", check=True,
             check_data=None, verbose=False, converter_hook=None):
@@ -57,18 +329,25 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
 
     Args:
         model: a built ``keras.Model`` (QAT models from :mod:`kslim.quant` included: their fake-quant
-            ops become real int8 kernels without any representative data).
+            ops become real int8 kernels without any representative data). Single-input, multi-input
+            (list) and dict-input models; integer and boolean inputs keep their dtype.
         quantize: ``None`` (float32), ``"dynamic"`` (int8 weights, float activations), ``"float16"``
             (fp16 weights) or ``"int8"`` (full integer; needs ``representative_data`` unless the model
             carries its own quantization ranges, i.e. is a QAT model).
-        representative_data: calibration images (array, ``tf.data`` of batches or ``(x, y)``, or a
-            callable returning an iterable); used with ``quantize="int8"``.
-        inference_input_type / inference_output_type: ``"float32"`` or ``"int8"`` for int8 models.
+        representative_data: calibration inputs (array; a list of arrays or a dict for multi-input
+            models; a ``tf.data`` of batches or of ``(inputs, labels)``; or a callable returning an
+            iterable); used with ``quantize="int8"``.
+        inference_input_type / inference_output_type: ``"float32"`` or ``"int8"`` for int8 models
+            (applies to the float inputs; integer and boolean inputs keep their dtype).
         check: run the converted model and the Keras model on ``check_data`` (or random inputs) and
             store the result in ``lite_model.parity`` (max abs diff for float, argmax agreement for int8).
         verbose: show the converter's own output.
         converter_hook: optional callable receiving the ``tf.lite.TFLiteConverter`` before
             ``convert()``, for advanced settings.
+
+    Models with recurrent layers are converted to builtin ops (see the module docstring);
+    ``lite.conversion["rnn"]`` says how. A converter failure raises :class:`ConversionError` with a
+    one-line reason; its ``log`` attribute holds the converter's full output.
 
     Example:
         >>> import keras
@@ -93,97 +372,122 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
         raise KslimValueError(
             f"representative_data is only used with quantize='int8' (got quantize={quantize!r}): drop it or "
             "ask for int8.")
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if representative_data is not None:
-            converter.representative_dataset = _representative(representative_data, num_calibration_samples)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # else a QAT model: its fake-quant ops carry the ranges. (Asking for TFLITE_BUILTINS_INT8 here
-        # would make the converter demand a representative dataset before it has seen the graph.)
-        converter.inference_input_type = tf.as_dtype(inference_input_type)
-        converter.inference_output_type = tf.as_dtype(inference_output_type)
-    if converter_hook is not None:
-        converter_hook(converter)
-    with captured_output(verbose) as log:
-        try:
-            content = converter.convert()
-        except Exception as e:
-            hint = ""
-            if quantize == "int8" and representative_data is None:
-                hint = ("\nquantize='int8' without representative_data works only for QAT models (fake-quant "
-                        "ranges on every tensor): pass representative_data= (a few hundred training images).")
-            raise ConversionError(
-                f"TFLite conversion of {model.name!r} failed: {_first_line(e)}{hint}\n--- converter output ---\n"
-                f"{log()[-4000:]}"
-            ) from e
-    lite = LiteModel(content, source=model.name)
+    if check and check_data is not None:
+        check_inputs(model, check_data)  # a mismatch is named before any conversion work
+    rep = None
+    if representative_data is not None:
+        _rnn_plan(model, quantize)  # a variable-length RNN cannot be int8: say so before reading any data
+        rep = _representative(representative_data, model_inputs(model, "convert"), num_calibration_samples)
+    hint = ""
+    if quantize == "int8" and representative_data is None:
+        hint = ("quantize='int8' without representative_data works only for QAT models (fake-quant "
+                "ranges on every tensor): pass representative_data= (a few hundred training samples).")
+    with keras_converter(model, quantize if rep is not None else None) as converter:
+        if quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if rep is not None:
+                converter.representative_dataset = rep
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            # else a QAT model: its fake-quant ops carry the ranges. (Asking for TFLITE_BUILTINS_INT8 here
+            # would make the converter demand a representative dataset before it has seen the graph.)
+            converter.inference_input_type = tf.as_dtype(inference_input_type)
+            converter.inference_output_type = tf.as_dtype(inference_output_type)
+        if converter_hook is not None:
+            converter_hook(converter)
+        content = run_converter(model, converter, verbose, hint=hint)
+        rnn = converter.kslim_rnn
+    lite = keras_lite_model(content, model)
+    lite.conversion = {"quantize": quantize, "rnn": rnn}
     int8 = None
     if quantize == "int8":
-        int8 = has_int8_kernels(content)
+        int8 = has_int8_kernels(lite)
         if not int8:
             raise ConversionError(
                 f"quantize='int8' gave no int8 kernels for {model.name!r}: "
                 + ("the model carries no fake-quant ranges (it is not a QAT model), so pass representative_data= "
-                   "(a few hundred training images)." if representative_data is None
+                   "(a few hundred training samples)." if representative_data is None
                    else "the converter kept every op in float; check the model's layers are supported in int8."))
     if check:
         lite.parity = parity(model, lite, check_data, quantized=int8)
     return lite
 
 
-def has_int8_kernels(content):
-    """Whether a ``.tflite`` computes in integers: some op outputs an int8/uint8 tensor.
+def keras_lite_model(content, model):
+    """A :class:`LiteModel` of ``content`` converted from ``model``: with several inputs or outputs,
+    the Keras order of their names is recorded in the flatbuffer (see :meth:`LiteModel.input_names`)."""
+    try:
+        ins = model_inputs(model).names
+    except ModelError:
+        ins = None
+    outs = _output_names(model)
+    return LiteModel.with_io_order(content, ins, outs, source=model.name)
 
-    (int8 kernels = int8 activations; dynamic-range and float16 models keep float activations.)
-    """
-    from kslim.lite.runner import describe_ops
 
-    return any(o["dtype"] in ("int8", "uint8") for d in describe_ops(content) for o in d["outputs"])
+def _output_names(model):
+    """Signature names of the Keras outputs, in Keras order (``output_0`` ... or the dict keys)."""
+    try:
+        struct = model.output
+    except (AttributeError, ValueError):
+        struct = model.outputs if getattr(model, "outputs", None) else None
+    if isinstance(struct, dict):
+        return [str(k) for k in struct]
+    if isinstance(struct, (list, tuple)):
+        return [f"output_{i}" for i in range(len(struct))]
+    return None if struct is None else ["output_0"]
+
+
+def check_inputs(model, data, what="check_data"):
+    """Check ``data`` (the inputs, or ``(inputs, labels)``) against ``model``'s inputs; returns the
+    arrays in model order. Raises :class:`KslimValueError` naming the input at fault."""
+    inputs = model_inputs(model, "convert")
+    return inputs.arrays(inputs.features(data), what)
 
 
 def parity(model, lite, data=None, samples=16, seed=0, *, quantized=None):
-    """Compare a Keras model and its TFLite conversion on ``data`` (or seeded uniform random inputs).
+    """Compare a Keras model and its TFLite conversion on ``data`` (or seeded random inputs).
 
     Returns ``{"kind", "value", "max_abs_diff", "argmax_agreement", "samples", "quantized"}``:
     ``kind`` is ``"max_abs_diff"`` for float models, float16 and dynamic-range ones included (value =
     max |keras - tflite| over the first output) and ``"argmax_agreement"`` for models with int8
     activations (value = share of samples whose top-1 class agrees). Both figures are always
-    present (argmax_agreement is None for outputs that are not class scores). ``data`` may be an
-    array or ``(x, y)``; random data uses ``samples`` rows, given data up to 256. ``quantized``:
+    present (argmax_agreement is None for outputs that are not class scores). ``data`` may be the
+    inputs (array, list of arrays, dict) or ``(inputs, labels)``; random data uses ``samples`` rows
+    (see :meth:`kslim.lite.inputs.Inputs.random`), given data up to 256. ``quantized``:
     :func:`has_int8_kernels` of ``lite`` when the caller already knows it (computed if None).
     """
+    try:
+        inputs = model_inputs(model, "parity")
+    except ModelError:  # a subclassed model built by calling it: what the .tflite takes is what it takes
+        inputs = lite.inputs
     limit = int(samples)
     if data is None:
-        shape = tuple(int(s) for s in lite.input_details[0]["shape"][1:])
-        data = np.random.default_rng(seed).uniform(0, 1, size=(samples, *shape)).astype(np.float32)
+        arrays = inputs.random(samples, seed)
     else:
         limit = max(limit, 256)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not np.isscalar(data[1]):
-        data = data[0]
-    x = np.asarray(data)
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    x = np.asarray(x[:max(limit, 1)], np.float32)
-    ref = model(x, training=False)
+        x = inputs.features(data)
+        if len(inputs) == 1 and not isinstance(x, dict) and np.asarray(x).dtype == np.uint8 and inputs.specs[0].is_float:
+            x = np.asarray(x).astype(np.float32) / 255.0
+        arrays = inputs.arrays(x, "check_data")
+    arrays = [a[:max(limit, 1)] for a in arrays]
+    ref = model(inputs.structure(arrays), training=False)
     if isinstance(ref, dict):
         ref = next(iter(ref.values()))
     if isinstance(ref, (list, tuple)):
         ref = ref[0]
     ref = np.asarray(ref, np.float32)
-    got = lite.predict(x)
+    feed = dict(zip(inputs.names, arrays)) if set(lite.input_names) == set(inputs.names) else arrays
+    got = lite.predict(feed if len(arrays) > 1 or isinstance(feed, dict) else arrays[0])
     if quantized is None:
-        quantized = has_int8_kernels(lite.content)
+        quantized = has_int8_kernels(lite)
     agree = None
     if ref.ndim == 2 and ref.shape[-1] > 1:
         agree = float(np.mean(np.argmax(ref, -1) == np.argmax(got, -1)))
     diff = float(np.max(np.abs(ref - got)))
     kind = "argmax_agreement" if quantized and agree is not None else "max_abs_diff"
     return {"kind": kind, "value": agree if kind == "argmax_agreement" else diff, "max_abs_diff": diff,
-            "argmax_agreement": agree, "samples": int(len(x)), "quantized": quantized}
+            "argmax_agreement": agree, "samples": int(len(arrays[0])), "quantized": quantized}

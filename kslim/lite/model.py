@@ -1,5 +1,18 @@
-"""``LiteModel``: a TFLite flatbuffer held in memory, run through ai-edge-litert."""
+"""``LiteModel``: a TFLite flatbuffer held in memory, run through ai-edge-litert.
 
+Inputs and outputs are matched to the Keras model's by the names of the TFLite signature
+(``serving_default``), not by position: the converter orders a multi-input graph's tensors neither
+as the Keras model nor alphabetically. When a model has several inputs or outputs,
+:func:`kslim.lite.convert` records their Keras order in the flatbuffer's metadata (entry
+``kslim_io``), so a saved and reloaded ``.tflite`` takes a list of inputs in the same order (a
+multi-input ``.tflite`` converted elsewhere takes them in the alphabetical order of their names).
+
+Which ops compute in float (:func:`float_ops`, ``LiteModel.float_ops``) is decided here, once, for
+everything in kslim that calls a model "int8".
+"""
+
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +22,11 @@ from kslim._io import atomic_write_bytes
 from kslim.errors import KslimFileError, KslimValueError
 
 TFLITE_MAGIC = b"TFL3"
+IO_METADATA = "kslim_io"
+# ops that convert between the float and the integer domains: never counted as float compute
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
+CONTROL_FLOW_OPS = ("WHILE", "IF", "CALL_ONCE")
 
 
 class LiteModel:
@@ -25,6 +43,8 @@ class LiteModel:
         >>> lm = convert(m)
         >>> lm.predict(np.ones((3, 4), "float32")).shape
         (3, 2)
+        >>> lm.precision
+        'float32'
     """
 
     def __init__(self, content, source=None, parity=None):
@@ -39,6 +59,22 @@ class LiteModel:
         self.source = source
         self.parity = parity or {}
         self._interpreters = {}
+        self._ops = None
+        self._io = None
+        self._resizable = True  # False once the batch size turned out fixed (a WHILE loop over an RNN)
+
+    @classmethod
+    def with_io_order(cls, content, input_names=None, output_names=None, source=None):
+        """A LiteModel of ``content`` whose flatbuffer records the Keras order of its input and output
+        names (only when there are several; otherwise ``content`` is used as is)."""
+        record = {}
+        if input_names and len(input_names) > 1:
+            record["inputs"] = list(input_names)
+        if output_names and len(output_names) > 1:
+            record["outputs"] = list(output_names)
+        if record:
+            content = _add_metadata(content, IO_METADATA, json.dumps(record).encode())
+        return cls(content, source=source)
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -91,47 +127,131 @@ class LiteModel:
 
     @property
     def input_details(self):
-        return self.interpreter().get_input_details()
+        """The interpreter's input details, in the Keras model's input order (see :attr:`input_names`)."""
+        return [d for _, d in self._signature()[0]]
 
     @property
     def output_details(self):
-        return self.interpreter().get_output_details()
+        """The interpreter's output details, in the Keras model's output order."""
+        return [d for _, d in self._signature()[1]]
+
+    @property
+    def input_names(self):
+        """Input names in the Keras model's order (the keys :meth:`predict` takes in a dict)."""
+        return [n for n, _ in self._signature()[0]]
+
+    @property
+    def output_names(self):
+        return [n for n, _ in self._signature()[1]]
+
+    @property
+    def inputs(self):
+        """:class:`kslim.lite.inputs.Inputs` of this model, as :meth:`predict` takes them: shapes without
+        the batch axis, and the dtype to pass (float32 for int8-quantized inputs, quantized here)."""
+        from kslim.lite.inputs import Inputs, InputSpec
+
+        specs = []
+        for name, d in self._signature()[0]:
+            dtype = np.dtype(d["dtype"])
+            if dtype.kind in "iu" and _scale(d):
+                dtype = np.dtype(np.float32)
+            shape = tuple(None if int(s) < 0 else int(s) for s in d["shape_signature"][1:])
+            specs.append(InputSpec(name, shape, dtype.name))
+        return Inputs(specs, "single" if len(specs) == 1 else "list", owner=f"TFLite model {self.source or ''}".strip())
+
+    def _signature(self, interp=None):
+        """([(name, input detail)], [(name, output detail)]) in Keras order; details as ``interp``
+        (default: the 1-thread interpreter) reports them now."""
+        interp = interp or self.interpreter()
+        if self._io is None:
+            sigs = interp.get_signature_list()
+            order = self._io_order()
+            if sigs:
+                runner = interp.get_signature_runner("serving_default" if "serving_default" in sigs else next(iter(sigs)))
+                ins = {n: d["index"] for n, d in runner.get_input_details().items()}
+                outs = {n: d["index"] for n, d in runner.get_output_details().items()}
+                in_names = order.get("inputs") if set(order.get("inputs", ())) == set(ins) else sorted(ins)
+                out_names = order.get("outputs") if set(order.get("outputs", ())) == set(outs) else sorted(outs, key=_natural)
+                self._io = ([(n, ins[n]) for n in in_names], [(n, outs[n]) for n in out_names])
+            else:  # no signature (hand-built graphs): the subgraph's own order and tensor names
+                self._io = ([(d["name"], d["index"]) for d in interp.get_input_details()],
+                            [(d["name"], d["index"]) for d in interp.get_output_details()])
+        live_in = {d["index"]: d for d in interp.get_input_details()}
+        live_out = {d["index"]: d for d in interp.get_output_details()}
+        return ([(n, live_in[i]) for n, i in self._io[0]], [(n, live_out[i]) for n, i in self._io[1]])
+
+    def _io_order(self):
+        raw = read_metadata(self.content, IO_METADATA)
+        if raw is None:
+            return {}
+        try:
+            return json.loads(raw.decode())
+        except (UnicodeDecodeError, ValueError):
+            return {}
 
     def predict(self, x, batch_size=None, num_threads=1):
-        """Run the model on ``x`` (float array, batch first); quantizes/dequantizes int8 I/O itself.
+        """Run the model on ``x``; returns a float32 numpy array of the (first) output.
 
-        The interpreter is resized to the batch (``batch_size`` samples at a time, default all).
-        Returns a float32 numpy array of the (first) output.
+        ``x``: a batch-first array (single-input models), a list of arrays in the Keras model's input
+        order, or a dict keyed by input name (:attr:`input_names`). Float inputs of an int8-I/O model
+        are quantized here and int8 outputs dequantized; integer and boolean inputs are fed with their
+        own dtype. The interpreter is resized to the batch (``batch_size`` samples at a time, default
+        all); a model exported with a fixed batch size (e.g. 1, for a variable-length RNN) runs in
+        batches of that size.
         """
-        x = np.asarray(x)
-        if x.ndim == 0:
-            raise KslimValueError("predict() needs a batch of inputs, got a scalar.")
-        interp = self.interpreter(num_threads=num_threads)
-        inp = interp.get_input_details()[0]
-        expected = tuple(inp["shape"][1:])
-        if tuple(x.shape[1:]) != expected:
-            raise KslimValueError(
-                f"input shape {tuple(x.shape[1:])} does not match the model's {expected} (batch excluded)."
-            )
-        n = len(x)
+        return self._run(x, batch_size, num_threads)[0]
+
+    def _run(self, x, batch_size=None, num_threads=1, what="predict()"):
+        """All outputs (Keras order) for inputs ``x``, as float32 arrays."""
+        if _is_scalar(x):
+            raise KslimValueError(f"{what} needs a batch of inputs, got a scalar.")
+        arrays = self.inputs.arrays(x, what)
+        n = len(arrays[0])
         bs = n if batch_size is None else int(batch_size)
-        outs = []
-        for start in range(0, n, bs):
-            chunk = x[start:start + bs]
-            if interp.get_input_details()[0]["shape"][0] != len(chunk):
-                interp.resize_tensor_input(inp["index"], [len(chunk), *expected])
+        fixed = max((int(d["shape_signature"][0]) for d in self.input_details if len(d["shape_signature"])),
+                    default=-1)
+        if fixed > 0 and bs != fixed:
+            if self._resizable:
+                try:
+                    return self._invoke(arrays, bs, num_threads)
+                except RuntimeError:
+                    # a graph exported with a fixed batch (a WHILE loop over an RNN) cannot be resized
+                    # to another batch size: run it in batches of its own size on a fresh interpreter
+                    self._interpreters.pop((num_threads, True), None)
+                    self._resizable = False
+            bs = fixed
+        return self._invoke(arrays, bs, num_threads)
+
+    def _invoke(self, arrays, bs, num_threads):
+        interp = self.interpreter(num_threads=num_threads)
+        ins, outs = self._signature(interp)
+        fixed = max((int(d["shape_signature"][0]) for _, d in ins if len(d["shape_signature"])), default=-1)
+        results = [[] for _ in outs]
+        for start in range(0, len(arrays[0]), max(bs, 1)):
+            chunk = [a[start:start + bs] for a in arrays]
+            rows = len(chunk[0])
+            if bs == fixed and rows < fixed:  # pad the last chunk of a fixed-batch model
+                chunk = [np.concatenate([c, np.repeat(c[-1:], fixed - rows, axis=0)]) for c in chunk]
+            live = {d["index"]: d for d in interp.get_input_details()}
+            resized = False
+            for (_, d), c in zip(ins, chunk):
+                if tuple(live[d["index"]]["shape"]) != tuple(c.shape):
+                    interp.resize_tensor_input(d["index"], list(c.shape))
+                    resized = True
+            if resized:
                 interp.allocate_tensors()
-            inp = interp.get_input_details()[0]
-            interp.set_tensor(inp["index"], _quantize(chunk, inp))
+            for (_, d), c in zip(ins, chunk):
+                interp.set_tensor(d["index"], _quantize(c, d))
             interp.invoke()
-            out = interp.get_output_details()[0]
-            outs.append(_dequantize(interp.get_tensor(out["index"]), out))
-        return np.concatenate(outs, axis=0)
+            for r, (_, d) in zip(results, outs):
+                r.append(_dequantize(interp.get_tensor(d["index"]), d)[:rows])
+        return [np.concatenate(r, axis=0) for r in results]
 
     def evaluate(self, data, batch_size=256):
-        """Top-1 accuracy on ``data``: a ``tf.data`` dataset of ``(x, y)`` batches or a tuple ``(x, y)``."""
+        """Top-1 accuracy on ``data``: a ``tf.data`` dataset of ``(inputs, labels)`` batches or a tuple
+        ``(inputs, labels)``; inputs as :meth:`predict` takes them."""
         correct = total = 0
-        for xb, yb in _iterate(data, batch_size):
+        for xb, yb in _iterate(data, batch_size, self.inputs):
             pred = self.predict(xb, batch_size=batch_size)
             correct += int(np.sum(np.argmax(pred, axis=-1) == np.asarray(yb).reshape(-1)))
             total += len(yb)
@@ -140,18 +260,170 @@ class LiteModel:
         return correct / total
 
     # ------------------------------------------------------------------ inspection
+    def describe_ops(self, subgraph=0):
+        """Per op of the main graph (``subgraph="all"``: one list per subgraph): name, options,
+        input/output tensor descriptions (cached; see :func:`kslim.lite.runner.describe_ops`)."""
+        if self._ops is None:
+            from kslim.lite.runner import describe_ops
+
+            self._ops = describe_ops(self.content, subgraph="all")
+        return self._ops if subgraph == "all" else self._ops[subgraph]
+
     def ops(self):
         """Histogram of the builtin operators in the graph, e.g. ``{'CONV_2D': 7, 'FULLY_CONNECTED': 1}``."""
-        from kslim.lite.runner import describe_ops
+        return dict(Counter(d["op"] for d in self.describe_ops()))
 
-        return dict(Counter(d["op"] for d in describe_ops(self.content)))
+    @property
+    def float_ops(self):
+        """``[(op_name, index)]`` of the ops that compute in float (see :func:`float_ops`); ``[]`` for
+        a fully int8 model."""
+        return float_ops(self)
+
+    @property
+    def precision(self):
+        """What the model computes in: ``"int8"`` (every op int8), ``"int8 (2 float ops: CAST, MEAN)"``,
+        ``"dynamic-range (int8 weights, float activations)"``, ``"float16 weights"`` or ``"float32"``."""
+        if has_int8_kernels(self):
+            bad = self.float_ops
+            if not bad:
+                return "int8"
+            counts = Counter(op for op, _ in bad)
+            kinds = ", ".join(f"{op}\u00d7{c}" if c > 1 else op for op, c in counts.most_common(6))
+            more = " …" if len(counts) > 6 else ""
+            return f"int8 ({len(bad)} float op{'s' if len(bad) > 1 else ''}: {kinds}{more})"
+        const = {t["dtype"] for ops in self.describe_ops("all") for d in ops for t in d["inputs"]
+                 if t is not None and t["const"]}
+        if "int8" in const:
+            return "dynamic-range (int8 weights, float activations)"
+        if "float16" in const:
+            return "float16 weights"
+        return "float32"
+
+    def summary(self):
+        """A few lines: size and precision, inputs and outputs (Keras order), op histogram."""
+        def io(details, inputs):
+            rows = []
+            for name, d in details:
+                dims = ", ".join("?" if int(s) < 0 else str(int(s)) for s in d["shape_signature"][1:])
+                q = " (quantized)" if np.dtype(d["dtype"]).kind in "iu" and _scale(d) else ""
+                rows.append(f"{name} {np.dtype(d['dtype']).name}{q} (batch{', ' if dims else ''}{dims})")
+            return "; ".join(rows)
+
+        ins, outs = self._signature()
+        ops = ", ".join(f"{k}\u00d7{v}" for k, v in sorted(self.ops().items(), key=lambda kv: (-kv[1], kv[0])))
+        return "\n".join([
+            f"LiteModel {self.source or ''}: {self.size:,} bytes, {self.precision}".replace(" :", ":"),
+            f"inputs:  {io(ins, True)}",
+            f"outputs: {io(outs, False)}",
+            f"ops:     {ops}",
+        ])
 
     def tensors(self):
         """Details of every tensor (name, dtype, shape, quantization parameters)."""
         return self.interpreter().get_tensor_details()
 
     def __repr__(self):
-        return f"LiteModel(size={self.size}, source={self.source!r})"
+        try:
+            precision = self.precision
+        except Exception:  # a flatbuffer the schema cannot parse: still printable
+            precision = "unreadable"
+        return f"LiteModel(size={self.size}, source={self.source!r}, {precision})"
+
+
+def has_int8_kernels(lite):
+    """Whether a model (``LiteModel`` or flatbuffer bytes) computes in integers: some op other than
+    QUANTIZE/DEQUANTIZE reads an int8/uint8 *activation* (a non-constant tensor). Dynamic-range and
+    float16 models keep float activations (their int8 tensors are weights, or a GATHER of an int8
+    table that is dequantized at once), so they have no int8 kernels."""
+    return any(t is not None and not t["const"] and t["dtype"] in ("int8", "uint8")
+               for ops in _all_ops(lite) for d in ops if d["op"] not in BOUNDARY_OPS for t in d["inputs"])
+
+
+def float_ops(lite):
+    """The ops of a converted model (``LiteModel`` or flatbuffer bytes) that compute in float.
+
+    Returns ``[(op_name, index)]`` in execution order (index in the main graph); ``[]`` for a fully
+    int8 graph. The one definition kslim uses wherever it calls a model "int8":
+
+    * an op is float when any of its tensors — inputs (weights included) or outputs — is float32 or
+      float16. That includes data-movement ops (RESHAPE, TRANSPOSE, CONCATENATION ...) on float
+      activations and CASTs to float: they show where activations are float;
+    * ops whose tensors are all integer or boolean are not float, whatever they do: SHAPE, int32
+      shape arithmetic, GATHER indices, masks. They carry no float arithmetic;
+    * QUANTIZE and DEQUANTIZE, the conversions at the boundary of the int8 region, are never listed
+      (the float op on their float side is);
+    * a control-flow op (WHILE, IF, CALL_ONCE) is float when its own operands are, or when any op
+      of the subgraphs the model calls is.
+
+    Example:
+        >>> import keras
+        >>> from kslim.lite import convert
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> float_ops(convert(m, check=False))
+        [('FULLY_CONNECTED', 0)]
+    """
+    graphs = _all_ops(lite)
+    called_float = any(_is_float(op) for ops in graphs[1:] for op in ops)
+    return [(op["op"], op["index"]) for op in graphs[0]
+            if _is_float(op) or (called_float and op["op"] in CONTROL_FLOW_OPS)]
+
+
+def _is_float(op):
+    return op["op"] not in BOUNDARY_OPS and any(
+        t is not None and t["dtype"] in FLOAT_TYPES for t in op["inputs"] + op["outputs"])
+
+
+def _all_ops(lite):
+    """describe_ops of every subgraph (main graph first)."""
+    if isinstance(lite, LiteModel):
+        return lite.describe_ops("all")
+    from kslim.lite.runner import describe_ops
+
+    return describe_ops(lite.content if hasattr(lite, "content") else lite, subgraph="all")
+
+
+def read_metadata(content, name):
+    """The bytes of metadata entry ``name`` of a flatbuffer, or None (reads only the table of contents)."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - runner-only installs
+        return None
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        for i in range(model.MetadataLength()):
+            m = model.Metadata(i)
+            if (m.Name() or b"").decode() == name:
+                return bytes(model.Buffers(m.Buffer()).DataAsNumpy().tobytes())
+    except Exception:  # a foreign or truncated flatbuffer: no metadata
+        return None
+    return None
+
+
+def _add_metadata(content, name, data):
+    """``content`` with metadata entry ``name`` set to ``data`` (object API round trip)."""
+    from kslim.lite.runner import _pack, read_model
+
+    schema, model = read_model(content)
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(data, np.uint8).copy()
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if (m.name or b"").decode() != name] + [entry]
+    return _pack(schema, model)
+
+
+def _natural(name):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _scale(detail):
+    scale, _ = detail["quantization"]
+    return bool(scale)
+
+
+def _is_scalar(x):
+    return not isinstance(x, (dict, list, tuple)) and np.ndim(x) == 0
 
 
 def _first_line(e):
@@ -178,14 +450,19 @@ def _dequantize(y, detail):
     return y.astype(np.float32)
 
 
-def _iterate(data, batch_size):
+def _iterate(data, batch_size, inputs):
+    """(inputs, labels) batches from a tuple ``(inputs, labels)`` or an iterable of such batches."""
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
-        from kslim.datasets.pipeline import preprocess
+        if len(inputs) == 1 and not isinstance(x, (dict, list, tuple)) and np.asarray(x).dtype == np.uint8:
+            from kslim.datasets.pipeline import preprocess
 
-        x = preprocess(x) if np.asarray(x).dtype == np.uint8 else np.asarray(x, np.float32)
-        for s in range(0, len(x), batch_size):
-            yield x[s:s + batch_size], np.asarray(y[s:s + batch_size])
+            x = preprocess(x)
+        arrays = inputs.arrays(x, "evaluate()")
+        y = np.asarray(y)
+        for s in range(0, len(y), batch_size):
+            yield inputs.structure([a[s:s + batch_size] for a in arrays]), y[s:s + batch_size]
         return
-    for xb, yb in data:
-        yield np.asarray(xb), np.asarray(yb)
+    items = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data
+    for xb, yb in items:
+        yield xb, np.asarray(yb)

@@ -200,14 +200,17 @@ def read_model(content):
     return schema, schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
 
 
-def describe_ops(content, model=None):
-    """Per operator of subgraph 0 (execution order): ``{"index", "op", "options", "inputs", "outputs"}``.
+def describe_ops(content, model=None, subgraph=0):
+    """Per operator of a subgraph (default the main one; execution order):
+    ``{"index", "op", "name", "options", "inputs", "outputs"}``.
 
     ``inputs``/``outputs`` are tensor descriptions (shape, dtype, const, quant); optional (absent)
-    inputs are ``None``.
+    inputs are ``None``. ``subgraph="all"`` returns one list per subgraph (WHILE bodies, IF branches).
     """
     schema, model = read_model(content) if model is None else (_schema(), model)
-    sg = model.subgraphs[0]
+    if subgraph == "all":
+        return [describe_ops(content, model, i) for i in range(len(model.subgraphs))]
+    sg = model.subgraphs[subgraph]
     rows = []
     for i, op in enumerate(sg.operators or []):
         ins = [None if j < 0 else _tensor_desc(schema, sg.tensors[j], model.buffers) for j in op.inputs]

@@ -19,7 +19,8 @@ from kslim.quant.layers import (
     QuantDepthwiseConv2D,
 )
 from kslim.quant.fold import fold_batch_norm
-from kslim.quant.qat import activation_quantizers, convert, float_ops, is_quantized, quant_aware
+from kslim.lite.model import float_ops  # the one list of float compute ops (LiteModel.float_ops)
+from kslim.quant.qat import activation_quantizers, convert, is_quantized, quant_aware
 
 __all__ = [
     "QuantConfig",

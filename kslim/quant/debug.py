@@ -36,6 +36,7 @@ from kslim.quant.ptq import (
     _WEIGHT_OPS,
     TensorRunner,
     _quantize_static,
+    batch_len,
     layers_in_name,
     op_code,
     read_flatbuffer,
@@ -260,4 +261,4 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         r["snr_drop_db"] = float(max(drop, 0.0)) if np.isfinite(drop) else 0.0
     summary = {"snr_db": _snr(*out_acc), "mse": float(out_acc[1] / max(out_n, 1)),
                "argmax_agreement": float(agree / n_class) if n_class else None}
-    return QuantDebugReport(rows, summary, algo, int(sum(len(x) for x in data)))
+    return QuantDebugReport(rows, summary, algo, int(sum(batch_len(x) for x in data)))

@@ -111,12 +111,15 @@ def quant_post_dynamic(model, weight_bits=8, dtype=None, skip=None, check=True, 
     """Quantize the weights only, without calibration data -> :class:`kslim.lite.LiteModel`.
 
     Args:
-        model: a built single-input ``keras.Model``.
+        model: a built ``keras.Model``: one input, several (a list) or a dict of inputs (integer and
+            boolean inputs keep their dtype); recurrent layers are converted to builtin ops as
+            :func:`kslim.lite.convert` does.
         weight_bits: 8 (int8 dynamic range) or 16 (float16); ignored when ``dtype`` is given.
         dtype: ``"int8"`` (weights int8, activations quantized on the fly by hybrid kernels; only
             weights with >= 1024 elements are quantized, as the converter does) or ``"float16"``.
         skip: names of Conv2D/DepthwiseConv2D/Dense layers whose weights stay float32.
-        check: fill ``lite.parity`` (max abs diff vs the Keras model on ``check_data`` or random inputs).
+        check: fill ``lite.parity`` (max abs diff vs the Keras model on ``check_data`` — inputs as
+            :func:`kslim.lite.parity` takes them — or random inputs).
         verbose: show the converter's output.
 
     Example:
@@ -126,10 +129,12 @@ def quant_post_dynamic(model, weight_bits=8, dtype=None, skip=None, check=True, 
         >>> sorted({d["dtype"].__name__ for d in lite.tensors() if len(d["shape"]) == 2})
         ['float32', 'int8']
     """
-    from kslim.lite import LiteModel, convert, parity
+    from kslim.lite.converter import check_inputs, convert, keras_lite_model, parity
 
     check_model(model, "quant_post_dynamic")
     skip = check_skip(model, skip, "quant_post_dynamic")
+    if check and check_data is not None:
+        check_inputs(model, check_data)  # a mismatch is named before any conversion work
     if dtype is None:
         if weight_bits not in (8, 16):
             raise KslimValueError(
@@ -142,7 +147,7 @@ def quant_post_dynamic(model, weight_bits=8, dtype=None, skip=None, check=True, 
     lite = convert(model, quantize=mode, check=False, verbose=verbose)
     if skip:
         float_lite = convert(model, check=False, verbose=verbose)
-        lite = LiteModel(_keep_float(model, lite.content, float_lite.content, list(skip)), source=model.name)
+        lite = keras_lite_model(_keep_float(model, lite.content, float_lite.content, list(skip)), model)
     lite.calibration = {"dtype": dtype, "skip": skip}
     if check:
         lite.parity = parity(model, lite, check_data)

@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
+from kslim.errors import KslimValueError, UnsupportedLayerError
 from kslim.lite._quiet import captured_output
 from kslim.lite.runner import builtin_code, make_interpreter
 from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
@@ -47,25 +47,21 @@ _FLOAT32, _INT32, _INT8 = 0, 2, 9
 
 # ---------------------------------------------------------------------------- inputs
 def check_model(model, fn="quant_post_static"):
-    """A built single-input ``keras.Model``; returns its input shape without the batch axis."""
-    import keras
+    """The :class:`kslim.lite.inputs.Inputs` of a built ``keras.Model`` (one input, a list or a dict)."""
+    from kslim.lite.inputs import model_inputs
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"{fn}() needs a keras.Model, got {type(model).__name__}.")
-    if not model.inputs:
-        raise ModelError(f"Model {model.name!r} has no defined input shape: give it a keras.Input.")
-    if len(model.inputs) != 1:
-        raise ModelError(f"{fn}() supports single-input models; {model.name!r} has {len(model.inputs)} inputs.")
-    return tuple(model.inputs[0].shape[1:])
+    return model_inputs(model, fn)
 
 
-def calibration_batches(data, input_shape, batch_size=32, batch_nums=None, name="calibration_data"):
-    """Normalise calibration data to a list of float32 batches of ``batch_size`` samples.
+def calibration_batches(data, inputs, batch_size=32, batch_nums=None, name="calibration_data"):
+    """Normalise calibration data to a list of batches of ``batch_size`` samples; each batch is a list
+    of arrays, one per model input (model order), each in its input's dtype.
 
-    ``data``: an array ``(N, *input_shape)``, a ``tf.data.Dataset`` (of batches, or of ``(x, y)``),
-    any iterable of such batches, or a callable returning one. At most ``batch_nums`` batches are
-    kept (``None``: all). Raises :class:`KslimValueError` naming the problem for empty data,
-    NaN/inf values or a sample shape that does not match ``input_shape``.
+    ``data``: the inputs (an array; a list of arrays or a dict for multi-input models), a
+    ``tf.data.Dataset`` (of batches, or of ``(inputs, labels)``), any iterable of such batches, or a
+    callable returning one (see :mod:`kslim.lite.inputs`). ``inputs``: from :func:`check_model`. At most
+    ``batch_nums`` batches are kept (``None``: all). Raises :class:`KslimValueError` naming the problem
+    (and the input) for empty data, NaN/inf values, a missing input or a shape that does not match.
     """
     if batch_size is None or int(batch_size) < 1:
         raise KslimValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -73,49 +69,32 @@ def calibration_batches(data, input_shape, batch_size=32, batch_nums=None, name=
         raise KslimValueError(f"batch_nums must be a positive integer or None, got {batch_nums!r}.")
     batch_size = int(batch_size)
     limit = None if batch_nums is None else int(batch_nums) * batch_size
-    if data is None:
-        raise KslimValueError(f"{name} is None: pass calibration images (array, tf.data or iterable).")
-    if isinstance(data, (str, bytes)):
-        raise KslimTypeError(f"{name} must be an array or an iterable of batches, got a string {data!r}.")
-    if callable(data) and not hasattr(data, "__iter__"):
-        data = data()
-    if isinstance(data, np.ndarray) or (hasattr(data, "numpy") and not hasattr(data, "element_spec")):
-        items = [np.asarray(data)]
-    elif hasattr(data, "__iter__"):
-        items = data
-    else:
-        raise KslimTypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}.")
-    rank = len(input_shape)
-    samples, count = [], 0
-    for i, item in enumerate(items):
-        if isinstance(item, (tuple, list)) and not isinstance(item, np.ndarray):
-            if not item:
-                continue
-            item = item[0]
-        if isinstance(item, dict):
-            raise KslimTypeError(f"{name}: dict elements are not supported; yield image batches.")
-        arr = np.asarray(item, dtype=np.float32)
-        if arr.ndim == rank:
-            arr = arr[None]
-        if arr.ndim != rank + 1 or any(
-            want is not None and got != want for got, want in zip(arr.shape[1:], input_shape)
-        ):
-            raise KslimValueError(
-                f"{name}: element {i} has shape {arr.shape}, which does not match the model input "
-                f"(batch, {', '.join(str(d) for d in input_shape)})."
-            )
-        if not np.all(np.isfinite(arr)):
-            raise KslimValueError(f"{name}: element {i} contains NaN or inf values; clean the calibration data.")
+    parts, count = [], 0
+    for i, arrays in enumerate(inputs.batches(data, name, allow_unbatched=True)):
+        for spec, arr in zip(inputs, arrays):
+            if spec.is_float and not np.all(np.isfinite(arr)):
+                raise KslimValueError(
+                    f"{name}: element {i} (input {spec.name!r}) contains NaN or inf values; clean the calibration data.")
         if limit is not None:
-            arr = arr[: limit - count]
-        samples.append(arr)
-        count += len(arr)
+            arrays = [a[: limit - count] for a in arrays]
+        parts.append(arrays)
+        count += len(arrays[0])
         if limit is not None and count >= limit:
             break
     if count == 0:
         raise KslimValueError(f"{name} is empty: post-training quantization needs calibration samples.")
-    flat = np.concatenate(samples, axis=0)
-    return [flat[s:s + batch_size] for s in range(0, len(flat), batch_size)]
+    flat = [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(inputs))]
+    return [[a[s:s + batch_size] for a in flat] for s in range(0, count, batch_size)]
+
+
+def batch_len(batch):
+    """Samples in a batch (a list of per-input arrays, or one array)."""
+    return len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
+
+
+def concat_batches(batches, limit=None):
+    """The batches of :func:`calibration_batches` joined into one (at most ``limit`` samples)."""
+    return [np.concatenate([b[k] for b in batches], axis=0)[:limit] for k in range(len(batches[0]))]
 
 
 # ---------------------------------------------------------------------------- flatbuffer helpers
@@ -213,30 +192,41 @@ class TensorRunner:
     """Runs a ``.tflite`` keeping every intermediate tensor (ai-edge-litert, 1 thread, no delegate).
 
     ``runner(x, wanted)`` returns ``{name: float array}`` for the tensors named in ``wanted``
-    (default: every non-constant tensor with a batch axis); integer tensors are dequantized.
+    (default: every non-constant tensor with a batch axis); integer tensors are dequantized. ``x``
+    is one array (single-input models), a list of arrays in the Keras model's input order, or a dict
+    keyed by input name; inputs are matched to the graph's by signature name.
     """
 
     def __init__(self, content):
+        from kslim.lite.model import LiteModel
+
+        self.lite = LiteModel(content)
         self.interp = make_interpreter(content, num_threads=1, preserve_all_tensors=True)
-        self.batch = None
+        self.inputs = self.lite.inputs
+        self.shapes = None
 
     def __call__(self, x, wanted=None):
         from kslim.lite.model import _dequantize, _quantize
 
         interp = self.interp
-        inp = interp.get_input_details()[0]
-        if self.batch != len(x):
-            interp.resize_tensor_input(inp["index"], [len(x), *inp["shape"][1:]])
+        arrays = self.inputs.arrays(x, "calibration batch")
+        n = len(arrays[0])
+        details = self.lite._signature(interp)[0]  # noqa: SLF001 - same package
+        shapes = [a.shape for a in arrays]
+        if self.shapes != shapes:
+            for (_, d), a in zip(details, arrays):
+                interp.resize_tensor_input(d["index"], list(a.shape))
             interp.allocate_tensors()
-            self.batch = len(x)
-            inp = interp.get_input_details()[0]
-        interp.set_tensor(inp["index"], _quantize(x, inp))
+            self.shapes = shapes
+            details = self.lite._signature(interp)[0]  # noqa: SLF001
+        for (_, d), a in zip(details, arrays):
+            interp.set_tensor(d["index"], _quantize(a, d))
         interp.invoke()
         out = {}
         for d in interp.get_tensor_details():
             if wanted is not None and d["name"] not in wanted:
                 continue
-            if wanted is None and (d["shape"].size == 0 or d["shape"][0] != len(x)):
+            if wanted is None and (d["shape"].size == 0 or d["shape"][0] != n):
                 continue
             try:
                 val = interp.get_tensor(d["index"])
@@ -254,26 +244,30 @@ def run_all_tensors(content, x, wanted=None):
 
 
 # ---------------------------------------------------------------------------- calibration
-def calibrate_only(model, samples, verbose=False):
-    """The converter's float ``.tflite`` with min/max fields on every activation to be quantized."""
+def calibrate_only(model, samples, verbose=False, fn="quant_post_static"):
+    """The converter's float ``.tflite`` with min/max fields on every activation to be quantized.
+
+    ``samples``: one batch (a list of per-input arrays, model order) fed to the converter's
+    calibrator sample by sample, each input with its own dtype.
+    """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.representative_dataset = lambda: ([s[None]] for s in samples)
-    conv.experimental_new_quantizer = True
-    conv._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger path
-    with captured_output(verbose) as log, warnings.catch_warnings():
-        # "Statistics for quantized inputs were expected": irrelevant, the calibrator measures them
-        warnings.simplefilter("ignore" if not verbose else "default")
-        try:
-            return bytes(conv.convert())
-        except Exception as e:
-            raise ConversionError(
-                f"TFLite calibration conversion of {model.name!r} failed: {e}\n"
-                f"--- converter output ---\n{log()[-4000:]}"
-            ) from e
+    from kslim.lite.converter import keras_converter, keras_lite_model, run_converter
+
+    inputs = check_model(model, fn)
+    n = batch_len(samples)
+    rep = [{s.name: a[i:i + 1] for s, a in zip(inputs, samples)} for i in range(n)]
+    with keras_converter(model, "int8", fn) as conv:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.representative_dataset = lambda: iter(rep)
+        conv.experimental_new_quantizer = True
+        conv._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger path
+        with warnings.catch_warnings():
+            # "Statistics for quantized inputs were expected": irrelevant, the calibrator measures them
+            warnings.simplefilter("ignore" if not verbose else "default")
+            content = run_converter(model, conv, verbose, "TFLite calibration conversion")
+    return keras_lite_model(content, model).content  # multi-input: records the Keras input order
 
 
 def collect_statistics(calibrated, batches, algo="KL", bins=2048):
@@ -314,8 +308,12 @@ def write_ranges(calibrated, ranges):
 
 
 def mlir_quantize(calibrated, per_channel=True, inference_input_type="float32",
-                  inference_output_type="float32", denylisted_nodes=None, verbose=False):
-    """Quantize a calibrated float ``.tflite`` with the MLIR quantizer (the converter's last step)."""
+                  inference_output_type="float32", denylisted_nodes=None, verbose=False, model=None):
+    """Quantize a calibrated float ``.tflite`` with the MLIR quantizer (the converter's last step).
+
+    ``inference_input_type="int8"`` applies to the float inputs (integer/boolean inputs keep their
+    dtype); ``model`` (the Keras model) only names layers in error messages.
+    """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
 
@@ -330,7 +328,9 @@ def mlir_quantize(calibrated, per_channel=True, inference_input_type="float32",
                 denylisted_nodes=list(denylisted_nodes) if denylisted_nodes else None,
             ))
         except Exception as e:
-            raise ConversionError(f"TFLite quantization failed: {e}\n--- converter output ---\n{log()[-4000:]}") from e
+            from kslim.lite.converter import conversion_error
+
+            raise conversion_error(model, e, log(), "TFLite quantization") from e
 
 
 # ---------------------------------------------------------------------------- bias correction
@@ -439,12 +439,15 @@ def _quantize_static(model, calibration_data, algo, batch_nums, batch_size, hist
 
     Returns ``(calibrated_float_content, quantized_content, ranges, batches)``.
     """
+    from kslim.lite.converter import _rnn_plan
+
     _check_options(algo, weight_quantize_type, inference_input_type, inference_output_type, hist_percent, bins)
-    input_shape = check_model(model, fn)
+    inputs = check_model(model, fn)
     skip = check_skip(model, skip, fn)
-    batches = calibration_batches(calibration_data, input_shape, batch_size, batch_nums)
-    first = batches[0][:8]
-    calibrated = calibrate_only(model, first, verbose)
+    _rnn_plan(model, "int8", fn)  # a variable-length RNN cannot be int8: say so before any work
+    batches = calibration_batches(calibration_data, inputs, batch_size, batch_nums)
+    first = [a[:8] for a in batches[0]]
+    calibrated = calibrate_only(model, first, verbose, fn)
     observers = collect_statistics(calibrated, batches, algo, bins)
     outputs = graph_outputs(calibrated)
     ranges = {n: o.range("abs_max" if n in outputs else algo, hist_percent) for n, o in observers.items()}
@@ -456,10 +459,9 @@ def _quantize_static(model, calibration_data, algo, batch_nums, batch_size, hist
         denylist = sorted({names[op.outputs[0]] for ops in ops_of_layers(model, model_t, skip, fn).values()
                            for op in ops})
     quantized = mlir_quantize(calibrated, weight_quantize_type == "channel_wise_abs_max",
-                              inference_input_type, inference_output_type, denylist, verbose)
+                              inference_input_type, inference_output_type, denylist, verbose, model)
     if bias_correction:
-        x = np.concatenate(batches, axis=0)[:256]
-        quantized = correct_bias(quantized, calibrated, x)
+        quantized = correct_bias(quantized, calibrated, concat_batches(batches, 256))
     return calibrated, quantized, ranges, batches
 
 
@@ -470,10 +472,14 @@ def quant_post_static(model, calibration_data, algo="KL", batch_nums=None, batch
     """Full-integer post-training quantization with kslim-calibrated activation ranges -> ``LiteModel``.
 
     Args:
-        model: a built single-input ``keras.Model`` (float).
-        calibration_data: calibration images: array ``(N, *input_shape)``, ``tf.data`` (batches or
-            ``(x, y)``), an iterable of batches or a callable returning one. A few hundred samples
-            are plenty.
+        model: a built ``keras.Model`` (float): one input, several (a list) or a dict of inputs.
+            Integer and boolean inputs (token ids, masks) are calibrated and fed with their own
+            dtype; Embedding tables become int8 GATHERs. Recurrent layers (LSTM, GRU, SimpleRNN,
+            Bidirectional) need a fixed sequence length: they are unrolled, every step int8.
+        calibration_data: calibration inputs: an array ``(N, *input_shape)`` (a list of arrays in
+            the model's input order, or a dict keyed by input name, for multi-input models),
+            ``tf.data`` (batches or ``(inputs, labels)``), an iterable of batches or a callable
+            returning one. A few hundred samples are plenty.
         algo: activation calibration: ``"abs_max"``, ``"avg"``, ``"hist"``, ``"KL"`` or ``"mse"``
             (see :mod:`kslim.quant.calibration`).
         batch_nums: use at most this many batches (``None``: all the data).
@@ -483,7 +489,8 @@ def quant_post_static(model, calibration_data, algo="KL", batch_nums=None, batch
         weight_quantize_type: ``"channel_wise_abs_max"`` (per output channel, symmetric) or
             ``"abs_max"`` (one scale per tensor).
         inference_input_type / inference_output_type: ``"float32"`` (the model quantizes/dequantizes
-            itself) or ``"int8"`` (int8 I/O tensors; ``LiteModel.predict`` still takes floats).
+            itself) or ``"int8"`` (int8 I/O tensors for the float inputs/outputs; integer and
+            boolean inputs keep their dtype; ``LiteModel.predict`` still takes floats).
         bias_correction: after quantization, shift each conv/dense int32 bias by the mean error its
             int8 output shows against the float model on the calibration data (per channel), which
             removes the systematic offset weight rounding introduces (Nagel et al., 2019, empirical
@@ -505,16 +512,16 @@ def quant_post_static(model, calibration_data, algo="KL", batch_nums=None, batch
         >>> "FULLY_CONNECTED" in lite.ops()
         True
     """
-    from kslim.lite import LiteModel, parity
+    from kslim.lite.converter import keras_lite_model, parity
 
     _, quantized, ranges, batches = _quantize_static(
         model, calibration_data, algo, batch_nums, batch_size, hist_percent, bins, weight_quantize_type,
         inference_input_type, inference_output_type, bias_correction, skip, verbose)
-    lite = LiteModel(quantized, source=model.name)
+    lite = keras_lite_model(quantized, model)
     lite.activation_ranges = ranges
-    lite.calibration = {"algo": algo, "samples": int(sum(len(b) for b in batches)), "batches": len(batches),
+    lite.calibration = {"algo": algo, "samples": int(sum(batch_len(b) for b in batches)), "batches": len(batches),
                         "weight_quantize_type": weight_quantize_type, "bias_correction": bool(bias_correction),
                         "skip": check_skip(model, skip)}
     if check:
-        lite.parity = parity(model, lite, np.concatenate(batches, axis=0)[:64])
+        lite.parity = parity(model, lite, concat_batches(batches, 64))
     return lite
