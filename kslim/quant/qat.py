@@ -515,17 +515,5 @@ def _splat_biases(model):
     return out
 
 
-def float_ops(lite_model):
-    """Ops of a converted model that compute in float (besides the QUANTIZE/DEQUANTIZE at the boundary).
-
-    Returns a list of ``(op_name, index)``; empty for a fully int8 graph.
-    """
-    from kslim.lite.runner import describe_ops
-
-    bad = []
-    for op in describe_ops(lite_model.content):
-        if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        if any(t is not None and t["dtype"] == "float32" for t in op["inputs"] + op["outputs"]):
-            bad.append((op["op"], op["index"]))
-    return bad
+# the one list of float compute ops lives in kslim.lite (LiteModel.float_ops); re-exported here
+from kslim.lite.model import float_ops  # noqa: E402, F401
