@@ -157,9 +157,12 @@ class _Tracer:
             inputs = args[0] if args else kwargs.get("inputs")
             return self.trace_graph(graph, inputs, f"{prefix}{op.name}/")
         tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        identity = False
         if find_rule(op) is None and kg.expandable(op)[0]:
             try:  # a composite layer: count the layers and ops its call() runs
                 sub = kg.expand_call(op, args, kwargs)
+            except kg.IdentityCall:
+                sub, identity = None, True
             except kg.NotExpandable:
                 sub = None
             if sub is not None:
@@ -185,7 +188,7 @@ class _Tracer:
         if ncall == 0 and isinstance(op, keras.layers.Layer):
             params = int(sum(math.prod(w.shape) for w in op.weights))
         rule = find_rule(op)
-        result = rule(op, in_shapes, out_shapes) if rule is not None else None
+        result = rule(op, in_shapes, out_shapes) if rule is not None else ((0, 0) if identity else None)
         counted = True
         if result is None:
             result = (0, 0)

@@ -229,6 +229,8 @@ class _Builder:
         in_maps = [values[id(x)] for x in node.input_tensors]
         name = self.names.get(id(op), prefix + op.name)
         handler = rules.handler_for(op)
+        if handler is None and rules.is_identity(self.opaque.get(name)):
+            handler = "identity"
         outs = None
         if handler is not None:
             outs = getattr(self, "h_" + handler)(op, name, node, in_maps)
@@ -431,9 +433,12 @@ class _Builder:
         return [ChannelMap([_Segment(s.group, s.size, s.offset, s.mult, c, reps) for s in self.segs(in_map)], c * reps)]
 
     def h_reshape(self, op, name, node, in_maps):
-        if len(in_maps) != 1:
+        if len(in_maps) != 1 or len(node.outputs) != 1:
             return None
         x, y = node.input_tensors[0], node.outputs[0]
+        if not in_maps[0].flat and len(x.shape) > 1 and len(y.shape) > 1 and x.shape[-1] is not None and \
+                x.shape[-1] == y.shape[-1]:
+            return [in_maps[0]]       # the last axis keeps its meaning (row-major), whatever the other axes
         if any(d is None for d in x.shape[1:]) or any(d is None for d in y.shape[1:]):
             return None
         if in_maps[0].flat:
@@ -446,10 +451,15 @@ class _Builder:
         return None
 
     def h_permute(self, op, name, node, in_maps):
-        dims = tuple(op.dims)
-        if len(in_maps) != 1 or dims[-1] != len(dims):
+        if len(in_maps) != 1:
             return None
-        return [in_maps[0]]
+        if hasattr(op, "dims"):          # keras.layers.Permute: dims exclude the batch axis, 1-based
+            keeps_last = tuple(op.dims)[-1] == len(op.dims)
+        else:                            # keras.ops.transpose: axes include the batch axis
+            axes = getattr(op, "axes", None)
+            rank = len(node.input_tensors[0].shape)
+            keeps_last = axes is not None and len(axes) == rank and axes[-1] % rank == rank - 1 and axes[0] == 0
+        return [in_maps[0]] if keeps_last else None
 
 
 _index_of = weight_index

@@ -372,6 +372,13 @@ class NotExpandable(Exception):
     """Raised by :func:`expand` with the reason a layer stays opaque."""
 
 
+class IdentityCall(NotExpandable):
+    """Raised by :func:`expand` for a layer whose ``call()`` returns its input unchanged at inference
+    (stochastic depth ``DropPath``, a no-op wrapper): kslim treats it as an identity."""
+
+IDENTITY_AT_INFERENCE = "returns its input unchanged at inference"
+
+
 def _is_builtin(layer):
     return type(layer).__module__.startswith("keras.")
 
@@ -437,6 +444,9 @@ def expand_call(layer, args, kwargs):
     flat_out = keras.tree.flatten(out)
     if not flat_out or not all(isinstance(t, KerasTensor) for t in flat_out):
         raise NotExpandable("its call() returns something other than tensors")
+    new_ids = {id(new) for _, new in flat_in}
+    if len(flat_out) == 1 and id(flat_out[0]) in new_ids:
+        raise IdentityCall(IDENTITY_AT_INFERENCE)
     if any(producer(t) is None for t in flat_out):
         raise NotExpandable("its call() returns a tensor not computed from its inputs")
     inputs = [new for _, new in flat_in]
@@ -445,9 +455,53 @@ def expand_call(layer, args, kwargs):
     except Exception as e:  # noqa: BLE001
         raise NotExpandable(f"its traced call() is not a valid graph ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    for _ in range(8):  # each repair can make the shapes after it known: re-trace until nothing changes
+        if not _repair_dynamic_reshapes(sub):
+            break
+        sub = rebuild(sub, lambda node, path, a, k: node.operation(*a, **k), name=layer.name)
     if not _same_outputs(layer, sub, args, kwargs, [t for t, _ in flat_in]):
         raise NotExpandable("its traced graph does not compute what its call() computes")
     return sub
+
+
+def _set_newshape(op, shape):
+    """Set a keras.ops Reshape's target shape, in its config too (clones and ``.keras`` files use it)."""
+    op.newshape = tuple(shape)
+    auto = getattr(op, "_auto_config", None)
+    if auto is not None and "newshape" in auto.config:
+        auto.config["newshape"] = tuple(shape)
+
+
+def _repair_dynamic_reshapes(sub):
+    """Reshapes traced from ``ops.reshape(x, (ops.shape(x)[0], ...))`` hold ``None`` for the batch size.
+
+    Symbolically ``ops.shape`` gives ``None`` for the batch axis; executed, a ``None`` (with another
+    ``-1``) is not a valid shape. The traced output shape is known, so such a reshape is rewritten to
+    ``(-1, *output_shape[1:])`` when every non-batch dimension of its output is known. Returns True if
+    a reshape was rewritten.
+    """
+    changed = False
+    for node in nodes(sub):
+        op = node.operation
+        shape = getattr(op, "newshape", None)
+        if type(op).__name__ != "Reshape" or is_layer(op) or shape is None or None not in tuple(shape):
+            continue
+        out = tuple(node.outputs[0].shape)
+        if len(out) >= 1 and all(d is not None for d in out[1:]):
+            _set_newshape(op, (-1, *out[1:]))
+            changed = True
+            continue
+        shape, in_shape = tuple(shape), tuple(node.input_tensors[0].shape)
+        rest = shape[1:]
+        # ops.reshape(x, (batch, -1, C)): the batch comes first, the -1 follows from the per-sample size
+        if shape[0] is None and None not in rest and list(rest).count(-1) == 1 and \
+                all(d is not None for d in in_shape[1:]):
+            known = int(np.prod([d for d in rest if d != -1]))
+            per_sample = int(np.prod(in_shape[1:]))
+            if known and per_sample % known == 0:
+                _set_newshape(op, (-1, *[per_sample // known if d == -1 else d for d in rest]))
+                changed = True
+    return changed
 
 
 def _sample(t, rng):
@@ -533,7 +587,8 @@ def expand_composites(model, known=None, reasons=None, _prefix=""):
     def leaf_fn(node, path, args, kwargs):
         op = node.operation
         if id(op) in expansions:
-            return expanded(op)(*[a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, KerasTensor)])
+            flat = [a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, KerasTensor)]
+            return expanded(op)(flat if len(flat) > 1 else flat[0])
         return op(*args, **kwargs)
 
     return rebuild(model, leaf_fn)
@@ -582,7 +637,7 @@ __all__ = [
     "node_inputs", "node_outputs", "node_call_args", "node_arguments", "node_constants", "layer_nodes",
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
     "assert_input_compatibility", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
-    "layer_paths", "resolve_path", "rebuild", "NotExpandable", "expandable", "expand", "expand_call",
+    "layer_paths", "resolve_path", "rebuild", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
     "expand_composites",
     "check_keras_internals",
 ]

@@ -39,6 +39,13 @@ def is_exact(op):
     return registry.get(op).exact
 
 
+def is_identity(reason):
+    """True for the opaque-composite reason of a layer whose call() is an identity at inference."""
+    from kslim.graph.keras_graph import IDENTITY_AT_INFERENCE
+
+    return reason == IDENTITY_AT_INFERENCE
+
+
 def blocked_reason(op, name, opaque=None):
     reason = opaque or check(op)[1] or "its channel mapping is not well defined"
     return f"consumed by {name!r} ({type(op).__name__}): {reason}"

@@ -67,9 +67,12 @@ def _clone_layer(layer, name, n_out_removed, node, args):
         ) from e
 
 
-def _clone_op(op):
+def _clone_op(op, node, args):
+    import kslim.rules as registry
+
     try:
-        return type(op).from_config(op.get_config())
+        config = registry.get(op).pruned_config(op, op.get_config(), 0, node, args)
+        return type(op).from_config(config)
     except Exception:  # noqa: BLE001 - stateless ops can be shared safely
         return op
 
@@ -107,7 +110,7 @@ def rebuild(model, graph, removed, copy_weights=True):
             new = clones[name][1]
         else:
             if id(op) not in op_clones:
-                op_clones[id(op)] = _clone_op(op)
+                op_clones[id(op)] = _clone_op(op, node, args)
             new = op_clones[id(op)]
         return new(*args, **kwargs)
 

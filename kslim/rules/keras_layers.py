@@ -407,6 +407,35 @@ class PermuteRule(SpatialMoveRule):
     channels = "permute"
 
 
+class ReshapeOpRule(SpatialMoveRule):
+    """``keras.ops.reshape``: its ``newshape`` names the channel count when it does not use -1 there."""
+
+    channels = "reshape"
+
+    def pruned_config(self, layer, config, n_out_removed, node=None, args=None):
+        if node is None or not args:
+            return config
+        shape = list(config.get("newshape") or ())
+        new_c = args[0].shape[-1]
+        if shape and shape[-1] not in (-1, None) and new_c is not None and node.input_tensors[0].shape[-1] == \
+                shape[-1]:
+            shape[-1] = int(new_c)
+            config["newshape"] = tuple(shape)
+        return config
+
+
+register("Reshape", rule=ReshapeOpRule)
+
+
+class TransposeOpRule(SpatialMoveRule):
+    """``keras.ops.transpose`` keeping the last axis last (a permutation of the other axes)."""
+
+    channels = "permute"
+
+
+register("Transpose", rule=TransposeOpRule)
+
+
 @register(L.RepeatVector)
 class RepeatVectorRule(SpatialMoveRule):
     channels = None
