@@ -155,7 +155,10 @@ def cmd_sensitivity(args):
 
 
 def _add_pruner_options(p):
-    p.add_argument("--criterion", default="l1", choices=("l1", "l2", "fpgm"), help="filter importance (default l1)")
+    from kslim.prune.importance import importance_names  # the registry (no TensorFlow)
+
+    p.add_argument("--criterion", default="l1", choices=importance_names(data=False),
+                   help="channel importance (default l1; see kslim.prune.importance)")
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8 for SIMD kernels)")
     p.add_argument("--skip", type=_name_list, default=None, metavar="A,B",

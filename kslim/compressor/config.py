@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from kslim.errors import ConfigError
+from kslim.prune.importance import importance_names
 
 STRATEGIES = (
     "prune", "distill", "quant_aware", "quant_post_static", "quant_post_dynamic", "export", "profile",
@@ -67,7 +68,7 @@ _STRATEGY_SCHEMAS = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "criterion": {"enum": ["l1", "l2", "fpgm"]},
+            "criterion": {"enum": importance_names(data=False)},  # the registry of kslim.prune.importance
             "ratio": _RATIO,
             "ratios": {"type": "object", "additionalProperties": _RATIO, "minProperties": 1},
             "flops_target": _RATIO,

@@ -1,5 +1,9 @@
 """Filter pruning that physically removes channels and returns a smaller, ordinary Keras model.
 
+Importing ``kslim.prune`` is cheap: its names are imported from their modules on first use, so the
+importance registry (:mod:`kslim.prune.importance`, no TensorFlow) can feed the CLI and the config
+schema without loading TensorFlow.
+
 Example:
     >>> import kslim
     >>> from kslim.prune import L1NormFilterPruner
@@ -9,26 +13,48 @@ Example:
     True
 """
 
-from kslim.prune.base import FilterPruner
-from kslim.prune.criteria import (
-    FPGMFilterPruner,
-    L1NormFilterPruner,
-    L2NormFilterPruner,
-    criterion_class,
-    fpgm,
-    geometric_median,
-    l1_norm,
-    l2_norm,
-    make_pruner,
-)
+import importlib
+import sys
+import types
 
-__all__ = ["FilterPruner", "L1NormFilterPruner", "L2NormFilterPruner", "FPGMFilterPruner",
-           "make_pruner", "criterion_class", "l1_norm", "l2_norm", "fpgm", "geometric_median"]
+_LAZY = {
+    "kslim.prune.base": ["FilterPruner"],
+    "kslim.prune.criteria": ["FPGMFilterPruner", "L1NormFilterPruner", "L2NormFilterPruner", "criterion_class",
+                             "make_pruner", "pruner_class"],
+    "kslim.prune.importance": ["Importance", "MagnitudeImportance", "DataImportance", "register_importance",
+                               "unregister_importance", "get_importance", "importance_class", "importance_names",
+                               "fpgm", "geometric_median", "l1_norm", "l2_norm", "lamp"],
+    "kslim.prune.gradual": ["AGP", "ConstantRatio", "GradualPruning", "PolynomialDecay", "PruningSchedule",
+                            "strip_pruning"],
+    "kslim.prune.plot": ["plot_sensitivity"],
+    "kslim.prune.sensitivity": ["load_sensitivity", "ratios_by_flops", "ratios_by_loss", "sensitivity"],
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-# sensitivity analysis, gradual (training-time) pruning, plots
-from kslim.prune.gradual import AGP, ConstantRatio, GradualPruning, PolynomialDecay, PruningSchedule, strip_pruning
-from kslim.prune.plot import plot_sensitivity
-from kslim.prune.sensitivity import load_sensitivity, ratios_by_flops, ratios_by_loss, sensitivity
+__all__ = list(_WHERE)
 
-__all__ += ["sensitivity", "ratios_by_loss", "ratios_by_flops", "load_sensitivity", "plot_sensitivity",
-            "GradualPruning", "strip_pruning", "PruningSchedule", "PolynomialDecay", "AGP", "ConstantRatio"]
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kslim.prune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``kslim.prune.sensitivity`` is the function (as before), not the submodule of the same name: the
+    import system sets a package attribute to each submodule it loads; keep the function instead."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and name in _WHERE:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

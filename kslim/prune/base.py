@@ -7,6 +7,9 @@ import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
 from kslim.graph import build_dependency_graph
+from kslim.prune.importance import MagnitudeImportance, fpgm, get_importance, l1_norm, l2_norm
+
+_CRITERION_NAMES = {l1_norm: "l1", l2_norm: "l2", fpgm: "fpgm"}
 
 
 def _macs(model):
@@ -34,9 +37,17 @@ class FilterPruner:
     ranked by :meth:`importance`. :meth:`prune` returns a *new*, ordinary Keras model with the least
     important channels of every group removed; the original model is not modified.
 
-    Group importance: for every producer of the group (each Conv/Dense whose output is this channel
-    space) the criterion scores each of its filters; scores are divided by their mean over the producer
-    (so producers of different scale weigh equally) and summed over producers. Higher = keep.
+    Importance: each group's channels are scored by an :class:`~kslim.prune.importance.Importance`
+    over the whole group (``importance=``: a registered name or an instance; see
+    :mod:`kslim.prune.importance` for ``l1``, ``l2``, ``fpgm``, ``bn_scale``, ``lamp``, ``random``,
+    ``apoz``, ``mean_activation``, ``taylor``, ``hessian``). The weight criteria (``l1`` ...) score every
+    producer's filters, divide the scores by their mean over the producer (so producers of different
+    scale weigh equally) and sum over producers. Higher = keep. Groups an importance cannot score
+    (``bn_scale`` on a group without BatchNormalization) are not pruned, with the reason recorded.
+
+    Ranking: ``ranking="local"`` (default) removes ``ratio`` of the channels of every group;
+    ``ranking="global"`` removes ``ratio`` of *all* the prunable channels, where their normalised scores
+    (:meth:`normalized_importance`) are lowest across groups, at most ``max_layer_ratio`` of any group.
 
     Args:
         model: a built functional or Sequential ``keras.Model`` (nested models are flattened).
@@ -45,7 +56,12 @@ class FilterPruner:
             feeding the producers of the model outputs are not pruned.
         round_to: round every group's kept channel count to a multiple of this (e.g. 8 for
             accelerators); groups smaller than ``round_to`` are left as they are.
-        criterion: function ``(filters (n, d) array) -> (n,) scores``; subclasses set it.
+        criterion: function ``(filters (n, d) array) -> (n,) scores`` (a weight criterion; the
+            classes L1NormFilterPruner ... set it).
+        importance: a registered importance name or an :class:`~kslim.prune.importance.Importance`.
+        data, loss, batches, batch_size: for the data-driven importances (``apoz``,
+            ``mean_activation``, ``taylor``, ``hessian``): inputs or ``(x, y)`` batches, the training loss,
+            how many batches to read (default 8) and the batch size for arrays (default 32).
 
     Example:
         >>> import kslim
@@ -55,20 +71,38 @@ class FilterPruner:
         >>> small = pruner.prune(0.5)
         >>> small.get_layer("conv1_1").filters, model.get_layer("conv1_1").filters
         (4, 8)
+        >>> small = FilterPruner(model, importance="bn_scale").prune(0.5, ranking="global")
     """
 
     criterion = None
+    #: the importance name a subclass ranks with when neither ``importance`` nor ``criterion`` is given
+    default_importance = None
 
-    def __init__(self, model, skip=None, keep_classifier=True, round_to=1, criterion=None):
+    def __init__(self, model, skip=None, keep_classifier=True, round_to=1, criterion=None, importance=None,
+                 data=None, loss=None, batches=None, batch_size=None):
         import keras
 
         if not isinstance(model, keras.Model):
             raise KslimTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+        if importance is not None and criterion is not None:
+            raise KslimValueError("Give either importance= or criterion= (a weight criterion), not both.")
         if criterion is not None:
             self.criterion = criterion
-        if self.criterion is None:
-            raise KslimValueError("FilterPruner needs a criterion; use L1NormFilterPruner, L2NormFilterPruner, "
-                                  "FPGMFilterPruner or pass criterion=.")
+        options = {k: v for k, v in (("data", data), ("loss", loss), ("batches", batches),
+                                     ("batch_size", batch_size)) if v is not None}
+        if importance is None and criterion is None and self.default_importance is not None:
+            importance = self.default_importance
+        if importance is not None:
+            self.measure = get_importance(importance, **options)
+        elif self.criterion is not None:
+            if options:
+                raise KslimValueError(f"Options {sorted(options)} are for data-driven importances; a weight "
+                                      "criterion uses none of them.")
+            self.measure = MagnitudeImportance(self.criterion, name=_CRITERION_NAMES.get(self.criterion))
+        else:
+            raise KslimValueError("FilterPruner needs a criterion or an importance; use L1NormFilterPruner, "
+                                  "L2NormFilterPruner, FPGMFilterPruner, or pass importance= (a name of "
+                                  "kslim.prune.importance_names()) or criterion=.")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
             raise KslimValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
         self.model = model
@@ -98,6 +132,10 @@ class FilterPruner:
                 heads = [n for n in self.graph.classifiers if any(m.role == "input" for m in g.members_of(n))]
                 if heads:
                     self._excluded[g.name] = f"feeds the classifier {heads[0]!r} (keep_classifier=True)"
+            if g.name not in self._excluded:
+                why = self.measure.unusable(g, self.graph)
+                if why:
+                    self._excluded[g.name] = f"importance {self.measure.name!r}: {why}"
         #: the groups this pruner may prune (prunable, not skipped, not feeding the kept classifier)
         self.groups = [g for g in self.graph.groups if g.prunable and g.name not in self._excluded]
         self._importance = {}
@@ -108,31 +146,32 @@ class FilterPruner:
     def importance(self, group):
         """Importance of each channel of ``group`` (array of ``group.size``; higher = keep).
 
-        Computed from the model's current weights on first use and cached; call :meth:`refresh` after
-        the weights change (e.g. training between pruning steps).
+        Computed by :attr:`measure` (the pruner's :class:`~kslim.prune.importance.Importance`) from the
+        model's current weights (and data) on first use and cached; call :meth:`refresh` after the
+        weights change (e.g. training between pruning steps).
         """
         if group.name in self._importance:
             return self._importance[group.name]
-        scores = np.zeros(group.size, dtype=np.float64)
-        channels = np.arange(group.size)
-        for m in group.filters:
-            w = _weight(self.graph.layers[m.layer_name], m.weight_index)
-            rows = np.moveaxis(w, m.axis, 0).reshape(w.shape[m.axis], -1)
-            idx = m.indices(channels)
-            filters = rows if len(idx) == rows.shape[0] and m.offset == 0 and m.multiplier == 1 else rows[idx]
-            s = np.asarray(self.criterion(filters), dtype=np.float64).reshape(-1)
-            if s.shape != (group.size,):
-                raise KslimValueError(f"criterion returned shape {s.shape} for {group.size} filters of "
-                                      f"{m.layer_name!r}; it must return one score per filter.")
-            mean = float(np.mean(np.abs(s)))
-            if mean > 0:
-                scores += s / mean
+        scores = np.asarray(self.measure(group, self), dtype=np.float64).reshape(-1)
+        if scores.shape != (group.size,):
+            raise KslimValueError(f"importance {self.measure.name!r} returned {scores.shape[0]} scores for group "
+                                  f"{group.name!r} of {group.size} channels; it must return one per channel.")
+        if not np.all(np.isfinite(scores)):
+            raise KslimValueError(f"importance {self.measure.name!r} returned NaN/inf scores for group {group.name!r}.")
         self._importance[group.name] = scores
         return scores
 
+    def normalized_importance(self, group):
+        """The scores of ``group`` that global ranking compares across groups: :meth:`importance` passed
+        through the importance's ``normalize`` (divided by the group's mean |score| by default, so each
+        group averages 1 and a group whose channels are unequal loses its weak ones first; LAMP and
+        BN-scale scores are comparable as they are)."""
+        return self.measure.normalize(self.importance(group))
+
     def refresh(self):
-        """Forget cached importance scores and MAC counts (call after the model's weights changed)."""
+        """Forget cached importance scores (call after the model's weights changed)."""
         self._importance.clear()
+        self.measure.reset()
         return self
 
     def n_remove(self, group, ratio):
@@ -147,19 +186,74 @@ class FilterPruner:
         keep = max(1, min(size, keep))
         return size - keep
 
-    def plan(self, ratios):
+    def plan(self, ratios, ranking="local", max_layer_ratio=0.9):
         """``{group name: sorted channel indices to remove}`` for ``ratios`` (no model is built).
 
         ``ratios`` is a float (the same ratio for every group in :attr:`groups`) or a dict
         ``{name: ratio}``; a name is a group name or any producer layer of a group (a layer whose output
         is split over several groups names all of them).
+
+        ``ranking="global"`` takes one float: that fraction of *all* the channels of :attr:`groups` is
+        removed, lowest :meth:`normalized_importance` first across every group, never more than
+        ``max_layer_ratio`` of a group (and at least one channel kept); each group's count is then
+        rounded as :meth:`n_remove` does (``round_to``), staying within ``max_layer_ratio``.
+
+        Example:
+            >>> import kslim
+            >>> p = kslim.prune.L1NormFilterPruner(kslim.models.vgg(width=0.25))
+            >>> plan = p.plan(0.5, ranking="global", max_layer_ratio=0.8)
+            >>> sum(map(len, plan.values())) == sum(g.size for g in p.groups) // 2
+            True
         """
+        if ranking == "global":
+            return self._global_plan(ratios, max_layer_ratio)
+        if ranking != "local":
+            raise KslimValueError(f"ranking must be 'local' or 'global', got {ranking!r}.")
         plan = {}
         for group, ratio in self._resolve(ratios).items():
             n = self.n_remove(group, ratio)
             if n:
                 order = np.argsort(self.importance(group), kind="stable")
                 plan[group.name] = np.sort(order[:n])
+        return plan
+
+    def _global_plan(self, ratio, max_layer_ratio):
+        if isinstance(ratio, dict):
+            raise KslimValueError("ranking='global' takes one ratio (the fraction of all prunable channels to "
+                                  "remove), not a dict of per-layer ratios; use ranking='local' for those.")
+        ratio = _check_ratio(ratio)
+        if isinstance(max_layer_ratio, bool) or not isinstance(max_layer_ratio, numbers.Real) or not (
+                0.0 < float(max_layer_ratio) <= 1.0):
+            raise KslimValueError(f"max_layer_ratio must be in (0, 1], got {max_layer_ratio!r}.")
+        if ratio <= 0:
+            return {}
+        self._require_groups()
+        caps, orders, scores, owners = {}, {}, [], []
+        for i, g in enumerate(self.groups):
+            caps[g.name] = min(g.size - 1, int(math.floor(g.size * float(max_layer_ratio) + 1e-9)))
+            s = self.normalized_importance(g)
+            order = np.argsort(s, kind="stable")
+            orders[g.name] = order
+            k = caps[g.name]
+            scores.append(s[order[:k]])
+            owners.append(np.full(k, i, dtype=np.int64))
+        total = sum(g.size for g in self.groups)
+        n_total = int(math.floor(total * ratio + 1e-9))
+        if not scores or n_total == 0:
+            return {}
+        scores, owners = np.concatenate(scores), np.concatenate(owners)
+        chosen = owners[np.argsort(scores, kind="stable")[:n_total]]
+        counts = np.bincount(chosen, minlength=len(self.groups))
+        plan = {}
+        for g, n in zip(self.groups, counts):
+            n = self.n_remove(g, n / g.size) if n else 0
+            cap = caps[g.name]
+            if n > cap:  # rounding went past the cap: the largest rounded count within it
+                keep_min = g.size - cap
+                keep = int(math.ceil(keep_min / self.round_to)) * self.round_to if self.round_to > 1 else keep_min
+                n = max(0, g.size - min(g.size, keep))
+            if n:
+                plan[g.name] = np.sort(orders[g.name][:n])
         return plan
 
     def _resolve(self, ratios):
@@ -211,11 +305,14 @@ class FilterPruner:
         raise KslimValueError(f"Layer {name!r} is not pruned by this pruner: {self._excluded[group.name]}.")
 
     # -- building ----------------------------------------------------------------------------------
-    def prune(self, ratios):
+    def prune(self, ratios, ranking="local", max_layer_ratio=0.9):
         """A new model with ``ratios`` of the channels of each group removed (least important first).
 
         Args:
             ratios: float in [0, 1) applied to every group in :attr:`groups`, or ``{layer_name: ratio}``.
+            ranking: ``"local"`` (each group loses its ratio) or ``"global"`` (``ratios``, a float, of all
+                prunable channels, where they matter least across groups; see :meth:`plan`).
+            max_layer_ratio: with global ranking, the largest fraction removed from one group.
 
         Returns:
             A new ``keras.Model`` (uncompiled) of ordinary Keras layers.
@@ -224,7 +321,7 @@ class FilterPruner:
             KslimValueError: ratio outside [0, 1), unknown layer name, a skipped/classifier layer named.
             UnsupportedLayerError: a named layer produces no channels or its group cannot be pruned.
         """
-        return self.prune_channels(self.plan(ratios))
+        return self.prune_channels(self.plan(ratios, ranking, max_layer_ratio))
 
     def prune_channels(self, channels, copy_weights=True):
         """The surgery primitive: remove exactly ``channels`` = ``{layer_name: indices}`` from their groups.
@@ -251,19 +348,23 @@ class FilterPruner:
             removed[group] = idx
         return rebuild(self.graph.model, self.graph, removed, copy_weights=copy_weights)
 
-    def prune_to_flops(self, target, mode="uniform", tolerance=1e-3):
-        """Prune with the smallest uniform ratio that removes at least ``target`` of the MACs.
+    def prune_to_flops(self, target, mode="uniform", tolerance=1e-3, ranking="local", max_layer_ratio=0.9):
+        """Prune with the smallest ratio that removes at least ``target`` of the MACs.
 
         The ratio is found by bisection (MACs counted by :func:`kslim.analysis.flops`).
 
         Args:
             target: fraction of the MACs to remove, in (0, 1).
-            mode: ``"uniform"`` (one ratio for every group in :attr:`groups`).
+            mode: ``"uniform"`` (one ratio for every group in :attr:`groups`, or with global ranking one
+                fraction of all their channels).
             tolerance: bisection stops when the ratio interval is narrower than this.
+            ranking: ``"local"`` or ``"global"`` (see :meth:`plan`): with ``"global"`` the channels go
+                where their normalised importance is lowest across groups.
+            max_layer_ratio: with global ranking, the largest fraction removed from one group.
 
         Returns:
-            ``(model, info)`` with ``info = {"ratio", "target", "macs_before", "macs_after", "reduction"}``,
-            ``reduction`` being the achieved fraction of MACs removed.
+            ``(model, info)`` with ``info = {"ratio", "target", "macs_before", "macs_after", "reduction",
+            "ranking"}``, ``reduction`` being the achieved fraction of MACs removed.
 
         Raises:
             KslimValueError: target outside (0, 1), unknown mode, or target not reachable (the message
@@ -279,7 +380,7 @@ class FilterPruner:
         cache = {}
 
         def reduction(ratio, exact=False):
-            plan = self.plan(ratio)
+            plan = self.plan(ratio, ranking, max_layer_ratio)
             key = (exact, tuple(sorted((k, len(v)) for k, v in plan.items())))
             if key not in cache:
                 estimate = None if exact else self._estimate_macs(plan)
@@ -301,22 +402,25 @@ class FilterPruner:
         best = reduction(top)
         if best < target:
             raise KslimValueError(
-                f"target {target:.3f} is not reachable: removing all but one channel of every prunable group "
-                f"removes only {best:.3f} of the MACs (skip/keep_classifier/unprunable groups keep the rest)."
+                f"target {target:.3f} is not reachable: removing "
+                + ("all but one channel of every prunable group" if ranking == "local" else
+                   f"up to max_layer_ratio={max_layer_ratio} of every prunable group")
+                + f" removes only {best:.3f} of the MACs (skip/keep_classifier/unprunable groups keep the rest)."
             )
         ratio = bisect(0.0, top, exact=False)
-        model = self.prune(ratio)
+        model = self.prune(ratio, ranking, max_layer_ratio)
         after = _macs(model)
         if 1.0 - after / before < target:  # the estimate disagreed with the real count: bisect on real models
             ratio = bisect(ratio, top, exact=True)
-            model = self.prune(ratio)
+            model = self.prune(ratio, ranking, max_layer_ratio)
             after = _macs(model)
         info = {"ratio": ratio, "target": target, "macs_before": before, "macs_after": after,
-                "reduction": 1.0 - after / before}
+                "reduction": 1.0 - after / before, "ranking": ranking}
         return model, info
 
-    def estimate_macs(self, ratios):
-        """MACs of the model :meth:`prune` would return for ``ratios``, computed without building it.
+    def estimate_macs(self, ratios, ranking="local", max_layer_ratio=0.9):
+        """MACs of the model :meth:`prune` would return for ``ratios`` (and ``ranking``,
+        ``max_layer_ratio``, see :meth:`plan`), computed without building it.
 
         Exact for the counting convention of :func:`kslim.analysis.flops` (Conv, Dense, depthwise and
         separable MACs scale with the kept fraction of their kernels); falls back to building the
@@ -329,7 +433,7 @@ class FilterPruner:
             >>> p.estimate_macs(0.5) < p.macs_before
             True
         """
-        plan = self.plan(ratios)
+        plan = self.plan(ratios, ranking, max_layer_ratio)
         est = self._estimate_macs(plan)
         if est is None:
             est = _macs(self.prune_channels(plan, copy_weights=False))
@@ -396,7 +500,3 @@ class FilterPruner:
     def __repr__(self):
         return (f"{type(self).__name__}({self.model.name!r}: {len(self.groups)} prunable groups of "
                 f"{len(self.graph.groups)})")
-
-
-def _weight(layer, index):
-    return np.asarray(layer.weights[index].numpy())

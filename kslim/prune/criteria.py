@@ -1,65 +1,15 @@
-"""Filter importance criteria (L1 norm, L2 norm, FPGM) and the pruners that use them.
+"""The pruner classes of the weight criteria (L1 norm, L2 norm, FPGM) and the pruner of any importance name.
 
 A criterion maps the filters of one producer, as an ``(n_filters, filter_size)`` array, to one score
-per filter; higher scores are kept. :func:`make_pruner` builds the pruner of a criterion name.
+per filter; higher scores are kept (the functions live in :mod:`kslim.prune.importance`, with every
+other importance). :func:`make_pruner` builds the pruner of a criterion or importance name.
 """
 
-import numpy as np
+import numpy as np  # noqa: F401 - the doctests below use np
 
 from kslim.errors import KslimTypeError, KslimValueError
 from kslim.prune.base import FilterPruner
-
-
-def l1_norm(filters):
-    """Sum of absolute weights of each filter (Li et al., *Pruning Filters for Efficient ConvNets*).
-
-    >>> l1_norm(np.array([[1.0, -2.0], [0.5, 0.5]])).tolist()
-    [3.0, 1.0]
-    """
-    return np.abs(filters).sum(axis=1)
-
-
-def l2_norm(filters):
-    """Euclidean norm of each filter.
-
-    >>> l2_norm(np.array([[3.0, 4.0], [1.0, 0.0]])).tolist()
-    [5.0, 1.0]
-    """
-    return np.sqrt(np.square(filters).sum(axis=1))
-
-
-def geometric_median(points, iterations=100, eps=1e-10):
-    """Geometric median of the rows of ``points`` (Weiszfeld's algorithm)."""
-    points = np.asarray(points, dtype=np.float64)
-    median = points.mean(axis=0)
-    for _ in range(iterations):
-        dist = np.linalg.norm(points - median, axis=1)
-        if np.any(dist < eps):  # the median sits on a point: Weiszfeld's fixed point there
-            close = dist < eps
-            dist = np.where(close, eps, dist)
-        w = 1.0 / dist
-        new = (points * w[:, None]).sum(axis=0) / w.sum()
-        if np.linalg.norm(new - median) < eps * (1.0 + np.linalg.norm(median)):
-            median = new
-            break
-        median = new
-    return median
-
-
-def fpgm(filters):
-    """Distance of each filter to the geometric median of the producer's filters (FPGM, arXiv 1811.00250).
-
-    Filters close to the geometric median are the most replaceable by the others, so they get the
-    lowest scores and are pruned first. The median is computed with Weiszfeld's algorithm (the
-    paper's code approximates it by the sum of distances to all other filters).
-
-    >>> f = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 5.0]])
-    >>> int(np.argmin(fpgm(f)))
-    0
-    """
-    filters = np.asarray(filters, dtype=np.float64)
-    median = geometric_median(filters)
-    return np.linalg.norm(filters - median, axis=1)
+from kslim.prune.importance import fpgm, geometric_median, importance_names, l1_norm, l2_norm  # noqa: F401
 
 
 class L1NormFilterPruner(FilterPruner):
@@ -105,19 +55,51 @@ class FPGMFilterPruner(FilterPruner):
 CRITERIA = {"l1": L1NormFilterPruner, "l2": L2NormFilterPruner, "fpgm": FPGMFilterPruner}
 
 
-def criterion_class(name):
-    """The pruner class of a criterion name: ``"l1"``, ``"l2"`` or ``"fpgm"``.
+_IMPORTANCE_PRUNERS = {}   # importance name -> generated FilterPruner subclass
 
-    >>> criterion_class("fpgm").__name__
-    'FPGMFilterPruner'
+
+def _importance_pruner(name):
+    """The FilterPruner subclass ranking with importance ``name`` (one class per name, made once)."""
+    cls = _IMPORTANCE_PRUNERS.get(name)
+    if cls is None:
+        title = "".join(part.capitalize() for part in name.split("_"))
+        cls = type(f"{title}FilterPruner", (FilterPruner,), {
+            "default_importance": name, "__module__": __name__,
+            "__doc__": f"Filter pruner ranking channels by the {name!r} importance (kslim.prune.importance)."})
+        _IMPORTANCE_PRUNERS[name] = cls
+    return cls
+
+
+def criterion_class(name):
+    """The pruner class of a criterion or importance name (:func:`kslim.prune.importance_names`).
+
+    >>> criterion_class("fpgm").__name__, criterion_class("bn_scale").__name__
+    ('FPGMFilterPruner', 'BnScaleFilterPruner')
     """
     key = str(name).lower()
-    if key not in CRITERIA:
-        raise KslimValueError(
-            f"Unknown pruning criterion: pruner {name!r} is not one of {sorted(CRITERIA)}; choose one of them "
-            "or pass a FilterPruner class or instance."
-        )
-    return CRITERIA[key]
+    if key in CRITERIA:
+        return CRITERIA[key]
+    if key in importance_names():
+        return _importance_pruner(key)
+    others = [n for n in importance_names() if n not in CRITERIA]
+    raise KslimValueError(
+        f"Unknown pruning criterion: pruner {name!r} is not one of the weight criteria {sorted(CRITERIA)} nor of "
+        f"the importances {others}; choose one of them or pass a FilterPruner class or instance."
+    )
+
+
+def known_pruner_names():
+    """Class names of the pruners of every registered criterion/importance name, sorted."""
+    return sorted(criterion_class(n).__name__ for n in importance_names())
+
+
+def pruner_class_named(class_name):
+    """The pruner class whose ``__name__`` is ``class_name`` among those of the registered names, or None."""
+    for name in importance_names():
+        cls = criterion_class(name)
+        if cls.__name__ == class_name:
+            return cls
+    return None
 
 
 def pruner_class(pruner=None):
@@ -134,7 +116,7 @@ def pruner_class(pruner=None):
         return pruner
     name = pruner.__name__ if isinstance(pruner, type) else type(pruner).__name__
     raise KslimTypeError(
-        f"pruner must be a criterion name {tuple(CRITERIA)} or a FilterPruner subclass, got {name}."
+        f"pruner must be a criterion name {tuple(importance_names())} or a FilterPruner subclass, got {name}."
     )
 
 
@@ -143,10 +125,11 @@ def make_pruner(model, pruner=None, **options):
 
     Args:
         model: the ``keras.Model`` to prune.
-        pruner: ``"l1"`` (default when ``None``), ``"l2"``, ``"fpgm"``, a :class:`FilterPruner`
-            subclass (built on ``model`` with ``options``), or an instance already bound to ``model``.
-        **options: ``skip``, ``keep_classifier``, ``round_to`` ... passed to the class; not allowed
-            with an instance (it has its own).
+        pruner: ``"l1"`` (default when ``None``), any importance name (``"l2"``, ``"fpgm"``,
+            ``"bn_scale"``, ``"taylor"`` ...), a :class:`FilterPruner` subclass (built on ``model`` with
+            ``options``), or an instance already bound to ``model``.
+        **options: ``skip``, ``keep_classifier``, ``round_to``, ``data``, ``loss`` ... passed to the
+            class; not allowed with an instance (it has its own).
 
     Example:
         >>> import keras

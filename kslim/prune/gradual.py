@@ -24,7 +24,7 @@ import numpy as np
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 from kslim.prune.base import _check_ratio
-from kslim.prune.criteria import CRITERIA, pruner_class
+from kslim.prune.criteria import known_pruner_names, pruner_class, pruner_class_named
 
 STATE_FORMAT = "kslim.gradual_pruning/1"
 
@@ -371,12 +371,11 @@ def strip_pruning(model, state):
             f"{model.name!r}: cannot strip it."
         )
     if pruner_cls is None:
-        known = {cls.__name__: cls for cls in CRITERIA.values()}
-        pruner_cls = known.get(state.get("criterion"))
+        pruner_cls = pruner_class_named(state.get("criterion"))
         if pruner_cls is None:
             raise KslimValueError(
-                f"The pruning state names pruner {state.get('criterion')!r}, not one of {sorted(known)}: strip "
-                "with the GradualPruning callback itself (strip_pruning(model, callback)) for another pruner."
+                f"The pruning state names pruner {state.get('criterion')!r}, not one of {known_pruner_names()}: "
+                "strip with the GradualPruning callback itself (strip_pruning(model, callback)) for another pruner."
             )
     pruner = pruner_cls(model, skip=state.get("skip"), keep_classifier=state.get("keep_classifier", True),
                         round_to=1)
