@@ -317,8 +317,8 @@ def test_bad_config_dict():
 def test_bad_layer_names():
     with pytest.raises(ModelError, match="no_such_layer"):
         quant_aware(tiny_net(), skip_layers=["no_such_layer"])
-    with pytest.raises(UnsupportedLayerError, match="stem_bn"):
-        quant_aware(tiny_net(), only_layers=["stem", "stem_bn"])
+    with pytest.raises(UnsupportedLayerError, match="stem_relu"):
+        quant_aware(tiny_net(), only_layers=["stem", "stem_relu"])
 
 
 def test_already_quantized_and_not_quantized():

@@ -20,12 +20,31 @@ from kslim.quant import ops
 
 WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
 ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
-QUANTIZABLE_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+QUANTIZABLE_LAYER_TYPES = (
+    "Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense", "EinsumDense",
+    "Embedding", "MultiHeadAttention", "BatchNormalization",
+)
+
+# Layer types with weights that QAT leaves float, and why (shown in errors and in kslim_unquantized).
+NOT_QUANTIZABLE = {
+    "Conv3D": "TFLite has no int8 CONV_3D kernel (it runs in float32 only)",
+    "Conv3DTranspose": "TFLite has no int8 CONV_3D_TRANSPOSE kernel (it runs in float32 only)",
+    "DepthwiseConv1D": "kslim has no quantized DepthwiseConv1D yet: its weights stay float",
+    "SeparableConv1D": "kslim has no quantized SeparableConv1D yet: its weights stay float",
+    "LayerNormalization": "TFLite has no int8 layer normalization: its mean/variance ops stay float",
+    "GroupNormalization": "TFLite has no int8 group normalization: its mean/variance ops stay float",
+    "LSTM": "recurrent layer: kslim does not quantize recurrences",
+    "GRU": "recurrent layer: kslim does not quantize recurrences",
+    "SimpleRNN": "recurrent layer: kslim does not quantize recurrences",
+    "Bidirectional": "recurrent layer: kslim does not quantize recurrences",
+    "ConvLSTM2D": "recurrent layer: kslim does not quantize recurrences",
+}
 
 # Layers whose output has the range of their input (TFLite requires the same scale on both sides):
 # no quantizer is put after them.
 DEFAULT_PASSTHROUGH_LAYER_TYPES = (
-    "MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "RepeatVector", "Cropping3D", "ZeroPadding3D", "UpSampling3D",
     "Flatten", "Reshape", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
     "GaussianDropout", "GaussianNoise", "AlphaDropout", "ZeroPadding1D", "ZeroPadding2D",
     "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Identity", "InputLayer",
@@ -59,21 +78,26 @@ class QuantConfig:
             ``bits`` grid and stored in int8 kernels.
         moving_rate: EMA decay of ``moving_average_abs_max`` (default 0.9).
         quantizable_layer_type: layer class names to quantize, a subset of
-            ``("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")`` (default: all four).
-        not_quant_pattern: layers whose name CONTAINS one of these strings stay float.
-        skip_layers: exact layer names that stay float; every name must exist in the model.
-        only_layers: if given, exact names of the only layers to quantize (each must be of a
-            quantizable type, else :class:`~kslim.errors.UnsupportedLayerError`).
+            :data:`QUANTIZABLE_LAYER_TYPES` (default: all of them: Conv1D, Conv2D, Conv2DTranspose,
+            DepthwiseConv2D, SeparableConv2D, Dense, EinsumDense, Embedding, MultiHeadAttention, and
+            BatchNormalization -- the BNs that cannot be folded into a conv/dense).
+        not_quant_pattern: layers whose path (``"outer/inner"`` inside nested models) CONTAINS one of
+            these strings stay float.
+        skip_layers: layer paths (``"base/conv1"``; a bare name unique at every depth is accepted) that
+            stay float; naming a nested model keeps all its layers float. Every name must exist.
+        only_layers: if given, paths of the only layers (or nested models) to quantize (each layer must
+            be of a quantizable type, else :class:`~kslim.errors.UnsupportedLayerError`).
         quantize_inputs: put an :class:`~kslim.quant.ActivationQuantizer` on each model input
             (needed for an int8 input; default True).
         passthrough_layer_type: layer class names after which no activation quantizer is put because
-            they keep the range of their input (pooling max, reshape, dropout ...). Every other
-            layer's output (conv/dense after its fused ReLU, Add, Concatenate, average pooling, BN
-            that could not be folded, other activations ...) gets one, so the converted graph has no
-            float island.
+            their int8 TFLite kernel keeps the scale of their input (max and average pooling, reshape,
+            padding, dropout ...). Every other layer's output (conv/dense after its fused ReLU, Add,
+            Concatenate, global average pooling, other activations ...) gets one, so the converted
+            graph has no float island.
         activation_symmetric: symmetric activation ranges ``[-a, a]`` instead of ``[min, max]``.
         fold_batch_norm: fold each BatchNormalization that directly follows a quantized conv/dense
-            into its kernel and bias before training (default True).
+            into its kernel and bias before training (default True); the others become int8
+            per-channel affines (``QuantBatchNormalization``).
     """
 
     weight_quantize_type: str = "channel_wise_abs_max"
@@ -108,8 +132,9 @@ class QuantConfig:
         self.quantizable_layer_type = self._names("quantizable_layer_type")
         for t in self.quantizable_layer_type:
             if t not in QUANTIZABLE_LAYER_TYPES:
+                why = f" ({NOT_QUANTIZABLE[t]})" if t in NOT_QUANTIZABLE else ""
                 raise ConfigError(
-                    f"{t!r} cannot be quantized; allowed layer types: {list(QUANTIZABLE_LAYER_TYPES)}.",
+                    f"{t!r} cannot be quantized{why}; allowed layer types: {list(QUANTIZABLE_LAYER_TYPES)}.",
                     path="quantizable_layer_type")
         self.not_quant_pattern = self._names("not_quant_pattern")
         self.skip_layers = self._names("skip_layers")

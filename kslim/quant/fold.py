@@ -1,8 +1,9 @@
 """BatchNormalization folding.
 
-Choice (as TFLite expects): each BatchNormalization that directly follows a quantized Conv2D,
-DepthwiseConv2D or Dense (whose output feeds only that BN, with a linear activation, channels-last)
-is folded into the kernel and bias of that layer with its moving statistics **once, before QAT**::
+Choice (as TFLite expects): each BatchNormalization that directly follows a quantized Conv1D, Conv2D,
+Conv2DTranspose, DepthwiseConv2D, SeparableConv2D (its pointwise kernel) or Dense (whose output feeds
+only that BN, with a linear activation, channels-last, also across a nested model's boundary) is
+folded into the kernel and bias of that layer with its moving statistics **once, before QAT**::
 
     s = gamma / sqrt(moving_variance + epsilon)
     kernel' = kernel * s          (per output channel; depthwise channel c*M+m)
@@ -14,8 +15,10 @@ float-then-folded model gives (conv + int32 bias + fused ReLU), and there is no 
 weights seen in training and in export. The cost compared to TF's "fold with batch statistics"
 rewrite is that fine-tuning runs without batch normalization (the statistics are frozen at their
 pretrained value), which is the usual setting for a short QAT fine-tune with a small learning rate.
-A BN that cannot be folded (after a non-quantized layer, or whose input is shared) stays as a layer;
-its output gets an activation quantizer, so it still converts to int8 MUL/ADD.
+A BN that cannot be folded (after an activation or a non-quantized layer, or whose input is shared)
+becomes a :class:`~kslim.quant.layers.QuantBatchNormalization`: the same affine with frozen
+statistics, run as an int8 per-channel 1x1 DEPTHWISE_CONV_2D (a plain BN would convert to float
+MUL/ADD).
 
 Example:
     >>> import keras, numpy as np
@@ -29,17 +32,32 @@ Example:
 
 import numpy as np
 
-FOLDABLE_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
+FOLDABLE_LAYER_TYPES = ("Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def bn_affine(gamma, beta, mean, variance, epsilon):
+    """``(scale, shift)`` of a BatchNormalization at inference: ``bn(x) == x * scale + shift``.
+
+    Plain arithmetic, so it serves numpy arrays (folding) and tensors (the QAT layer
+    :class:`~kslim.quant.layers.QuantBatchNormalization`, where gamma and beta keep training).
+    """
+    scale = gamma / (variance + epsilon) ** 0.5
+    return scale, beta - mean * scale
+
+
+def _numpy(variable):
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(variable), np.float64)
 
 
 def bn_scale_shift(bn):
-    """``(scale, shift)`` numpy vectors such that ``bn(x) == x * scale + shift`` at inference."""
-    var = np.asarray(bn.moving_variance, np.float64)
-    mean = np.asarray(bn.moving_mean, np.float64)
-    gamma = np.asarray(bn.gamma, np.float64) if bn.scale else np.ones_like(var)
-    beta = np.asarray(bn.beta, np.float64) if bn.center else np.zeros_like(var)
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    return scale, beta - mean * scale
+    """``(scale, shift)`` numpy vectors (float64) such that ``bn(x) == x * scale + shift`` at inference."""
+    var = _numpy(bn.moving_variance)
+    mean = _numpy(bn.moving_mean)
+    gamma = _numpy(bn.gamma) if bn.scale else np.ones_like(var)
+    beta = _numpy(bn.beta) if bn.center else np.zeros_like(var)
+    return bn_affine(gamma, beta, mean, var, bn.epsilon)
 
 
 def can_fold(layer, bn, rank):
@@ -59,16 +77,24 @@ def can_fold(layer, bn, rank):
 
 
 def folded_weights(layer, bn):
-    """Kernel and bias of ``layer`` with ``bn`` folded in (numpy float32)."""
-    kernel = np.asarray(layer.kernel, np.float64)
+    """The weights of ``layer`` with ``bn`` folded in (numpy float32), in ``layer.get_weights()`` order
+    of the same layer with ``use_bias=True``: ``[kernel, bias]``, or ``[depthwise, pointwise, bias]``
+    for a SeparableConv2D (the BN scales its pointwise kernel).
+    """
+    weights = layer.get_weights()
     scale, shift = bn_scale_shift(bn)
-    bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros_like(scale)
-    if type(layer).__name__ == "DepthwiseConv2D":
+    tname = type(layer).__name__
+    kernel = np.asarray(weights[1 if tname == "SeparableConv2D" else 0], np.float64)
+    bias = _numpy(layer.bias) if layer.use_bias else np.zeros_like(scale)
+    if tname == "DepthwiseConv2D":
         kh, kw, c, m = kernel.shape
         kernel = kernel * scale.reshape(c, m)
+    elif tname == "Conv2DTranspose":  # (kh, kw, out, in)
+        kernel = kernel * scale[:, None]
     else:
         kernel = kernel * scale
-    return kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)
+    out = [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
+    return [weights[0]] + out if tname == "SeparableConv2D" else out
 
 
 def fold_batch_norm(model):
@@ -80,4 +106,4 @@ def fold_batch_norm(model):
     from kslim.quant.config import QuantConfig
     from kslim.quant.qat import rewrite
 
-    return rewrite(model, QuantConfig(fold_batch_norm=True), quantize=False)
+    return rewrite(model, QuantConfig(fold_batch_norm=True), quantize=False)[0]

@@ -3,10 +3,15 @@
 * :class:`ActivationQuantizer` fake-quantizes a tensor to ``bits`` over a range kept in two
   non-trainable weights ``min``/``max``. ``quant_aware`` inserts one on the model input(s) and on the
   output of every op TFLite gives its own quantization parameters (conv/dense after their fused
-  activation, Add, Concatenate, pooling ...), so the converter finds a range on every tensor.
-* :class:`QuantConv2D`, :class:`QuantDepthwiseConv2D`, :class:`QuantDense` are the Keras layers with
-  their kernel fake-quantized (symmetric, per output channel or per tensor) in ``call``; they
-  subclass the Keras layers, so weights, ``get_config`` and everything else are the Keras ones.
+  activation, Add, Concatenate, global average pooling ...), so the converter finds a range on every
+  tensor.
+* :class:`QuantConv1D`, :class:`QuantConv2D`, :class:`QuantConv2DTranspose`,
+  :class:`QuantDepthwiseConv2D`, :class:`QuantDense`, :class:`QuantEinsumDense` and
+  :class:`QuantEmbedding` are the Keras layers with their kernel (table) fake-quantized (symmetric,
+  per output channel or per tensor) in ``call``, computed the way TFLite runs them so that the int8
+  model matches; :class:`QuantBatchNormalization` is a BatchNormalization that could not be folded,
+  run as an int8 per-channel affine. They subclass the Keras layers, so weights, ``get_config`` and
+  everything else are the Keras ones.
 
 All layers are registered (package ``kslim``) and survive ``model.save("m.keras")`` +
 ``keras.models.load_model(..., safe_mode=True)``.
@@ -166,6 +171,15 @@ class _QuantKernelMixin:
         return self._fake_quant_kernel(self.kernel)
 
 
+def _bias_and_activation(layer, x):
+    """``activation(x + bias)`` as the Keras conv/dense layers apply them (channels last)."""
+    if getattr(layer, "bias", None) is not None:
+        x = kops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
 @keras.saving.register_keras_serializable(package="kslim")
 class QuantConv2D(_QuantKernelMixin, keras.layers.Conv2D):
     """``keras.layers.Conv2D`` whose kernel is fake-quantized (symmetric, per output channel by default).
@@ -225,6 +239,28 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, keras.layers.DepthwiseConv2D):
         return self._quant_config(super().get_config())
 
 
+def _lead_shape(x, n, tail):
+    """Reshape target: the leading axes of ``x`` (all but its last ``n``) followed by ``tail``."""
+    lead = list(x.shape[:-n])
+    if all(d is not None for d in lead[1:]):
+        return [-1] + [int(d) for d in lead[1:]] + list(tail)
+    return tf.concat([tf.shape(x)[:-n], tf.constant(list(tail), tf.int32)], 0)
+
+
+def _fully_connected(x, n, kernel, bias, out_shape):
+    """``x`` (its last ``n`` axes contracted) times a 2-D ``kernel``, plus ``bias``, as ONE TFLite FULLY_CONNECTED.
+
+    The input is flattened to 2-D first and the output reshaped to ``lead + out_shape`` after: a
+    matmul on a higher-rank tensor converts to FULLY_CONNECTED + RESHAPE with the bias added after the
+    reshape, in float.
+    """
+    flat = len(x.shape) - n > 1 or n > 1
+    y = tf.matmul(tf.reshape(x, (-1, kernel.shape[0])) if flat else x, kernel)
+    if bias is not None:
+        y = y + bias
+    return tf.reshape(y, _lead_shape(x, n, out_shape)) if flat or len(out_shape) > 1 else y
+
+
 @keras.saving.register_keras_serializable(package="kslim")
 class QuantDense(_QuantKernelMixin, keras.layers.Dense):
     """``keras.layers.Dense`` with a fake-quantized kernel ``(in, out)`` (per output unit by default).
@@ -245,15 +281,225 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
         return ops.fake_quant_weight(kernel, self.weight_bits, per_channel=False)
 
     def call(self, inputs, training=None):
-        x = kops.matmul(inputs, self._fake_quant_kernel(self.kernel))
-        if self.bias is not None:
-            x = kops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        y = _fully_connected(inputs, 1, self._fake_quant_kernel(self.kernel), self.bias, [self.units])
+        return y if self.activation is None else self.activation(y)
 
     def get_config(self):
         return self._quant_config(super().get_config())
 
 
-QUANT_LAYERS = (QuantConv2D, QuantDepthwiseConv2D, QuantDense)
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
+    """``keras.layers.Conv1D`` with a fake-quantized kernel ``(k, in, out)`` (per output channel by default).
+
+    The convolution runs as the 2-D convolution TFLite executes (``EXPAND_DIMS`` + ``CONV_2D`` +
+    ``RESHAPE``), dilated ones included: Keras' own 1-D path lowers a dilated convolution to
+    ``SPACE_TO_BATCH_ND``/``BATCH_TO_SPACE_ND`` around it, which the converter leaves in float.
+    ``padding="causal"`` pads on the left first, as Keras does. Channels-last only.
+
+    Example:
+        >>> import numpy as np
+        >>> QuantConv1D(4, 3, dilation_rate=2, padding="causal")(np.zeros((1, 10, 2), "float32")).shape
+        TensorShape([1, 10, 4])
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+
+    def _fake_quant_kernel(self, kernel):
+        return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
+
+    def call(self, inputs):
+        x = inputs
+        padding = self.padding
+        if padding == "causal":
+            x = kops.pad(x, [[0, 0], [self.dilation_rate[0] * (self.kernel_size[0] - 1), 0], [0, 0]])
+            padding = "valid"
+        kernel = self._fake_quant_kernel(tf.expand_dims(self.kernel, 0))  # (1, k, in, out), as TFLite holds it
+        y = tf.nn.conv2d(tf.expand_dims(x, 1), kernel, strides=(1, 1, self.strides[0], 1),
+                         padding=padding.upper(), dilations=(1, 1, self.dilation_rate[0], 1))
+        return _bias_and_activation(self, tf.squeeze(y, 1))
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantConv2DTranspose(_QuantKernelMixin, keras.layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose`` with a fake-quantized kernel ``(kh, kw, out, in)``.
+
+    Output channels are axis 2 of the kernel; per channel, the kernel is put on the int8 grid with
+    :func:`kslim.quant.ops.fake_quant_weight_rounded` (the converter quantizes a TRANSPOSE_CONV kernel
+    per output channel itself, on that very grid). Channels-last only.
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+
+    def _fake_quant_kernel(self, kernel):
+        if self.per_channel:
+            return ops.fake_quant_weight_rounded(kernel, self.weight_bits, True, channel_axes=(2,))
+        return ops.fake_quant_weight(kernel, self.weight_bits, per_channel=False)
+
+    def call(self, inputs):
+        y = kops.conv_transpose(
+            inputs, self._fake_quant_kernel(self.kernel), strides=list(self.strides), padding=self.padding,
+            output_padding=self.output_padding, dilation_rate=self.dilation_rate, data_format=self.data_format)
+        return _bias_and_activation(self, y)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+def einsum_dense_form(equation):
+    """Number of contracted axes if an ``EinsumDense`` equation is a dense layer in disguise, else None.
+
+    That is ``batch + contracted, contracted + out -> batch + out`` (the input's last axes contracted
+    with the kernel's first ones), as in every projection of MultiHeadAttention.
+
+    Example:
+        >>> einsum_dense_form("abc,cde->abde"), einsum_dense_form("abcd,cde->abe"), einsum_dense_form("ab,cb->ac")
+        (1, 2, None)
+    """
+    inputs, out = equation.replace(" ", "").split("->")
+    x, kernel = inputs.split(",")
+    contracted = "".join(c for c in kernel if c not in out)
+    n = len(contracted)
+    if "." in x + kernel + out or not n or kernel[:n] != contracted or x[-n:] != contracted:
+        return None
+    batch, kout = x[:-n], kernel[n:]
+    return n if out == batch + kout and not set(batch) & set(kout) else None
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantEinsumDense(_QuantKernelMixin, keras.layers.EinsumDense):
+    """``keras.layers.EinsumDense`` with a fake-quantized kernel (the projections of MultiHeadAttention).
+
+    An equation of dense form (:func:`einsum_dense_form`: ``"abc,cde->abde"``, ``"abcd,cde->abe"``
+    ...) runs as the matmul TFLite executes: the contracted axes flattened, one ``FULLY_CONNECTED``
+    whose bias is the flattened einsum bias, the output axes restored by a reshape; per channel, the
+    kernel is put on the int8 grid of each output unit with
+    :func:`kslim.quant.ops.fake_quant_weight_rounded` (the converter quantizes the FC kernel per unit
+    on that grid). (Left as an einsum, the converter adds the bias after its reshape, in float.) Other
+    equations keep the einsum, with one scale for the kernel.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = QuantEinsumDense("abc,cde->abde", output_shape=(None, 2, 4), bias_axes="de")
+        >>> layer(np.zeros((1, 5, 8), "float32")).shape
+        TensorShape([1, 5, 2, 4])
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+
+    def _fake_quant_kernel(self, kernel):
+        n = einsum_dense_form(self.equation)
+        if self.per_channel and n is not None:
+            axes = tuple(range(n, len(kernel.shape)))
+            return ops.fake_quant_weight_rounded(kernel, self.weight_bits, True, channel_axes=axes)
+        return ops.fake_quant_weight(kernel, self.weight_bits, per_channel=False)
+
+    def call(self, inputs, training=None):
+        kernel = self._fake_quant_kernel(self.kernel)
+        n = einsum_dense_form(self.equation)
+        if n is None:
+            return _bias_and_activation(self, kops.einsum(self.equation, inputs, kernel))
+        out_shape = [int(d) for d in kernel.shape[n:]]
+        cin, cout = math.prod(int(d) for d in kernel.shape[:n]), math.prod(out_shape)
+        bias = None if self.bias is None else tf.reshape(tf.broadcast_to(self.bias, out_shape), (cout,))
+        y = _fully_connected(inputs, n, tf.reshape(kernel, (cin, cout)), bias, out_shape)
+        return y if self.activation is None else self.activation(y)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantEmbedding(_QuantKernelMixin, keras.layers.Embedding):
+    """``keras.layers.Embedding`` with a fake-quantized table (symmetric, **one scale for the table**).
+
+    TFLite's int8 GATHER reads one scale for the whole table and writes its output with that scale, so
+    the table is quantized per tensor whatever ``per_channel`` says, and the output needs no
+    activation quantizer of its own (it is already on the table's int8 grid).
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, False)
+
+    def quantized_kernel(self):
+        return ops.fake_quant_weight(self.embeddings, self.weight_bits, per_channel=False)
+
+    def call(self, inputs):
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = kops.cast(inputs, "int32")
+        return kops.cast(tf.gather(self.quantized_kernel(), inputs), self.compute_dtype)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantBatchNormalization(_QuantKernelMixin, keras.layers.BatchNormalization):
+    """A BatchNormalization that could not be folded, run as TFLite runs it in int8: a per-channel affine.
+
+    ``y = x * scale + shift`` with ``scale = gamma / sqrt(moving_variance + epsilon)`` and
+    ``shift = beta - moving_mean * scale`` (:func:`kslim.quant.fold.bn_affine`), computed as a 1x1
+    depthwise convolution with the fake-quantized ``scale`` as kernel (one int8 value and one scale per
+    channel: lossless per channel) and ``shift`` as bias -- an int8 ``DEPTHWISE_CONV_2D`` into which
+    TFLite fuses a following ReLU, where a plain BN becomes float ``MUL``/``ADD``. The moving
+    statistics are frozen (as for folded BNs); ``gamma`` and ``beta`` keep training. Inputs of rank
+    2 to 4, channels last.
+
+    Example:
+        >>> import numpy as np
+        >>> bn = QuantBatchNormalization()
+        >>> bn(np.ones((2, 3), "float32")).shape
+        TensorShape([2, 3])
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+
+    def affine(self):
+        """``(scale, shift)`` tensors of the inference-time BN."""
+        from kslim.quant.fold import bn_affine
+
+        var = tf.convert_to_tensor(self.moving_variance)
+        gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones_like(var)
+        beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros_like(var)
+        return bn_affine(gamma, beta, tf.convert_to_tensor(self.moving_mean), var, self.epsilon)
+
+    def _depthwise_kernel(self):
+        # (1, 1, C) -> (1, 1, C, 1); slicing the fake-quantized kernel instead makes the converter fail
+        scale, _ = self.affine()
+        kernel = ops.fake_quant_weight(tf.reshape(scale, (1, 1, -1)), self.weight_bits, self.per_channel)
+        return tf.reshape(kernel, (1, 1, -1, 1))
+
+    def quantized_kernel(self):
+        """The per-channel scale as the int8 model holds it (fake-quantized), shape ``(C,)``."""
+        return tf.reshape(self._depthwise_kernel(), (-1,))
+
+    def call(self, inputs, training=None, mask=None):
+        _, shift = self.affine()
+        kernel = self._depthwise_kernel()
+        rank = len(inputs.shape)
+        x = inputs
+        for _ in range(4 - rank):
+            x = tf.expand_dims(x, 1)
+        y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, 1, 1, 1), padding="VALID")
+        if rank < 4:
+            y = tf.squeeze(y, list(range(1, 5 - rank)))
+        return y + shift
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+QUANT_LAYERS = (QuantConv1D, QuantConv2D, QuantConv2DTranspose, QuantDepthwiseConv2D, QuantDense, QuantEinsumDense,
+                QuantEmbedding, QuantBatchNormalization)

@@ -42,18 +42,27 @@ def fake_quant_per_channel(x, lo, hi, bits=8, narrow_range=True):
     )
 
 
-def weight_range(kernel, per_channel=True):
-    """Symmetric range ``(-m, m)`` of ``kernel``: ``m = max|w|`` per last-axis channel or over the tensor.
+def weight_range(kernel, per_channel=True, channel_axes=None):
+    """Symmetric range ``(-m, m)`` of ``kernel``: ``m = max|w|`` per output channel or over the tensor.
 
-    The range carries no gradient (straight-through estimator on the weights only).
+    Channels are the last axis (``m`` is a vector of its length), or, with ``channel_axes``, the
+    given axes (``m`` keeps the kernel's rank with size 1 on every other axis, so it broadcasts; e.g.
+    axis 2 of a ``Conv2DTranspose`` kernel ``(kh, kw, out, in)``, or the output axes of an
+    ``EinsumDense`` kernel). The range carries no gradient (straight-through estimator on the weights
+    only).
     """
     kernel = tf.convert_to_tensor(kernel)
     a = tf.abs(tf.stop_gradient(kernel))
-    if per_channel:
-        axes = list(range(len(kernel.shape) - 1))
+    rank = len(kernel.shape)
+    if not per_channel:
+        m = tf.reduce_max(a)
+    elif channel_axes is None:
+        axes = list(range(rank - 1))
         m = tf.reduce_max(a, axis=axes) if axes else a
     else:
-        m = tf.reduce_max(a)
+        keep = {int(ax) % rank for ax in channel_axes}
+        axes = [i for i in range(rank) if i not in keep]
+        m = tf.reduce_max(a, axis=axes, keepdims=True) if axes else a
     m = tf.maximum(m, _EPS)
     return -m, m
 
@@ -66,21 +75,47 @@ def fake_quant_weight(kernel, bits=8, per_channel=True):
     return fake_quant(kernel, lo, hi, bits, narrow_range=True)
 
 
-def fake_quant_weight_rounded(kernel, bits=8, per_channel=True):
+def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=None):
     """Same values as :func:`fake_quant_weight`, computed with ``round`` instead of a FakeQuant op.
 
-    Used for Dense kernels quantized per channel: the TFLite converter cannot carry a per-channel
-    FakeQuant through the transpose it inserts in front of FULLY_CONNECTED ("'tfl.transpose' op has
-    mismatched quantized axes"), but it quantizes a plain float FC kernel of a QAT graph per output
-    channel itself, with ``scale = max|w| / 127`` -- exactly the grid this function puts the values on
-    (for ``bits=8``), so the int8 kernel is lossless w.r.t. training. The gradient is straight-through.
+    Used for kernels whose output channels the converter moves (Dense, EinsumDense, Conv2DTranspose):
+    the TFLite converter cannot carry a per-channel FakeQuant through the transpose it inserts in front
+    of FULLY_CONNECTED / TRANSPOSE_CONV ("'tfl.transpose' op has mismatched quantized axes"), but it
+    quantizes a plain float kernel of a QAT graph per output channel itself, with
+    ``scale = max|w| / 127`` -- exactly the grid this function puts the values on (for ``bits=8``), so
+    the int8 kernel is lossless w.r.t. training. ``channel_axes`` as in :func:`weight_range` (default:
+    the last axis). The gradient is straight-through.
     """
     kernel = tf.convert_to_tensor(kernel)
-    _, hi = weight_range(kernel, per_channel)
+    _, hi = weight_range(kernel, per_channel, channel_axes)
     levels = float(2 ** (int(bits) - 1) - 1)
     scale = hi / levels
     q = tf.clip_by_value(tf.round(tf.stop_gradient(kernel) / scale), -levels, levels) * scale
     return kernel + tf.stop_gradient(q - kernel)
+
+
+def fixed_output_range(activation):
+    """The output range TFLite's int8 kernel of ``activation`` imposes, or None if it has none.
+
+    TFLite's int8 SOFTMAX and LOGISTIC always write ``scale = 1/256, zero_point = -128`` (range
+    ``[0, 255/256]``), TANH ``scale = 1/128, zero_point = 0`` (``[-1, 127/128]``) and LOG_SOFTMAX
+    ``scale = 16/256, zero_point = 127`` (``[-255/16, 0]``), whatever range the model learned; a QAT
+    model must quantize these outputs on the same grid or its int8 conversion differs from it (the
+    output of a sigmoid head otherwise lands on a coarser grid than the one trained).
+
+    Example:
+        >>> fixed_output_range("sigmoid")
+        (0.0, 0.99609375)
+    """
+    return FIXED_OUTPUT_RANGES.get(activation)
+
+
+FIXED_OUTPUT_RANGES = {
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+    "log_softmax": (-255.0 / 16.0, 0.0),
+}
 
 
 def batch_range(x, symmetric=False):

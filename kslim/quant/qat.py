@@ -1,20 +1,51 @@
 """Quantization-aware training: ``quant_aware`` rewrites a Keras model, ``convert`` exports it to int8.
 
-``quant_aware(model, config)`` rebuilds a Functional/Sequential model (the original is untouched,
-weights are copied):
+``quant_aware(model, config)`` rebuilds a Functional or Sequential model (the original is untouched,
+weights are copied), nested models included:
 
-* every quantizable layer (``config.quantizable_layer_type`` minus skipped names) becomes its
-  quantized twin (:class:`~kslim.quant.layers.QuantConv2D`, ``QuantDepthwiseConv2D``,
-  ``QuantDense``) with a fake-quantized kernel; ``SeparableConv2D`` is split into a quantized
-  depthwise and a quantized 1x1 pointwise conv (what TFLite runs anyway), with an activation quantizer
-  between them;
-* a BatchNormalization right after a quantized layer is folded into it (see :mod:`kslim.quant.fold`);
+* every quantizable layer becomes its quantized twin with a fake-quantized kernel
+  (:mod:`kslim.quant.layers`): Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, Dense, EinsumDense,
+  Embedding (int8 table). ``SeparableConv2D`` is split into a quantized depthwise and a quantized 1x1
+  conv (what TFLite runs anyway) with an activation quantizer between them. A ``MultiHeadAttention`` is
+  expanded into a nested model of the same name holding its projections (``QuantEinsumDense``) and its
+  attention ops, each with its own range, so that it converts to int8 FULLY_CONNECTED / BATCH_MATMUL /
+  SOFTMAX;
+* a BatchNormalization right after a quantized conv/dense (SeparableConv2D's pointwise conv,
+  Conv1D, Conv2DTranspose and Dense included) is folded into it (see :mod:`kslim.quant.fold`); one
+  that cannot be folded (after an activation, a pooling, an Add ...) becomes a
+  :class:`~kslim.quant.layers.QuantBatchNormalization`, an int8 per-channel 1x1 depthwise conv;
 * an :class:`~kslim.quant.layers.ActivationQuantizer` is put on each model input and on the output of
-  every layer whose output TFLite quantizes on its own: a quantized conv/dense or an Add is quantized
-  after the ReLU/ReLU6 that follows it (TFLite fuses that activation), and nothing is put after
-  layers that keep their input range (``config.passthrough_layer_type``: max pooling, reshape,
-  dropout ...). A non-fusable activation inside a conv/dense (e.g. ``softmax``) is split out into an
-  ``Activation`` layer so that both tensors get a range.
+  every operation (layer or ``keras.ops`` node) to which TFLite gives its own quantization parameters:
+  a quantized conv/dense or an Add is quantized after the ReLU/ReLU6 that follows it (TFLite fuses
+  that activation); nothing is put after operations whose int8 kernel keeps the scale of their input
+  (``config.passthrough_layer_type``: max/average pooling, reshape, padding, slicing, dropout ...,
+  and the same ``keras.ops``: pad, split, reshape, transpose, indexing ...) nor after an Embedding; the
+  inputs of a Concatenate (and ``keras.ops.concatenate``/``stack``, Maximum, Minimum) share the
+  concatenation's range when nothing else reads them; the outputs of softmax, sigmoid and tanh get
+  the fixed ranges TFLite's int8 kernels impose (:func:`kslim.quant.ops.fixed_output_range`). A
+  non-fusable activation inside a conv/dense (e.g. ``softmax``) is split out into an ``Activation``
+  layer so that both tensors get a range.
+
+Composite layers (a layer whose ``call()`` runs Keras layers and ``keras.ops``, as keras-hub blocks
+are written) are first expanded by :func:`kslim.graph.keras_graph.expand_composites` into nested
+models of the same name, whose layers are then quantized like any other.
+
+Nested models stay nested: each comes back as a nested Functional model of the same name with its
+layers quantized (a model used twice stays one shared model), so ``q.get_layer("base").trainable =
+False`` works. Folding, fusing and quantizer placement are decided on the whole graph, across the
+nesting boundaries: a nested model gets no quantizer on its inputs (the caller's tensor already has
+one), and a conv at the end of a nested model followed by a ReLU outside it is quantized after the
+ReLU. (A nested model called with ``training=False``, as in the transfer-learning guides, still
+gets ``training=True`` from ``fit`` in Keras 3 -- the caller's value overrides the recorded one -- so
+its activation quantizers learn their ranges like the others.) Layers are named by path,
+``"outer/inner"``, in ``skip_layers`` / ``only_layers`` (a bare name is accepted when it is unique at
+every depth).
+
+Layers QAT leaves float are listed, with the reason, in the returned model's ``kslim_unquantized``
+attribute (``{path: reason}``), and in a warning for those kslim could not quantize (not those
+``skip_layers`` & co. asked for): layer types without a quantized twin (Conv3D: TFLite has no int8
+CONV_3D; LSTM, LayerNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
+attention and composite layers that could not be expanded.
 
 The result trains with ``fit`` like any Keras model, saves as ``.keras``, and
 :func:`convert` turns it into a TFLite model with int8 kernels (per-channel scales), int32 biases and
@@ -29,6 +60,8 @@ Example:
     >>> q = quant_aware(m, QuantConfig(weight_bits=8))
     >>> [l.name for l in activation_quantizers(q)]
     ['image_quant', 'relu_quant', 'logits_quant']
+    >>> q.kslim_unquantized
+    {}
 """
 
 import warnings
@@ -37,232 +70,521 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
-from kslim.quant.config import QuantConfig
-from kslim.quant.fold import can_fold, folded_weights
+from kslim.graph import keras_graph as kg
+from kslim.quant import ops
+from kslim.quant.config import NOT_QUANTIZABLE, QuantConfig
+from kslim.quant.fold import FOLDABLE_LAYER_TYPES, can_fold, folded_weights
 
 # keras class name -> quantized class name (in kslim.quant.layers)
-_QUANT_CLASS = {"Conv2D": "QuantConv2D", "DepthwiseConv2D": "QuantDepthwiseConv2D", "Dense": "QuantDense"}
-# ops into which TFLite fuses a following ReLU / ReLU6
-_FUSING_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "Add")
+_QUANT_CLASS = {
+    "Conv1D": "QuantConv1D", "Conv2D": "QuantConv2D", "Conv2DTranspose": "QuantConv2DTranspose",
+    "DepthwiseConv2D": "QuantDepthwiseConv2D", "Dense": "QuantDense", "EinsumDense": "QuantEinsumDense",
+    "Embedding": "QuantEmbedding", "BatchNormalization": "QuantBatchNormalization",
+}
+# quantized ops into which TFLite fuses a following ReLU / ReLU6 (TRANSPOSE_CONV does not: checked)
+_FUSING_TYPES = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "BatchNormalization", "Add")
+# keras.ops operations whose int8 TFLite kernel writes its output with the scale of its (first) input
+_SAME_SCALE_OPS = (
+    "Reshape", "Transpose", "Pad", "Split", "ArraySplit", "Hsplit", "Vsplit", "Dsplit", "GetItem", "Slice",
+    "Squeeze", "ExpandDims", "Take", "TakeAlongAxis", "Tile", "BroadcastTo", "Repeat", "Flip", "Fliplr",
+    "Flipud", "Roll", "Moveaxis", "Swapaxes", "Ravel", "Max", "Amax", "Min", "Amin", "Unstack", "MaxPool",
+    "AveragePool", "DepthToSpace", "SpaceToDepth", "Resize", "CropImages", "PadImages", "Copy", "StopGradient",
+)
+# operations whose inputs and output share one scale (TFLite requires it): layers and keras.ops
+_MERGE_LAYERS = ("Concatenate", "Maximum", "Minimum")
+_MERGE_OPS = ("Concatenate", "Stack", "Hstack", "Vstack", "Dstack", "Maximum", "Minimum")
+# keras.ops operations with a fixed int8 output range (kslim.quant.ops.fixed_output_range)
+_FIXED_RANGE_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh", "LogSoftmax": "log_softmax"}
+_FUSABLE_OPS = ("Relu", "Relu6")
+# reasons that are the user's own choice: listed in kslim_unquantized, not warned about
+_CHOSEN = ("skip_layers", "not_quant_pattern", "only_layers", "quantizable_layer_type")
 
 
 def _keras_class(name):
     import keras
 
-    return getattr(keras.layers, name)
+    return getattr(keras.layers, name, None)
 
 
 def is_quantized(model):
     """True if ``model`` contains kslim quantization layers (i.e. came from :func:`quant_aware`)."""
+    return _first_quant_layer(model) is not None
+
+
+def _first_quant_layer(model):
     from kslim.quant.layers import QUANT_LAYERS, ActivationQuantizer
 
-    return any(isinstance(l, (ActivationQuantizer, *QUANT_LAYERS)) for l in _all_layers(model))
+    return next((l for l in _all_layers(model) if isinstance(l, (ActivationQuantizer, *QUANT_LAYERS))), None)
 
 
 def _all_layers(model):
+    """Every layer of ``model`` and of its nested models (each once), in ``model.layers`` order."""
     import keras
 
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+    seen = set()
+
+    def visit(m):
+        for layer in m.layers:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from visit(layer)
+
+    yield from visit(model)
 
 
 def activation_quantizers(model):
     """The :class:`~kslim.quant.layers.ActivationQuantizer` layers of ``model``, in graph order.
 
-    Graph order is the topological order of the model (inputs first); for each quantizer,
-    ``layer.input`` is the tensor whose range it holds. PTQ calibration uses this list.
+    Graph order is the topological order of the model (inputs first), nested models in place; for
+    each quantizer of the top model, ``layer.input`` is the tensor whose range it holds.
     """
     from kslim.quant.layers import ActivationQuantizer
 
     return [l for l in _all_layers(model) if isinstance(l, ActivationQuantizer)]
 
 
+# ---------------------------------------------------------------------------------------- the flat graph
+@dataclass(eq=False)
+class _Leaf:
+    """One call of a leaf operation (layer or keras.ops node) at one place of the flattened graph."""
+
+    node: object
+    path: str
+    inputs: list          # flat tensor keys
+    outputs: list         # flat tensor keys
+
+    @property
+    def op(self):
+        return self.node.operation
+
+
+def _tensor_args(args, kwargs):
+    """The KerasTensors among call arguments, in ``keras.tree.flatten`` order (the order
+    :func:`kslim.graph.keras_graph.expand_call` gives its inputs)."""
+    import keras
+
+    return [a for a in keras.tree.flatten((tuple(args), dict(kwargs))) if isinstance(a, kg.KerasTensor)]
+
+
+# TODO(keras_graph): move -- the Keras mask a symbolic tensor carries (private attribute)
+def _keras_mask(tensor):
+    return getattr(tensor, "_keras_mask", None)
+
+
+# TODO(keras_graph): move (into expand_composites) -- MultiHeadAttention expanded on its explicit path
+def _expand_attention(layer, node):
+    """A Functional model (named like ``layer``) running a MultiHeadAttention call op by op.
+
+    The layer is traced with ``return_attention_scores=True``: Keras then takes the explicit path
+    (projections, scaled ``einsum``, ``Softmax``, ``einsum``) instead of one ``dot_product_attention``
+    op, so that every intermediate tensor can get a range. The model's first output is the
+    attention output (the second, the scores, is used only when the call asked for them).
+
+    Raises:
+        kslim.graph.keras_graph.NotExpandable: with the reason.
+    """
+    args, kwargs = kg.node_arguments(node)
+    if any(_keras_mask(t) is not None for t in _tensor_args(args, kwargs)):
+        raise kg.NotExpandable("its inputs carry a Keras mask, which the expansion would drop")
+    return kg.expand_call(layer, args, {**kwargs, "return_attention_scores": True})
+
+
+def _call_signature(node):
+    args, kwargs = kg.node_arguments(node)
+    return tuple(tuple(t.shape) for t in _tensor_args(args, kwargs)), repr(kg.node_constants(node))
+
+
+class _Flat:
+    """``model`` flattened into leaf calls across nested models and expanded attention layers.
+
+    Tensors are integer keys: a nested model's input shares the key of the tensor it is called on and
+    a nested output the key of the inner tensor, so producers and consumers are seen across the
+    nesting. A nested model called twice has its leaves listed twice (one :class:`_Leaf` per call).
+    """
+
+    def __init__(self, model, expand=None):
+        self.expand = expand                 # expand(layer, path) -> True if an attention layer is expanded
+        self.leaves, self.producer, self.consumers = [], {}, {}
+        self.calls = {}                      # id(operation) -> [_Leaf]
+        self.paths = {}                      # path -> leaf operation (first path of each)
+        self.op_path = {}                    # id(operation) -> its first path
+        self.graphs = {}                     # path -> nested model or expanded layer
+        self.expansions = {}                 # id(node) -> (expansion model, number of outputs)
+        self.not_expanded = {}               # path -> reason
+        self._expanded = {}                  # id(layer) -> expansion model, or why it has none
+        self._count = 0
+        graph = kg.graph_of(model)
+        self.input_tensors = list(graph.inputs)
+        self.inputs = [self._key() for _ in graph.inputs]
+        self.outputs = set(kg.walk(model, self.inputs, self._visit, enter=self._enter))
+
+    def _key(self):
+        self._count += 1
+        return self._count
+
+    def _enter(self, node, values, prefix):
+        sub = node.operation
+        path = prefix + sub.name
+        self.graphs.setdefault(path, sub)
+        return kg.walk(sub, [values[id(t)] for t in kg.node_inputs(node)], self._visit, enter=self._enter,
+                       prefix=path + "/")
+
+    def _expansion(self, node):
+        op = node.operation
+        if id(op) not in self._expanded:
+            signatures = {_call_signature(n) for n in kg.layer_nodes(op)}
+            try:
+                if len(signatures) > 1:
+                    raise kg.NotExpandable("it is called several times with different arguments")
+                self._expanded[id(op)] = _expand_attention(op, node)
+            except kg.NotExpandable as e:
+                self._expanded[id(op)] = e
+        sub = self._expanded[id(op)]
+        if isinstance(sub, kg.NotExpandable):
+            raise sub
+        return sub
+
+    def _visit(self, node, values, prefix):
+        op = node.operation
+        path = prefix + op.name
+        if self.expand is not None and self.expand(op, path) and path not in self.not_expanded:
+            try:
+                sub = self._expansion(node)
+            except kg.NotExpandable as e:
+                self.not_expanded[path] = f"attention layer not expanded: {e}"
+            else:
+                self.graphs.setdefault(path, op)
+                n = len(kg.node_outputs(node))
+                self.expansions[id(node)] = (sub, n)
+                args, kwargs = kg.node_arguments(node)
+                ins = [values[id(t)] for t in _tensor_args(args, kwargs)]
+                return kg.walk(sub, ins, self._visit, enter=self._enter, prefix=path + "/")[:n]
+        leaf = _Leaf(node, path, [values[id(t)] for t in kg.node_inputs(node)],
+                     [self._key() for _ in kg.node_outputs(node)])
+        self.leaves.append(leaf)
+        self.calls.setdefault(id(op), []).append(leaf)
+        self.paths.setdefault(path, op)
+        self.op_path.setdefault(id(op), path)
+        for k in leaf.inputs:
+            self.consumers.setdefault(k, []).append(leaf)
+        for i, k in enumerate(leaf.outputs):
+            self.producer[k] = (leaf, i)
+        return leaf.outputs
+
+    def tensor(self, key):
+        """The KerasTensor (in the original model) behind a key."""
+        if key in self.producer:
+            leaf, i = self.producer[key]
+            return kg.node_outputs(leaf.node)[i]
+        return self.input_tensors[self.inputs.index(key)]
+
+
 # ---------------------------------------------------------------------------------------- planning
 @dataclass
 class _Plan:
-    quantize: set = field(default_factory=set)          # names of layers to quantize
-    folded: dict = field(default_factory=dict)          # bn name -> producer layer
-    fold_into: dict = field(default_factory=dict)       # producer name -> bn layer
-    quantize_output: set = field(default_factory=set)   # names of layers whose output gets a quantizer
+    quantize: dict = field(default_factory=dict)       # id(layer) -> quantized class name (or "separable")
+    folded: dict = field(default_factory=dict)         # id(bn) -> producer layer
+    fold_into: dict = field(default_factory=dict)      # id(producer) -> bn layer
+    split: set = field(default_factory=set)            # id(layer) whose activation is split out
+    out_quant: dict = field(default_factory=dict)      # (id(node), i) -> "learned" or a fixed (lo, hi)
+    quantize_inputs: set = field(default_factory=set)  # indices of the model inputs that get a quantizer
+    unquantized: dict = field(default_factory=dict)    # path -> reason
 
 
-def _as_functional(model):
-    import keras
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"quant_aware() needs a keras.Model, got {type(model).__name__}.")
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ModelError(
-                f"Sequential model {model.name!r} has no input shape: start it with keras.Input(...) "
-                "or build it before quantizing."
-            )
-        src = model.inputs[0]
-        inputs = keras.Input(batch_shape=src.shape, dtype=src.dtype, name=src._keras_history.operation.name)
-        x = inputs
-        for layer in model.layers:
-            x = layer(x)
-        return keras.Model(inputs, x, name=model.name)
-    if not isinstance(model, Functional):
-        raise ModelError(
-            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); quant_aware needs "
-            "a Functional or Sequential model (its layer graph must be visible)."
-        )
-    return model
+def _activation_name(layer):
+    return getattr(getattr(layer, "activation", None), "__name__", None)
 
 
-def _graph(model):
-    """(nodes in topological order, consumers: id(tensor) -> [node], output tensor ids)."""
-    nodes = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                nodes.append(node)
-    consumers = {}
-    for node in nodes:
-        for t in node.input_tensors:
-            consumers.setdefault(id(t), []).append(node)
-    outputs = {id(t) for t in model.outputs}
-    return nodes, consumers, outputs
-
-
-def _is_fusable_activation(layer):
+def _is_fusable_activation(op):
     import keras
 
-    if isinstance(layer, keras.layers.ReLU):
-        return (not layer.negative_slope and not layer.threshold
-                and layer.max_value in (None, 6.0, 6))
-    if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
+    if not kg.is_layer(op):
+        return type(op).__name__ in _FUSABLE_OPS
+    if isinstance(op, keras.layers.ReLU):
+        return (not op.negative_slope and not op.threshold
+                and op.max_value in (None, 6.0, 6))
+    if isinstance(op, keras.layers.Activation):
+        return _activation_name(op) in ("relu", "relu6")
     return False
 
 
 def _has_fusable_activation(layer):
+    return _activation_name(layer) in (None, "linear", "relu", "relu6")
+
+
+def _is_plain(layer):
+    return _activation_name(layer) in (None, "linear")
+
+
+def _fixed_range(op):
+    """The fixed int8 output range of a softmax / sigmoid / tanh operation, else None."""
     import keras
 
-    act = getattr(layer, "activation", None)
-    return act is None or act is keras.activations.linear or getattr(act, "__name__", "") in (
-        "linear", "relu", "relu6")
+    if not kg.is_layer(op):
+        return ops.fixed_output_range(_FIXED_RANGE_OPS.get(type(op).__name__))
+    if isinstance(op, keras.layers.Softmax):
+        return ops.fixed_output_range("softmax")
+    if isinstance(op, keras.layers.Activation):
+        return ops.fixed_output_range(_activation_name(op))
+    return None
 
 
-def _plan(model, config, quantize=True):
+def _check_model(model):
     import keras
 
-    from kslim.quant.layers import QUANT_LAYERS, ActivationQuantizer
-
-    names = {l.name: l for l in model.layers}
-    for layer in model.layers:
-        if isinstance(layer, (ActivationQuantizer, *QUANT_LAYERS)):
-            raise ModelError(
-                f"Model {model.name!r} is already quantized (layer {layer.name!r} is a "
-                f"{type(layer).__name__}); pass the float model to quant_aware."
-            )
+    if not isinstance(model, keras.Model):
+        raise KslimTypeError(f"quant_aware() needs a keras.Model, got {type(model).__name__}.")
+    kg.graph_of(model)  # ModelError for subclassed models and Sequentials without an input shape
+    bad = _first_quant_layer(model)
+    if bad is not None:
+        raise ModelError(
+            f"Model {model.name!r} is already quantized (layer {bad.name!r} is a {type(bad).__name__}); "
+            "pass the float model to quant_aware."
+        )
+    for layer in _all_layers(model):
         if getattr(layer, "quantization_mode", None):
             raise ModelError(
                 f"Layer {layer.name!r} is already quantized by Keras (quantization_mode="
                 f"{layer.quantization_mode!r}); pass the float model."
             )
-        if isinstance(layer, keras.Model):
-            raise ModelError(
-                f"Layer {layer.name!r} is a nested model; quant_aware needs a flat model "
-                "(rebuild it with the nested model's layers called directly)."
-            )
-    for field_name in ("skip_layers", "only_layers"):
-        for name in getattr(config, field_name) or ():
-            if name not in names:
-                raise ModelError(
-                    f"{field_name}: model {model.name!r} has no layer named {name!r} "
-                    f"(its layers: {sorted(names)[:20]}{' ...' if len(names) > 20 else ''})."
-                )
-    if config.only_layers is not None:
-        for name in config.only_layers:
-            tname = type(names[name]).__name__
-            if tname not in config.quantizable_layer_type:
-                raise UnsupportedLayerError(
-                    f"only_layers: layer {name!r} is a {tname}, which cannot be quantized; quantizable "
-                    f"types: {list(config.quantizable_layer_type)}."
-                )
 
-    plan = _Plan()
-    nodes, consumers, outputs = _graph(model)
-    calls = {}
-    for node in nodes:
-        calls[node.operation.name] = calls.get(node.operation.name, 0) + 1
 
-    for layer in model.layers:
-        tname = type(layer).__name__
-        if not quantize or tname not in config.quantizable_layer_type:
-            continue
-        if not isinstance(layer, _keras_class(tname)):
-            continue
-        if config.only_layers is not None and layer.name not in config.only_layers:
-            continue
-        if layer.name in config.skip_layers or any(p in layer.name for p in config.not_quant_pattern):
-            continue
-        if getattr(layer, "lora_enabled", False):
-            raise ModelError(f"Layer {layer.name!r} has LoRA enabled; merge it before quantizing.")
-        plan.quantize.add(layer.name)
+class _Names:
+    """skip_layers / only_layers / not_quant_pattern resolved to paths of the flat graph."""
 
-    # BN folding: producer used once, its output consumed only by the BN, BN used once
-    if config.fold_batch_norm:
-        for node in nodes:
-            bn = node.operation
-            if not isinstance(bn, keras.layers.BatchNormalization) or calls[bn.name] != 1:
-                continue
-            src = node.input_tensors[0]
-            producer = src._keras_history.operation
-            if producer is None or calls.get(producer.name) != 1:
-                continue
-            if (not quantize and type(producer).__name__ not in ("Conv2D", "DepthwiseConv2D", "Dense")) or (
-                    quantize and producer.name not in plan.quantize):
-                continue
-            if len(consumers.get(id(src), [])) != 1 or id(src) in outputs:
-                continue
-            if not can_fold(producer, bn, len(src.shape)):
-                continue
-            plan.folded[bn.name] = producer
-            plan.fold_into[producer.name] = bn
+    def __init__(self, config, model):
+        self.config = config
+        self.model = model
+        self.skip, self.only = {}, None
+        self.pending = {}                                  # field -> names not found before expansion
+        self._resolve(kg.layer_paths(model), first=True)
 
+    def _resolve(self, paths, first=False):
+        paths = sorted(paths)
+        for field_name in ("skip_layers", "only_layers"):
+            names = getattr(self.config, field_name)
+            if names is None:
+                continue
+            if field_name == "only_layers" and self.only is None:
+                self.only = {}
+            target = self.skip if field_name == "skip_layers" else self.only
+            todo = names if first else self.pending.get(field_name, ())
+            for name in todo:
+                try:
+                    target[kg.resolve_path(paths, name, model_name=self.model.name)] = name
+                except ModelError as e:
+                    if first:
+                        self.pending.setdefault(field_name, []).append(name)
+                    else:
+                        raise ModelError(f"{field_name}: {e}") from None
+
+    def finish(self, flat):
+        """Resolve the names that only exist inside expanded layers (raises for unknown ones)."""
+        self._resolve(set(flat.paths) | set(flat.graphs) | set(kg.layer_paths(self.model)))
+
+    @staticmethod
+    def _under(path, chosen):
+        return next((p for p in chosen if path == p or path.startswith(p + "/")), None)
+
+    def skipped(self, path):
+        """The config field that keeps ``path`` float, or None."""
+        if self._under(path, self.skip):
+            return "skip_layers"
+        pattern = next((p for p in self.config.not_quant_pattern if p in path), None)
+        if pattern is not None:
+            return f"not_quant_pattern {pattern!r}"
+        if self.only is not None and not self._under(path, self.only):
+            return "only_layers"
+        return None
+
+
+def _unsupported_setting(layer, rank):
+    """Why a layer of a quantizable type cannot be quantized with its settings (None if it can)."""
+    import keras
+
+    tname = type(layer).__name__
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"{tname} with data_format={layer.data_format!r}: kslim quantizes channels-last layers only"
+    if tname == "Conv1D" and getattr(layer, "groups", 1) != 1:
+        return "grouped Conv1D (groups > 1): TFLite has no grouped int8 1-D convolution"
+    if tname == "EinsumDense" and "." in layer.equation.split("->")[0].split(",")[1]:
+        return f"EinsumDense kernel with an ellipsis ({layer.equation!r})"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        if rank is None or axis not in (-1, rank - 1):
+            return f"BatchNormalization over axis {layer.axis} (not the last one)"
+        if not 2 <= rank <= 4:
+            return f"BatchNormalization of a rank-{rank} input (kslim quantizes ranks 2 to 4)"
+    if getattr(layer, "lora_enabled", False):
+        raise ModelError(f"Layer {layer.name!r} has LoRA enabled; merge it before quantizing.")
+    return None
+
+
+def _select(flat, names, config, plan, quantize):
+    """Fill ``plan.quantize`` (and ``plan.unquantized``) with the layers to quantize."""
     if not quantize:
-        return plan
+        return
+    for calls in flat.calls.values():
+        leaf = calls[0]
+        layer, path = leaf.op, leaf.path
+        if not kg.is_layer(layer):
+            continue
+        tname = type(layer).__name__
+        why = names.skipped(path)
+        if tname not in _QUANT_CLASS and tname != "SeparableConv2D" or type(layer) is not _keras_class(tname):
+            if layer.weights:
+                plan.unquantized.setdefault(path, why or NOT_QUANTIZABLE.get(
+                    tname, f"kslim has no quantized version of {tname}: its weights stay float"))
+            continue
+        enclosing = next((type(flat.graphs[p]).__name__ for p in flat.graphs
+                          if path.startswith(p + "/") and not kg.is_graph_model(flat.graphs[p])), None)
+        if tname not in config.quantizable_layer_type and enclosing not in config.quantizable_layer_type:
+            plan.unquantized[path] = f"quantizable_layer_type excludes {tname}"
+            continue
+        if why is not None:
+            plan.unquantized[path] = why
+            continue
+        rank = len(kg.node_inputs(leaf.node)[0].shape) if kg.node_inputs(leaf.node) else None
+        why = _unsupported_setting(layer, rank)
+        if why is not None:
+            plan.unquantized[path] = why
+            continue
+        plan.quantize[id(layer)] = "separable" if tname == "SeparableConv2D" else _QUANT_CLASS[tname]
+    if names.only is not None:
+        for path, name in names.only.items():
+            layer = flat.paths.get(path)
+            if layer is not None and id(layer) not in plan.quantize and path not in flat.graphs:
+                raise UnsupportedLayerError(
+                    f"only_layers: layer {name!r} is a {type(layer).__name__}, which cannot be quantized "
+                    f"({plan.unquantized.get(path, 'it has no weights to quantize')}); quantizable types: "
+                    f"{list(config.quantizable_layer_type)}."
+                )
 
-    def effective_consumers(tensor):
+
+def _fold(flat, config, plan, quantize):
+    """Fill ``plan.folded`` / ``plan.fold_into``: BNs folded into the conv/dense that feeds them."""
+    import keras
+
+    if not config.fold_batch_norm:
+        return
+    for leaf in flat.leaves:
+        bn = leaf.op
+        if not isinstance(bn, keras.layers.BatchNormalization) or len(flat.calls[id(bn)]) != 1:
+            continue
+        src = leaf.inputs[0]
+        if src not in flat.producer:
+            continue
+        producer = flat.producer[src][0].op
+        if not kg.is_layer(producer) or len(flat.calls[id(producer)]) != 1:
+            continue
+        if quantize and id(producer) not in plan.quantize:
+            continue
+        if not quantize and type(producer).__name__ not in FOLDABLE_LAYER_TYPES:
+            continue
+        if len(flat.consumers.get(src, [])) != 1 or src in flat.outputs:
+            continue
+        if not can_fold(producer, bn, len(flat.tensor(src).shape)):
+            continue
+        plan.folded[id(bn)] = producer
+        plan.fold_into[id(producer)] = bn
+        plan.quantize.pop(id(bn), None)
+        plan.unquantized.pop(flat.op_path[id(bn)], None)
+
+
+def _is_passthrough(op, config, plan):
+    tname = type(op).__name__
+    if not kg.is_layer(op):
+        return tname in _SAME_SCALE_OPS
+    return tname in config.passthrough_layer_type or plan.quantize.get(id(op)) == "QuantEmbedding"
+
+
+def _is_merge(op, config):
+    tname = type(op).__name__
+    if tname in config.passthrough_layer_type:
+        return False
+    return tname in (_MERGE_LAYERS if kg.is_layer(op) else _MERGE_OPS)
+
+
+def _place_quantizers(flat, config, plan):
+    """Fill ``plan.out_quant`` / ``plan.quantize_inputs``: which tensors get an activation quantizer."""
+    if config.quantize_inputs:
+        plan.quantize_inputs = {i for i, t in enumerate(flat.input_tensors) if _is_float(t)}
+
+    def effective_consumers(key):
         out = []
-        for n in consumers.get(id(tensor), []):
-            if n.operation.name in plan.folded:
-                out.extend(effective_consumers(n.output_tensors[0]))
+        for c in flat.consumers.get(key, []):
+            if id(c.op) in plan.folded:
+                out.extend(effective_consumers(c.outputs[0]))
             else:
-                out.append(n)
+                out.append(c)
         return out
 
-    def is_model_output(tensor):
-        if id(tensor) in outputs:
-            return True
-        return any(n.operation.name in plan.folded and is_model_output(n.output_tensors[0])
-                   for n in consumers.get(id(tensor), []))
+    def is_output(key):
+        return key in flat.outputs or any(id(c.op) in plan.folded and is_output(c.outputs[0])
+                                          for c in flat.consumers.get(key, []))
 
-    for node in nodes:
-        layer = node.operation
-        tname = type(layer).__name__
-        if tname in config.passthrough_layer_type or layer.name in plan.fold_into:
-            continue
-        out_tensor = node.output_tensors[0]
-        if layer.name in plan.folded:
-            owner = plan.folded[layer.name]
-            fusing = True
-        else:
-            owner = layer
-            fusing = tname in _FUSING_TYPES and (tname == "Add" or layer.name in plan.quantize)
-        if fusing and _has_fusable_activation(owner) and not is_model_output(out_tensor):
-            cons = effective_consumers(out_tensor)
-            is_plain = getattr(owner, "activation", None) in (None, keras.activations.linear)
-            if is_plain and len(cons) == 1 and _is_fusable_activation(cons[0].operation):
-                continue  # quantized after the ReLU that TFLite fuses into this op
-        plan.quantize_output.add(layer.name)
-    return plan
+    def spec(leaf, i):
+        """What the i-th output of this call needs: None, "learned" or a fixed (lo, hi)."""
+        key = leaf.outputs[i]
+        op = leaf.op
+        if not _is_float(kg.node_outputs(leaf.node)[i]) or id(op) in plan.fold_into:
+            return None
+        owner = plan.folded.get(id(op), op)
+        tname = type(owner).__name__
+        if owner is op and _is_passthrough(op, config, plan):
+            return None
+        fixed = _fixed_range(op) if owner is op else None
+        if id(owner) in plan.split:
+            fixed = ops.fixed_output_range(_activation_name(owner))
+        if fixed is not None:
+            return fixed
+        if is_output(key):
+            return "learned"
+        cons = effective_consumers(key)
+        fusing = tname in _FUSING_TYPES and (tname == "Add" or id(owner) in plan.quantize)
+        if fusing and _is_plain(owner) and len(cons) == 1 and _is_fusable_activation(cons[0].op):
+            return None  # quantized after the ReLU that TFLite fuses into this op
+        if cons and all(_is_merge(c.op, config) for c in cons):
+            return None  # quantized by the concatenation it feeds, with the concatenation's range
+        return "learned"
+
+    for leaf in flat.leaves:
+        for i in range(len(leaf.outputs)):
+            s = spec(leaf, i)
+            if s is not None:
+                plan.out_quant.setdefault((id(leaf.node), i), s)  # any call of a shared node that needs one
+
+
+def _split_activations(flat, plan):
+    for layer_id, qcls in plan.quantize.items():
+        layer = flat.calls[layer_id][0].op
+        if qcls not in ("QuantEmbedding", "QuantBatchNormalization") and not _has_fusable_activation(layer):
+            plan.split.add(layer_id)
+
+
+def _plan(model, config, quantize=True):
+    """(flat graph, plan, resolved names) of the rewrite of ``model``."""
+    import keras
+
+    names = _Names(config, model)
+
+    def expand(op, path):
+        return (quantize and type(op) is keras.layers.MultiHeadAttention
+                and "MultiHeadAttention" in config.quantizable_layer_type and names.skipped(path) is None)
+
+    flat = _Flat(model, expand=expand)
+    names.finish(flat)
+    plan = _Plan()
+    plan.unquantized.update(flat.not_expanded)
+    _select(flat, names, config, plan, quantize)
+    _fold(flat, config, plan, quantize)
+    if quantize:
+        _split_activations(flat, plan)
+        _place_quantizers(flat, config, plan)
+    return flat, plan, names
 
 
 # ---------------------------------------------------------------------------------------- rewrite
@@ -270,133 +592,251 @@ def _is_float(tensor):
     return "float" in str(tensor.dtype)
 
 
-def _clone(layer, config_overrides=None, cls=None):
-    cfg = layer.get_config()
-    if config_overrides:
-        cfg.update(config_overrides)
-    return (cls or type(layer)).from_config(cfg)
+def _copy_error(layer, path, what, error):
+    return ModelError(
+        f"Layer {path!r} ({type(layer).__name__}) cannot be copied for quantization: its {what} raised "
+        f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}. Implement "
+        f"get_config() returning its constructor arguments (and from_config() if they are not plain values), "
+        f"or add {path!r} to skip_layers to keep the layer as it is (it is then shared with the original model)."
+    )
+
+
+def _config_of(layer, path):
+    try:
+        return layer.get_config()
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
+        raise _copy_error(layer, path, "get_config()", e) from e
+
+
+def _from_config(cls, cfg, layer, path):
+    try:
+        return cls.from_config(cfg)
+    except Exception as e:  # noqa: BLE001
+        raise _copy_error(layer, path, f"{cls.__name__}.from_config()", e) from e
+
+
+class _Rewriter:
+    """Builds the new model from the flat graph and the plan (clones are made before any wiring)."""
+
+    def __init__(self, model, flat, plan, names, config):
+        self.model, self.flat, self.plan, self.names, self.config = model, flat, plan, names, config
+        self.new = {}        # id(original layer) -> new layer(s): layer, or (dw, pw) for a separable conv
+        self.weights = {}    # id(new layer) -> weights to set after its first call
+        self.models = {}     # id(nested model or expanded layer) -> new nested model
+        self.quant_names = {}
+        self._make_layers()
+
+    # -------------------------------------------------------------- layers
+    def _make_layers(self):
+        from kslim.quant import layers as qlayers
+
+        plan, config = self.plan, self.config
+        for calls in self.flat.calls.values():
+            layer, path = calls[0].op, calls[0].path
+            if not kg.is_layer(layer) or id(layer) in plan.folded:
+                continue
+            try:
+                cfg = _config_of(layer, path)
+            except ModelError:
+                if self.names.skipped(path) != "skip_layers":
+                    raise
+                plan.unquantized[path] = "skip_layers; shared with the original model (its get_config() fails)"
+                self.new[id(layer)] = layer
+                continue
+            qcls = plan.quantize.get(id(layer))
+            bn = plan.fold_into.get(id(layer))
+            weights = folded_weights(layer, bn) if bn is not None else layer.get_weights()
+            quant_args = dict(weight_bits=config.weight_bits, per_channel=config.per_channel)
+            if qcls == "separable":
+                dw_cfg = {k: cfg[k] for k in ("kernel_size", "strides", "padding", "data_format", "dilation_rate",
+                                              "depth_multiplier")}
+                dw = qlayers.QuantDepthwiseConv2D(**dw_cfg, use_bias=False, name=f"{layer.name}_dw", **quant_args)
+                act = "linear" if id(layer) in plan.split else cfg["activation"]
+                pw = qlayers.QuantConv2D(layer.filters, 1, use_bias=layer.use_bias or bn is not None, activation=act,
+                                         name=f"{layer.name}_pw", **quant_args)
+                self.new[id(layer)] = (dw, pw)
+                self.weights[id(dw)] = weights[:1]
+                self.weights[id(pw)] = weights[1:]
+                continue
+            over = {}
+            if bn is not None:
+                over["use_bias"] = True
+            if id(layer) in plan.split:
+                over["activation"] = "linear"
+            cls = type(layer)
+            if qcls is not None:
+                cls = getattr(qlayers, qcls)
+                over.update(quant_args)
+            new = _from_config(cls, {**cfg, **over}, layer, path)
+            self.new[id(layer)] = new
+            self.weights[id(new)] = weights
+
+    def _call_layer(self, layer, path, args, kwargs):
+        out = layer(*args, **kwargs)
+        weights = self.weights.pop(id(layer), None)
+        if weights is not None:
+            try:
+                layer.set_weights(weights)
+            except Exception as e:  # noqa: BLE001
+                raise ModelError(
+                    f"Layer {path!r} ({type(layer).__name__}): the weights of the original do not fit its copy "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); its get_config() does not "
+                    f"return every constructor argument. Fix get_config() or add {path!r} to skip_layers."
+                ) from e
+        return out
+
+    def _act_quantizer(self, scope, base, fixed=None):
+        from kslim.quant.layers import ActivationQuantizer
+
+        used = self.quant_names.setdefault(id(scope), set())
+        name, i = f"{base}_quant", 0
+        while name in used:
+            i += 1
+            name = f"{base}_quant_{i}"
+        used.add(name)
+        c = self.config
+        if fixed is not None:
+            q = ActivationQuantizer(bits=8, mode=c.activation_quantize_type, momentum=c.moving_rate, name=name)
+            q.set_range(*fixed)
+            return q
+        return ActivationQuantizer(bits=c.activation_bits, mode=c.activation_quantize_type, momentum=c.moving_rate,
+                                   symmetric=c.activation_symmetric, name=name)
+
+    # -------------------------------------------------------------- graphs
+    def build(self):
+        import keras
+
+        model, plan = self.model, self.plan
+        new_inputs = kg.fresh_inputs(model)
+        flat_in = keras.tree.flatten(new_inputs)
+        scope = object()
+        self._reserve(scope, model)
+        start = [self._act_quantizer(scope, kg.input_name(t))(x) if i in plan.quantize_inputs else x
+                 for i, (t, x) in enumerate(zip(self.flat.input_tensors, flat_in))]
+        outs = self._graph(model, start, scope)
+        return keras.Model(new_inputs, keras.tree.pack_sequence_as(kg.outputs_struct(model), outs), name=model.name)
+
+    def _reserve(self, scope, model):
+        used = self.quant_names.setdefault(id(scope), set())
+        used.update(node.operation.name for node in kg.nodes(model))
+
+    def _graph(self, model, inputs, scope, prefix=""):
+        """Rebuild one graph (the top model, a nested model or an expansion) on new input tensors."""
+        import keras
+
+        def visit(node, values, pfx):
+            return self._node(node, values, pfx, scope)
+
+        def enter(node, values, pfx):
+            sub = node.operation
+            args, kwargs = kg.node_call_args(node, values)
+            return keras.tree.flatten(self._nested(sub, pfx + sub.name)(*args, **kwargs))
+
+        return kg.walk(model, inputs, visit, enter=enter, prefix=prefix)
+
+    def _nested(self, sub, path):
+        import keras
+
+        if id(sub) not in self.models:
+            new_inputs = kg.fresh_inputs(sub)
+            scope = object()
+            self._reserve(scope, sub)
+            outs = self._graph(sub, keras.tree.flatten(new_inputs), scope, path + "/")
+            new = keras.Model(new_inputs, keras.tree.pack_sequence_as(kg.outputs_struct(sub), outs), name=sub.name)
+            if not sub.trainable:
+                new.trainable = False
+            self.models[id(sub)] = new
+        return self.models[id(sub)]
+
+    def _expanded(self, layer, sub, n, path):
+        import keras
+
+        if id(layer) not in self.models:
+            new_inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype) for t in sub.inputs]
+            scope = object()
+            self._reserve(scope, sub)
+            outs = self._graph(sub, new_inputs, scope, path + "/")[:n]
+            self.models[id(layer)] = keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
+                                                 outs if n > 1 else outs[0], name=layer.name)
+        return self.models[id(layer)]
+
+    def _node(self, node, values, prefix, scope):
+        import keras
+
+        op = node.operation
+        path = prefix + op.name
+        args, kwargs = kg.node_call_args(node, values)
+        if id(node) in self.flat.expansions:
+            sub, n = self.flat.expansions[id(node)]
+            flat = _tensor_args(args, kwargs)
+            return keras.tree.flatten(self._expanded(op, sub, n, path)(flat if len(flat) > 1 else flat[0]))
+        if not kg.is_layer(op):
+            outs = keras.tree.flatten(op(*args, **kwargs))  # keras.ops nodes are stateless: reused
+        elif id(op) in self.plan.folded:
+            outs = [args[0]]
+        else:
+            outs = keras.tree.flatten(self._layer(op, path, args, kwargs, scope))
+        return [self._maybe_quantize(node, i, t, op, scope) for i, t in enumerate(outs)]
+
+    def _layer(self, op, path, args, kwargs, scope):
+        import keras
+
+        new = self.new[id(op)]
+        if isinstance(new, tuple):  # separable conv: depthwise, quantizer, pointwise
+            dw, pw = new
+            x = self._call_layer(dw, path, args, kwargs)
+            x = self._act_quantizer(scope, dw.name)(x)
+            out = self._call_layer(pw, path, (x,), {})
+        else:
+            out = self._call_layer(new, path, args, kwargs)
+        if id(op) in self.plan.split:
+            out = self._act_quantizer(scope, f"{op.name}_preact")(out)
+            act = keras.layers.Activation(op.get_config()["activation"], name=f"{op.name}_act")
+            out = act(out)
+        return out
+
+    def _maybe_quantize(self, node, i, tensor, op, scope):
+        import keras
+
+        s = self.plan.out_quant.get((id(node), i))
+        if s is None or not isinstance(tensor, keras.KerasTensor) or not _is_float(tensor):
+            return tensor
+        return self._act_quantizer(scope, op.name, fixed=None if s == "learned" else s)(tensor)
 
 
 def rewrite(model, config, quantize=True):
     """Rebuild ``model`` following ``config``: fold BN, and if ``quantize``, insert the QAT layers.
 
-    Internal engine of :func:`quant_aware` and :func:`kslim.quant.fold.fold_batch_norm`.
+    Internal engine of :func:`quant_aware` and :func:`kslim.quant.fold.fold_batch_norm`. Returns
+    ``(new model, plan)``.
     """
-    import keras
-
-    from kslim.quant import layers as qlayers
-
-    functional = _as_functional(model)
-    plan = _plan(functional, config, quantize=quantize)
-    weights_done = set()
-    quant_calls = {}
-
-    def act_quantizer(name):
-        i = quant_calls.get(name, 0)
-        quant_calls[name] = i + 1
-        return qlayers.ActivationQuantizer(
-            bits=config.activation_bits, mode=config.activation_quantize_type, momentum=config.moving_rate,
-            symmetric=config.activation_symmetric, name=f"{name}_quant" + (f"_{i}" if i else ""))
-
-    new_inputs = keras.tree.map_structure(
-        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name),
-        functional.input)
-    input_ids = {id(t): t for t in keras.tree.flatten(new_inputs)}
-    quantized_inputs = {}
-
-    def maybe_quantize_input(t):
-        if (quantize and config.quantize_inputs and isinstance(t, keras.KerasTensor) and id(t) in input_ids
-                and _is_float(t)):
-            if id(t) not in quantized_inputs:
-                quantized_inputs[id(t)] = act_quantizer(t._keras_history.operation.name)(t)
-            return quantized_inputs[id(t)]
-        return t
-
-    new_layers = {}
-
-    def built(name, factory, *args, set_weights=None, **kwargs):
-        """Create (once) and call a new layer; set its weights after the first call."""
-        if name not in new_layers:
-            new_layers[name] = factory()
-        layer = new_layers[name]
-        out = layer(*args, **kwargs)
-        if name not in weights_done and set_weights is not None:
-            layer.set_weights(set_weights)
-            weights_done.add(name)
-        return out
-
-    def quant_layer(orig, *args, **kwargs):
-        tname = type(orig).__name__
-        qcls = getattr(qlayers, _QUANT_CLASS[tname]) if quantize and orig.name in plan.quantize else type(orig)
-        over = {}
-        if qcls is not type(orig):
-            over.update(weight_bits=config.weight_bits, per_channel=config.per_channel)
-        bn = plan.fold_into.get(orig.name)
-        if bn is not None:
-            kernel, bias = folded_weights(orig, bn)
-            over["use_bias"] = True
-        else:
-            kernel, bias = orig.get_weights()[0], (orig.get_weights()[1] if orig.use_bias else None)
-        split = quantize and orig.name in plan.quantize and not _has_fusable_activation(orig)
-        if split:
-            over["activation"] = "linear"
-        weights = [kernel] + ([bias] if bias is not None else [])
-        out = built(orig.name, lambda: _clone(orig, over, qcls), *args, set_weights=weights, **kwargs)
-        if split:
-            out = act_quantizer(f"{orig.name}_preact")(out)
-            act = keras.layers.Activation(orig.get_config()["activation"], name=f"{orig.name}_act")
-            out = act(out)
-        return out
-
-    def separable(orig, x, **kwargs):
-        w = orig.get_weights()
-        dw_cfg = {k: orig.get_config()[k] for k in ("kernel_size", "strides", "padding", "data_format",
-                                                      "dilation_rate", "depth_multiplier")}
-        dw = built(f"{orig.name}_dw", lambda: qlayers.QuantDepthwiseConv2D(
-            **dw_cfg, use_bias=False, weight_bits=config.weight_bits, per_channel=config.per_channel,
-            name=f"{orig.name}_dw"), x, set_weights=[w[0]])
-        dw = act_quantizer(f"{orig.name}_dw")(dw)
-        pw_weights = [w[1]] + ([w[2]] if orig.use_bias else [])
-        split = not _has_fusable_activation(orig)
-        out = built(f"{orig.name}_pw", lambda: qlayers.QuantConv2D(
-            orig.filters, 1, use_bias=orig.use_bias, activation="linear" if split else orig.get_config()["activation"],
-            weight_bits=config.weight_bits, per_channel=config.per_channel, name=f"{orig.name}_pw"),
-            dw, set_weights=pw_weights)
-        if split:
-            out = act_quantizer(f"{orig.name}_preact")(out)
-            out = keras.layers.Activation(orig.get_config()["activation"], name=f"{orig.name}_act")(out)
-        return out
-
-    def call_function(layer, *args, **kwargs):
-        args, kwargs = keras.tree.map_structure(maybe_quantize_input, (args, kwargs))
-        tname = type(layer).__name__
-        if layer.name in plan.folded:
-            out = args[0]
-        elif tname == "SeparableConv2D" and layer.name in plan.quantize:
-            out = separable(layer, *args, **kwargs)
-        elif layer.name in plan.quantize or layer.name in plan.fold_into:
-            out = quant_layer(layer, *args, **kwargs)
-        else:
-            out = built(layer.name, lambda: _clone(layer), *args, set_weights=layer.get_weights(), **kwargs)
-        if quantize and layer.name in plan.quantize_output and isinstance(out, keras.KerasTensor) and _is_float(out):
-            out = act_quantizer(layer.name)(out)
-        return out
-
-    return keras.models.clone_model(functional, input_tensors=new_inputs, clone_function=lambda l: l,
-                                    call_function=call_function)
+    opaque = {}
+    if quantize:  # composite layers (a call() made of Keras layers and keras.ops) are seen through
+        model = kg.expand_composites(model, reasons=opaque)
+    flat, plan, names = _plan(model, config, quantize=quantize)
+    for path, why in opaque.items():
+        if path in plan.unquantized and not plan.unquantized[path].startswith(_CHOSEN):
+            plan.unquantized[path] = f"composite layer kslim cannot see through: {why}"
+    return _Rewriter(model, flat, plan, names, config).build(), plan
 
 
 def quant_aware(model, config=None, **overrides):
-    """Return a quantization-aware copy of ``model`` (Functional or Sequential, built).
+    """Return a quantization-aware copy of ``model`` (Functional or Sequential, built, nested models allowed).
 
     Args:
         model: the float Keras model (left untouched; its weights are copied).
         config: a :class:`QuantConfig`, a dict of its fields, or None for the defaults.
         **overrides: individual :class:`QuantConfig` fields, e.g. ``weight_bits=4``.
 
+    Returns:
+        A ``keras.Model`` (Functional; nested models come back as nested Functional models of the same
+        name). Its attribute ``kslim_unquantized`` is ``{layer path: reason}`` for every layer with
+        weights left float (a warning lists those kslim could not quantize).
+
     Raises:
         ConfigError: a config field has a bad value (the field is named).
-        ModelError: the model is already quantized, subclassed, nested, or a skip name is unknown.
+        ModelError: the model is already quantized or subclassed, a skip name is unknown, or a layer
+            cannot be copied (its ``get_config``/``from_config`` fails: the layer and what to do are named).
         UnsupportedLayerError: ``only_layers`` names a layer of a type that cannot be quantized.
 
     Example:
@@ -410,13 +850,17 @@ def quant_aware(model, config=None, **overrides):
     cfg = QuantConfig.from_dict(config)
     if overrides:
         cfg = QuantConfig.from_dict({**cfg.to_dict(), **overrides})
-    if is_quantized(model):
-        bad = next(l for l in _all_layers(model) if "Quant" in type(l).__name__)
-        raise ModelError(
-            f"Model {model.name!r} is already quantized (layer {bad.name!r} is a {type(bad).__name__}); "
-            "pass the float model to quant_aware."
-        )
-    return rewrite(model, cfg, quantize=True)
+    _check_model(model)
+    q, plan = rewrite(model, cfg, quantize=True)
+    unquantized = dict(sorted(plan.unquantized.items()))
+    q.kslim_unquantized = unquantized
+    left = {p: r for p, r in unquantized.items() if not r.startswith(_CHOSEN)}
+    if left:
+        lines = "; ".join(f"{p} ({r})" for p, r in list(left.items())[:10])
+        more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+        warnings.warn(f"quant_aware left {len(left)} layer(s) of {model.name!r} float: {lines}{more}. "
+                      "The full list is in the returned model's kslim_unquantized.", stacklevel=2)
+    return q
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -488,7 +932,7 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
             # the converter quantizes a constant whose values are all equal ("splat") with the first
             # channel's scale only; one ulp on one entry keeps it a dense constant (exact per channel)
             nudged = bias.copy()
-            nudged[0] = np.nextafter(nudged[0], np.float32(np.inf))
+            nudged.flat[0] = np.nextafter(nudged.flat[0], np.float32(np.inf))
             layer.bias.assign(nudged)
         with warnings.catch_warnings():
             # the converter warns that int8 input statistics were not given: the QAT ranges are used instead
@@ -504,13 +948,15 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
 
 def _splat_biases(model):
     """[(layer, bias)] of quantized layers whose bias has > 1 entries, all equal and non-zero."""
+    from keras import ops as kops
+
     from kslim.quant.layers import QUANT_LAYERS
 
     out = []
     for layer in _all_layers(model):
         if isinstance(layer, QUANT_LAYERS) and layer.per_channel and getattr(layer, "bias", None) is not None:
-            b = np.asarray(layer.bias).copy()
-            if b.size > 1 and b[0] != 0 and np.all(b == b[0]):
+            b = np.array(kops.convert_to_numpy(layer.bias))
+            if b.size > 1 and b.flat[0] != 0 and np.all(b == b.flat[0]):
                 out.append((layer, b))
     return out
 
