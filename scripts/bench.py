@@ -16,12 +16,13 @@ table                 script                               writes
 ``nas``               scripts/bench_nas.py                 benchmarks/nas.{json,md} (+ .png)
 ``latency``           scripts/bench_latency.py             benchmarks/latency.{json,md}
 ``cost``              scripts/bench_cost.py                benchmarks/cost.{json,md}
+``zoo``               scripts/bench_zoo.py                 benchmarks/zoo.{json,md}
 ====================  ===================================  ==========================================
 
 then ``scripts/render_benchmarks.py`` assembles ``BENCHMARKS.md`` from the fragments (machine,
 date, commands, and what failed). Usage::
 
-    nice -n 10 python scripts/bench.py                        # every table, full (~70 min on 2 idle cores)
+    nice -n 10 python scripts/bench.py                        # every table, full (~80 min on 2 idle cores)
     nice -n 10 python scripts/bench.py --tables prune peers   # some tables, then render
     python scripts/bench.py --quick                           # smoke run of every script (CI), ~15-20 min
     python scripts/bench.py --render-only                     # re-render BENCHMARKS.md from the fragments
@@ -62,10 +63,11 @@ TABLES = {  # in the order of a full run
     "latency": ("bench_latency.py", ("latency",), [], []),
     "peers": ("bench_peers_tfmot.py", ("peers_tfmot",), [], []),
     "combined": ("bench_combined.py", ("combined",), [], []),
+    "zoo": ("bench_zoo.py", ("zoo",), [], []),
 }
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
 EXPECTED_MIN = {"prune": 14, "quant": 4, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
-                "latency": 4, "cost": 2}
+                "latency": 4, "cost": 2, "zoo": 12}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name  # noqa: E402
