@@ -28,6 +28,8 @@ _LAZY = {
                             "strip_pruning"],
     "kslim.prune.plot": ["plot_sensitivity"],
     "kslim.prune.sensitivity": ["load_sensitivity", "ratios_by_flops", "ratios_by_loss", "sensitivity"],
+    "kslim.prune.unstructured": ["LevelPruner", "UnstructuredPruning", "strip_unstructured", "weight_sparsity",
+                                 "convert_sparse", "sparse_tensors"],
     "kslim.prune.regularizers": ["slim_penalty", "group_lasso_penalty", "group_norms", "SparsityPenalty"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

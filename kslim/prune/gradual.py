@@ -136,8 +136,98 @@ class _MaskConstraint:
         return ops.multiply(w, ops.cast(self.mask, w.dtype))
 
 
+class VariableMasks:
+    """Entries of some variables held at zero during ``fit``: one mask variable per weight, enforced
+    after every optimizer step by the weight's constraint (inside the compiled train step, so
+    ``steps_per_execution`` > 1 is fine). Shared by filter masks (:class:`GradualPruning`) and weight
+    masks (:class:`kslim.prune.unstructured.UnstructuredPruning`)."""
+
+    def __init__(self):
+        self.entries = {}    # id(variable) -> (variable, keras.Variable mask)
+        self._saved = {}     # id(variable) -> the variable's own constraint while installed
+
+    def track(self, var):
+        """Give ``var`` a mask (all ones) if it has none; returns its key."""
+        if id(var) not in self.entries:
+            mask = keras.Variable(np.ones(tuple(var.shape), "float32"), trainable=False, dtype="float32",
+                                  name=f"{var.name}_prune_mask")
+            self.entries[id(var)] = (var, mask)
+        return id(var)
+
+    def ones(self):
+        """``{key: all-ones array}`` shaped like each tracked variable (to be filled with zeros)."""
+        return {key: np.ones(tuple(var.shape), "float32") for key, (var, _) in self.entries.items()}
+
+    def assign(self, arrays):
+        """Set the masks to ``arrays`` (``{key: 0/1 array}``) and zero the masked entries now."""
+        for key, arr in arrays.items():
+            var, mask = self.entries[key]
+            mask.assign(arr)
+            var.assign(np.asarray(var.numpy()) * arr.astype(var.dtype))
+
+    def install(self, model):
+        """Chain the mask constraints onto the trainable variables; retrace ``model``'s train step."""
+        for key, (var, mask) in self.entries.items():
+            if not getattr(var, "trainable", False) or key in self._saved:
+                continue
+            self._saved[key] = var.constraint
+            var.constraint = _MaskConstraint(mask, var.constraint)
+        # the compiled train step must be traced with the constraints (and without them afterwards)
+        model.make_train_function(force=True)
+
+    def remove(self, model):
+        """Restore the variables' own constraints; the next ``fit`` retraces without the masks."""
+        for key, original in self._saved.items():
+            self.entries[key][0].constraint = original
+        self._saved = {}
+        model.train_function = None
+
+
+class MaskingCallback(keras.callbacks.Callback):
+    """Base of the callbacks masking weights on a :class:`PruningSchedule` during ``fit``.
+
+    Subclasses implement ``_setup(model)`` (track variables in :attr:`variable_masks`),
+    ``_update_masks(step)`` (choose the masks for the schedule at ``step`` and apply them),
+    ``_apply_masks()`` and ``_has_masks()``.
+    """
+
+    def __init__(self, schedule=None):
+        super().__init__()
+        if schedule is None:
+            schedule = AGP()
+        if not isinstance(schedule, PruningSchedule):
+            raise KslimTypeError(f"schedule must be a PruningSchedule (e.g. AGP, PolynomialDecay), got {schedule!r}.")
+        self.schedule = schedule
+        self.variable_masks = VariableMasks()
+
+    def on_train_begin(self, logs=None):
+        self._setup(self.model)
+        self.variable_masks.install(self.model)
+        step = self._step()
+        self._last_step = step
+        if self._has_masks():
+            self._apply_masks()          # continuing training: keep the masks of the previous fit
+        elif step > 0 and self.schedule.fraction(step) > 0:
+            self._update_masks(step)     # resuming with a schedule already under way
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        # with steps_per_execution > 1 several steps ran since the last call: take the latest
+        # pruning step among them
+        due = [t for t in range(self._last_step + 1, step + 1) if self.schedule.should_prune(t)]
+        self._last_step = step
+        if due:
+            self._update_masks(due[-1])
+
+    def on_train_end(self, logs=None):
+        self.variable_masks.remove(self.model)
+
+    def _step(self):
+        return int(np.asarray(self.model.optimizer.iterations))
+
+
 # ---------------------------------------------------------------------------------------------- callback
-class GradualPruning(keras.callbacks.Callback):
+class GradualPruning(MaskingCallback):
     """Keras callback pruning channel groups gradually during ``fit`` (masking), see :mod:`kslim.prune.gradual`.
 
     Args:
@@ -167,7 +257,7 @@ class GradualPruning(keras.callbacks.Callback):
 
     def __init__(self, pruner="l1", target_ratio=0.5, schedule=None, skip=None, keep_classifier=True,
                  round_to=1, verbose=0):
-        super().__init__()
+        super().__init__(schedule)
         self.pruner_cls = pruner_class(pruner)  # GradualPruning builds it on the model fit() trains
         if isinstance(target_ratio, dict):
             if not target_ratio:
@@ -175,11 +265,6 @@ class GradualPruning(keras.callbacks.Callback):
             self.target_ratio = {str(k): _check_ratio(v, f"target_ratio[{k!r}]") for k, v in target_ratio.items()}
         else:
             self.target_ratio = _check_ratio(target_ratio, "target_ratio")
-        if schedule is None:
-            schedule = AGP()
-        if not isinstance(schedule, PruningSchedule):
-            raise KslimTypeError(f"schedule must be a PruningSchedule (e.g. AGP, PolynomialDecay), got {schedule!r}.")
-        self.schedule = schedule
         self.skip = skip
         self.keep_classifier = keep_classifier
         self.round_to = max(1, int(round_to))
@@ -188,8 +273,6 @@ class GradualPruning(keras.callbacks.Callback):
         self.history = []        # (step, {group: ratio masked})
         self.pruner = None
         self._targets = None     # group name -> target ratio
-        self._mask_vars = {}     # id(variable) -> (variable, keras.Variable mask)
-        self._saved_constraints = {}
 
     # -------------------------------------------------------------- set-up
     def _setup(self, model):
@@ -220,52 +303,10 @@ class GradualPruning(keras.callbacks.Callback):
         # one mask per (variable) touched by a pruned group
         for name in targets:
             for m in groups[name].members:
-                var = self.pruner.graph.layers[m.layer_name].weights[m.weight_index]
-                if id(var) not in self._mask_vars:
-                    mask = keras.Variable(np.ones(tuple(var.shape), "float32"), trainable=False,
-                                          dtype="float32", name=f"{var.name}_prune_mask")
-                    self._mask_vars[id(var)] = (var, mask)
+                self.variable_masks.track(self.pruner.graph.layers[m.layer_name].weights[m.weight_index])
 
-    def _install_constraints(self):
-        for key, (var, mask) in self._mask_vars.items():
-            if not getattr(var, "trainable", False):
-                continue
-            self._saved_constraints[key] = var.constraint
-            var.constraint = _MaskConstraint(mask, var.constraint)
-
-    def _remove_constraints(self):
-        for key, original in self._saved_constraints.items():
-            self._mask_vars[key][0].constraint = original
-        self._saved_constraints = {}
-
-    # -------------------------------------------------------------- keras hooks
-    def on_train_begin(self, logs=None):
-        self._setup(self.model)
-        self._install_constraints()
-        # the compiled train step must be traced with the constraints (and without them afterwards)
-        self.model.make_train_function(force=True)
-        step = self._step()
-        self._last_step = step
-        if self.masks:
-            self._apply_masks()          # continuing training: keep the masks of the previous fit
-        elif step > 0 and self.schedule.fraction(step) > 0:
-            self._update_masks(step)     # resuming with a schedule already under way
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
-        # with steps_per_execution > 1 several steps ran since the last call: take the latest
-        # pruning step among them
-        due = [t for t in range(self._last_step + 1, step + 1) if self.schedule.should_prune(t)]
-        self._last_step = step
-        if due:
-            self._update_masks(due[-1])
-
-    def on_train_end(self, logs=None):
-        self._remove_constraints()
-        self.model.train_function = None
-
-    def _step(self):
-        return int(np.asarray(self.model.optimizer.iterations))
+    def _has_masks(self):
+        return bool(self.masks)
 
     # -------------------------------------------------------------- masking
     def _update_masks(self, step):
@@ -291,7 +332,7 @@ class GradualPruning(keras.callbacks.Callback):
             print(f"GradualPruning: step {step}: mean channel ratio {mean:.3f} (schedule {frac:.3f})")
 
     def _mask_arrays(self):
-        arrays = {key: np.ones(tuple(var.shape), "float32") for key, (var, _) in self._mask_vars.items()}
+        arrays = self.variable_masks.ones()
         for name, channels in self.masks.items():
             if not len(channels):
                 continue
@@ -305,10 +346,7 @@ class GradualPruning(keras.callbacks.Callback):
         return arrays
 
     def _apply_masks(self):
-        for key, arr in self._mask_arrays().items():
-            var, mask = self._mask_vars[key]
-            mask.assign(arr)
-            var.assign(np.asarray(var.numpy()) * arr.astype(var.dtype))
+        self.variable_masks.assign(self._mask_arrays())
 
     # -------------------------------------------------------------- state
     def sparsity(self):
