@@ -30,6 +30,8 @@ _LAZY = {
     "kslim.prune.sensitivity": ["load_sensitivity", "ratios_by_flops", "ratios_by_loss", "sensitivity"],
     "kslim.prune.unstructured": ["LevelPruner", "UnstructuredPruning", "strip_unstructured", "weight_sparsity",
                                  "convert_sparse", "sparse_tensors"],
+    "kslim.prune.lottery": ["lottery_ticket", "LotteryTicket"],
+    "kslim.prune.heads": ["prune_heads", "head_importance", "plan_heads"],
     "kslim.prune.regularizers": ["slim_penalty", "group_lasso_penalty", "group_norms", "SparsityPenalty"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
