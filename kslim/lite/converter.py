@@ -55,22 +55,11 @@ def _keras_model_check(model):
 
 # ---------------------------------------------------------------------------------- recurrent layers
 def _walk_layers(model):
-    """Every layer reachable from ``model`` (nested models, wrappers, layers held as attributes)."""
-    import keras
+    """Every layer reachable from ``model`` (nested models, wrappers such as Bidirectional), ``model``
+    excluded; read through kslim's one owner of Keras' graph."""
+    from kslim.graph import keras_graph as kg
 
-    seen, stack = set(), [model]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if layer is not model:
-            yield layer
-        for value in vars(layer).values():
-            if isinstance(value, keras.layers.Layer):
-                stack.append(value)
-            elif isinstance(value, (list, tuple)):
-                stack.extend(v for v in value if isinstance(v, keras.layers.Layer))
+    return [layer for layer in kg.all_layers(model) if layer is not model]
 
 
 UNKNOWN = "unknown"  # timesteps of an RNN whose input cannot be read (called inside another layer's call)

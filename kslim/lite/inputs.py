@@ -261,14 +261,14 @@ def model_inputs(model, fn="convert"):
     owner = f"model {model.name!r}"
     # list inputs are named after their InputLayer (keras.Input(name=...)); a KerasTensor's own name
     # is "keras_tensor_<n>" unless the Input was named
-    layer_of = {id(layer.output): layer.name for layer in getattr(model, "layers", [])
-                if isinstance(layer, keras.layers.InputLayer)}
+    from kslim.graph.keras_graph import input_name
+
     if isinstance(struct, dict):
         items, kind = list(struct.items()), "dict"
     elif isinstance(struct, (list, tuple)):
-        items, kind = [(layer_of.get(id(t), t.name), t) for t in struct], "list"
+        items, kind = [(input_name(t) or t.name, t) for t in struct], "list"
     else:
-        items, kind = [(layer_of.get(id(struct), struct.name), struct)], "single"
+        items, kind = [(input_name(struct) or struct.name, struct)], "single"
     specs = []
     for name, t in items:
         if not hasattr(t, "shape") or isinstance(t, (dict, list, tuple)):
