@@ -55,13 +55,22 @@ class Block(layers.Layer):
 
 
 class Holder(layers.Layer):
-    """Owns a weight used directly in call(): must stay opaque."""
+    """Owns a weight used directly in call(): it becomes a WeightHolder node of the expansion."""
 
     def build(self, shape):
         self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", name="scale")
 
     def call(self, x):
         return x * self.scale
+
+
+class RawTF(layers.Layer):
+    """Calls TensorFlow directly: cannot be traced, stays opaque."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.nn.relu(x)
 
 
 class ValueBranch(layers.Layer):
@@ -89,6 +98,7 @@ def _composite_model():
     blk = Block(4, name="blk")
     x = blk(blk(x))  # shared: called twice
     x = Holder(name="holder")(x)
+    x = RawTF(name="raw")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inp, layers.Dense(3, name="head")(x), name="composite")
 
@@ -101,11 +111,12 @@ def test_expand_composites_sees_through_and_shares_weights():
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
     np.testing.assert_allclose(expanded(x), model(x), atol=TOL)
     paths, _ = kg.leaf_layers(expanded)
-    assert {"blk/c1", "blk/bn", "blk/c2", "holder", "head"} <= set(paths)
+    assert {"blk/c1", "blk/bn", "blk/c2", "holder/scale", "raw", "head"} <= set(paths)
+    assert paths["holder/scale"].weights[0] is model.get_layer("holder").scale  # the variable itself
     assert paths["blk/c1"] is model.get_layer("blk").c1  # the same layer object: weights shared
     sub = expanded.get_layer("blk")
     assert isinstance(sub, keras.Model) and len(kg.layer_nodes(sub)) == 2  # still one shared block
-    assert "holder" in reasons and "owns weights" in reasons["holder"]
+    assert "raw" in reasons and "cannot be traced" in reasons["raw"] and "holder" not in reasons
 
 
 def test_untraceable_composite_stays_opaque_with_reason():

@@ -128,6 +128,19 @@ def _as_graph(model):
     return kg.graph_of(model) if kg.is_graph_model(model) else None
 
 
+def _accepted_kwargs(fn, kwargs):
+    """``kwargs`` without ``training``/``mask`` when ``fn`` does not take them (Layer.__call__ drops them too)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params or k not in ("training", "mask")}
+
+
 def _shape(t):
     return tuple(t.shape)
 
@@ -171,7 +184,7 @@ class _Tracer:
         try:
             if args and getattr(op, "input_spec", None) is not None:
                 kg.assert_input_compatibility(op, args[0])  # what Layer.__call__ checks (e.g. Dense input dim)
-            out = op.compute_output_spec(*args, **kwargs)
+            out = op.compute_output_spec(*args, **_accepted_kwargs(op.compute_output_spec, kwargs))
         except Exception as e:  # noqa: BLE001 - Keras raises many kinds; name the layer
             raise ModelError(
                 f"Layer {prefix}{op.name!r} ({type(op).__name__}) cannot take input shape "

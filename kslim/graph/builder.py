@@ -68,6 +68,7 @@ class _Builder:
         self.layer_size = {}      # producer layer name -> output channels
         self.first_input = {}     # weighted layer name -> ChannelMap of its first call
         self.approximate = set()  # layers through which pruning is not exact (LayerNormalization)
+        self.inexact = set()      # group ids made approximate by a broadcast add
         self.nested = False
 
     # -- union-find -------------------------------------------------------------------------------------
@@ -175,13 +176,17 @@ class _Builder:
             self.union(sa.group, sb.group)
         return True
 
-    def add_member(self, cmap, layer_name, weight_index, axis, role, weight, extra_mult=1):
-        """Attach ``weight`` axis ``axis`` of ``layer_name`` to every group of ``cmap``."""
+    def add_member(self, cmap, layer_name, weight_index, axis, role, weight, extra_mult=1, blocks=1):
+        """Attach ``weight`` axis ``axis`` of ``layer_name`` to every group of ``cmap``.
+
+        ``blocks``: the weight axis holds that many consecutive copies of the channel axis (the gates of
+        an LSTM kernel: ``[i | f | c | o]``).
+        """
         shape = tuple(weight.shape)
         axis = axis % len(shape)
         for s in self.segs(cmap):
             m = Member(layer_name, weight_index, axis, offset=s.offset * extra_mult, multiplier=s.mult * extra_mult,
-                       period=s.period * extra_mult, repeats=s.repeats, role=role,
+                       period=s.period * extra_mult, repeats=s.repeats * blocks, role=role,
                        weight_name=_short(weight), shape=shape)
             self.members[self.find(s.group)].append(m)
 
@@ -217,7 +222,8 @@ class _Builder:
                 name = self.origin[gid]
             members = _dedupe(self.members[gid])
             group = ChannelGroup(name, self.size[gid], producers, members, prunable=not reason, reason=reason)
-            group.exact = not any(m.layer_name in self.approximate for m in members)
+            group.exact = not any(m.layer_name in self.approximate for m in members) and \
+                not any(self.find(x) == gid for x in self.inexact)
             groups.append(group)
         graph = DependencyGraph(self.model, groups, self.layers, classifiers, nested=self.nested)
         graph._names = self.names
@@ -288,12 +294,60 @@ class _Builder:
             self.producers[g].append((name, 0, self.size[g]))
             self.layer_group[name] = g
             self.layer_size[name] = self.size[g]
-            for w_index, axis, role in spec["outputs"]:
-                self.add_member(out, name, w_index, axis, role, op.weights[w_index])
+            for w_index, axis, role, *blocks in spec["outputs"]:
+                self.add_member(out, name, w_index, axis, role, op.weights[w_index], blocks=blocks[0] if blocks else 1)
             return [out]
         g = self.layer_group[name]
         size = self.size[g]
         return [ChannelMap([_Segment(g, size, 0, 1, size, 1)], size)]
+
+    def h_constant(self, op, name, node, in_maps):
+        """A WeightHolder: its weight's last axis is a channel axis of whatever it is combined with."""
+        w = op.weights[0]
+        shape = tuple(w.shape)
+        if not shape or shape[-1] == 1:
+            return [self.fresh(1, name)]
+        out = self.fresh(shape[-1], name)
+        if name not in self.first_input:
+            self.first_input[name] = out
+            self.add_member(out, name, 0, len(shape) - 1, "carry", w)
+            return [out]
+        return [self.first_input[name]]
+
+    def h_bidirectional(self, op, name, node, in_maps):
+        """Bidirectional RNN: forward and backward units are pruned together (same unit indices), and
+        the output holds them twice (``merge_mode="concat"``) or once (sum, mul, ave)."""
+        if len(in_maps) != 1 or len(node.outputs) != 1 or op.merge_mode not in ("concat", "sum", "mul", "ave"):
+            return None
+        in_map = in_maps[0]
+        seen = self._weighted_call(name, in_map)
+        if seen is None:
+            return None
+        specs = [rules.producer_spec(part) for part in (op.forward_layer, op.backward_layer)]
+        if any(sp is None for sp in specs):
+            return None
+        units = int(op.forward_layer.units)
+        if int(op.backward_layer.units) != units:
+            return None
+        if not seen:
+            g = self.new_group(units, name)
+            self.producers[g].append((name, 0, units))
+            self.layer_group[name] = g
+            self.layer_size[name] = units
+            unit_map = ChannelMap([_Segment(g, units, 0, 1, units, 1)], units)
+            for part, sp in zip((op.forward_layer, op.backward_layer), specs):
+                index = {i: _index_of(op, w) for i, w in enumerate(part.weights)}
+                for w_index, axis, role, mult in sp["inputs"]:
+                    w = part.weights[w_index]
+                    self.add_member(in_map, name, index[w_index], axis, role, w, extra_mult=mult)
+                for w_index, axis, role, *blocks in sp["outputs"]:
+                    w = part.weights[w_index]
+                    self.add_member(unit_map, name, index[w_index], axis, role, w, blocks=blocks[0] if blocks else 1)
+        g = self.layer_group[name]
+        if op.merge_mode == "concat":
+            return [ChannelMap([_Segment(g, units, 0, 1, 2 * units, 1), _Segment(g, units, units, 1, 2 * units, 1)],
+                               2 * units)]
+        return [ChannelMap([_Segment(g, units, 0, 1, units, 1)], units)]
 
     def h_depthwise(self, op, name, node, in_maps):
         if len(in_maps) != 1 or in_maps[0].flat:
@@ -395,6 +449,10 @@ class _Builder:
         for m in full[1:]:
             if not self.unify(full[0], m):
                 return None
+        if type(op).__name__ in ("Add", "Subtract") and len(full) < len(in_maps):
+            # a broadcast tensor (a learnable scalar bias) is added to every channel: a removed channel
+            # was not zero after it, so pruning the group is approximate
+            self.inexact.update(s.group for s in self.segs(full[0]))
         return [full[0]]
 
     def h_concat(self, op, name, node, in_maps):

@@ -64,6 +64,19 @@ class Member:
             idx = (np.arange(self.repeats, dtype=np.int64)[:, None] * self.period + idx[None, :]).reshape(-1)
         return np.sort(idx)
 
+    def index_matrix(self, channels):
+        """``(len(channels), k)`` indices along :attr:`axis`: row ``i`` holds every entry of channel
+        ``channels[i]`` (``k = multiplier x repeats``: depthwise copies, gate blocks, flattened positions).
+
+        >>> Member("lstm", 0, 1, period=3, repeats=4).index_matrix([0, 2]).tolist()
+        [[0, 3, 6, 9], [2, 5, 8, 11]]
+        """
+        channels = np.asarray(channels, dtype=np.int64).reshape(-1)
+        m = self.multiplier
+        idx = self.offset + channels[:, None] * m + np.arange(m, dtype=np.int64)[None, :]       # (n, m)
+        blocks = np.arange(max(self.repeats, 1), dtype=np.int64) * self.period                    # (r,)
+        return (blocks[None, :, None] + idx[:, None, :]).reshape(len(channels), -1)
+
     def __repr__(self):
         extra = []
         if self.offset:

@@ -200,6 +200,11 @@ def seed_generators(layer):
     return list(getattr(layer, "_seed_generators", ()))
 
 
+def track_variable(layer, variable):
+    """Make an existing variable one of ``layer``'s weights (shared, not copied)."""
+    layer._track_variable(variable)
+
+
 def own_weights(layer):
     """Weights created by ``layer`` itself (``add_weight``), not by its sublayers."""
     inner = {id(w) for sub in layer._flatten_layers(include_self=False, recursive=True) for w in sub.weights}
@@ -396,13 +401,27 @@ def expandable(layer, known=None):
         return False, "handled by its own rule"
     if _is_builtin(layer):
         return False, f"built-in Keras layer {type(layer).__name__}"
+    from kslim.graph.holder import WeightHolder
+
+    if isinstance(layer, WeightHolder):
+        return False, "not a composite layer"
     if type(layer).call is keras.layers.Layer.call:
         return False, "has no call()"
     own = own_weights(layer)
-    if own:
+    if own and _weight_attributes(layer) is None:
         names = ", ".join(sorted({str(getattr(w, "name", "?")) for w in own})[:3])
-        return False, f"owns weights outside its sublayers ({names}): kslim cannot see how call() uses them"
+        return False, (f"owns weights outside its sublayers ({names}) that are not plain attributes: kslim "
+                       f"cannot see how call() uses them")
     return True, ""
+
+
+def _weight_attributes(layer):
+    """``{attribute: variable}`` covering every weight ``layer`` owns itself, or None if one is not an attribute."""
+    own = own_weights(layer)
+    attrs = {k: v for k, v in vars(layer).items() if any(v is w for w in own)}
+    if len({id(v) for v in attrs.values()}) != len(own):
+        return None
+    return attrs
 
 
 def expand(layer, node):
@@ -436,11 +455,25 @@ def expand_call(layer, args, kwargs):
     new_args, new_kwargs = keras.tree.map_structure(to_input, (tuple(args), dict(kwargs)))
     if not flat_in:
         raise NotExpandable("its call has no tensor input")
+    attrs = _weight_attributes(layer) if own_weights(layer) else {}
+    if attrs is None:
+        raise NotExpandable("owns weights outside its sublayers that are not plain attributes")
+    # the layer's own weights become WeightHolder nodes (sharing the variables) while call() is traced
+    from kslim.graph.holder import WeightHolder
+
+    anchor = flat_in[0][1]
+    held = {a: WeightHolder(shape=v.shape, variable=v, trainable=v.trainable, name=f"{a.strip('_')}")(anchor)
+            for a, v in attrs.items()}
     try:
+        for a, t in held.items():
+            object.__setattr__(layer, a, t)
         out = layer.call(*new_args, **new_kwargs)
     except Exception as e:  # noqa: BLE001 - any failure means: keep it opaque
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise NotExpandable(f"its call() cannot be traced symbolically ({type(e).__name__}: {msg})") from None
+    finally:
+        for a, v in attrs.items():
+            object.__setattr__(layer, a, v)
     flat_out = keras.tree.flatten(out)
     if not flat_out or not all(isinstance(t, KerasTensor) for t in flat_out):
         raise NotExpandable("its call() returns something other than tensors")
@@ -636,7 +669,7 @@ __all__ = [
     "KerasTensor", "functional_class", "is_functional", "graph_of", "is_graph_model", "is_layer", "nodes",
     "node_inputs", "node_outputs", "node_call_args", "node_arguments", "node_constants", "layer_nodes",
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
-    "assert_input_compatibility", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
+    "assert_input_compatibility", "track_variable", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
     "layer_paths", "resolve_path", "rebuild", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
     "expand_composites",
     "check_keras_internals",

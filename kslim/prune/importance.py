@@ -259,8 +259,8 @@ class MagnitudeImportance(Importance):
         channels = np.arange(group.size)
         for m in group.filters:
             rows = _rows(graph, m)
-            idx = m.indices(channels)
-            filters = rows if len(idx) == rows.shape[0] and m.offset == 0 and m.multiplier == 1 else rows[idx]
+            # one row per channel, holding all of its entries (gate blocks, depthwise copies)
+            filters = rows[m.index_matrix(channels)].reshape(group.size, -1)
             s = np.asarray(self.criterion(filters), dtype=np.float64).reshape(-1)
             if s.shape != (group.size,):
                 raise KslimValueError(f"criterion returned shape {s.shape} for {group.size} filters of "

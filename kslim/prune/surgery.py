@@ -39,17 +39,41 @@ def removed_outputs(removed):
     return out
 
 
-def _new_config(layer, name, n_out_removed, node, args):
+def _minimal_config(layer):
+    """The config of a layer whose ``__init__`` takes nothing but base-layer keywords (``Identity``)."""
+    import inspect
+
+    params = [p for p in inspect.signature(type(layer).__init__).parameters.values()
+              if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    if any(p.default is inspect.Parameter.empty for p in params):
+        return None
+    policy = getattr(layer, "dtype_policy", None)
+    return {"name": layer.name, "trainable": layer.trainable, "dtype": getattr(policy, "name", None)}
+
+
+def _new_config(layer, name, n_out_removed, node, args, cuts=None):
     import kslim.rules as registry
 
-    config = layer.get_config()
-    config["name"] = layer.name
-    return registry.get(layer).pruned_config(layer, config, n_out_removed, node, args)
-
-
-def _clone_layer(layer, name, n_out_removed, node, args):
     try:
-        config = _new_config(layer, name, n_out_removed, node, args)
+        config = layer.get_config()
+    except Exception:  # noqa: BLE001 - e.g. keras-hub's Identity built with a policy object
+        config = _minimal_config(layer)
+        if config is None:
+            raise
+    config["name"] = layer.name
+    policy = getattr(layer, "dtype_policy", None)
+    if isinstance(config.get("dtype"), dict) and type(policy).__name__ == "DTypePolicy":
+        # a plain policy as its name: layers relying on Keras' auto-config stay serialisable
+        config["dtype"] = policy.name
+    rule = registry.get(layer)
+    config = rule.pruned_config(layer, config, n_out_removed, node, args)
+    weight_cuts = {(i, axis): len(idx) for (n, i, axis), idx in (cuts or {}).items() if n == name}
+    return rule.resized_config(layer, config, weight_cuts) if weight_cuts else config
+
+
+def _clone_layer(layer, name, n_out_removed, node, args, cuts=None):
+    try:
+        config = _new_config(layer, name, n_out_removed, node, args, cuts)
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -100,7 +124,7 @@ def rebuild(model, graph, removed, copy_weights=True):
             name = names.get(id(op), path)
             if name not in clones:
                 try:
-                    clones[name] = (op, _clone_layer(op, name, n_out.get(name, 0), node, args))
+                    clones[name] = (op, _clone_layer(op, name, n_out.get(name, 0), node, args, cuts))
                 except ModelError:
                     if name in touched:
                         raise

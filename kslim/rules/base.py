@@ -36,7 +36,7 @@ _OP_REGISTRY = {}   # keras.ops operation class name -> LayerRule instance
 
 #: the channel kinds the dependency graph understands (None = opaque)
 CHANNEL_KINDS = ("input", "producer", "depthwise", "identity", "spatial", "carry", "merge", "concat",
-                 "flatten", "reshape", "permute", "attention")
+                 "flatten", "reshape", "permute", "attention", "bidirectional", "constant")
 
 
 def numel(shape):
@@ -102,6 +102,15 @@ class LayerRule:
                 raise ModelError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot change its output channel "
                                  f"count: its rule names no config key for it (LayerRule.out_config_key).")
             config[key] = int(config[key]) - int(n_out_removed)
+        return config
+
+    def resized_config(self, layer, config, weight_cuts):
+        """``config`` of the layer rebuilt after entries of its weights were removed.
+
+        ``weight_cuts`` is ``{(weight_index, axis): number removed}``. Most layers need nothing (they
+        build their weights from their input shape); a layer whose config fixes a weight's shape
+        (:class:`kslim.graph.holder.WeightHolder`) updates it here.
+        """
         return config
 
     def macs(self, layer, inputs, outputs):

@@ -450,6 +450,27 @@ class InputRule(LayerRule):
         return 0, 0
 
 
+from kslim.graph.holder import WeightHolder  # noqa: E402
+
+
+@register(WeightHolder)
+class WeightHolderRule(LayerRule):
+    """A composite layer's own weight as a graph node: its last axis indexes the channels it meets."""
+
+    channels = "constant"
+
+    def resized_config(self, layer, config, weight_cuts):
+        shape = list(config["shape"])
+        for (index, axis), n in weight_cuts.items():
+            if index == 0:
+                shape[axis] -= int(n)
+        config["shape"] = shape
+        return config
+
+    def macs(self, layer, inputs, outputs):
+        return 0, 0
+
+
 # --------------------------------------------------------------------------------------- attention, RNN
 @register(L.MultiHeadAttention)
 class MultiHeadAttentionRule(LayerRule):
@@ -490,8 +511,31 @@ class MultiHeadAttentionRule(LayerRule):
 
 
 def _recurrent(gates):
-    class RecurrentRule(LayerRule):
-        reason = "recurrent layer (units are not pruned yet)"
+    class RecurrentRule(_ProducerRule):
+        """An RNN layer produces ``units`` channels; its kernels hold one column block per gate.
+
+        Pruning unit ``c`` removes column ``c`` of every gate block of the kernel, the recurrent kernel
+        and the bias, and row ``c`` of the recurrent kernel. A unit whose columns are zero stays zero
+        (its gates sit at 0.5 and its candidate at 0), so pruning it is exact.
+        """
+
+        out_config_key = "units"
+        quant_class = None
+
+        def channel_kind(self, layer):
+            kind, reason = super().channel_kind(layer)
+            if kind is not None and (getattr(layer, "return_state", False) or getattr(layer, "stateful", False)):
+                return None, "recurrent layer with return_state/stateful"
+            return kind, reason
+
+        def producer_spec(self, layer):
+            cell = getattr(layer, "cell", layer)
+            k, rk = weight_index(layer, cell.kernel), weight_index(layer, cell.recurrent_kernel)
+            out = [(k, 1, "filter", gates), (rk, 1, "filter", gates), (rk, 0, "carry")]
+            bias = getattr(cell, "bias", None)
+            if bias is not None:
+                out.append((weight_index(layer, bias), len(bias.shape) - 1, "bias", gates))
+            return {"inputs": [(k, 0, "input", 1)], "outputs": out}
 
         def macs(self, layer, inputs, outputs):
             steps, features = inputs[0][0], inputs[0][-1]
@@ -532,7 +576,27 @@ class TimeDistributedRule(WrapperRule):
 
 @register(L.Bidirectional)
 class BidirectionalRule(WrapperRule):
-    reason = "recurrent layer (units are not pruned yet)"
+    """Forward and backward units pruned together (see ``h_bidirectional`` in kslim/graph/builder.py)."""
+
+    channels = "bidirectional"
+
+    def channel_kind(self, layer):
+        from kslim.rules.base import get
+
+        for part in (layer.forward_layer, layer.backward_layer):
+            kind, reason = get(part).channel_kind(part)
+            if kind != "producer":
+                return None, reason or f"{type(part).__name__} inside Bidirectional"
+        return "bidirectional", ""
+
+    def pruned_config(self, layer, config, n_out_removed, node=None, args=None):
+        for key in ("layer", "backward_layer"):
+            inner = config.get(key)
+            if isinstance(inner, dict):
+                inner.pop("build_config", None)
+                if n_out_removed:
+                    inner["config"]["units"] = int(inner["config"]["units"]) - int(n_out_removed)
+        return config
 
     def macs(self, layer, inputs, outputs):
         from kslim.rules.base import get

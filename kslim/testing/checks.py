@@ -56,6 +56,7 @@ The ``.tflite`` models are run with ai-edge-litert directly (every input set by 
 keep their dtype), so that multi-input and dict-input models are compared too.
 """
 
+from kslim.graph.keras_graph import all_layers  # noqa: E402 (no TensorFlow at import: keras only)
 import contextlib
 import os
 import re
@@ -444,7 +445,7 @@ def check_prune(ctx):
     data["approximate_groups"] = len(full_plan) - len(plan)
     if not plan:
         return (f"{what} -{100 * (1.0 - after / before):.1f}% ({len(full_plan)} groups pruned, all through "
-                f"LayerNormalization: approximate by design, exactness not checked)"), data
+                f"LayerNormalization or a broadcast bias: approximate by design, exactness not checked)"), data
     saved = [np.array(w.numpy()) for w in model.weights]
     try:
         for name, chans in plan.items():
@@ -547,7 +548,7 @@ def check_qat(ctx):
     lite = LiteModel.load(path)
     fops = _float_ops(lite)
     layer_types = {}
-    for layer in qat._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(qat)[1:]:
         t = type(layer).__name__
         if t.startswith("Quant"):
             layer_types[t] = layer_types.get(t, 0) + 1

@@ -26,6 +26,7 @@ Example:
 
 from dataclasses import dataclass, field
 
+from kslim.graph.keras_graph import all_layers  # noqa: E402 (no TensorFlow at import: keras only)
 import numpy as np
 
 #: image side, classes, vocabulary and sequence length used by the entries
@@ -155,7 +156,7 @@ def _all_sublayers(layer):
 
     out = []
     if hasattr(layer, "_flatten_layers"):
-        out = [l for l in layer._flatten_layers(include_self=True, recursive=True)]
+        out = [l for l in all_layers(layer)]
     return [l for l in out if isinstance(l, keras.layers.Layer)]
 
 
