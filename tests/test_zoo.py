@@ -33,14 +33,8 @@ EXPECTED_FAILURES = {
         ('fail', '6 float compute op(s) left: ADD x3, MUL x3'),
     ('hub_resnet_v2_bottleneck', 'ptq_static'):
         ('fail', "int8 vs float correlation 0.000 < 0.9 (the TFLite converter's own PTQ on the same samples: 0"),
-    ('hub_hgnetv2', 'prune'):
-        ('fail', 'not exact: pruned vs zeroed original differ by 2.59e-01 (relative) > 0.0001 (9 groups pruned'),
-    ('hub_hgnetv2', 'keras_roundtrip'):
-        ('raw_error', 'NotImplementedError in get_config: the model returned by L1NormFilterPruner.prune(0.3) canno'),
     ('hub_hgnetv2', 'qat'):
         ('kslim_error', "ModelError in _config_of: Layer 'encoder/encoder_stage_0/encoder_stage_0_identity_downsample"),
-    ('hub_hgnetv2', 'flops'):
-        ('kslim_error', "ModelError in visit: Layer encoder/encoder_stage_0/'encoder_stage_0_identity_downsample' (Id"),
     ('hub_mit', 'qat'):
         ('fail', '90 float compute op(s) left: ADD x27, MUL x27, NEG x9, SQUARED_DIFFERENCE x9, MEAN x9, RSQRT'),
     ('hub_segformer', 'qat'):
@@ -103,8 +97,6 @@ EXPECTED_FAILURES = {
         ('raw_error', 'ValueError in _call_layer: Shapes used to initialize variables must be fully-defined (no `No'),
     ('io_lstm', 'qat'):
         ('fail', '224 float compute op(s) left: ADD x48, LOGISTIC x48, MUL x47, FULLY_CONNECTED x32, TANH x32,'),
-    ('io_gru_bidir', 'prune'):
-        ('kslim_error', "KslimValueError in __call__: criterion returned shape (24,) for 8 filters of 'bidirectional'"),
     ('io_gru_bidir', 'qat'):
         ('fail', '1093 float compute op(s) left: ADD x256, STRIDED_SLICE x192, MUL x192, FULLY_CONNECTED x128,'),
     ('io_transfer_mobilenetv2', 'qat'):
