@@ -156,7 +156,7 @@ def test_nested_paths_and_unique_names_tap_the_right_tensors():
 
 def test_unknown_layer_lists_close_matches():
     model, _ = nested_teacher()
-    with pytest.raises(ModelError, match=r"no layer 'backbone/conv2'.*backbone/conv1"):
+    with pytest.raises(ModelError, match=r"No layer 'backbone/conv2'.*backbone/conv1"):
         resolve_layer(model, "backbone/conv2")
     with pytest.raises(ModelError, match=r"block2_pw"):
         Distiller(tiny_student(), tiny_teacher(), pairs=[Pair("logits", "block2_pwx", "l2")])

@@ -7,7 +7,6 @@ nothing copied) and returns ``keras.Model(inputs, {"output": model outputs, "fea
 so one forward pass gives the prediction and every requested intermediate tensor.
 """
 
-import difflib
 
 import keras
 
@@ -34,21 +33,7 @@ def resolve_layer(model, name, role="model"):
             f"{role} model {model.name!r} is a subclassed model: its inner layers cannot be tapped. "
             f"Use a Functional or Sequential model, or name no layer (None) to use its output."
         )
-    paths = layer_paths(model)
-    if name in paths:
-        return name
-    candidates = [p for p in paths if p.endswith("/" + name)]
-    if len(candidates) == 1:
-        return candidates[0]
-    if len(candidates) > 1:
-        raise ModelError(
-            f"{role} layer name {name!r} is ambiguous in model {model.name!r}: it matches "
-            f"{candidates}. Give the full path."
-        )
-    names = list(paths) + sorted({p.rsplit("/", 1)[-1] for p in paths})
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Close matches: {close}." if close else f" It has {len(paths)} layers, e.g. {list(paths)[:8]}."
-    raise ModelError(f"{role} model {model.name!r} has no layer {name!r}.{hint}")
+    return kg.resolve_path(layer_paths(model), name, owner=f"{role} model {model.name!r}")
 
 
 def _wanted_tree(paths):

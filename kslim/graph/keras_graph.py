@@ -307,13 +307,14 @@ def layer_paths(model):
     return out
 
 
-def resolve_path(paths, name, what="layer", model_name=None):
+def resolve_path(paths, name, what="layer", model_name=None, owner=None):
     """The canonical path in ``paths`` for ``name``: itself, or the one path ending in ``/name``.
 
-    Raises ModelError naming close matches when it is unknown, or the candidates when ambiguous.
+    Raises ModelError naming close matches when it is unknown, or the candidates when ambiguous;
+    ``owner`` (e.g. ``"teacher model 'vgg'"``) or ``model_name`` says whose layers these are.
     """
     paths = list(paths)
-    where = f" of model {model_name!r}" if model_name else ""
+    owner = owner or (f"model {model_name!r}" if model_name else "the model")
     if not isinstance(name, str) or not name:
         raise ModelError(f"{what} name must be a non-empty string, got {name!r}.")
     if name in paths:
@@ -322,11 +323,11 @@ def resolve_path(paths, name, what="layer", model_name=None):
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
-        raise ModelError(f"{what} name {name!r}{where} is ambiguous: it matches {candidates}. Give the full path.")
+        raise ModelError(f"{what} name {name!r} is ambiguous in {owner}: it matches {candidates}. Give the full path.")
     names = paths + sorted({p.rsplit("/", 1)[-1] for p in paths})
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Close matches: {close}." if close else f" It has {len(paths)}, e.g. {paths[:8]}."
-    raise ModelError(f"No {what} {name!r}{where}.{hint}")
+    hint = f" Close matches: {close}." if close else f" It has {len(paths)} layers, e.g. {paths[:8]}."
+    raise ModelError(f"No {what} {name!r} in {owner}.{hint}")
 
 
 # ------------------------------------------------------------------------------------------ rebuilding
