@@ -6,6 +6,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from kslim.errors import KslimFileError
+
 # The process umask, read once at import (os.umask can only be read by setting it, which would race
 # with files other threads create meanwhile). Files written by atomic_path get 0o666 & ~_UMASK.
 _UMASK = os.umask(0o022)
@@ -22,10 +24,13 @@ def atomic_path(path, suffix=None):
     ...     _ = open(tmp, "w").write("hello")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix
+        )
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     try:
         yield tmp
@@ -33,12 +38,22 @@ def atomic_path(path, suffix=None):
             # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask)
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, KslimFileError) and tmp in str(e):
+            raise _write_error(path, e) from e  # name the user's file, not the hidden temporary one
         raise
+
+
+def _write_error(path, e):
+    """A :class:`KslimFileError` naming ``path``; ``.reason`` is the OSError's ``strerror``, ``.cause_errno``
+    its errno."""
+    err = KslimFileError(f"cannot write {path}: {e.strerror or e}")
+    err.reason, err.cause_errno = e.strerror or str(e), e.errno
+    return err
 
 
 def atomic_write_bytes(path, data):
@@ -70,8 +85,6 @@ def read_json(path, what="File"):
     >>> read_json("/tmp/_kslim_example.json")
     {'a': 1}
     """
-    from kslim.errors import KslimFileError
-
     path = Path(path)
     if not path.is_file():
         raise KslimFileError(f"{what} {str(path)!r} does not exist.")

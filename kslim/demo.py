@@ -45,49 +45,32 @@ def demo_config(model="mobilenet_v1", width=1.0, epochs=3, teacher="vgg", seed=0
         if "distill" in item:
             item["distill"]["teacher"] = {"reference": teacher, "pretrain_epochs": int(epochs)}
     if quick:
-        cfg["name"] = "demo-quick"
-        cfg["data"].update(train_limit=512, test_limit=256)
-        cfg["train"]["epochs"] = 1
-        cfg["report"] = {"latency_runs": 10, "threads": 1}
-        for item in cfg["strategies"]:
-            (name, params), = item.items()
-            if "fine_tune" in params:
-                params["fine_tune"]["epochs"] = 1
-            if "epochs" in params:
-                params["epochs"] = 1
-            if name == "profile":
-                params["runs"] = 10
+        from kslim.compressor.config import quick_config
+
+        cfg = quick_config(cfg)
     return cfg
 
 
 def run_demo(args):
     """Run the demo with the CLI's arguments; prints the report and returns the exit code."""
-    from kslim.analysis import summary_diff
+    from kslim.commands.compressor import run_resumable
     from kslim.compressor import Compressor
     from kslim.compressor.run_dir import RunDir
+    from kslim.validation import check_output_dir
 
     t0 = time.time()
     if getattr(args, "resume", None):
         cfg = RunDir(args.resume).stored_config()
-        comp = Compressor(cfg, out=args.resume, verbose=2)
-        result = comp.run(resume=True)
+        comp = Compressor(cfg, out=args.resume, verbose=2, progress=True)
+        result = run_resumable(comp, True, "kslim demo")
     else:
         cfg = demo_config(args.model, args.width, args.epochs, args.teacher, args.seed, args.quick)
         out = args.out or str(Path("kslim_runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"kslim demo: {args.model} (width {args.width:g}) on the bundled Fashion-MNIST subset -> {out}",
-              flush=True)
-        result = Compressor(cfg, out=out, verbose=2).run()
+        check_output_dir(out, "--out")
+        print(f"kslim demo: {args.model} (width {args.width:g}) on the bundled Fashion-MNIST subset -> {out}"
+              + (" (quick: a smoke test, not a result)" if args.quick else ""), flush=True)
+        result = run_resumable(Compressor(cfg, out=out, verbose=2, progress=True), False, "kslim demo")
     print(result.report.read_text())
-    try:
-        from kslim.compressor.strategies import _load_keras
-
-        before = _load_keras(result.run_dir / "stages" / "00_baseline" / "model.keras")
-        pruned = next(result.run_dir.glob("stages/*_prune/model.keras"), None)
-        if pruned is not None:
-            print("Pruning, per layer (output channels and MACs):")
-            print(summary_diff(before, _load_keras(pruned)).table(changed_only=True))
-    except Exception as e:  # the per-layer table is extra information; the run itself succeeded
-        print(f"(per-layer pruning table unavailable: {e})")
     print(f"run directory: {result.run_dir}\nfinal int8 model: {result.final_tflite} "
           f"({result.final_tflite.stat().st_size:,} bytes)\ntotal time: {time.time() - t0:.0f} s")
     return 0

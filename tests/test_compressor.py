@@ -417,3 +417,134 @@ def test_stage_plot_keeps_the_matplotlib_backend(tmp_path):
     finally:
         matplotlib.use(old)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- issue 17
+def test_config_reports_every_error_at_once():
+    cfg = _cfg(data={"batch_size": "big"}, strategies=[
+        {"prune": {"criterion": "l3", "ratio": 0.5}}, {"quant_post_static": {"algo": "kl2"}}, {"squash": {}}])
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    paths = [p for p, _ in e.value.errors]
+    assert {"data.batch_size", "strategies[0].prune.criterion", "strategies[1].quant_post_static.algo",
+            "strategies[2]"} <= set(paths)
+    assert e.value.path == paths[0] and f"{len(paths)} errors" in str(e.value)
+    for p in paths:
+        assert p in str(e.value)
+
+
+def _fake_tensorflow(tmp_path):
+    """A folder whose tensorflow/keras packages refuse to import: put first on PYTHONPATH."""
+    for name in ("tensorflow", "keras"):
+        (tmp_path / "fake" / name).mkdir(parents=True)
+        (tmp_path / "fake" / name / "__init__.py").write_text(f"raise ImportError('{name} imported by the test')\n")
+    return str(tmp_path / "fake")
+
+
+def test_missing_model_and_hook_reported_before_tensorflow_and_any_run_dir(tmp_path):
+    """Through the real CLI, with TensorFlow made unimportable: both problems in one error, no run directory."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {path: nowhere.keras}\ndata: {source: hook, hook: nohook.py:load}\n"
+                   "strategies:\n  - distill: {teacher: {path: noteacher.keras}}\n")
+    run = tmp_path / "run"
+    p = _cli(["compress", str(cfg), "--out", str(run)], env={"PYTHONPATH": _fake_tensorflow(tmp_path)})
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and "imported by the test" not in p.stderr
+    assert p.stderr.startswith("kslim compress: error: the config has 3 errors:")
+    for words in ("model.path", "nowhere.keras", "strategies[0].distill.teacher.path", "data.hook", "nohook.py"):
+        assert words in p.stderr
+    assert not run.exists()
+
+
+def test_headers_resume_line_report_and_layer_table(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """Stage headers with an estimate, the resume line, and a report whose two renderings hold the same
+    content (context, baseline -> final, per-stage rows with the latency spread, per-layer pruning table)."""
+    import re
+
+    import kslim.compressor.training as training
+
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 2}}}, {"export": {}}])
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "crash_point", _crash_at("1:prune:epoch0"))
+    with pytest.raises(_Crash):
+        Compressor(cfg, out=run, verbose=0, progress=True).run()
+    out = capsys.readouterr().out
+    assert re.search(r"\[1/2\] prune: L1 filter pruning of vgg_w0.25 \([\d,]+ params, .* MACs\): 50 % of the "
+                     r"channels of every prunable group, then fine-tuning 2 epochs", out), out
+    assert re.search(r"fine-tuning vgg_w0.25 \([\d,]+ params.*\) for 2 epochs on 256 images, (about|a few)", out)
+    monkeypatch.setattr(training, "crash_point", _crash_at(None))
+    result = Compressor(cfg, out=run, verbose=0, progress=True).run(resume=True)
+    out = capsys.readouterr().out
+    assert f"resuming {run} at stage 01_prune, 0 stages done" in out
+    assert "continuing at epoch 2/2 (1 finished epoch(s) restored" in out and "[2/2] export:" in out
+
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    text = re.sub(r"<[^>]+>", " ", page)
+    for words in ("Baseline → final", "top-1 accuracy", "Pruning per layer (1. prune)", "conv1_1", "8 → 4",
+                  "latency p5–p95 (ms)", "interleaved rounds", "Model:", "host:"):
+        assert words in md and words in text, words
+    assert md.count("| ") and all(html_cell in text for html_cell in re.findall(r"\| ([^|]+?) (?=\|)", md)[:40])
+    layers = (run / "stages" / "01_prune" / "layers.csv").read_text().splitlines()
+    assert layers[0] == "layer,type,channels_before,channels_after,macs_before,macs_after" and len(layers) > 5
+    for r in result.rows:
+        assert r["latency_p5_ms"] <= r["latency_ms"] <= r["latency_p95_ms"]
+
+
+def test_stage_latencies_are_measured_together_interleaved(monkeypatch):
+    import kslim.lite
+    from kslim.compressor.report import measure_latencies
+
+    calls = []
+
+    class Rep:
+        def __init__(self, name, runs):
+            self.timings_ms, self.mean_ms = [float(len(name))] * runs, float(len(name))
+
+    monkeypatch.setattr(kslim.lite, "profile", lambda lite, runs, **kw: (calls.append(lite), Rep(lite, runs))[1])
+    stats = measure_latencies({"a": "a", "bb": "bb", "ccc": "ccc"}, runs=10, rounds=5)
+    assert calls == ["a", "bb", "ccc"] * 5
+    assert stats["bb"] == {"median_ms": 2.0, "p5_ms": 2.0, "p95_ms": 2.0, "runs": 10}
+
+
+def test_stage_plot_is_labelled_and_readable(tmp_path, monkeypatch):
+    import kslim._plot
+    from kslim.compressor.report import plot_stages
+
+    figs = []
+    real = kslim._plot.save_figure
+    monkeypatch.setattr(kslim._plot, "save_figure", lambda fig, *a, **k: (figs.append(fig), real(fig, *a, **k))[1])
+    rows = [{"stage": "baseline", "accuracy": 0.84, "bytes": 3_210_000, "latency_ms": 0.38, "latency_p5_ms": 0.35,
+             "latency_p95_ms": 0.45},
+            {"stage": "1. prune", "accuracy": 0.83, "bytes": 1_600_000, "latency_ms": 0.2, "latency_p5_ms": 0.19,
+             "latency_p95_ms": 0.26}]
+    plot_stages(rows, tmp_path / "stages.png")
+    (fig,) = figs
+    fig.canvas.draw()
+    assert fig.get_size_inches()[0] * fig.dpi <= 1040  # shown at its own size in the HTML
+    for ax in fig.axes:
+        assert ax.get_ylabel()
+        assert ax.yaxis.get_offset_text().get_text() == ""
+        labels = ax.get_yticklabels() + ax.get_xticklabels()
+        assert all(t.get_fontsize() >= 10 for t in labels)
+        assert not any("e" in t.get_text() for t in ax.get_yticklabels())
+
+
+def test_compress_quick(tmp_path, tiny_model_path, capsys):
+    """`kslim compress --quick`: data limits and 1 epoch per stage, said in the stage headers."""
+    from kslim.cli import main
+
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 3}}}],
+                      train={"epochs": 4, "learning_rate": 0.001})
+    cfg["data"] = {"source": "small"}
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["compress", str(f), "--quick", "--out", str(run), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] prune:" in out and "[quick: 512 training / 256 test images, 1 epoch]" in out
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["quick"] is True and stored["name"] == "test-quick"
+    assert stored["data"]["train_limit"] == 512 and stored["data"]["test_limit"] == 256
+    assert stored["strategies"][0]["prune"]["fine_tune"]["epochs"] == 1 and stored["train"]["epochs"] == 1
+    assert len((run / "logs" / "01_prune_fine_tune.csv").read_text().splitlines()) == 2  # header + 1 epoch

@@ -97,3 +97,42 @@ def test_pretrained_is_cached(tmp_path, monkeypatch):
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     models.pretrained("vgg", epochs=1, width=0.5)  # other settings -> other file
     assert len(calls) == 2 and len(list(tmp_path.glob("vgg-*.keras"))) == 2
+
+
+def test_cache_key_normalises_defaults(tmp_path, monkeypatch):
+    """issue 17.2: width 1.0 written out (or 1) is the default width: one cache entry, trained once; an
+    entry cached by an older kslim under the written-out key is reused, not retrained."""
+    from kslim.models import zoo
+
+    monkeypatch.setenv("KSLIM_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(zoo, "train", lambda model, **kw: (calls.append(kw), (None, 0.5))[1])
+    models.pretrained("vgg", epochs=1, verbose=0)
+    models.pretrained("vgg", epochs=1, width=1.0, verbose=0)
+    models.pretrained("vgg", epochs=1, width=1, dropout=0.3, verbose=0)
+    assert len(calls) == 1 and len(list(tmp_path.glob("vgg-*.keras"))) == 1
+    assert zoo.is_cached("vgg", epochs=1, width=1.0) and not zoo.is_cached("vgg", epochs=2)
+
+    legacy = {"name": "resnet", "source": "small", "epochs": 1, "seed": 0, "schedule": "cosine", "width": 1.0}
+    models.pretrained("resnet", epochs=1, verbose=0)
+    current = zoo._cache_path("resnet", {k: v for k, v in legacy.items() if k != "width"})
+    for suffix in (".keras", ".json"):  # make it look like an older kslim's entry (width in the key)
+        current.with_suffix(suffix).rename(zoo._cache_path("resnet", legacy).with_suffix(suffix))
+    models.pretrained("resnet", epochs=1, width=1.0, verbose=0)  # an old cache entry: loaded
+    assert len(calls) == 2
+
+
+def test_pretrained_says_it_trains_and_how_long(tmp_path, monkeypatch, capsys):
+    """issue 17.1: training a reference model is announced with an estimate; loading from the cache is quiet."""
+    from kslim.models import zoo
+
+    monkeypatch.setenv("KSLIM_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "train", lambda model, **kw: (None, 0.5))
+    models.pretrained("vgg", epochs=2, width=0.25, verbose=0, progress=True)
+    out = capsys.readouterr().out
+    assert "training reference model vgg_w0.25" in out and "for 2 epochs" in out
+    assert ("about" in out or "a few seconds" in out) and str(tmp_path) in out
+    models.pretrained("vgg", epochs=2, width=0.25, verbose=0, progress=True)
+    assert capsys.readouterr().out == ""
+    models.pretrained("vgg", epochs=3, width=0.25, verbose=0)  # progress follows verbose: silent
+    assert capsys.readouterr().out == ""

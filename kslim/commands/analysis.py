@@ -23,12 +23,14 @@ def parse_input_shape(text):
 
 
 def cmd_flops(args):
-    from kslim._model_io import load_keras_model
-    from kslim.analysis import flops
+    from kslim.commands._common import check_outputs, load_model
     from kslim.errors import ModelError
 
     input_shape = parse_input_shape(args.input_shape)  # bad shapes fail before the slow load
-    model = load_keras_model(args.model)
+    check_outputs(args, "json")
+    from kslim.analysis import flops
+
+    model = load_model(args.model, args)
     try:
         report = flops(model, input_shape=input_shape, detail=args.detail)
     except ModelError as e:
@@ -54,4 +56,7 @@ def register(sub):
                    help="input shape without the batch axis, e.g. 28,28,1; needed if the model has none")
     p.add_argument("--detail", action="store_true", help="show the per-layer table")
     p.add_argument("--json", metavar="PATH", help="also write the report (with all rows) as JSON")
+    from kslim.commands._common import add_unsafe_option
+
+    add_unsafe_option(p)
     p.set_defaults(func=cmd_flops)

@@ -4,52 +4,35 @@ import sys
 from pathlib import Path
 
 
-def _load_any(path):
+def _load_any(path, args):
     """A LiteModel for a ``.tflite`` path, a Keras model for anything else."""
-    from kslim._model_io import load_keras_model
+    from kslim.commands._common import load_model
     from kslim.lite import LiteModel
 
     if str(path).lower().endswith(".tflite"):
         return LiteModel.load(path)
-    return load_keras_model(path)
-
-
-def _calibration(args, model):
-    import numpy as np
-
-    from kslim.errors import KslimFileError, KslimValueError
-
-    if args.calibration_data:
-        try:
-            x = np.load(args.calibration_data, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise KslimFileError(f"cannot read calibration data {args.calibration_data} (a .npy array): {e}") from e
-        return x[: args.calibration_samples]
-    shape = tuple(model.inputs[0].shape[1:])
-    if shape == (28, 28, 1):
-        from kslim.datasets import fashion_mnist_small, preprocess
-
-        (x, _), _ = fashion_mnist_small()
-        return preprocess(x[: args.calibration_samples])
-    raise KslimValueError(
-        f"--quantize int8 needs calibration images for input shape {shape}: pass --calibration-data X.npy "
-        "(float32, batch first, preprocessed like training data).")
+    return load_model(path, args)
 
 
 def cmd_convert(args):
-    from kslim._model_io import load_keras_model
+    from kslim.commands._common import calibration_data, load_model
+    from kslim.validation import check_output_path
+
+    out = check_output_path(args.output or Path(args.model).with_suffix(".tflite"), "-o")
     from kslim.lite import convert
 
-    model = load_keras_model(args.model)
+    model = load_model(args.model, args)
     q = None if args.quantize == "none" else args.quantize
-    rep = _calibration(args, model) if q == "int8" and not args.qat else None
+    rep = what = None
+    if q == "int8" and not args.qat:
+        rep, what = calibration_data(args, model, args.calibration_samples, option="--calibration-data")
     io = "int8" if args.io_int8 else "float32"
     lm = convert(model, quantize=q, representative_data=rep, num_calibration_samples=args.calibration_samples,
                  inference_input_type=io, inference_output_type=io, check=not args.no_check,
                  check_data=rep, verbose=args.verbose)
-    out = Path(args.output or Path(args.model).with_suffix(".tflite"))
     lm.save(out)
-    print(f"wrote {out} ({lm.size / 1024:.1f} KB, quantize={args.quantize})")
+    print(f"wrote {out} ({lm.size / 1024:.1f} KB, quantize={args.quantize}"
+          + (f", calibrated on {what}" if what else "") + ")")
     print("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(lm.ops().items())))
     if lm.parity:
         p = lm.parity
@@ -77,28 +60,34 @@ def _device(args):
 
 def _device_args(p):
     g = p.add_argument_group("device")
-    g.add_argument("--device", choices=("local", "adb", "ssh"), default="local")
-    g.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    g.add_argument("--device", choices=("local", "adb", "ssh"), default="local",
+                   help="where to run: this host, an Android phone over adb, a board over ssh")
+    g.add_argument("--threads", type=int, default=1, help="interpreter threads")
     g.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
     g.add_argument("--serial", help="adb: device serial (adb devices)")
     g.add_argument("--adb", default="adb", help="adb: executable")
     g.add_argument("--benchmark-binary", help="adb/ssh: local path of TFLite's benchmark_model for the device")
     g.add_argument("--host", help="ssh: host name")
-    g.add_argument("--user", help="ssh: user")
-    g.add_argument("--port", type=int, help="ssh: port")
-    g.add_argument("--identity-file", help="ssh: private key")
+    g.add_argument("--user", help="ssh: user (default: ssh's)")
+    g.add_argument("--port", type=int, help="ssh: port (default: ssh's)")
+    g.add_argument("--identity-file", help="ssh: private key (default: ssh's)")
     g.add_argument("--python", default="python3", help="ssh: Python with ai-edge-litert on the board")
     g.add_argument("--timeout", type=float, default=300, help="seconds allowed per benchmark command")
 
 
 def cmd_profile(args):
+    from kslim.commands._common import check_outputs
+
+    check_outputs(args, "json", "plot")
     from kslim.lite import LiteModel, profile
 
     lm = LiteModel.load(args.model)
     dev = _device(args)
     rep = profile(lm, device=dev, num_threads=args.threads, warmup=args.warmup, runs=args.runs,
                   use_xnnpack=not args.no_xnnpack, use_gpu=args.gpu, op_profiling=args.op_profile or bool(args.plot))
-    print(rep)
+    # ProfileReport's peak memory is the peak RSS of the whole measuring process (Python, TensorFlow
+    # and the interpreter), not of the model alone: say so
+    print(str(rep).replace("peak memory", "peak memory of the process"))
     if rep.ops and args.op_profile:
         print(f"{'#':>3}  {'op':<22} {'ms':>9}  name")
         for r in rep.ops:
@@ -113,9 +102,12 @@ def cmd_profile(args):
 
 
 def cmd_table_build(args):
+    from kslim.commands._common import check_outputs
+
+    check_outputs(args, "output")
     from kslim.lite import LatencyTable
 
-    models = [_load_any(m) for m in args.models]
+    models = [_load_any(m, args) for m in args.models]
     for m, path in zip(models, args.models):
         if hasattr(m, "source"):
             m.source = Path(path).name
@@ -129,12 +121,15 @@ def cmd_table_build(args):
 
 
 def cmd_table_predict(args):
+    from kslim.commands._common import check_outputs
+
+    check_outputs(args, "json", "plot")
     from kslim.lite import LatencyPredictor, LatencyTable, plot_by_op_type
 
     pred = LatencyPredictor(LatencyTable.load(args.table))
     results = []
     for path in args.models:
-        r = pred.predict(_load_any(path))
+        r = pred.predict(_load_any(path, args))
         flag = f"  (fallback for {r.fallback_ops} ops, {100 * r.fallback_fraction:.0f} % of the sum)" if r.flagged else ""
         print(f"{path}: {r.total_ms:.4f} ms predicted at {r.num_threads} thread(s){flag}")
         results.append({"model": str(path), "predicted_ms": r.total_ms, "fallback_ops": r.fallback_ops,
@@ -153,31 +148,36 @@ def cmd_table_predict(args):
 
 
 def register(sub):
+    from kslim.commands._common import DATA_HELP, add_random_calibration_option, add_unsafe_option
+
     p = sub.add_parser("convert", help="convert a Keras model to .tflite (float, dynamic, float16, int8)",
                        description="Convert a .keras model to TFLite, check it against Keras and save it.")
     p.add_argument("model", help="a .keras model file")
-    p.add_argument("-o", "--output", help="output .tflite (default: next to the model)")
-    p.add_argument("--quantize", choices=("none", "dynamic", "float16", "int8"), default="none")
-    p.add_argument("--calibration-data", help="int8: .npy array of calibration inputs (default for 28x28x1 "
-                                              "models: the bundled Fashion-MNIST subset)")
-    p.add_argument("--calibration-samples", type=int, default=200)
+    p.add_argument("-o", "--output", help="output .tflite (default: MODEL.tflite next to the model)")
+    p.add_argument("--quantize", choices=("none", "dynamic", "float16", "int8"), default="none",
+                   help="none: float32; dynamic: int8 weights; float16: fp16 weights; int8: full integer")
+    p.add_argument("--calibration-data", default="auto", metavar="SOURCE",
+                   help=f"int8: calibration inputs, {DATA_HELP}")
+    add_random_calibration_option(p)
+    p.add_argument("--calibration-samples", type=int, default=200, help="int8: calibration inputs used")
     p.add_argument("--qat", action="store_true", help="int8 from a QAT model's own ranges, no calibration data")
     p.add_argument("--io-int8", action="store_true", help="int8: int8 input and output tensors")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against Keras")
     p.add_argument("--verbose", action="store_true", help="show the converter's own output")
+    add_unsafe_option(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("profile", help="latency of a .tflite on the host, an adb phone or an ssh board",
-                       description="Time a .tflite model: mean/median/p5/p95/std, init time, peak memory, "
-                                   "optionally per-op latencies and a plot by op type.")
+                       description="Time a .tflite model: mean/median/p5/p95/std, init time, peak memory of "
+                                   "the measuring process, optionally per-op latencies and a plot by op type.")
     p.add_argument("model", help="a .tflite file")
     _device_args(p)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50, help="timed invokes")
+    p.add_argument("--warmup", type=int, default=10, help="untimed invokes first")
     p.add_argument("--gpu", action="store_true", help="GPU delegate (benchmark_model devices only)")
     p.add_argument("--op-profile", action="store_true", help="per-op latencies")
-    p.add_argument("--json", help="write the report as JSON")
-    p.add_argument("--plot", help="save a bar chart of latency by op type (png/pdf/svg)")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--plot", metavar="FILE", help="save a bar chart of latency by op type (png/pdf/svg)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("latency-table", help="build a per-op latency table / predict latency from one")
@@ -189,10 +189,12 @@ def register(sub):
     b.add_argument("--runs", type=int, default=100, help="timed invokes per op configuration")
     b.add_argument("--repeats", type=int, default=3, help="repeats (median of medians)")
     b.add_argument("--no-calibrate", action="store_true", help="skip timing the whole models for calibration")
+    add_unsafe_option(b)
     b.set_defaults(func=cmd_table_build)
     q = tsub.add_parser("predict", help="predict the latency of models from a table")
     q.add_argument("models", nargs="+", help=".tflite or .keras models")
     q.add_argument("--table", required=True, help="a table written by `kslim latency-table build`")
-    q.add_argument("--json", help="write the predictions (with per-op rows) as JSON")
-    q.add_argument("--plot", help="save a bar chart of predicted latency by op type")
+    q.add_argument("--json", metavar="FILE", help="write the predictions (with per-op rows) as JSON")
+    q.add_argument("--plot", metavar="FILE", help="save a bar chart of predicted latency by op type")
+    add_unsafe_option(q)
     q.set_defaults(func=cmd_table_predict)

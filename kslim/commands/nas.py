@@ -11,6 +11,9 @@ def cmd_search(args):
 
     if args.trials < 1:
         raise KslimValueError(f"--trials must be >= 1, got {args.trials}.")
+    from kslim.validation import check_output_dir
+
+    check_output_dir(args.out, "--out")
     if args.max_flops is None and args.max_latency is None:
         print("kslim search: note: no --max-flops/--max-latency given: the search is unconstrained.")
     (x, y), (xt, yt) = fashion_mnist_small() if args.data == "small" else fashion_mnist()
@@ -56,21 +59,22 @@ def register(sub):
                     "best.keras under OUT/SPACE.",
     )
     p.add_argument("--space", default="mobilenetv2", choices=["mobilenetv2", "resnet"], help="search space")
-    p.add_argument("--max-flops", type=float, default=None, help="FLOPs limit (2 x MACs), e.g. 5e6")
+    p.add_argument("--max-flops", type=float, default=None, help="FLOPs limit (2 x MACs), e.g. 5e6 (default: none)")
     p.add_argument("--max-latency", type=float, default=None,
-                   help="latency limit in ms (TFLite float32 on this CPU, 1 thread)")
+                   help="latency limit in ms (TFLite float32 on this CPU, 1 thread; default: none)")
     p.add_argument("--latency-table", default=None,
-                   help="latency table JSON (kslim latency-table) to predict latency instead of measuring it")
+                   help="latency table JSON (kslim latency-table) to predict latency instead of measuring it "
+                        "(default: measure)")
     p.add_argument("--trials", type=int, default=10, help="trials (trained candidates)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per trial")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size of each candidate")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of each candidate")
     p.add_argument("--temperature", type=float, default=0.05, help="initial SA temperature (accuracy units)")
     p.add_argument("--reduce-rate", type=float, default=0.85, help="SA cooling factor per trial")
     p.add_argument("--data", default="small", choices=["small", "full"], help="Fashion-MNIST subset or full set")
     p.add_argument("--train-limit", type=int, default=2000, help="training images used (0: all)")
     p.add_argument("--val-limit", type=int, default=1000, help="validation images (from the test split; 0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and of the candidates' training")
     p.add_argument("--resume", action="store_true", help="resume the search in OUT instead of starting afresh")
     p.add_argument("--out", default="kslim_runs/search", help="output directory")
     p.set_defaults(func=cmd_search)

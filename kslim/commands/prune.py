@@ -63,32 +63,40 @@ def _accuracy_fn(x, y, batch_size=500):
     return evaluate
 
 
-def _eval_data(args, model):
-    import numpy as np
-
-    from kslim.datasets import preprocess
-    from kslim.datasets.fashion_mnist import load
-    from kslim.errors import ModelError
-
-    (_, _), (x, y) = load(args.data)
-    x, y = preprocess(x[: args.limit]), np.asarray(y[: args.limit]).astype(np.int64)
-    want = tuple(model.input_shape[1:])
-    if want != tuple(x.shape[1:]):
-        raise ModelError(
-            f"Model {model.name!r} takes inputs {want} but the Fashion-MNIST data are {tuple(x.shape[1:])}: "
-            "kslim sensitivity evaluates on Fashion-MNIST; call kslim.prune.sensitivity() with your own "
-            "eval_fn for other models."
-        )
-    return x, y
-
-
 # -------------------------------------------------------------------------------------------- prune
+def _check_prune_args(args):
+    """Ratios, targets and files checked before the model loads (one-line errors)."""
+    from kslim.commands._common import check_outputs
+    from kslim.errors import KslimValueError
+    from kslim.validation import check_ratio, check_ratios
+
+    if args.ratio is not None:
+        check_ratio(args.ratio, "--ratio")
+    if args.ratios is not None:
+        check_ratios(args.ratios, "--ratios")
+    if args.flops_target is not None:
+        check_ratio(args.flops_target, "--flops-target", low_open=True)
+    if args.max_loss is not None:
+        if args.max_loss <= 0:
+            raise KslimValueError(f"--max-loss: {args.max_loss:g} must be > 0 (a relative accuracy loss).")
+        if not args.sensitivity:
+            raise KslimValueError("--max-loss needs --sensitivity SENS.json (from `kslim sensitivity`).")
+    if args.round_to < 1:
+        raise KslimValueError(f"--round-to: {args.round_to} must be >= 1.")
+    check_outputs(args, "output")
+
+
+def _share(a, b):
+    return f"{b / a:.1%} of the original, {b / a - 1:+.1%}"
+
+
 def cmd_prune(args):
     from kslim._io import atomic_save_model
-    from kslim._model_io import load_keras_model
+    from kslim.commands._common import load_model
     from kslim.errors import KslimValueError
 
-    model = load_keras_model(args.model)
+    _check_prune_args(args)
+    model = load_model(args.model, args)
     pruner = _make_pruner(model, args)
     info = {}
     if args.flops_target is not None:
@@ -101,8 +109,6 @@ def cmd_prune(args):
         else:
             pruned, info = pruner.prune_to_flops(args.flops_target)
     elif args.max_loss is not None:
-        if not args.sensitivity:
-            raise KslimValueError("--max-loss needs --sensitivity SENS.json (from `kslim sensitivity`).")
         from kslim.prune.sensitivity import load_sensitivity, ratios_by_loss
 
         ratios = ratios_by_loss(load_sensitivity(args.sensitivity), args.max_loss)
@@ -118,24 +124,31 @@ def cmd_prune(args):
     p0, p1 = model.count_params(), pruned.count_params()
     m0, m1 = _macs(model), _macs(pruned)
     print(f"{args.model} -> {args.output}")
-    print(f"  params: {p0:,} -> {p1:,} ({p1 / p0:.1%})")
+    print(f"  params: {p0:,} -> {p1:,} ({_share(p0, p1)})")
     if m0 and m1:
-        print(f"  MACs:   {m0:,} -> {m1:,} ({m1 / m0:.1%})")
+        print(f"  MACs:   {m0:,} -> {m1:,} ({_share(m0, m1)})")
     if info and "max_loss" in info:
         print(f"  sensitivity threshold: {info['max_loss']:.4f} relative loss")
     elif info and "ratio" in info:
-        print(f"  uniform ratio: {info['ratio']:.4f}")
+        print(f"  uniform ratio: {info['ratio']:.4f} of the channels of every prunable group")
     return 0
 
 
 # -------------------------------------------------------------------------------------------- sensitivity
 def cmd_sensitivity(args):
-    from kslim._model_io import load_keras_model
+    from kslim.commands._common import check_outputs, load_data, load_model
+    from kslim.validation import check_ratios
+
+    if args.ratios:
+        check_ratios(args.ratios, "--ratios")
+    check_outputs(args, "checkpoint", "plot")
     from kslim.prune.sensitivity import DEFAULT_RATIOS, sensitivity
 
-    model = load_keras_model(args.model)
-    x, y = _eval_data(args, model)
+    model = load_model(args.model, args)
+    x, y, what = load_data(args.data, model, split="test", limit=args.limit, option="--data")
     pruner = _make_pruner(model, args)
+    if not args.quiet:
+        print(f"evaluating on {what}", file=sys.stderr)
     sens = sensitivity(model, _accuracy_fn(x, y), ratios=args.ratios or DEFAULT_RATIOS, layers=args.layers,
                        checkpoint=args.checkpoint, pruner=pruner, verbose=0 if args.quiet else 1)
     if not args.quiet:
@@ -144,7 +157,8 @@ def cmd_sensitivity(args):
         print(f"{'group':<{width}}  " + "  ".join(f"{r:>6g}" for r in ratios))
         for g, curve in sens.items():
             print(f"{g:<{width}}  " + "  ".join(f"{curve.get(r, float('nan')):>6.3f}" for r in ratios))
-        print(f"relative accuracy loss; checkpoint: {args.checkpoint}", file=sys.stderr)
+        print(f"relative top-1 accuracy loss per group (rows) and pruning ratio (columns); checkpoint: "
+              f"{args.checkpoint}", file=sys.stderr)
     if args.plot:
         from kslim.prune.plot import plot_sensitivity
 
@@ -155,6 +169,7 @@ def cmd_sensitivity(args):
 
 
 def _add_pruner_options(p):
+    from kslim.commands._common import add_unsafe_option
     from kslim.prune.importance import importance_names  # the registry (no TensorFlow)
 
     p.add_argument("--criterion", default="l1", choices=importance_names(data=False),
@@ -165,24 +180,28 @@ def _add_pruner_options(p):
                    help="layers (or groups) never pruned")
     p.add_argument("--prune-classifier", action="store_true",
                    help="also prune the channels feeding the last Dense layer")
+    add_unsafe_option(p)
 
 
 def register(sub):
+    from kslim.commands._common import DATA_HELP
+
     p = sub.add_parser(
         "prune",
         help="filter pruning: a physically smaller .keras model",
         description="Remove whole filters (channels) from a Keras model and save the smaller model. "
-                    "Choose exactly one of --ratio, --ratios, --flops-target, --max-loss.",
+                    "Choose exactly one of --ratio, --ratios, --flops-target, --max-loss. Prints the "
+                    "params and MACs before and after, and the share of the original model they are.",
     )
     p.add_argument("model", help="input .keras model")
     p.add_argument("-o", "--output", required=True, help="output .keras file")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float, help="fraction of channels removed from every prunable group")
-    how.add_argument("--ratios", type=_ratio_map, metavar="L1=R,L2=R", help="per-layer ratios")
+    how.add_argument("--ratio", type=float, help="fraction of channels removed from every prunable group, in [0, 1)")
+    how.add_argument("--ratios", type=_ratio_map, metavar="L1=R,L2=R", help="per-layer fractions of channels removed")
     how.add_argument("--flops-target", type=float, metavar="F",
-                     help="fraction of MACs to remove (uniform ratio, or from --sensitivity)")
+                     help="fraction of the model's MACs to remove, in (0, 1) (uniform ratio, or from --sensitivity)")
     how.add_argument("--max-loss", type=float, metavar="L",
-                     help="per-layer ratios whose sensitivity loss is L (needs --sensitivity)")
+                     help="per-layer ratios whose relative accuracy loss is L in the sensitivity file (needs --sensitivity)")
     p.add_argument("--sensitivity", metavar="SENS.json",
                    help="sensitivity file from `kslim sensitivity` (with --flops-target or --max-loss)")
     _add_pruner_options(p)
@@ -192,17 +211,17 @@ def register(sub):
         "sensitivity",
         help="accuracy loss of each layer pruned alone at several ratios",
         description="Prune each channel group alone at each ratio and measure the relative top-1 accuracy "
-                    "loss on the Fashion-MNIST test slice. Results go to --checkpoint after every "
+                    "loss on labelled test data (--data). Results go to --checkpoint after every "
                     "measurement; rerunning the same command resumes.",
     )
-    p.add_argument("model", help="input .keras model (28x28x1 inputs)")
-    p.add_argument("--data", default="small", choices=("small", "full"), help="Fashion-MNIST source")
-    p.add_argument("--limit", type=int, default=1000, help="test samples evaluated (default 1000)")
+    p.add_argument("model", help="input .keras model")
+    p.add_argument("--data", default="auto", metavar="SOURCE", help=f"labelled evaluation data: {DATA_HELP}")
+    p.add_argument("--limit", type=int, default=1000, help="test samples evaluated")
     p.add_argument("--checkpoint", default="sens.json", help="JSON results / resume file")
     p.add_argument("--ratios", type=_ratio_list, default=None, metavar="R,R",
-                   help="ratios (default 0.1,...,0.9)")
-    p.add_argument("--layers", type=_name_list, default=None, metavar="A,B", help="only these groups")
+                   help="pruning ratios in [0, 1) (default: 0.1,0.2,...,0.9)")
+    p.add_argument("--layers", type=_name_list, default=None, metavar="A,B", help="only these groups (default: all)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save a plot of the curves")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_pruner_options(p)
     p.set_defaults(func=cmd_sensitivity)

@@ -194,6 +194,7 @@ SCHEMA = {
     "properties": {
         "version": {"const": 1},
         "name": {"type": "string"},
+        "quick": {"type": "boolean"},
         "seed": {"type": "integer", "minimum": 0},
         "model": _MODEL_REF,
         "data": {
@@ -273,28 +274,46 @@ def _describe(error):
     return error.message
 
 
-def _validate(schema, instance, prefix=()):
+def _schema_errors(schema, instance, prefix=()):
+    """Every violation of ``schema`` as ``(field path, message)``, shallowest first."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
-    if errors:
-        e = errors[0]
+    out = []
+    for e in errors:
+        path = prefix + tuple(e.absolute_path)
         # oneOf errors over-report: prefer a deeper, more specific sub-error when there is one
         if e.context:
             deeper = sorted(e.context, key=lambda c: -len(c.absolute_path))
             if deeper and len(deeper[0].absolute_path) > 0 and deeper[0].validator != "required":
-                e = deeper[0]
-                raise ConfigError(_describe(e), path=_path_str(prefix + tuple(errors[0].absolute_path)
-                                                               + tuple(e.absolute_path)))
-        raise ConfigError(_describe(e), path=_path_str(prefix + tuple(e.absolute_path)))
+                path, e = path + tuple(deeper[0].absolute_path), deeper[0]
+        item = (_path_str(path), _describe(e))
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def raise_config_errors(errors):
+    """One :class:`ConfigError` for all ``errors`` (``.path``: the first one's; ``.errors``: all of them)."""
+    if len(errors) == 1:
+        err = ConfigError(errors[0][1], path=errors[0][0])
+    else:
+        lines = "\n".join(f"  {path}: {message}" for path, message in errors)
+        err = ConfigError(f"the config has {len(errors)} errors:\n{lines}")
+        err.path = errors[0][0]
+    err.errors = list(errors)
+    raise err
 
 
 def validate_config(config):
     """Validate a config dict; returns a new dict with defaults filled in.
 
+    Every error is reported at once, each with the field path.
+
     Raises:
-        ConfigError: with ``.path`` naming the field at fault and a message with the allowed values.
+        ConfigError: with ``.path`` naming the (first) field at fault, ``.errors`` the list of
+            ``(field path, message)`` and a message with the allowed values.
 
     Example:
         >>> cfg = validate_config({"model": {"reference": "vgg"}, "strategies": [{"export": {}}]})
@@ -303,13 +322,19 @@ def validate_config(config):
     """
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}", path="(top level)")
-    _validate(SCHEMA, config)
-    for i, item in enumerate(config["strategies"]):
+    errors = _schema_errors(SCHEMA, config)
+    strategies = config.get("strategies")
+    for i, item in enumerate(strategies if isinstance(strategies, list) else []):
+        if not (isinstance(item, dict) and len(item) == 1):
+            continue
         (name, params), = item.items()
-        _validate(_STRATEGY_SCHEMAS[name], params or {}, prefix=("strategies", i, name))
+        if name in _STRATEGY_SCHEMAS and (params is None or isinstance(params, dict)):
+            errors += _schema_errors(_STRATEGY_SCHEMAS[name], params or {}, prefix=("strategies", i, name))
     data = config.get("data", {})
-    if data.get("source") == "hook" and not data.get("hook"):
-        raise ConfigError("source 'hook' needs a 'hook: file.py:function' field", path="data.hook")
+    if isinstance(data, dict) and data.get("source") == "hook" and not data.get("hook"):
+        errors.append(("data.hook", "source 'hook' needs a 'hook: file.py:function' field"))
+    if errors:
+        raise_config_errors(errors)
     out = copy.deepcopy(DEFAULTS)
     for key, value in config.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -318,6 +343,38 @@ def validate_config(config):
             out[key] = copy.deepcopy(value)
     out["strategies"] = [{name: dict(params or {})} for item in config["strategies"] for name, params in item.items()]
     return out
+
+
+QUICK = {"train_limit": 512, "test_limit": 256, "latency_runs": 10}
+
+
+def quick_config(config):
+    """A validated config's smoke version (``kslim compress --quick``, ``kslim demo --quick``).
+
+    At most 512 training and 256 test images (``data.train_limit`` / ``test_limit``), 1 epoch for
+    every training stage (``train.epochs``, ``fine_tune.epochs``, ``epochs``), 10 latency runs.
+    Reference models keep their ``pretrain_epochs`` (so the cached ones are reused). Marks the
+    config ``quick: true`` and its name ``-quick``; applying it twice changes nothing more.
+    """
+    cfg = copy.deepcopy(config)
+    data = cfg.setdefault("data", {})
+    for key in ("train_limit", "test_limit"):
+        data[key] = min(int(data.get(key) or QUICK[key]), QUICK[key])
+    cfg.setdefault("train", {})["epochs"] = 1
+    report = cfg.setdefault("report", {})
+    report["latency_runs"] = min(int(report.get("latency_runs", QUICK["latency_runs"])), QUICK["latency_runs"])
+    for item in cfg["strategies"]:
+        (name, params), = item.items()
+        if isinstance(params.get("fine_tune"), dict):
+            params["fine_tune"]["epochs"] = min(int(params["fine_tune"].get("epochs", 1)), 1)
+        if "epochs" in params:
+            params["epochs"] = min(int(params["epochs"]), 1)
+        if name == "profile":
+            params["runs"] = min(int(params.get("runs", QUICK["latency_runs"])), QUICK["latency_runs"])
+    name = cfg.get("name", "kslim-run")
+    cfg["name"] = name if name.endswith("-quick") else f"{name}-quick"
+    cfg["quick"] = True
+    return validate_config(cfg)
 
 
 def _is_file(path):

@@ -16,7 +16,8 @@ import numpy as np
 from kslim.errors import ConfigError
 
 
-def _load_hook(spec, base_dir):
+def load_hook(spec, base_dir):
+    """The function a ``"file.py:function"`` / ``"package.module:function"`` hook names (imported now)."""
     target, _, func = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
@@ -39,15 +40,18 @@ def _load_hook(spec, base_dir):
 
 
 class PipelineData:
-    """Training/test data of a run, built from the config's ``data`` section."""
+    """Training/test data of a run, built from the config's ``data`` section.
 
-    def __init__(self, cfg, base_dir=None):
+    ``hook``: the hook function when the caller has already imported it (:func:`load_hook`).
+    """
+
+    def __init__(self, cfg, base_dir=None, hook=None):
         from kslim.datasets import load, preprocess
 
         self.batch_size = int(cfg.get("batch_size", 128))
         self._train_ds = self._test_ds = None
         if cfg.get("source", "small") == "hook":
-            train, test = _load_hook(cfg["hook"], base_dir)()
+            train, test = (hook or load_hook(cfg["hook"], base_dir))()
             self.x_train, self.y_train, self._train_ds = self._split(train, "train")
             self.x_test, self.y_test, self._test_ds = self._split(test, "test")
         else:
@@ -85,6 +89,24 @@ class PipelineData:
             return self._train_ds
         return to_dataset(self.x_train, self.y_train, batch_size=batch_size or self.batch_size,
                           shuffle=True, seed=seed, normalize=False)
+
+    def train_size(self):
+        """Number of training images (``None`` for a user's ``tf.data`` of unknown length)."""
+        return len(self.x_train) if self.x_train is not None else None
+
+    def steps_per_epoch(self, batch_size=None):
+        """Training steps of one epoch (a user's ``tf.data``: its cardinality, or 100 if unknown)."""
+        if self.x_train is not None:
+            return -(-len(self.x_train) // int(batch_size or self.batch_size))
+        n = int(self._train_ds.cardinality())
+        return n if n > 0 else 100
+
+    def batch(self, batch_size=None):
+        """One training batch of images (for timing a step)."""
+        if self.x_train is not None:
+            return self.x_train[: int(batch_size or self.batch_size)]
+        xb, _ = next(iter(self._train_ds))
+        return np.asarray(xb)
 
     def calibration(self, n):
         """Up to ``n`` training images (float32 NHWC) for calibration."""

@@ -125,7 +125,7 @@ def guarded_write(writer, path, *args):
         return writer(path, *args)
     except OSError as e:
         raise KslimFileError(
-            f"could not write {path}: {e.strerror or e}. Nothing was corrupted: the previous checkpoint "
+            f"could not write {path}: {getattr(e, 'reason', None) or e.strerror or e}. Nothing was corrupted: the previous checkpoint "
             "is intact. Free disk space / fix permissions, then resume with "
             "`kslim compress CONFIG --resume RUN_DIR`."
         ) from e

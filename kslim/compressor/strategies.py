@@ -19,10 +19,46 @@ def accuracy(model, x, y, batch_size=256):
     return float(np.mean(np.argmax(pred, axis=-1) == np.asarray(y).reshape(-1)))
 
 
-def _load_keras(path):
+def _load_keras(path, unsafe=False):
     from kslim._model_io import load_keras_model
 
-    return load_keras_model(path)  # registers kslim's layers (QAT, ...) first; safe_mode
+    # registers kslim's layers (QAT, ...) first; Keras' safe mode unless the user trusts the files
+    return load_keras_model(path, safe_mode=not unsafe)
+
+
+def _macs(model):
+    try:
+        from kslim.analysis import flops
+
+        return int(flops(model).macs)
+    except Exception:  # MACs are informative; a model flops() cannot count still compresses
+        return None
+
+
+def describe_model(model):
+    """``"mobilenet_v1_w1 (3,210,000 params, 11.9 M MACs)"`` for the progress lines."""
+    from kslim.analysis._table import human
+
+    macs = _macs(model)
+    return f"{model.name} ({model.count_params():,} params" + (f", {human(macs)} MACs)" if macs else ")")
+
+
+def _epochs(n):
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _training_text(ctx, model, epochs, batch_size):
+    """``"for 3 epochs on 10,000 images, about 2 min"`` (the estimate only when progress is shown)."""
+    from kslim import _progress
+
+    bs = int(batch_size or ctx.data.batch_size)
+    n = ctx.data.train_size()
+    text = f"for {_epochs(epochs)}" + (f" on {n:,} images" if n else "")
+    if ctx.progress and epochs > 0:
+        est = _progress.estimate_fit_seconds(model, ctx.data.batch(bs), ctx.data.steps_per_epoch(bs), epochs)
+        if est:
+            text += f", {_progress.about(est)}"
+    return text
 
 
 def _train_settings(ctx, settings):
@@ -36,30 +72,80 @@ def _train_settings(ctx, settings):
             settings.get("batch_size", train.get("batch_size")))
 
 
-def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune"):
-    """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size)."""
+def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=True):
+    """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size).
+
+    ``announce`` prints what is trained, for how long and the estimated time (``ctx.header``).
+    """
     from kslim.models import compile_classifier
 
     epochs, lr, bs = _train_settings(ctx, settings)
     if epochs <= 0:
         return model, []
     compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
+    if announce:
+        ctx.header(f"fine-tuning {describe_model(model)} {_training_text(ctx, model, epochs, bs)}")
     history = fit_resumable(
         model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
-        prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv",
+        prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv", note=ctx.note,
     )
     return model, history
 
 
 # ----------------------------------------------------------------------------- prune
+def _prune_target(p):
+    if "ratio" in p:
+        return f"{100 * float(p['ratio']):g} % of the channels of every prunable group"
+    if "ratios" in p:
+        return f"per-layer ratios for {len(p['ratios'])} layer(s)"
+    if "flops_target" in p:
+        return f"to remove {100 * float(p['flops_target']):g} % of the MACs"
+    if "sensitivity" in p:
+        s = p["sensitivity"]
+        goal = (f"to remove {100 * float(s['flops_target']):g} % of the MACs" if "flops_target" in s
+                else f"at most {float(s['max_loss']):g} relative accuracy loss per layer")
+        return f"ratios from a sensitivity analysis, {goal}"
+    a = p["auto"]
+    return (f"ratios searched by simulated annealing ({int(a.get('max_trials', 20))} trials) "
+            f"to remove {100 * float(a['flops_target']):g} % of the MACs")
+
+
+def write_layer_table(before, after, sdir):
+    """The per-layer pruning table (``kslim.analysis.summary_diff``) as ``layers.json`` + ``layers.csv``
+    in the stage folder; returns the JSON path."""
+    import csv
+    import io
+
+    from kslim._io import atomic_write_text
+    from kslim.analysis import summary_diff
+
+    d = summary_diff(before, after)
+    rows = [{"layer": r.name, "type": r.type, "channels_before": r.channels_before,
+             "channels_after": r.channels_after, "macs_before": r.macs_before, "macs_after": r.macs_after}
+            for r in d.rows]
+    data = {"before": d.before_name, "after": d.after_name, "params_before": d.params_before,
+            "params_after": d.params_after, "macs_before": d.macs_before, "macs_after": d.macs_after,
+            "layers": rows}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["layer"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    guarded_write(atomic_write_text, sdir / "layers.csv", buf.getvalue())
+    guarded_write(atomic_write_json, sdir / "layers.json", data)
+    return sdir / "layers.json"
+
+
 def run_prune(ctx, p, sdir, prefix):
     import kslim.prune as kp
 
+    epochs = _train_settings(ctx, p.get("fine_tune", {}))[0]
+    ctx.header(f"{p.get('criterion', 'l1').upper()} filter pruning of {describe_model(ctx.model)}: "
+               f"{_prune_target(p)}" + (f", then fine-tuning {_epochs(epochs)}" if epochs > 0 else ""))
     pruned_path = sdir / "pruned.keras"
     info_path = sdir / "pruned_info.json"  # written before pruned.keras: a resumed run gets it back
     info = {}
     if pruned_path.is_file():
-        pruned = _load_keras(pruned_path)
+        pruned = _load_keras(pruned_path, ctx.unsafe)
         if info_path.is_file():
             info = read_json(info_path, "Pruning info")
     else:
@@ -112,6 +198,11 @@ def run_prune(ctx, p, sdir, prefix):
         guarded_write(atomic_write_json, info_path, info)
         guarded_write(atomic_save_model, pruned, pruned_path)
         crash_point(f"{prefix}:pruned")
+    if not (sdir / "layers.json").is_file():
+        try:
+            write_layer_table(ctx.model, pruned, sdir)
+        except Exception as e:  # the table is a report extra; never fail the pruning for it
+            ctx.note(f"(per-layer pruning table unavailable: {e})")
     model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
     ctx.info.update(info)
     ctx.model, ctx.lite = model, None
@@ -129,15 +220,25 @@ def _build_model(ctx, spec, what):
             path = ctx.base_dir / path
         if not path.is_file():
             raise ConfigError(f"{what} model file {path} does not exist", path=f"{what}.path")
-        from kslim._model_io import load_keras_model
+        return _load_keras(path, ctx.unsafe), None
+    return pretrained(**_reference_args(ctx, spec), verbose=ctx.verbose, progress=ctx.progress)
 
-        return load_keras_model(path), None
+
+def _reference_args(ctx, spec):
+    """The :func:`kslim.models.pretrained` arguments of a ``{reference: ...}`` model spec."""
     kwargs = {"width": spec["width"]} if "width" in spec else {}
     source = ctx.config["data"].get("source", "small")
     if source == "hook":
         source = "small"
-    return pretrained(spec["reference"], source=source, epochs=int(spec.get("pretrain_epochs", 3)),
-                      seed=ctx.config["seed"], verbose=ctx.verbose, **kwargs)
+    return dict(name=spec["reference"], source=source, epochs=int(spec.get("pretrain_epochs", 3)),
+                seed=ctx.config["seed"], **kwargs)
+
+
+def needs_training(ctx, spec):
+    """Whether building ``spec`` trains a reference model first (it is not in the cache)."""
+    from kslim.models.zoo import is_cached
+
+    return "reference" in spec and not is_cached(**_reference_args(ctx, spec))
 
 
 def run_distill(ctx, p, sdir, prefix):
@@ -146,6 +247,12 @@ def run_distill(ctx, p, sdir, prefix):
 
     from kslim.distill import Distiller, Pair
 
+    epochs, lr, bs = _train_settings(ctx, p)
+    student = describe_model(ctx.model)
+    late = needs_training(ctx, p["teacher"])
+    if late:  # the teacher's training prints its own lines: say first what this stage is
+        ctx.header(f"fine-tuning {student} for {_epochs(epochs)}, distilled from reference model "
+                   f"{p['teacher']['reference']} (trained first)")
     teacher, _ = _build_model(ctx, p["teacher"], "strategies.distill.teacher")
     teacher.trainable = False
     temperature = float(p.get("temperature", 4.0))
@@ -160,10 +267,13 @@ def run_distill(ctx, p, sdir, prefix):
         ctx.model, teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
         hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    epochs, lr, bs = _train_settings(ctx, p)
     distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+    text = _training_text(ctx, distiller, epochs, bs)
+    ctx.header(f"distillation {text}" if late else
+               f"fine-tuning {student} {text}, distilled from {describe_model(teacher)}")
     fit_resumable(distiller, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / "distill",
-                  ctx.stage_seed, prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_distill.csv")
+                  ctx.stage_seed, prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_distill.csv",
+                  note=ctx.note)
     ctx.model, ctx.lite = distiller.student, None
 
 
@@ -175,8 +285,11 @@ def run_quant_aware(ctx, p, sdir, prefix):
     if p.get("skip"):
         qcfg["skip_layers"] = tuple(p["skip"])
     qat = quant_aware(ctx.model, QuantConfig(**qcfg))
-    model, _ = _fine_tune(ctx, qat, {k: p[k] for k in ("epochs", "learning_rate") if k in p}, sdir, prefix,
-                          name="qat")
+    settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
+    epochs, _, bs = _train_settings(ctx, settings)
+    ctx.header(f"quantization-aware training of {describe_model(ctx.model)} "
+               f"{_training_text(ctx, qat, epochs, bs)}")
+    model, _ = _fine_tune(ctx, qat, settings, sdir, prefix, name="qat", announce=False)
     ctx.model, ctx.lite, ctx.qat = model, None, True
 
 
@@ -186,6 +299,8 @@ def run_quant_post_static(ctx, p, sdir, prefix):
     batch_size = int(p.get("batch_size", 32))
     batches = int(p.get("batch_nums", 10))
     calib = ctx.data.calibration(batch_size * batches)
+    ctx.header(f"post-training int8 quantization of {describe_model(ctx.model)}, {p.get('algo', 'KL')} "
+               f"calibration on {len(calib)} training images")
     kwargs = {k: p[k] for k in ("weight_quantize_type", "bias_correction") if k in p}
     ctx.lite = quant_post_static(ctx.model, calib, algo=p.get("algo", "KL"), batch_size=batch_size,
                                  batch_nums=batches, **kwargs)
@@ -195,6 +310,8 @@ def run_quant_post_dynamic(ctx, p, sdir, prefix):
     from kslim.quant import quant_post_dynamic
 
     kwargs = {"skip": list(p["skip"])} if p.get("skip") else {}
+    ctx.header(f"post-training {p.get('dtype', 'int8')} weight quantization of {describe_model(ctx.model)} "
+               "(no data needed)")
     ctx.lite = quant_post_dynamic(ctx.model, dtype=p.get("dtype", "int8"), **kwargs)
 
 
@@ -206,7 +323,11 @@ def run_export(ctx, p, sdir, prefix):
     quantize = None if quantize in (None, "none") else quantize
     x_check = ctx.data.eval_arrays(64)[0]
     if ctx.lite is not None and quantize is None:
+        ctx.header("keeping the TFLite model of the previous stage")
         return  # the previous strategy already produced the TFLite model
+    what = ("int8 kernels from the QAT ranges" if ctx.qat else
+            {None: "float32", "int8": "full int8, calibrated on 200 training images"}.get(quantize, quantize))
+    ctx.header(f"TFLite export of {ctx.model.name}: {what}")
     if ctx.qat:
         from kslim.quant import convert as qconvert
 
@@ -222,6 +343,7 @@ def run_export(ctx, p, sdir, prefix):
 def run_profile(ctx, p, sdir, prefix):
     from kslim.compressor.report import measure_latency
 
+    ctx.header(f"latency profile on the host ({int(p.get('threads', 1))} thread(s), {int(p.get('runs', 50))} runs)")
     lite = ctx.lite or ctx.float_lite(ctx.model)
     ctx.info["profile"] = measure_latency(lite, threads=int(p.get("threads", 1)), runs=int(p.get("runs", 50)),
                                           warmup=int(p.get("warmup", 5)))

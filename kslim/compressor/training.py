@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from kslim._io import atomic_path
+from kslim._io import atomic_path, atomic_write_text
 from kslim.compressor.run_dir import crash_point, guarded_write
 
 
@@ -57,8 +57,22 @@ def _optimizer_variables(model):
     return opt.variables
 
 
+def _write_csv_log(path, history):
+    """The per-epoch CSV log, rewritten from the checkpointed history (so a resumed run has each epoch once)."""
+    import csv
+    import io
+
+    keys = sorted({k for logs in history for k in logs if k != "epoch"})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for logs in history:
+        writer.writerow([logs["epoch"], *(logs.get(k, "") for k in keys)])
+    guarded_write(atomic_write_text, path, buf.getvalue())
+
+
 def fit_resumable(model, make_train_data, epochs, ckpt_dir, seed, point_prefix, verbose=1, callbacks=None,
-                  csv_log=None):
+                  csv_log=None, note=None):
     """Fit a compiled ``model`` for ``epochs`` epochs with a checkpoint after each.
 
     Args:
@@ -68,11 +82,19 @@ def fit_resumable(model, make_train_data, epochs, ckpt_dir, seed, point_prefix, 
         ckpt_dir: folder for the checkpoint ``train.npz``.
         seed: base seed of the stage.
         point_prefix: name prefix of the crash points (``"<i>:<strategy>"``).
+        csv_log: CSV file of the per-epoch logs (rewritten from the checkpointed history).
+        note: callable printing progress lines ("epoch 2/3"; "continuing at epoch ..." on a resume).
+
+    A first Ctrl-C ends the current epoch's ``fit`` at the next batch and raises
+    ``KeyboardInterrupt`` before that unfinished epoch is checkpointed (:mod:`kslim._interrupt`):
+    the checkpoint holds the last finished epoch, and a resumed run repeats the interrupted one.
 
     Returns:
         list of per-epoch logs (dicts), including epochs restored from the checkpoint.
     """
     import keras
+
+    from kslim import _interrupt
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     npz_file = ckpt_dir / "train.npz"
@@ -82,16 +104,20 @@ def fit_resumable(model, make_train_data, epochs, ckpt_dir, seed, point_prefix, 
         model.set_weights(weights)
         for var, value in zip(_optimizer_variables(model), opt_values):
             var.assign(value)
+        if note is not None and start < epochs:
+            note(f"continuing at epoch {start + 1}/{epochs} ({start} finished epoch(s) restored from {npz_file})")
     for epoch in range(start, epochs):
         keras.utils.set_random_seed(seed + epoch)
         _reseed(model, seed + epoch)
-        cbs = list(callbacks or [])
-        if csv_log is not None:
-            cbs.append(keras.callbacks.CSVLogger(str(csv_log), append=True))
-        h = model.fit(make_train_data(seed + epoch), epochs=1, verbose=verbose, callbacks=cbs, shuffle=False)
+        if note is not None:
+            note(f"epoch {epoch + 1}/{epochs}")  # Keras numbers the epochs of one fit() call only
+        h = _interrupt.fit(model, make_train_data(seed + epoch), epochs=1, verbose=verbose,
+                           callbacks=list(callbacks or []), shuffle=False)
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         logs["epoch"] = epoch
         history.append(logs)
         _save_checkpoint(npz_file, model.get_weights(), _optimizer_variables(model), epoch + 1, history)
+        if csv_log is not None:
+            _write_csv_log(csv_log, history)
         crash_point(f"{point_prefix}:epoch{epoch}")
     return history

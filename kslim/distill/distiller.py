@@ -9,6 +9,10 @@ from kslim.distill.pair import Pair
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 
 
+# temperature of the soft-label pair used when a Distiller is given nothing to learn from
+DEFAULT_TEMPERATURE = 4.0
+
+
 def _num_replicas():
     import tensorflow as tf
 
@@ -45,7 +49,10 @@ class Distiller(keras.Model):
             it; a trainable teacher raises :class:`~kslim.errors.ModelError` rather than being
             silently frozen or, worse, updated.
         pairs: list of :class:`~kslim.distill.Pair` (or tuples ``(teacher, student, loss, weight)``
-            / dicts of its arguments).
+            / dicts of its arguments). With no pairs and no ``hard_loss`` there would be nothing to
+            learn from: the distiller then uses soft-label distillation of the outputs,
+            ``Pair(None, None, "soft_label", temperature=4.0)`` (as Keras' own distillation example
+            does), and warns (``UserWarning``) so that the choice is visible.
         hard_loss: loss of the student's output against the labels, e.g.
             ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``. May instead be given as
             ``compile(loss=...)`` (not both). If neither, there is no hard-label term (labels are
@@ -98,6 +105,16 @@ class Distiller(keras.Model):
         if isinstance(pairs, (Pair, dict)):
             pairs = [pairs]
         self._pairs = tuple(Pair.coerce(p) for p in (pairs or ()))
+        if not self._pairs and hard_loss is None:
+            # nothing to learn from: a fit would end in Keras' "No gradients provided for any variable"
+            import warnings
+
+            warnings.warn(
+                f"Distiller({student.name!r}, {teacher.name!r}) got no pairs and no hard_loss: distilling the "
+                f"teacher's outputs with soft labels (Pair(None, None, 'soft_label', temperature="
+                f"{DEFAULT_TEMPERATURE})), as Keras' distillation example does. Pass pairs=[...] to choose the "
+                "terms (and hard_loss= or compile(loss=...) to add the labels).", UserWarning, stacklevel=2)
+            self._pairs = (Pair(None, None, "soft_label", temperature=DEFAULT_TEMPERATURE),)
         self._pair_names = self._unique_names([p.label for p in self._pairs])
         self._hard_loss_arg = hard_loss
         self.hard_loss = self._get_loss(hard_loss) if hard_loss is not None else None

@@ -1,6 +1,7 @@
 """Registry of the reference models, plus training and caching helpers used by demo, examples, benchmarks."""
 
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -50,9 +51,11 @@ def train(model, source="small", epochs=3, batch_size=128, learning_rate=1e-3, s
 
     ``schedule="cosine"`` decays the learning rate to 0 over the run (a steadier end-of-run accuracy
     than a constant rate, whose result swings by points between epochs); ``None`` keeps it constant.
+    A first Ctrl-C stops at the next batch and raises ``KeyboardInterrupt`` (:mod:`kslim._interrupt`).
     """
     import keras
 
+    from kslim import _interrupt
     from kslim.datasets import load_datasets
 
     keras.utils.set_random_seed(seed)
@@ -65,7 +68,7 @@ def train(model, source="small", epochs=3, batch_size=128, learning_rate=1e-3, s
     elif schedule is not None:
         raise KslimValueError(f"schedule must be 'cosine' or None, got {schedule!r}.")
     compile_classifier(model, lr)
-    history = model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks, shuffle=False)
+    history = _interrupt.fit(model, train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks, shuffle=False)
     _, acc = model.evaluate(test_ds, verbose=0)
     return history, float(acc)
 
@@ -75,23 +78,93 @@ def cache_dir():
     return Path(os.environ.get("KSLIM_CACHE", "~/.cache/kslim")).expanduser()
 
 
-def pretrained(name, source="small", epochs=3, seed=0, verbose=1, **kwargs):
+def _normalised_kwargs(name, kwargs):
+    """The builder arguments that differ from the builder's defaults, with numbers as their default's type.
+
+    ``width=1.0`` written out, ``width=1`` and no width at all build the same model, so they get the
+    same cache key (the key of the defaults, as before).
+    """
+    try:
+        params = inspect.signature(REFERENCE_MODELS[name]).parameters
+    except KeyError:
+        raise KslimValueError(f"Unknown reference model {name!r}; choose one of {sorted(REFERENCE_MODELS)}.") from None
+    out = {}
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(default, tuple):
+            default = list(default)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if value == default and type(value) is type(default):
+            continue
+        out[key] = value
+    return out
+
+
+def _cache_path(name, settings):
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"{name}-{key}.keras"
+
+
+def _cache_entry(name, source, epochs, seed, kwargs):
+    """``(path, settings, builder kwargs)`` of a reference model's cache entry.
+
+    The path is the existing entry of an older kslim (whose key kept arguments equal to the defaults)
+    when only that one exists, so an upgrade does not retrain what is already cached.
+    """
+    normal = _normalised_kwargs(name, kwargs)
+    base = {"name": name, "source": source, "epochs": int(epochs), "seed": int(seed), "schedule": "cosine"}
+    settings = {**base, **normal}
+    path = _cache_path(name, settings)
+    if not path.is_file() and kwargs != normal:
+        legacy = _cache_path(name, {**base, **kwargs})
+        if legacy.is_file() and legacy.with_suffix(".json").is_file():
+            return legacy, settings, normal
+    return path, settings, normal
+
+
+def is_cached(name, source="small", epochs=3, seed=0, **kwargs):
+    """Whether :func:`pretrained` with these arguments would load a cached model (no training)."""
+    path, _, _ = _cache_entry(name, source, epochs, seed, kwargs)
+    return path.is_file() and path.with_suffix(".json").is_file()
+
+
+def _train_size(source):
+    return 10_000 if source == "small" else 60_000
+
+
+def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None, **kwargs):
     """A reference model trained on Fashion-MNIST, cached by its settings; returns ``(model, accuracy)``.
 
     The first call trains (a few minutes on 2 cores) and saves ``.keras`` + ``.json`` in
-    :func:`cache_dir`; later calls load them.
+    :func:`cache_dir`; later calls load them. Before training it prints what it trains and roughly
+    how long it will take (``progress``, default ``verbose > 0``); ``verbose`` is Keras' ``fit`` verbosity.
+    Arguments equal to the builder's defaults (``width=1.0``) give the same cache entry as leaving
+    them out.
     """
     import keras
 
+    from kslim import _progress
     from kslim._io import atomic_save_model, atomic_write_json
 
-    settings = {"name": name, "source": source, "epochs": epochs, "seed": seed, "schedule": "cosine", **kwargs}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / f"{name}-{key}.keras"
+    path, settings, kwargs = _cache_entry(name, source, epochs, seed, kwargs)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         return keras.models.load_model(path), json.loads(meta.read_text())["accuracy"]
     model = build(name, **kwargs)
+    if (verbose > 0) if progress is None else progress:
+        import numpy as np
+
+        n = _train_size(source)
+        steps = -(-n // 128)
+        est = _progress.estimate_fit_seconds(model, np.zeros((128, *model.input_shape[1:]), "float32"), steps,
+                                             epochs)
+        what = "the bundled Fashion-MNIST subset" if source == "small" else "Fashion-MNIST"
+        _progress.note(f"training reference model {model.name} ({model.count_params():,} params) on {what} "
+                       f"({n:,} images) for {epochs} epoch{'' if epochs == 1 else 's'}" + (f", {_progress.about(est)}" if est else "")
+                       + f"; cached as {path} for later runs")
     _, acc = train(model, source=source, epochs=epochs, seed=seed, verbose=verbose)
     atomic_save_model(model, path)
     atomic_write_json(meta, {"settings": settings, "accuracy": acc})
