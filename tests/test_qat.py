@@ -240,6 +240,48 @@ def test_graph_with_add_concat_separable_is_all_int8():
     assert lite.parity["argmax_agreement"] >= 0.9
 
 
+@keras.saving.register_keras_serializable(package="kslim_test")
+class MyConv(L.Conv2D):
+    """A user's Conv2D subclass that keeps Conv2D's maths (no call override)."""
+
+
+@keras.saving.register_keras_serializable(package="kslim_test")
+class MyOddConv(L.Conv2D):
+    """A Conv2D subclass with its own call(): kslim cannot know its maths."""
+
+    def call(self, x):
+        return super().call(x) * 2.0
+
+
+def _subclass_net(conv_cls):
+    inp = keras.Input((8, 8, 1))
+    x = conv_cls(4, 3, name="myconv")(inp)
+    x = L.Flatten()(L.ReLU()(x))
+    return keras.Model(inp, L.Dense(3, name="head")(x))
+
+
+def test_conv2d_subclass_is_quantized_like_conv2d():
+    """The twin comes from the rule registry (MRO lookup), not an exact-class table (issue 13)."""
+    q = quant_aware(_subclass_net(MyConv))
+    assert isinstance(q.get_layer("myconv"), QuantConv2D)
+    assert not any("myconv" in p for p in q.kslim_unquantized)
+    q = _compile(q)
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype("float32")
+    q.fit(x, np.arange(32) % 3, epochs=1, batch_size=32, verbose=0)
+    lite = convert(q)
+    assert lite.float_ops == []
+    assert lite.ops().get("CONV_2D", 0) == 1
+
+
+def test_conv2d_subclass_overriding_call_stays_float():
+    with pytest.warns(UserWarning):
+        q = quant_aware(_subclass_net(MyOddConv))
+    assert type(q.get_layer("myconv")) is MyOddConv
+    assert isinstance(q.get_layer("head"), QuantDense)
+    (reason,) = [r for p, r in q.kslim_unquantized.items() if "myconv" in p]
+    assert reason == "MyOddConv overrides call(); kslim cannot know its maths: its weights stay float"
+
+
 # ------------------------------------------------------------------------------------------ bits, quantizer
 def test_lower_bits_simulated():
     q = quant_aware(tiny_net(bn_stats=True), weight_bits=4, activation_bits=4)

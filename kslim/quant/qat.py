@@ -75,12 +75,6 @@ from kslim.quant import ops
 from kslim.quant.config import NOT_QUANTIZABLE, QuantConfig
 from kslim.quant.fold import FOLDABLE_LAYER_TYPES, can_fold, folded_weights
 
-# keras class name -> quantized class name (in kslim.quant.layers)
-_QUANT_CLASS = {
-    "Conv1D": "QuantConv1D", "Conv2D": "QuantConv2D", "Conv2DTranspose": "QuantConv2DTranspose",
-    "DepthwiseConv2D": "QuantDepthwiseConv2D", "Dense": "QuantDense", "EinsumDense": "QuantEinsumDense",
-    "Embedding": "QuantEmbedding", "BatchNormalization": "QuantBatchNormalization",
-}
 # quantized ops into which TFLite fuses a following ReLU / ReLU6 (TRANSPOSE_CONV does not: checked)
 _FUSING_TYPES = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "BatchNormalization", "Add")
 # keras.ops operations whose int8 TFLite kernel writes its output with the scale of its (first) input
@@ -104,6 +98,31 @@ def _keras_class(name):
     import keras
 
     return getattr(keras.layers, name, None)
+
+
+def _twin(layer):
+    """``(quantized class name, keras base class)`` of ``layer`` from its rule (:func:`kslim.rules.get`, MRO
+    lookup, so subclasses count), or None when kslim has no quantized twin for it. The name is
+    ``"SeparableConv2D"`` for a separable conv (split into a quantized depthwise + pointwise pair)."""
+    import kslim.rules
+    from kslim.quant import layers as qlayers
+
+    qname = getattr(kslim.rules.get(layer), "quant_class", None)
+    if qname == "SeparableConv2D":
+        base = _keras_class("SeparableConv2D")
+    elif isinstance(qname, str) and qname.startswith("Quant") and getattr(qlayers, qname, None) is not None:
+        base = _keras_class(qname[len("Quant"):])  # e.g. QuantMultiHeadAttention names no class: None
+    else:
+        return None
+    if base is None or not isinstance(layer, base):  # a rule shared with a kind the twin does not cover
+        return None
+    return qname, base
+
+
+def _kind(layer):
+    """The keras class name ``layer`` is quantized as (its registered base for a subclass), else its own."""
+    twin = _twin(layer) if kg.is_layer(layer) else None
+    return twin[1].__name__ if twin is not None else type(layer).__name__
 
 
 def is_quantized(model):
@@ -405,7 +424,7 @@ def _unsupported_setting(layer, rank):
     """Why a layer of a quantizable type cannot be quantized with its settings (None if it can)."""
     import keras
 
-    tname = type(layer).__name__
+    tname = _kind(layer)
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{tname} with data_format={layer.data_format!r}: kslim quantizes channels-last layers only"
     if tname == "Conv1D" and getattr(layer, "groups", 1) != 1:
@@ -434,11 +453,19 @@ def _select(flat, names, config, plan, quantize):
             continue
         tname = type(layer).__name__
         why = names.skipped(path)
-        if tname not in _QUANT_CLASS and tname != "SeparableConv2D" or type(layer) is not _keras_class(tname):
+        twin = _twin(layer)
+        if twin is None:
             if layer.weights:
                 plan.unquantized.setdefault(path, why or NOT_QUANTIZABLE.get(
                     tname, f"kslim has no quantized version of {tname}: its weights stay float"))
             continue
+        qname, base = twin
+        if type(layer).call is not base.call:
+            if layer.weights:
+                plan.unquantized.setdefault(path, why or (
+                    f"{tname} overrides call(); kslim cannot know its maths: its weights stay float"))
+            continue
+        tname = base.__name__
         enclosing = next((type(flat.graphs[p]).__name__ for p in flat.graphs
                           if path.startswith(p + "/") and not kg.is_graph_model(flat.graphs[p])), None)
         if tname not in config.quantizable_layer_type and enclosing not in config.quantizable_layer_type:
@@ -452,7 +479,7 @@ def _select(flat, names, config, plan, quantize):
         if why is not None:
             plan.unquantized[path] = why
             continue
-        plan.quantize[id(layer)] = "separable" if tname == "SeparableConv2D" else _QUANT_CLASS[tname]
+        plan.quantize[id(layer)] = "separable" if qname == "SeparableConv2D" else qname
     if names.only is not None:
         for path, name in names.only.items():
             layer = flat.paths.get(path)
@@ -533,7 +560,7 @@ def _place_quantizers(flat, config, plan):
         if not _is_float(kg.node_outputs(leaf.node)[i]) or id(op) in plan.fold_into:
             return None
         owner = plan.folded.get(id(op), op)
-        tname = type(owner).__name__
+        tname = _kind(owner)
         if owner is op and _is_passthrough(op, config, plan):
             return None
         fixed = _fixed_range(op) if owner is op else None
@@ -812,7 +839,8 @@ def rewrite(model, config, quantize=True):
     """
     opaque = {}
     if quantize:  # composite layers (a call() made of Keras layers and keras.ops) are seen through
-        model = kg.expand_composites(model, reasons=opaque)
+        # a subclass of a layer with a quantized twin is handled as that layer (see _select), not traced
+        model = kg.expand_composites(model, known=lambda op: _twin(op) is not None, reasons=opaque)
     flat, plan, names = _plan(model, config, quantize=quantize)
     for path, why in opaque.items():
         if path in plan.unquantized and not plan.unquantized[path].startswith(_CHOSEN):

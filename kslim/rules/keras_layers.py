@@ -223,6 +223,7 @@ class BatchNormRule(LayerRule):
     """One entry per channel in every weight (gamma, beta, moving mean and variance)."""
 
     channels = "carry"
+    quant_class = "QuantBatchNormalization"
 
     def macs(self, layer, inputs, outputs):
         return 0, 2 * numel(outputs[0])   # a scale and a shift per element at inference
@@ -233,11 +234,13 @@ class LayerNormRule(BatchNormRule):
     """gamma/beta per channel; the statistics span every channel, so pruning through it is approximate."""
 
     exact = False
+    quant_class = None
 
 
 @register(L.GroupNormalization)
 class GroupNormRule(BatchNormRule):
     exact = False
+    quant_class = None
 
     def channel_kind(self, layer):
         return None, (f"GroupNormalization with {layer.groups} groups: removing channels changes the groups "
