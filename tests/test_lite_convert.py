@@ -240,3 +240,29 @@ def test_bad_convert_arguments():
 def test_predict_rejects_wrong_shape(float_lite):
     with pytest.raises(KslimValueError, match="does not match"):
         float_lite.predict(np.zeros((2, 27, 28, 1), "float32"))
+
+
+def test_qat_model_without_quantize_converts_to_int8():
+    """convert(qat_model) with no quantize= gives int8 kernels (the fake-quant ranges), not a float model."""
+    import keras
+    from keras import layers
+
+    from kslim.lite import convert
+    from kslim.lite.converter import has_int8_kernels
+    from kslim.quant import quant_aware
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(4, 3), layers.ReLU(), layers.Flatten(),
+                              layers.Dense(3)])
+    qat = quant_aware(model)
+    qat.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).random((32, 8, 8, 1)).astype("float32")
+    qat.fit(x, np.zeros((32, 3), "float32"), epochs=1, batch_size=16, verbose=0)  # calibrates the ranges
+
+    lm = convert(qat)
+    assert lm.conversion["quantize"] == "int8"
+    assert has_int8_kernels(lm)
+    assert lm.float_ops == []
+    flt = convert(qat, quantize="float32", check=False)  # explicit float stays available
+    assert flt.conversion["quantize"] is None
+    assert not has_int8_kernels(flt)

@@ -38,7 +38,7 @@ from kslim.lite._quiet import captured_output
 from kslim.lite.inputs import model_inputs
 from kslim.lite.model import LiteModel, _first_line, float_ops, has_int8_kernels  # noqa: F401 (re-exported)
 
-QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
+QUANTIZE_MODES = (None, "float32", "dynamic", "float16", "int8")  # "float32": float even for a QAT model
 
 
 def _keras_model_check(model):
@@ -320,9 +320,12 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
         model: a built ``keras.Model`` (QAT models from :mod:`kslim.quant` included: their fake-quant
             ops become real int8 kernels without any representative data). Single-input, multi-input
             (list) and dict-input models; integer and boolean inputs keep their dtype.
-        quantize: ``None`` (float32), ``"dynamic"`` (int8 weights, float activations), ``"float16"``
-            (fp16 weights) or ``"int8"`` (full integer; needs ``representative_data`` unless the model
-            carries its own quantization ranges, i.e. is a QAT model).
+        quantize: ``None`` (float32 for a float model; ``"int8"`` for a QAT model, see below),
+            ``"float32"`` (float, even for a QAT model), ``"dynamic"`` (int8 weights, float
+            activations), ``"float16"`` (fp16 weights) or ``"int8"`` (full integer; needs
+            ``representative_data`` unless the model carries its own quantization ranges, i.e. is a
+            QAT model). With ``None``, a QAT model (:func:`kslim.quant.qat.is_quantized`) is
+            converted as ``"int8"`` and ``lite.conversion["quantize"]`` says ``"int8"``.
         representative_data: calibration inputs (array; a list of arrays or a dict for multi-input
             models; a ``tf.data`` of batches or of ``(inputs, labels)``; or a callable returning an
             iterable); used with ``quantize="int8"``.
@@ -350,6 +353,13 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
     _keras_model_check(model)
     if quantize not in QUANTIZE_MODES:
         raise KslimValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+    if quantize == "float32":
+        quantize = None  # explicit float, also for a QAT model
+    elif quantize is None:
+        from kslim.quant.qat import is_quantized  # lazy: kslim.quant imports kslim.lite
+
+        if is_quantized(model):
+            quantize = "int8"  # a QAT model's fake-quant ranges give real int8 kernels
     for name, t in (("inference_input_type", inference_input_type),
                     ("inference_output_type", inference_output_type)):
         if t not in ("float32", "int8", "uint8"):
