@@ -20,8 +20,10 @@ def atomic_path(path, suffix=None):
 
     On error the temporary file is removed and ``path`` keeps its previous content.
 
-    >>> with atomic_path("/tmp/_kslim_example.txt") as tmp:
-    ...     _ = open(tmp, "w").write("hello")
+    >>> with atomic_path("/tmp/_kslim_example.txt") as tmp, open(tmp, "w") as f:
+    ...     _ = f.write("hello")
+    >>> Path("/tmp/_kslim_example.txt").read_text()
+    'hello'
     """
     path = Path(path)
     try:

@@ -96,7 +96,7 @@ def fashion_mnist(path=None):
 
     Example:
         >>> (x_train, y_train), (x_test, y_test) = fashion_mnist()  # doctest: +SKIP
-        >>> x_train.shape
+        >>> x_train.shape  # doctest: +SKIP
         (60000, 28, 28)
     """
     tried = candidate_dirs(path)

@@ -17,10 +17,10 @@ Example:
     >>> import keras
     >>> from kslim.graph import keras_graph as kg
     >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")], name="base")
-    >>> inp = keras.Input((4,))
+    >>> inp = keras.Input((4,), name="x")
     >>> m = keras.Model(inp, keras.layers.Dense(2, name="head")(inner(inp)))
     >>> sorted(kg.leaf_layers(m)[0])
-    ['base/fc', 'head', 'input_layer_1']
+    ['base/fc', 'head', 'x']
 """
 
 import difflib
