@@ -92,7 +92,7 @@ def configs(args, seed, student_path, teacher_path):
             {"export": {}}, qat, {"export": {}}]}, {"distilled": 2, "distilled + QAT int8": 4})
     if "prune" in args.rows:
         out["prune"] = ({**common, "name": "prune", "strategies": [
-            {"prune": {"criterion": "l1", "flops_target": args.flops_target, "round_to": 4,
+            {"prune": {"importance": "l1", "flops_reduction": args.flops_target, "round_to": 4,
                        "fine_tune": {"epochs": args.epochs}}},
             {"export": {}}, qat, {"export": {}}]},
             {f"pruned -{args.flops_target:.0%} MACs": 2, f"pruned -{args.flops_target:.0%} MACs + QAT int8": 4})
@@ -126,8 +126,8 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     sname, swidth, sep = args.student
     tname, twidth, tep = args.teacher
-    student, s_acc = pretrained(sname, epochs=sep, width=swidth, verbose=0)
-    teacher, t_acc = pretrained(tname, epochs=tep, width=twidth, verbose=0)
+    s_ref, t_ref = pretrained(sname, epochs=sep, width=swidth, verbose=0), pretrained(tname, epochs=tep, width=twidth, verbose=0)
+    student, s_acc, teacher, t_acc = s_ref.model, s_ref.accuracy, t_ref.model, t_ref.accuracy
     student_path, teacher_path = work / "student.keras", work / "teacher.keras"
     atomic_save_model(student, student_path)
     atomic_save_model(teacher, teacher_path)

@@ -110,7 +110,7 @@ def sensitivity_cost(args, train, log):
     from kslim.prune.sensitivity import sensitivity
 
     name, width, epochs = args.ref
-    model, _ = pretrained(name, epochs=epochs, width=width, verbose=0)
+    model = pretrained(name, epochs=epochs, width=width, verbose=0).model
     sx, sy = train[0][-args.sens_images:], train[1][-args.sens_images:]
     evals = [0]
 

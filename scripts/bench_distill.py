@@ -187,7 +187,7 @@ def main(argv=None):
     if teacher_path.is_file():
         teacher = keras.models.load_model(teacher_path)
     else:
-        teacher, _ = pretrained("resnet", epochs=args.teacher_epochs, width=args.teacher_width, verbose=0)
+        teacher = pretrained("resnet", epochs=args.teacher_epochs, width=args.teacher_width, verbose=0).model
         if args.teacher_finetune_epochs:  # settle the teacher: short fine-tune with a decaying LR
             teacher.compile(optimizer=optimizer(args, args.teacher_finetune_epochs, args.lr / 3, len(train[0])),
                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -157,7 +157,8 @@ def run_auto_prune(args, data, workdir):
     from kslim.prune import L1NormFilterPruner
 
     (x, y), (xv, yv), (xt, yt) = data
-    base, base_acc = kslim.models.pretrained("mobilenet_v1", width=0.5, epochs=3, verbose=0)
+    ref = kslim.models.pretrained("mobilenet_v1", width=0.5, epochs=3, verbose=0)
+    base, base_acc = ref.model, ref.accuracy
     base_flops = flops(base).flops
 
     def finetune(m):
@@ -168,7 +169,8 @@ def run_auto_prune(args, data, workdir):
 
     rows = {}
     t0 = time.time()
-    uniform, info = L1NormFilterPruner(base).prune_to_flops(args.prune_target)
+    found = L1NormFilterPruner(base).prune_to_flops(args.prune_target)
+    uniform, info = found.model, found.to_dict()
     u_flops = flops(uniform).flops
     u_val = _accuracy(uniform, xv, yv)
     finetune(uniform)
@@ -176,7 +178,7 @@ def run_auto_prune(args, data, workdir):
                        "test_acc": _accuracy(uniform, xt, yt), "ratio": info["ratio"],
                        "seconds": round(time.time() - t0, 1)}
     t0 = time.time()
-    res = auto_prune(base, lambda m: _accuracy(m, xv, yv), target_flops=args.prune_target,
+    res = auto_prune(base, lambda m: _accuracy(m, xv, yv), flops_reduction=args.prune_target,
                      max_trials=args.prune_trials, init_temperature=args.temperature, reduce_rate=0.85,
                      seed=0, directory=str(workdir), project_name="auto_prune", plot=False)
     from kslim.nas import plot_history

@@ -197,12 +197,13 @@ def run(args, argv=None):
 
     machine = bench.machine()
     train, test = bench.load_data(args.quick)
-    base, base_acc = pretrained("mobilenet_v1", epochs=args.pretrain_epochs, width=args.width, verbose=0)
+    ref = pretrained("mobilenet_v1", epochs=args.pretrain_epochs, width=args.width, verbose=0)
+    base, base_acc = ref.model, ref.accuracy
     # Keras 3 accuracy on the very test images the tf_keras copy is scored on (checks the weight copy)
     base_acc = float(np.mean(np.argmax(base.predict(test[0], batch_size=500, verbose=0), -1) == test[1]))
     log(f"baseline mobilenet_v1 w{args.width:g} ({args.pretrain_epochs} epochs): Keras acc {base_acc:.4f}")
     pruner = L1NormFilterPruner(base, round_to=1)
-    pruned0, _ = pruner.prune_to_flops(args.flops_target)
+    pruned0 = pruner.prune_to_flops(args.flops_target).model
     sparsity = 1 - kernel_params(pruned0) / kernel_params(base)
     macs_ratio = flops(pruned0).macs / flops(base).macs
     log(f"kslim -{args.flops_target:.0%} MACs removes {sparsity:.1%} of the kernel weights "
@@ -245,7 +246,7 @@ def run(args, argv=None):
     kslim_runs = {}
     for seed in args.seeds:
         r = {}
-        pruned, _ = L1NormFilterPruner(base, round_to=1).prune_to_flops(args.flops_target)
+        pruned = L1NormFilterPruner(base, round_to=1).prune_to_flops(args.flops_target).model
         timer = bench.step_timer(keras)
         r["prune_fit_s"] = fit(pruned, args.prune_lr, seed, timer)
         r["prune_step_ms"] = timer.median_ms()

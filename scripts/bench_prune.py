@@ -73,7 +73,7 @@ def bench_model(name, width, args, train, test, log):
     from kslim.prune.sensitivity import ratios_by_flops, sensitivity
 
     t0 = time.time()
-    base, _ = pretrained(name, epochs=args.epochs, width=width, verbose=0)
+    base = pretrained(name, epochs=args.epochs, width=width, verbose=0).model
     base_macs = flops(base).macs
     log(f"[{name}] baseline ready ({time.time() - t0:.0f}s), {base_macs / 1e6:.1f} M MACs, "
         f"{base.count_params():,} params")
@@ -92,7 +92,8 @@ def bench_model(name, width, args, train, test, log):
     pruner = L1NormFilterPruner(base, round_to=args.round_to)
     for target in (0.5, 0.7):
         t1 = time.time()
-        pruned, info = pruner.prune_to_flops(target)
+        found = pruner.prune_to_flops(target)
+        pruned, info = found.model, found.to_dict()
         log(f"[{name}] uniform -{target:.0%} MACs: pruned in {time.time() - t1:.1f}s")
         variants[f"uniform -{target:.0%} MACs"] = {
             "model": fine_tune(pruned, train, args.ft_epochs, args.ft_lr), "fine_tuned": True,
@@ -100,7 +101,8 @@ def bench_model(name, width, args, train, test, log):
 
     # channel counts on multiples of 8 (SIMD-friendly for XNNPACK): same target, coarser choices
     t1 = time.time()
-    pruned, info = L1NormFilterPruner(base, round_to=8).prune_to_flops(0.5)
+    found = L1NormFilterPruner(base, round_to=8).prune_to_flops(0.5)
+    pruned, info = found.model, found.to_dict()
     log(f"[{name}] uniform -50% MACs, round_to=8: pruned in {time.time() - t1:.1f}s")
     variants["uniform -50% MACs, round_to=8"] = {
         "model": fine_tune(pruned, train, args.ft_epochs, args.ft_lr), "fine_tuned": True,
@@ -117,7 +119,8 @@ def bench_model(name, width, args, train, test, log):
         sens = sensitivity(base, ev, ratios=args.sens_ratios, checkpoint=Path(tmp) / "sens.json",
                            pruner=pruner, verbose=0)
     t_sens = time.time() - t1
-    ratios, info = ratios_by_flops(base, sens, 0.5, pruner=pruner)
+    found = ratios_by_flops(base, sens, 0.5, pruner=pruner)
+    ratios, info = found.ratios, found.to_dict()
     log(f"[{name}] sensitivity: {len(sens)} groups x {len(args.sens_ratios)} ratios in {t_sens:.0f}s; "
         f"threshold {info['max_loss']:.4f}")
     variants["sensitivity -50% MACs"] = {

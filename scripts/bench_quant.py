@@ -80,7 +80,8 @@ def bench_model(name, width, epochs, args, train, test, log):
     from kslim.models import pretrained
     from kslim.quant import quant_post_dynamic, quant_post_static
 
-    model, keras_acc = pretrained(name, epochs=epochs, width=width, verbose=0)
+    ref = pretrained(name, epochs=epochs, width=width, verbose=0)
+    model, keras_acc = ref.model, ref.accuracy
     calib = train[0][: args.calib_samples]
     lites, notes, seconds = {}, {}, {}
 

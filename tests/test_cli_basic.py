@@ -125,7 +125,7 @@ def test_demo_with_stub_model(capsys, monkeypatch, tmp_path):
 
     def fake_pretrained(name, source="small", epochs=3, seed=0, verbose=1, **kwargs):
         calls.append((name, epochs, kwargs.get("width")))
-        return build(name, width=kwargs.get("width", 0.25)), 0.1234
+        return kslim.models.Pretrained(build(name, width=kwargs.get("width", 0.25)), 0.1234)
 
     monkeypatch.setattr(kslim.models, "pretrained", fake_pretrained)
     out_dir = tmp_path / "run"

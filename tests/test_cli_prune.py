@@ -35,7 +35,7 @@ def run(argv, capsys):
 
 def test_prune_ratio(model_path, tmp_path, capsys):
     out_path = tmp_path / "small.keras"
-    code, out, err = run(["prune", model_path, "-o", out_path, "--ratio", "0.5"], capsys)
+    code, out, err = run(["prune", model_path, "-o", out_path, "--ratios", "0.5"], capsys)
     assert code == 0, err
     small = keras.models.load_model(out_path)
     assert small.get_layer("conv1").filters == 4 and small.get_layer("conv2").filters == 8
@@ -45,11 +45,11 @@ def test_prune_ratio(model_path, tmp_path, capsys):
 def test_prune_ratios_round_to_and_skip(model_path, tmp_path, capsys):
     out_path = tmp_path / "small.keras"
     code, _, err = run(["prune", model_path, "-o", out_path, "--ratios", "conv2=0.3", "--round-to", "4",
-                        "--criterion", "fpgm"], capsys)
+                        "--importance", "fpgm"], capsys)
     assert code == 0, err
     small = keras.models.load_model(out_path)
     assert small.get_layer("conv1").filters == 8 and small.get_layer("conv2").filters == 12
-    code, _, err = run(["prune", model_path, "-o", out_path, "--ratio", "0.5", "--skip", "conv1"], capsys)
+    code, _, err = run(["prune", model_path, "-o", out_path, "--ratios", "0.5", "--skip", "conv1"], capsys)
     assert code == 0, err
     small = keras.models.load_model(out_path)
     assert small.get_layer("conv1").filters == 8 and small.get_layer("conv2").filters == 8
@@ -59,7 +59,7 @@ def test_prune_flops_target(model_path, tmp_path, capsys):
     from kslim.analysis import flops
 
     out_path = tmp_path / "small.keras"
-    code, out, err = run(["prune", model_path, "-o", out_path, "--flops-target", "0.5"], capsys)
+    code, out, err = run(["prune", model_path, "-o", out_path, "--flops-reduction", "0.5"], capsys)
     assert code == 0, err
     before = flops(keras.models.load_model(model_path)).macs
     after = flops(keras.models.load_model(out_path)).macs
@@ -87,7 +87,7 @@ def test_sensitivity_resume_plot_and_prune_from_it(model_path, tmp_path, capsys)
     code, out, err = run(["prune", model_path, "-o", out_path, "--max-loss", "0.5", "--sensitivity", ckpt], capsys)
     assert code == 0, err
     assert keras.models.load_model(out_path).count_params() < keras.models.load_model(model_path).count_params()
-    code, out, err = run(["prune", model_path, "-o", out_path, "--flops-target", "0.2", "--sensitivity", ckpt],
+    code, out, err = run(["prune", model_path, "-o", out_path, "--flops-reduction", "0.2", "--sensitivity", ckpt],
                          capsys)
     assert code == 0, err
     assert "sensitivity threshold" in out
@@ -95,11 +95,11 @@ def test_sensitivity_resume_plot_and_prune_from_it(model_path, tmp_path, capsys)
 
 def test_errors(model_path, tmp_path, capsys):
     out_path = tmp_path / "x.keras"
-    code, _, err = run(["prune", tmp_path / "missing.keras", "-o", out_path, "--ratio", "0.5"], capsys)
+    code, _, err = run(["prune", tmp_path / "missing.keras", "-o", out_path, "--ratios", "0.5"], capsys)
     assert code == 1 and "missing.keras" in err
     code, _, err = run(["prune", model_path, "-o", out_path, "--ratios", "ghost=0.5"], capsys)
     assert code == 1 and "ghost" in err
-    code, _, err = run(["prune", model_path, "-o", out_path, "--ratio", "1.5"], capsys)
+    code, _, err = run(["prune", model_path, "-o", out_path, "--ratios", "1.5"], capsys)
     assert code == 1 and "1.5" in err
     code, _, err = run(["prune", model_path, "-o", out_path, "--max-loss", "0.1"], capsys)
     assert code == 1 and "--sensitivity" in err
@@ -108,4 +108,4 @@ def test_errors(model_path, tmp_path, capsys):
     assert code == 1 and "1.0" in err
     assert not out_path.exists()
     with pytest.raises(SystemExit):
-        main(["prune", str(model_path), "-o", str(out_path)])  # no --ratio/--ratios/--flops-target
+        main(["prune", str(model_path), "-o", str(out_path)])  # no --ratios/--flops-reduction/--max-loss

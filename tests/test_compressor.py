@@ -27,10 +27,10 @@ def _cfg(**over):
     "cfg, path, words",
     [
         (_cfg(strategies=[{"prunex": {}}]), "strategies[0]", "prune"),
-        (_cfg(strategies=[{"prune": {"criterion": "l3", "ratio": 0.5}}]), "strategies[0].prune.criterion", "fpgm"),
-        (_cfg(strategies=[{"prune": {"ratio": 1.5}}]), "strategies[0].prune.ratio", "maximum"),
-        (_cfg(strategies=[{"prune": {"ratio": "half"}}]), "strategies[0].prune.ratio", "number"),
-        (_cfg(strategies=[{"prune": {"ratio": 0.5, "flops_target": 0.5}}]), "strategies[0].prune", "exactly one"),
+        (_cfg(strategies=[{"prune": {"importance": "l3", "ratios": 0.5}}]), "strategies[0].prune.importance", "fpgm"),
+        (_cfg(strategies=[{"prune": {"ratios": 1.5}}]), "strategies[0].prune.ratios", "maximum"),
+        (_cfg(strategies=[{"prune": {"ratios": "half"}}]), "strategies[0].prune.ratios", "number"),
+        (_cfg(strategies=[{"prune": {"ratios": 0.5, "flops_reduction": 0.5}}]), "strategies[0].prune", "exactly one"),
         (_cfg(strategies=[{"quant_aware": {"weight_bits": 9}}]), "strategies[0].quant_aware.weight_bits", "8"),
         (_cfg(strategies=[{"quant_post_static": {"algo": "kl2"}}]), "strategies[0].quant_post_static.algo", "KL"),
         (_cfg(model={"reference": "vgg", "colour": 1}), "model", "colour"),
@@ -50,10 +50,10 @@ def test_config_errors_name_the_field(cfg, path, words):
 
 def test_config_defaults_and_yaml(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model: {reference: resnet}\nstrategies:\n  - prune: {ratio: 0.3}\n  - export:\n")
+    f.write_text("model: {reference: resnet}\nstrategies:\n  - prune: {ratios: 0.3}\n  - export:\n")
     cfg = load_config(f)
     assert cfg["seed"] == 0 and cfg["data"]["source"] == "small" and cfg["train"]["epochs"] == 1
-    assert cfg["strategies"] == [{"prune": {"ratio": 0.3}}, {"export": {}}]
+    assert cfg["strategies"] == [{"prune": {"ratios": 0.3}}, {"export": {}}]
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
@@ -119,7 +119,7 @@ def _run_config(model_path, strategies, **extra):
 
 def test_prune_then_export_run(tmp_path, tiny_model_path):
     cfg = _run_config(tiny_model_path, [
-        {"prune": {"ratio": 0.5, "fine_tune": {"epochs": 1}}},
+        {"prune": {"ratios": 0.5, "fine_tune": {"epochs": 1}}},
         {"export": {"quantize": "dynamic"}},
         {"profile": {"runs": 5}},
     ])
@@ -149,20 +149,20 @@ def test_prune_then_export_run(tmp_path, tiny_model_path):
 
 
 @pytest.mark.parametrize("how", [
-    {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "flops_target": 0.4}},
+    {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "flops_reduction": 0.4}},
     {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "max_loss": 0.5}},
-    {"auto": {"flops_target": 0.4, "max_trials": 2, "eval_samples": 64}},
+    {"auto": {"flops_reduction": 0.4, "max_trials": 2, "eval_samples": 64}},
 ], ids=["sensitivity-flops", "sensitivity-loss", "auto"])
 def test_searched_prune_stage(tmp_path, tiny_model_path, how):
     """The sensitivity and auto strategies (examples/prune_sensitivity.yaml, prune_auto.yaml) prune and
     record their ratios."""
-    cfg = _run_config(tiny_model_path, [{"prune": {"criterion": "l2", **how, "fine_tune": {"epochs": 1}}}])
+    cfg = _run_config(tiny_model_path, [{"prune": {"importance": "l2", **how, "fine_tune": {"epochs": 1}}}])
     result = Compressor(cfg, out=tmp_path / "run", verbose=0).run()
     base, pruned = result.rows[0], result.rows[1]
     assert pruned["macs"] < base["macs"]
     info = json.loads((tmp_path / "run" / "stages" / "01_prune" / "pruned_info.json").read_text())
     assert info["ratios"] and all(0.0 <= r < 1.0 for r in info["ratios"].values())
-    if "flops_target" in how.get("sensitivity", how.get("auto")):
+    if "flops_reduction" in how.get("sensitivity", how.get("auto")):
         assert pruned["macs"] <= 0.6 * base["macs"] * 1.01  # at least the 40 % target removed
     if "auto" in how:
         assert 0.0 <= info["score"] <= 1.0
@@ -188,7 +188,7 @@ def test_resume_after_kill_reaches_the_same_result(tmp_path, tiny_model_path):
     """kill -9 at three points (after pruning, mid fine-tuning, after a finished stage), resume each time:
     the final model equals an uninterrupted run's."""
     cfg = _run_config(tiny_model_path, [
-        {"prune": {"ratio": 0.5, "fine_tune": {"epochs": 2}}},
+        {"prune": {"ratios": 0.5, "fine_tune": {"epochs": 2}}},
         {"quant_aware": {"epochs": 1}},
         {"export": {}},
     ])
@@ -230,7 +230,7 @@ def test_disk_full_while_checkpointing_leaves_state_intact(tmp_path, tiny_model_
 
     import kslim.compressor.training as training
 
-    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 1}}}, {"export": {}}])
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 1}}}, {"export": {}}])
     run = tmp_path / "run"
 
     def full(*a, **k):
@@ -331,7 +331,7 @@ def test_prune_info_survives_a_resume(tmp_path, tiny_model_path, monkeypatch):
     from kslim.compressor import RunDir
     from kslim.compressor.compressor import _Context
 
-    cfg = validate_config(_run_config(tiny_model_path, [{"prune": {"flops_target": 0.3, "fine_tune": {"epochs": 0}}}]))
+    cfg = validate_config(_run_config(tiny_model_path, [{"prune": {"flops_reduction": 0.3, "fine_tune": {"epochs": 0}}}]))
     params = cfg["strategies"][0]["prune"]
     run = RunDir(tmp_path / "run")
 
@@ -422,11 +422,11 @@ def test_stage_plot_keeps_the_matplotlib_backend(tmp_path):
 # ----------------------------------------------------------------------------- issue 17
 def test_config_reports_every_error_at_once():
     cfg = _cfg(data={"batch_size": "big"}, strategies=[
-        {"prune": {"criterion": "l3", "ratio": 0.5}}, {"quant_post_static": {"algo": "kl2"}}, {"squash": {}}])
+        {"prune": {"importance": "l3", "ratios": 0.5}}, {"quant_post_static": {"algo": "kl2"}}, {"squash": {}}])
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     paths = [p for p, _ in e.value.errors]
-    assert {"data.batch_size", "strategies[0].prune.criterion", "strategies[1].quant_post_static.algo",
+    assert {"data.batch_size", "strategies[0].prune.importance", "strategies[1].quant_post_static.algo",
             "strategies[2]"} <= set(paths)
     assert e.value.path == paths[0] and f"{len(paths)} errors" in str(e.value)
     for p in paths:
@@ -463,7 +463,7 @@ def test_headers_resume_line_report_and_layer_table(tmp_path, tiny_model_path, m
 
     import kslim.compressor.training as training
 
-    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 2}}}, {"export": {}}])
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 2}}}, {"export": {}}])
     run = tmp_path / "run"
     monkeypatch.setattr(training, "crash_point", _crash_at("1:prune:epoch0"))
     with pytest.raises(_Crash):
@@ -534,7 +534,7 @@ def test_compress_quick(tmp_path, tiny_model_path, capsys):
     """`kslim compress --quick`: data limits and 1 epoch per stage, said in the stage headers."""
     from kslim.cli import main
 
-    cfg = _run_config(tiny_model_path, [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 3}}}],
+    cfg = _run_config(tiny_model_path, [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 3}}}],
                       train={"epochs": 4, "learning_rate": 0.001})
     cfg["data"] = {"source": "small"}
     f = tmp_path / "c.yaml"

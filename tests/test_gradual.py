@@ -111,7 +111,7 @@ def test_steps_per_execution_and_saved_state(tmp_path):
 
 
 def test_bad_inputs():
-    with pytest.raises(KslimValueError, match="target_ratio"):
+    with pytest.raises(KslimValueError, match="ratios"):
         GradualPruning("l1", 1.0)
     with pytest.raises(KslimValueError, match="criterion"):
         GradualPruning("l7", 0.5)
@@ -127,11 +127,11 @@ def test_bad_inputs():
 
 
 def test_ratio_must_be_a_number_not_a_bool():
-    with pytest.raises(KslimTypeError, match="target_ratio"):
+    with pytest.raises(KslimTypeError, match="ratios"):
         GradualPruning("l1", False)
     with pytest.raises(KslimTypeError, match="conv1"):
         GradualPruning("l1", {"conv1": True})
-    assert GradualPruning("l1", {"conv1": np.float32(0.25)}).target_ratio == {"conv1": 0.25}
+    assert GradualPruning("l1", {"conv1": np.float32(0.25)}).ratios == {"conv1": 0.25}
 
 
 def test_strip_refuses_a_state_naming_an_unknown_pruner():

@@ -88,10 +88,12 @@ def test_pretrained_is_cached(tmp_path, monkeypatch):
         return None, 0.5
 
     monkeypatch.setattr(zoo, "train", fake_train)
-    model, acc = models.pretrained("vgg", epochs=1, width=0.25)
+    ref = models.pretrained("vgg", epochs=1, width=0.25)
+    model, acc = ref.model, ref.accuracy
     assert acc == 0.5 and len(calls) == 1
     assert len(list(tmp_path.glob("vgg-*.keras"))) == 1 and len(list(tmp_path.glob("vgg-*.json"))) == 1
-    again, acc2 = models.pretrained("vgg", epochs=1, width=0.25)
+    ref2 = models.pretrained("vgg", epochs=1, width=0.25)
+    again, acc2 = ref2.model, ref2.accuracy
     assert len(calls) == 1 and acc2 == 0.5  # loaded, not retrained
     x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

@@ -334,7 +334,7 @@ def test_auto_prune_meets_target_and_maximises_score(tmp_path):
     def score(m):  # deterministic toy score: keep channels of c1 (weight 3) more than the others
         return 3 * m.get_layer("c1").filters + m.get_layer("c2").filters
 
-    res = auto_prune(model, score, target_flops=0.5, max_trials=12, init_temperature=1.0, seed=0,
+    res = auto_prune(model, score, flops_reduction=0.5, max_trials=12, init_temperature=1.0, seed=0,
                      directory=tmp_path, project_name="ap")
     assert res.flops <= 0.5 * before + 1 and res.flops_reduction >= 0.5 - 1e-6
     assert len(set(res.initial_ratios.values())) == 1  # starts from the uniform ratio meeting the target
@@ -351,14 +351,14 @@ def test_auto_prune_bad_input(tmp_path):
     from kslim.nas import auto_prune
 
     model = _prunable_model()
-    with pytest.raises(KslimValueError, match="target_flops"):
+    with pytest.raises(KslimValueError, match="flops_reduction"):
         auto_prune(model, lambda m: 0.0, directory=tmp_path)
     with pytest.raises(KslimTypeError, match="eval_fn"):
-        auto_prune(model, None, target_flops=0.5, directory=tmp_path)
+        auto_prune(model, None, flops_reduction=0.5, directory=tmp_path)
     with pytest.raises(InfeasibleConstraintError, match="even pruning 10% of every group"):
-        auto_prune(model, lambda m: 0.0, target_flops=0.9, max_ratio=0.1, directory=tmp_path)
-    with pytest.raises(KslimValueError, match="pruner 'l7'"):
-        auto_prune(model, lambda m: 0.0, target_flops=0.5, pruner="l7", directory=tmp_path)
+        auto_prune(model, lambda m: 0.0, flops_reduction=0.9, max_ratio=0.1, directory=tmp_path)
+    with pytest.raises(KslimValueError, match="'l7'"):
+        auto_prune(model, lambda m: 0.0, flops_reduction=0.5, importance="l7", directory=tmp_path)
 
 
 # ----------------------------------------------------------------------------------- plot, CLI
@@ -411,18 +411,21 @@ def test_latency_prefers_the_median_and_measure_latency_uses_profile(monkeypatch
     no_median = types.SimpleNamespace(mean_ms=5.0, median_ms=None)  # a device without per-run timings
     assert MaxLatency(3.0, latency_fn=lambda m: no_median).check(model) == (False, 5.0)
 
+    import kslim.lite.profiling
+
     calls = []
-    real_profile = kslim.lite.profile
+    real_profile = kslim.lite.profiling.profile
 
     def spy(lite, **kw):
         rep = real_profile(lite, **kw)
         calls.append((kw, rep))
         return rep
 
-    monkeypatch.setattr(kslim.lite, "profile", spy)
+    monkeypatch.setattr(kslim.lite.profiling, "profile", spy)
     ms = measure_latency(model, runs=5)
     (kw, rep), = calls
-    assert isinstance(kw["device"], kslim.lite.LocalDevice) and kw["num_threads"] == 1 and kw["runs"] == 5
+    assert kw["device"] is None and kw["num_threads"] == 1 and kw["runs"] == 5  # None: this host (LocalDevice)
+    assert rep.device["kind"] == "local"
     assert ms == rep.median_ms > 0
 
 
@@ -430,7 +433,7 @@ def test_auto_prune_latency_fn_needs_max_latency(tmp_path):
     from kslim.nas import auto_prune
 
     with pytest.raises(KslimValueError, match="max_latency"):  # was silently ignored
-        auto_prune(_prunable_model(), lambda m: 0.0, target_flops=0.5, latency_fn=lambda m: 1.0,
+        auto_prune(_prunable_model(), lambda m: 0.0, flops_reduction=0.5, latency_fn=lambda m: 1.0,
                    directory=tmp_path)
 
 

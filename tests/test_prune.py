@@ -172,9 +172,10 @@ def test_options_skip_keep_classifier_round_to():
 def test_prune_to_flops():
     model = kslim.models.mobilenet_v1(width=0.25)
     pruner = L1NormFilterPruner(model)
-    small, info = pruner.prune_to_flops(0.4)
-    assert info["macs_before"] == flops(model).macs and info["macs_after"] == flops(small).macs
-    assert info["reduction"] >= 0.4 and 0 < info["ratio"] < 1
+    res = pruner.prune_to_flops(0.4)
+    small, info = res.model, res.to_dict()
+    assert res.macs_before == flops(model).macs and res.macs_after == flops(small).macs
+    assert res.reduction >= 0.4 and 0 < res.ratio < 1 and res.flops_reduction == 0.4
     for r in (0.3, 0.7):  # the estimate used by the bisection is the real count
         assert pruner.estimate_macs(r) == flops(pruner.prune(r)).macs
     # smallest uniform ratio: a slightly smaller ratio misses the target
@@ -182,7 +183,7 @@ def test_prune_to_flops():
     assert 1 - lower / info["macs_before"] < 0.4 + 0.05
     with pytest.raises(KslimValueError, match="not reachable"):
         L1NormFilterPruner(model, skip=[g.name for g in pruner.groups][1:]).prune_to_flops(0.9)
-    with pytest.raises(KslimValueError, match="target"):
+    with pytest.raises(KslimValueError, match="flops_reduction"):
         pruner.prune_to_flops(1.2)
     with pytest.raises(KslimValueError, match="mode"):
         pruner.prune_to_flops(0.5, mode="greedy")

@@ -110,7 +110,7 @@ def test_rewrite_structure():
 
 
 def test_skip_and_pattern():
-    q = quant_aware(tiny_net(), skip_layers=["logits"], not_quant_pattern=["dw"])
+    q = quant_aware(tiny_net(), skip=["logits"], skip_pattern=["dw"])
     assert type(q.get_layer("logits")) is L.Dense
     assert type(q.get_layer("dw")) is L.DepthwiseConv2D
     assert isinstance(q.get_layer("dw_bn"), L.BatchNormalization)  # not folded into a float layer
@@ -358,7 +358,7 @@ def test_bad_config_dict():
 
 def test_bad_layer_names():
     with pytest.raises(ModelError, match="no_such_layer"):
-        quant_aware(tiny_net(), skip_layers=["no_such_layer"])
+        quant_aware(tiny_net(), skip=["no_such_layer"])
     with pytest.raises(UnsupportedLayerError, match="stem_relu"):
         quant_aware(tiny_net(), only_layers=["stem", "stem_relu"])
 

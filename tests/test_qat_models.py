@@ -221,20 +221,20 @@ def test_skip_and_only_with_paths():
         inp = keras.Input((16, 16, 3))
         return keras.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(_base()(inp))))
 
-    q = quant_aware(model(), skip_layers=["base/c1", "dw"])  # a path, and a bare name unique at any depth
+    q = quant_aware(model(), skip=["base/c1", "dw"])  # a path, and a bare name unique at any depth
     inner = q.get_layer("base")
     assert type(inner.get_layer("c1")) is L.Conv2D and type(inner.get_layer("dw")) is L.DepthwiseConv2D
     assert type(inner.get_layer("c2")) is QuantConv2D
-    assert q.kslim_unquantized == {"base/c1": "skip_layers", "base/dw": "skip_layers"}
+    assert q.kslim_unquantized == {"base/c1": "skip", "base/dw": "skip"}
     q = quant_aware(model(), only_layers=["base"])
     assert type(q.get_layer("head")) is L.Dense and type(q.get_layer("base").get_layer("c2")) is QuantConv2D
-    with pytest.raises(ModelError, match="skip_layers: No layer 'c3'"):
-        quant_aware(model(), skip_layers=["c3"])
+    with pytest.raises(ModelError, match="skip: No layer 'c3'"):
+        quant_aware(model(), skip=["c3"])
     twice = keras.Sequential([keras.Input((4,)), L.Dense(4, name="fc")], name="a")
     other = keras.Sequential([keras.Input((4,)), L.Dense(4, name="fc")], name="b")
     inp = keras.Input((4,))
     with pytest.raises(ModelError, match="ambiguous"):
-        quant_aware(keras.Model(inp, other(twice(inp))), skip_layers=["fc"])
+        quant_aware(keras.Model(inp, other(twice(inp))), skip=["fc"])
 
 
 # ------------------------------------------------------------------------------------------ layer types
@@ -348,8 +348,8 @@ def test_conv3d_left_float_and_reported():
     assert q.kslim_unquantized == {"c3d": "TFLite has no int8 CONV_3D kernel (it runs in float32 only)"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        q2 = quant_aware(keras.Model(inp, out), skip_layers=["c3d"], quantizable_layer_type=["Conv2D"])
-    assert q2.kslim_unquantized == {"c3d": "skip_layers", "logits": "quantizable_layer_type excludes Dense"}
+        q2 = quant_aware(keras.Model(inp, out), skip=["c3d"], quantizable_layer_type=["Conv2D"])
+    assert q2.kslim_unquantized == {"c3d": "skip", "logits": "quantizable_layer_type excludes Dense"}
     x = _images((4, 8, 8, 2), n=4)
     q(x, training=True)
     lite = convert(q, check=False)
@@ -392,9 +392,9 @@ class _BadFromConfig(keras.layers.Layer):
 def test_get_config_and_from_config_failures_are_kslim_errors():
     inp = keras.Input((8,))
     m = keras.Model(inp, L.Dense(2, name="head")(_NoConfig(name="scale")(L.Dense(8, name="fc")(inp))))
-    with pytest.raises(ModelError, match=r"'scale' \(_NoConfig\).*get_config\(\) raised TypeError.*skip_layers"):
+    with pytest.raises(ModelError, match=r"'scale' \(_NoConfig\).*get_config\(\) raised TypeError.*skip"):
         quant_aware(m)
-    q = quant_aware(m, skip_layers=["scale"])  # kept as it is: shared with the original
+    q = quant_aware(m, skip=["scale"])  # kept as it is: shared with the original
     assert q.get_layer("scale") is m.get_layer("scale")
     assert "get_config() fails" in q.kslim_unquantized["scale"]
     m2 = keras.Model(inp, _BadFromConfig(4, name="take")(inp))

@@ -159,12 +159,12 @@ def test_ratios_by_flops_reaches_target(model):
     from kslim.analysis import flops
 
     sens = sensitivity(model, Agreement(model), ratios=(0.25, 0.5, 0.75), checkpoint=None, verbose=0)
-    ratios, info = ratios_by_flops(model, sens, 0.3)
-    pruned = L1NormFilterPruner(model).prune(ratios)
+    found = ratios_by_flops(model, sens, 0.3)
+    pruned = L1NormFilterPruner(model).prune(found.ratios)
     reduction = 1 - flops(pruned).macs / flops(model).macs
-    assert reduction == pytest.approx(info["reduction"])
+    assert reduction == pytest.approx(found.reduction)
     assert 0.3 <= reduction <= 0.6
-    with pytest.raises(KslimValueError, match="target"):
+    with pytest.raises(KslimValueError, match="flops_reduction"):
         ratios_by_flops(model, sens, 1.2)
     with pytest.raises(KslimValueError, match="largest measured ratios"):
         ratios_by_flops(model, {"conv1": {0.1: 0.0}}, 0.9)

@@ -41,7 +41,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from kslim.analysis._table import fmt_int, fmt_shape, format_table, human
-from kslim.errors import KslimTypeError, ModelError
+from kslim.errors import ModelError
+from kslim.validation import check_model
 
 
 @dataclass
@@ -265,8 +266,7 @@ def flops(model, input_shape=None, detail=False):
     """
     import keras
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"flops() needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "flops()")
     graph = _as_graph(model)
     n_inputs = len(graph.inputs) if graph is not None else 0
     shapes = _normalise_input_shape(input_shape, n_inputs)

@@ -27,6 +27,29 @@ DATA_HELP = ("'auto' (bundled Fashion-MNIST, for 28x28x1 models only), 'small', 
              "(sub-folders = classes), X.npz (arrays x, y), X.npy (inputs only) or file.py:function (a data hook)")
 
 
+# ----------------------------------------------------------------------------------------- options
+def add_renamed_option(p, old, new, **kwargs):
+    """A hidden ``old`` flag storing into ``new``'s destination, with a deprecation note on stderr.
+
+    The vocabulary of the CLI is the API's (``--importance``, ``--ratios``, ``--flops-reduction``,
+    ``--num-threads``); the kslim 0.1 flags keep working for one release.
+    """
+    import argparse
+
+    from kslim.validation import REMOVED_IN
+
+    dest = new.lstrip("-").replace("-", "_")
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            import sys
+
+            print(f"kslim: {old} is deprecated, use {new} (the old name goes in {REMOVED_IN}).", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    p.add_argument(old, dest=dest, action=Renamed, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
 # ----------------------------------------------------------------------------------------- models
 def add_unsafe_option(p):
     p.add_argument("--unsafe", action="store_true",
@@ -206,7 +229,7 @@ def load_data(spec, model, split="test", limit=None, need_labels=True, option="-
     return _check_shape(x, model, option, spec), y, what
 
 
-def random_inputs(model, n, seed=0):
+def random_calibration_inputs(model, n, seed=0):
     """``n`` uniform [0, 1) inputs of the model's shape (free dimensions: 32) for ``--random-calibration``."""
     import numpy as np
 
@@ -221,7 +244,7 @@ def calibration_data(args, model, samples, option="--calib"):
     if getattr(args, "random_calibration", False):
         print(f"kslim {args.command}: WARNING: calibrating on {samples} RANDOM inputs (--random-calibration): "
               "the int8 ranges fit no real data; expect an accuracy loss", file=sys.stderr, flush=True)
-        return random_inputs(model, samples), f"{samples} RANDOM inputs (--random-calibration)"
+        return random_calibration_inputs(model, samples), f"{samples} RANDOM inputs (--random-calibration)"
     spec = getattr(args, option.lstrip("-").replace("-", "_"))
     x, _, what = load_data(spec, model, split="train", limit=samples, need_labels=False, option=option)
     return x, what

@@ -59,10 +59,13 @@ def _device(args):
 
 
 def _device_args(p):
+    from kslim.commands._common import add_renamed_option
+
     g = p.add_argument_group("device")
     g.add_argument("--device", choices=("local", "adb", "ssh"), default="local",
                    help="where to run: this host, an Android phone over adb, a board over ssh")
-    g.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    g.add_argument("--num-threads", type=int, default=1, help="interpreter threads")
+    add_renamed_option(g, "--threads", "--num-threads", type=int)
     g.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
     g.add_argument("--serial", help="adb: device serial (adb devices)")
     g.add_argument("--adb", default="adb", help="adb: executable")
@@ -83,7 +86,7 @@ def cmd_profile(args):
 
     lm = LiteModel.load(args.model)
     dev = _device(args)
-    rep = profile(lm, device=dev, num_threads=args.threads, warmup=args.warmup, runs=args.runs,
+    rep = profile(lm, device=dev, num_threads=args.num_threads, warmup=args.warmup, runs=args.runs,
                   use_xnnpack=not args.no_xnnpack, use_gpu=args.gpu, op_profiling=args.op_profile or bool(args.plot))
     # ProfileReport's peak memory is the peak RSS of the whole measuring process (Python, TensorFlow
     # and the interpreter), not of the model alone: say so
@@ -111,7 +114,7 @@ def cmd_table_build(args):
     for m, path in zip(models, args.models):
         if hasattr(m, "source"):
             m.source = Path(path).name
-    table = LatencyTable.build(_device(args), models, num_threads=args.threads, runs=args.runs,
+    table = LatencyTable.build(_device(args), models, num_threads=args.num_threads, runs=args.runs,
                                repeats=args.repeats, calibrate=not args.no_calibrate, progress=sys.stdout.isatty())
     table.save(args.output)
     cal = table.calibration
@@ -149,13 +152,15 @@ def cmd_table_predict(args):
 
 def register(sub):
     from kslim.commands._common import DATA_HELP, add_random_calibration_option, add_unsafe_option
+    from kslim.lite.converter import QUANTIZE_MODES  # the API's choices (numpy only, no TensorFlow)
 
     p = sub.add_parser("convert", help="convert a Keras model to .tflite (float, dynamic, float16, int8)",
                        description="Convert a .keras model to TFLite, check it against Keras and save it.")
     p.add_argument("model", help="a .keras model file")
     p.add_argument("-o", "--output", help="output .tflite (default: MODEL.tflite next to the model)")
-    p.add_argument("--quantize", choices=("none", "dynamic", "float16", "int8"), default="none",
-                   help="none: float32; dynamic: int8 weights; float16: fp16 weights; int8: full integer")
+    p.add_argument("--quantize", choices=[m or "none" for m in QUANTIZE_MODES], default="none",
+                   help="none: float32 (int8 for a QAT model); float32: float even for a QAT model; dynamic: int8 "
+                        "weights; float16: fp16 weights; int8: full integer (as kslim.lite.convert's quantize=)")
     p.add_argument("--calibration-data", default="auto", metavar="SOURCE",
                    help=f"int8: calibration inputs, {DATA_HELP}")
     add_random_calibration_option(p)

@@ -15,6 +15,14 @@ def _name_list(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _ratios(text):
+    """``--ratios``: one number (every prunable group) or ``LAYER=RATIO,...`` items."""
+    try:
+        return float(text)
+    except ValueError:
+        return _ratio_map(text)
+
+
 def _ratio_map(text):
     out = {}
     for item in text.split(","):
@@ -35,8 +43,8 @@ def _ratio_map(text):
 def _make_pruner(model, args):
     from kslim.prune import make_pruner
 
-    return make_pruner(model, args.criterion, skip=args.skip, keep_classifier=not args.prune_classifier,
-                       round_to=args.round_to)
+    return make_pruner(model, importance=args.importance, skip=args.skip,
+                       keep_classifier=not args.prune_classifier, round_to=args.round_to)
 
 
 def _macs(model):
@@ -70,12 +78,12 @@ def _check_prune_args(args):
     from kslim.errors import KslimValueError
     from kslim.validation import check_ratio, check_ratios
 
-    if args.ratio is not None:
-        check_ratio(args.ratio, "--ratio")
-    if args.ratios is not None:
+    if isinstance(args.ratios, dict):
         check_ratios(args.ratios, "--ratios")
-    if args.flops_target is not None:
-        check_ratio(args.flops_target, "--flops-target", low_open=True)
+    elif args.ratios is not None:
+        check_ratio(args.ratios, "--ratios")
+    if args.flops_reduction is not None:
+        check_ratio(args.flops_reduction, "--flops-reduction", low_open=True)
     if args.max_loss is not None:
         if args.max_loss <= 0:
             raise KslimValueError(f"--max-loss: {args.max_loss:g} must be > 0 (a relative accuracy loss).")
@@ -99,15 +107,16 @@ def cmd_prune(args):
     model = load_model(args.model, args)
     pruner = _make_pruner(model, args)
     info = {}
-    if args.flops_target is not None:
+    if args.flops_reduction is not None:
         if args.sensitivity:
             from kslim.prune.sensitivity import load_sensitivity, ratios_by_flops
 
-            ratios, info = ratios_by_flops(model, load_sensitivity(args.sensitivity), args.flops_target,
-                                           pruner=pruner)
-            pruned = pruner.prune(ratios)
+            found = ratios_by_flops(model, load_sensitivity(args.sensitivity), args.flops_reduction, pruner=pruner)
+            pruned = pruner.prune(found.ratios)
         else:
-            pruned, info = pruner.prune_to_flops(args.flops_target)
+            found = pruner.prune_to_flops(args.flops_reduction)
+            pruned = found.model
+        info = found.to_dict()
     elif args.max_loss is not None:
         from kslim.prune.sensitivity import load_sensitivity, ratios_by_loss
 
@@ -115,10 +124,8 @@ def cmd_prune(args):
         if not ratios:
             raise KslimValueError(f"No group stays under --max-loss {args.max_loss}: nothing to prune.")
         pruned = pruner.prune(ratios)
-    elif args.ratios is not None:
-        pruned = pruner.prune(args.ratios)
     else:
-        pruned = pruner.prune(args.ratio)
+        pruned = pruner.prune(args.ratios)
     atomic_save_model(pruned, args.output)
 
     p0, p1 = model.count_params(), pruned.count_params()
@@ -169,11 +176,12 @@ def cmd_sensitivity(args):
 
 
 def _add_pruner_options(p):
-    from kslim.commands._common import add_unsafe_option
+    from kslim.commands._common import add_renamed_option, add_unsafe_option
     from kslim.prune.importance import importance_names  # the registry (no TensorFlow)
 
-    p.add_argument("--criterion", default="l1", choices=importance_names(data=False),
-                   help="channel importance (default l1; see kslim.prune.importance)")
+    p.add_argument("--importance", default="l1", choices=importance_names(data=False),
+                   help="how channels are ranked (see kslim.prune.importance)")
+    add_renamed_option(p, "--criterion", "--importance", choices=importance_names(data=False))
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8 for SIMD kernels)")
     p.add_argument("--skip", type=_name_list, default=None, metavar="A,B",
@@ -184,26 +192,28 @@ def _add_pruner_options(p):
 
 
 def register(sub):
-    from kslim.commands._common import DATA_HELP
+    from kslim.commands._common import DATA_HELP, add_renamed_option
 
     p = sub.add_parser(
         "prune",
         help="filter pruning: a physically smaller .keras model",
         description="Remove whole filters (channels) from a Keras model and save the smaller model. "
-                    "Choose exactly one of --ratio, --ratios, --flops-target, --max-loss. Prints the "
+                    "Choose exactly one of --ratios, --flops-reduction, --max-loss. Prints the "
                     "params and MACs before and after, and the share of the original model they are.",
     )
     p.add_argument("model", help="input .keras model")
     p.add_argument("-o", "--output", required=True, help="output .keras file")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float, help="fraction of channels removed from every prunable group, in [0, 1)")
-    how.add_argument("--ratios", type=_ratio_map, metavar="L1=R,L2=R", help="per-layer fractions of channels removed")
-    how.add_argument("--flops-target", type=float, metavar="F",
+    how.add_argument("--ratios", type=_ratios, metavar="R|L1=R,L2=R",
+                     help="fraction of channels removed, in [0, 1): one for every prunable group, or per layer")
+    how.add_argument("--flops-reduction", type=float, metavar="F",
                      help="fraction of the model's MACs to remove, in (0, 1) (uniform ratio, or from --sensitivity)")
+    add_renamed_option(how, "--ratio", "--ratios", type=float)
+    add_renamed_option(how, "--flops-target", "--flops-reduction", type=float)
     how.add_argument("--max-loss", type=float, metavar="L",
                      help="per-layer ratios whose relative accuracy loss is L in the sensitivity file (needs --sensitivity)")
     p.add_argument("--sensitivity", metavar="SENS.json",
-                   help="sensitivity file from `kslim sensitivity` (with --flops-target or --max-loss)")
+                   help="sensitivity file from `kslim sensitivity` (with --flops-reduction or --max-loss)")
     _add_pruner_options(p)
     p.set_defaults(func=cmd_prune)
 

@@ -23,17 +23,17 @@ COLUMNS = (
 )
 
 
-def measure_latency(lite, threads=1, runs=50, warmup=5):
-    """Latency of one inference of ``lite`` on the host (batch 1), as a dict of ``kslim.lite.profile``'s
-    figures (``median_ms``, ``mean_ms``, ``p5_ms`` ...)."""
+def profile_figures(lite, num_threads=1, runs=50, warmup=5):
+    """The figures of :func:`kslim.lite.profile` of ``lite`` on the host (batch 1), as a JSON-ready dict
+    (``median_ms``, ``mean_ms``, ``p5_ms`` ...) for the profile stage's report."""
     from kslim.lite import LocalDevice, profile
 
-    rep = profile(lite, device=LocalDevice(), num_threads=threads, warmup=warmup, runs=runs)
+    rep = profile(lite, device=LocalDevice(), num_threads=num_threads, warmup=warmup, runs=runs)
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rep.to_dict().items()
             if isinstance(v, (int, float, str, np.floating))}
 
 
-def measure_latencies(lites, threads=1, runs=50, rounds=5, warmup=5, progress=False):
+def measure_latencies(lites, num_threads=1, runs=50, rounds=5, warmup=5, progress=False):
     """Latency of several TFLite models measured in ``rounds`` interleaved rounds of :func:`kslim.lite.profile`.
 
     Round ``r`` times every model once (``ceil(runs / rounds)`` invokes each, after ``warmup``), so
@@ -50,7 +50,7 @@ def measure_latencies(lites, threads=1, runs=50, rounds=5, warmup=5, progress=Fa
     with _progress.progress(int(rounds) * len(lites), "latency", unit="measurement", enabled=progress) as bar:
         for r in range(int(rounds)):
             for k, lite in lites.items():
-                rep = profile(lite, device=device, num_threads=threads, warmup=warmup, runs=per_round)
+                rep = profile(lite, device=device, num_threads=num_threads, warmup=warmup, runs=per_round)
                 timings[k].extend(rep.timings_ms or [rep.mean_ms])
                 bar.advance(info=f"round {r + 1}/{rounds}")
                 _interrupt.check()
@@ -183,7 +183,7 @@ def report_blocks(config, rows, plots, layer_tables=(), run_dir=None):
         ("p", "Accuracy: top-1 on the test split, measured on each stage's own artefact (the Keras model of a "
               "Keras stage, the `.tflite` of a TFLite stage). Bytes: the weights. Latency: batch-1 inference on "
               "this host through ai-edge-litert with XNNPACK, "
-              f"{report['threads']} thread(s), on each stage's `.tflite` (a Keras stage's float conversion, int8 "
+              f"{report['num_threads']} thread(s), on each stage's `.tflite` (a Keras stage's float conversion, int8 "
               "for a QAT model); every stage measured at the end of the run in "
               + (f"interleaved rounds ({runs} runs each), " if runs else "interleaved rounds, ")
               + "so that a change of the host's load affects all stages alike; median, and the 5th–95th "

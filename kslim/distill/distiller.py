@@ -7,6 +7,7 @@ from kslim.distill.adaptor import FeatureAdaptor
 from kslim.distill.features import _is_graph_model, feature_model, resolve_layer
 from kslim.distill.pair import Pair
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.validation import check_model
 
 
 # temperature of the soft-label pair used when a Distiller is given nothing to learn from
@@ -84,8 +85,7 @@ class Distiller(keras.Model):
                  name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         for role, m in (("student", student), ("teacher", teacher)):
-            if not isinstance(m, keras.Model):
-                raise KslimTypeError(f"{role} must be a keras.Model, got {type(m).__name__}.")
+            check_model(m, f"Distiller({role}=)")
         if student is teacher:
             raise ModelError("student and teacher are the same model object; distil into a separate model.")
         self._check_inputs(student, teacher)

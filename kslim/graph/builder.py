@@ -15,9 +15,6 @@ never silently builds a wrong model.
 
 import math
 
-import keras
-
-
 from kslim.graph import rules
 from kslim.graph.dependency import ChannelGroup, DependencyGraph, Member
 from kslim.graph import keras_graph as kg
@@ -580,10 +577,9 @@ def build_dependency_graph(model, expand=True):
         >>> [(grp.name, grp.layer_names, grp.prunable) for grp in g.groups if grp.layer_names]
         [('a', ['a', 'b'], True), ('head', ['head'], False)]
     """
-    if not isinstance(model, keras.Model):
-        from kslim.errors import KslimTypeError
+    from kslim.validation import check_model
 
-        raise KslimTypeError(f"build_dependency_graph expects a keras.Model, got {type(model).__name__}.")
+    check_model(model, "build_dependency_graph()")
     kg.graph_of(model)  # a clear error for subclassed models before anything else
     opaque = {}
     work = kg.expand_composites(model, known=rules.is_known, reasons=opaque) if expand else model

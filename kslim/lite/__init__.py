@@ -18,6 +18,7 @@ _LAZY = {
     "has_int8_kernels": "kslim.lite.model",
     "model_inputs": "kslim.lite.inputs",
     "profile": "kslim.lite.profiling",
+    "measure_latency": "kslim.lite.profiling",
     "ProfileReport": "kslim.lite.profiling",
     "plot_by_op_type": "kslim.lite.profiling",
     "Device": "kslim.lite.devices",

@@ -33,7 +33,8 @@ import tempfile
 
 import numpy as np
 
-from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError
+from kslim.errors import ConversionError, KslimValueError, ModelError
+from kslim.validation import check_model
 from kslim.lite._quiet import captured_output
 from kslim.lite.inputs import model_inputs
 from kslim.lite.model import LiteModel, _first_line, float_ops, has_int8_kernels  # noqa: F401 (re-exported)
@@ -42,10 +43,8 @@ QUANTIZE_MODES = (None, "float32", "dynamic", "float16", "int8")  # "float32": f
 
 
 def _keras_model_check(model):
-    import keras
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"convert() needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "convert()")
     if not getattr(model, "inputs", None) and not model.built:
         raise KslimValueError(
             f"Model {model.name!r} has no defined input shape: build it (call it on data or give it "
@@ -158,6 +157,10 @@ def keras_converter(model, quantize=None, fn="convert"):
     """
     import tensorflow as tf
 
+    if quantize == "int8":  # full-integer: a -inf pad before a max pool would wreck its tensor's range
+        from kslim.graph.keras_graph import replace_infinite_pool_pads
+
+        model = replace_infinite_pool_pads(model)[0]
     plan = _rnn_plan(model, quantize, fn)
     try:
         inputs = model_inputs(model, fn)
@@ -353,13 +356,13 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
     _keras_model_check(model)
     if quantize not in QUANTIZE_MODES:
         raise KslimValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+    from kslim.quant.qat import export_ready, is_quantized  # lazy: kslim.quant imports kslim.lite
+
+    qat = is_quantized(model)
     if quantize == "float32":
         quantize = None  # explicit float, also for a QAT model
-    elif quantize is None:
-        from kslim.quant.qat import is_quantized  # lazy: kslim.quant imports kslim.lite
-
-        if is_quantized(model):
-            quantize = "int8"  # a QAT model's fake-quant ranges give real int8 kernels
+    elif quantize is None and qat:
+        quantize = "int8"  # a QAT model's fake-quant ranges give real int8 kernels
     for name, t in (("inference_input_type", inference_input_type),
                     ("inference_output_type", inference_output_type)):
         if t not in ("float32", "int8", "uint8"):
@@ -381,7 +384,9 @@ def convert(model, quantize=None, representative_data=None, num_calibration_samp
     if quantize == "int8" and representative_data is None:
         hint = ("quantize='int8' without representative_data works only for QAT models (fake-quant "
                 "ranges on every tensor): pass representative_data= (a few hundred training samples).")
-    with keras_converter(model, quantize if rep is not None else None) as converter:
+    # a QAT model converted to int8 on its own ranges: sub-8-bit activations on the 8-bit grid, ranges checked
+    ready = export_ready(model) if qat and quantize == "int8" and rep is None else contextlib.nullcontext()
+    with ready, keras_converter(model, quantize if rep is not None else None) as converter:
         if quantize == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         elif quantize == "float16":

@@ -457,7 +457,7 @@ class SshDevice(_CommandDevice):
         if use_gpu:
             raise DeviceError("the kslim runner has no GPU delegate: use mode='benchmark_model' for use_gpu=True.")
         remote_model = self._push_model(model)
-        cmd = [self.python, f"{self.remote_dir}/runner.py", remote_model, "--threads", int(num_threads),
+        cmd = [self.python, f"{self.remote_dir}/runner.py", remote_model, "--num-threads", int(num_threads),
                "--warmup", int(warmup), "--runs", int(runs), "--format", "json"]
         if not use_xnnpack:
             cmd.append("--no-xnnpack")

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.validation import check_model
 
 
 class InputSpec(NamedTuple):
@@ -243,8 +244,7 @@ def model_inputs(model, fn="convert"):
     dict of inputs). Raises :class:`~kslim.errors.ModelError` for a model without defined inputs."""
     import keras
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"{fn}() needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, f"{fn}()")
     struct = None
     if not isinstance(model, keras.Sequential):
         try:

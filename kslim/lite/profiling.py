@@ -143,6 +143,28 @@ def profile(lite_model, device=None, num_threads=1, warmup=10, runs=50, use_xnnp
         timings_ms=None if t is None else [round(float(x), 6) for x in t])
 
 
+def measure_latency(model, device=None, num_threads=1, warmup=3, runs=20):
+    """Median latency (ms) of one batch-1 inference of ``model`` on ``device`` (default: this CPU).
+
+    The one latency figure of kslim: ``model`` is a Keras model (converted to float32 TFLite first,
+    about a second for a small one) or anything :func:`profile` takes (a :class:`LiteModel`, a
+    ``.tflite`` path or bytes). It is the default ``latency_fn`` of :func:`kslim.nas.search`; prefer
+    a :class:`kslim.lite.LatencyPredictor` inside a search loop.
+
+    >>> import keras
+    >>> measure_latency(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), runs=5) > 0
+    True
+    """
+    import sys
+
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Model):
+        from kslim.lite.converter import convert
+
+        model = convert(model, check=False)
+    return float(profile(model, device=device, num_threads=num_threads, warmup=warmup, runs=runs).median_ms)
+
+
 def load_report(path):
     """Read a report written by :meth:`ProfileReport.save`; a missing or malformed file raises
     :class:`~kslim.errors.KslimFileError` naming it."""

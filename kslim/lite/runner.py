@@ -3,8 +3,8 @@
 
 Copy this one file to a board (Raspberry Pi, Jetson, any Linux with Python 3.9+) and run::
 
-    python3 runner.py model.tflite --threads 1 --warmup 10 --runs 50            # JSON on stdout
-    python3 runner.py model.tflite --threads 4 --op-profile                     # + per-op table
+    python3 runner.py model.tflite --num-threads 1 --warmup 10 --runs 50            # JSON on stdout
+    python3 runner.py model.tflite --num-threads 4 --op-profile                     # + per-op table
     python3 runner.py model.tflite --format benchmark_model                     # benchmark_model text
 
 It loads the model with the LiteRT interpreter (``ai_edge_litert``; falls back to the older
@@ -475,7 +475,8 @@ def _op_tables(ops, count):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Time a .tflite model with LiteRT (kslim on-device runner).")
     p.add_argument("model", help="path of the .tflite file")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
+                   help="interpreter threads (--threads: the kslim 0.1 spelling, still read by older hosts)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only (no XNNPACK delegate)")
@@ -489,10 +490,10 @@ def main(argv=None):
     if len(content) < 8 or content[4:8] != b"TFL3":
         print(f"error: {args.model} is not a TFLite flatbuffer", file=sys.stderr)
         return 2
-    result = benchmark(content, args.threads, args.warmup, args.runs, not args.no_xnnpack, args.seed)
+    result = benchmark(content, args.num_threads, args.warmup, args.runs, not args.no_xnnpack, args.seed)
     ops = None
     if args.op_profile:
-        ops = op_profile(content, args.threads, max(args.warmup, 1), args.op_runs, not args.no_xnnpack)
+        ops = op_profile(content, args.num_threads, max(args.warmup, 1), args.op_runs, not args.no_xnnpack)
     if args.format == "json":
         result["ops"] = ops
         print(json.dumps(result))

@@ -4,12 +4,15 @@ import hashlib
 import inspect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kslim.errors import KslimValueError
 from kslim.models.mobilenet import mobilenet_v1
 from kslim.models.resnet import resnet
 from kslim.models.vgg import vgg
+from kslim.validation import LegacyPair
 
 REFERENCE_MODELS = {"mobilenet_v1": mobilenet_v1, "resnet": resnet, "vgg": vgg}
 
@@ -135,8 +138,20 @@ def _train_size(source):
     return 10_000 if source == "small" else 60_000
 
 
+@dataclass(frozen=True)
+class Pretrained(LegacyPair):
+    """What :func:`pretrained` returns: the trained ``model`` and its test ``accuracy`` (top-1)."""
+
+    model: Any
+    accuracy: float
+
+    def _pair(self):
+        return self.model, self.accuracy
+
+
 def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None, **kwargs):
-    """A reference model trained on Fashion-MNIST, cached by its settings; returns ``(model, accuracy)``.
+    """A reference model trained on Fashion-MNIST, cached by its settings: a :class:`Pretrained`
+    (``.model``, ``.accuracy``).
 
     The first call trains (a few minutes on 2 cores) and saves ``.keras`` + ``.json`` in
     :func:`cache_dir`; later calls load them. Before training it prints what it trains and roughly
@@ -152,7 +167,7 @@ def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None,
     path, settings, kwargs = _cache_entry(name, source, epochs, seed, kwargs)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
-        return keras.models.load_model(path), json.loads(meta.read_text())["accuracy"]
+        return Pretrained(keras.models.load_model(path), float(json.loads(meta.read_text())["accuracy"]))
     model = build(name, **kwargs)
     if (verbose > 0) if progress is None else progress:
         import numpy as np
@@ -168,4 +183,4 @@ def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None,
     _, acc = train(model, source=source, epochs=epochs, seed=seed, verbose=verbose)
     atomic_save_model(model, path)
     atomic_write_json(meta, {"settings": settings, "accuracy": acc})
-    return model, acc
+    return Pretrained(model, float(acc))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 from kslim.nas.constraints import InfeasibleConstraintError, make_constraints
+from kslim.validation import check_model, check_ratio, warn_renamed
 
 
 @dataclasses.dataclass
@@ -67,10 +68,10 @@ class _RatioSpace:
         return {g.name: self.grid[-1] for g in self.pruner.groups}
 
 
-def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=None, *, pruner="l1",
-               max_trials=20, init_temperature=0.05, reduce_rate=0.85, ratio_step=0.05, max_ratio=0.8,
+def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_fn=None, *, max_flops=None,
+               importance=None, pruner=None, max_trials=20, init_temperature=0.05, reduce_rate=0.85, ratio_step=0.05, max_ratio=0.8,
                init_ratios=None, perturb=2, finetune_fn=None, constraints=(), seed=0,
-               directory="kslim_runs", project_name="auto_prune", overwrite=True, plot=True, verbose=0):
+               directory="kslim_runs", project_name="auto_prune", overwrite=True, plot=True, verbose=0, **legacy):
     """Search per-group pruning ratios with simulated annealing; return the best pruned model.
 
     Every candidate is a dict ``{group: ratio}`` over the channel groups of ``pruner`` (ratios on a
@@ -88,13 +89,16 @@ def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=N
     Args:
         model: a built Keras model (functional or Sequential).
         eval_fn: ``model -> float``, higher is better.
-        target_flops: a fraction in (0, 1) = the share of FLOPs to remove (as
-            :meth:`FilterPruner.prune_to_flops` and PaddleSlim's ``pruned_flops``), or an absolute
-            FLOPs count (> 1) the pruned model must not exceed. FLOPs = 2 x MACs, from
-            :func:`kslim.analysis.flops`.
+        flops_reduction: the share of FLOPs to remove, in (0, 1) (as
+            :meth:`FilterPruner.prune_to_flops` and PaddleSlim's ``pruned_flops``).
+        max_flops: an absolute FLOPs count the pruned model must not exceed (as in
+            :func:`kslim.nas.search`). FLOPs = 2 x MACs, from :func:`kslim.analysis.flops`.
+            (``target_flops=``, which took either, is the kslim 0.1 name of both.)
         max_latency: milliseconds, measured by ``latency_fn(model) -> ms`` (a latency predictor's
             ``predict``, a device measurement; default: TFLite on this CPU).
-        pruner: ``"l1"``, ``"l2"``, ``"fpgm"``, a :class:`kslim.prune.FilterPruner` class or instance.
+        importance: how channels are ranked (``"l1"`` default, ``"l2"``, ``"fpgm"`` ... or an
+            importance object).
+        pruner: instead of ``importance``, a :class:`kslim.prune.FilterPruner` class or instance.
         max_trials: evaluated candidates (rejected ones do not count).
         init_temperature, reduce_rate, perturb, seed: the annealing (see
             :class:`kslim.nas.SimulatedAnnealingOracle`).
@@ -109,15 +113,20 @@ def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=N
         :class:`AutoPruneResult`.
 
     Example:
+        >>> import tempfile
+        >>> import numpy as np
         >>> import kslim
         >>> from kslim.nas import auto_prune
-        >>> model, _ = kslim.models.pretrained("mobilenet_v1", width=0.5)           # doctest: +SKIP
-        >>> res = auto_prune(model, lambda m: my_accuracy(m), target_flops=0.5,
-        ...                  max_trials=10, directory="/tmp/kslim_ap")               # doctest: +SKIP
-        >>> res.flops_reduction >= 0.5                                               # doctest: +SKIP
+        >>> model = kslim.models.mobilenet_v1(width=0.25)  # a trained model in practice (models.pretrained)
+        >>> (x, y), _ = kslim.datasets.fashion_mnist_small()
+        >>> x, y = kslim.datasets.preprocess(x[:64]), y[:64]
+        >>> def accuracy(m):
+        ...     return float(np.mean(np.argmax(m(x, training=False), -1) == y))
+        >>> res = auto_prune(model, accuracy, flops_reduction=0.5, max_trials=3,
+        ...                  directory=tempfile.mkdtemp(prefix="kslim_doc_ap_"))
+        >>> res.flops_reduction >= 0.5
         True
     """
-    import keras
     import keras_tuner
     from keras_tuner.src.engine.base_tuner import BaseTuner
 
@@ -126,29 +135,43 @@ def auto_prune(model, eval_fn, target_flops=None, max_latency=None, latency_fn=N
     from kslim.nas.oracle import SimulatedAnnealingOracle
     from kslim.prune import make_pruner
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    check_model(model, "auto_prune()")
+    target_flops = legacy.pop("target_flops", None)  # kslim 0.1: a share to remove or a FLOPs count
+    if legacy:
+        raise KslimTypeError(f"auto_prune(): unexpected argument(s) {sorted(legacy)}.")
+    if target_flops is not None:
+        if flops_reduction is not None or max_flops is not None:
+            raise KslimTypeError("auto_prune(): give flops_reduction= or max_flops= only (target_flops= is their "
+                                 "old name).")
+        new = "flops_reduction" if 0 < float(target_flops) < 1 else "max_flops"
+        warn_renamed("target_flops=", f"{new}=", "auto_prune()")
+        if new == "flops_reduction":
+            flops_reduction = target_flops
+        else:
+            max_flops = target_flops
     if not callable(eval_fn):
         raise KslimTypeError(f"eval_fn must be callable (model -> score), got {eval_fn!r}.")
     if finetune_fn is not None and not callable(finetune_fn):
         raise KslimTypeError(f"finetune_fn must be callable (model -> None), got {finetune_fn!r}.")
-    if target_flops is None and max_latency is None and not constraints:
-        raise KslimValueError("auto_prune needs a goal: target_flops=<fraction to remove or FLOPs count> "
-                              "and/or max_latency=<ms>.")
+    if flops_reduction is None and max_flops is None and max_latency is None and not constraints:
+        raise KslimValueError("auto_prune(): needs a goal: flops_reduction=<fraction to remove>, "
+                              "max_flops=<FLOPs count> and/or max_latency=<ms>.")
     if not (0 < float(ratio_step) < 1) or not (0 < float(max_ratio) < 1):
         raise KslimValueError(f"ratio_step and max_ratio must be in (0, 1), got {ratio_step!r}, {max_ratio!r}.")
 
-    pruner = make_pruner(model, pruner)
+    pruner = make_pruner(model, pruner, importance, where="auto_prune()")
     if not pruner.groups:
         raise ModelError(f"model {model.name!r} has no prunable channel group.")
     flops_before = float(count_flops(model).flops)
-    max_flops = None
-    if target_flops is not None:
-        t = float(target_flops)
-        if not (t > 0) or t == 1.0 or math.isnan(t):
-            raise KslimValueError(f"target_flops must be a fraction in (0, 1) to remove or a FLOPs count > 1, "
-                                  f"got {target_flops!r}.")
-        max_flops = (1.0 - t) * flops_before if t < 1 else t
+    if flops_reduction is not None:
+        t = check_ratio(flops_reduction, "auto_prune(): flops_reduction", low_open=True,
+                        meaning="the share of FLOPs removed")
+        limit = (1.0 - t) * flops_before
+        max_flops = limit if max_flops is None else min(float(max_flops), limit)
+    elif max_flops is not None:
+        if not float(max_flops) > 0:
+            raise KslimValueError(f"auto_prune(): max_flops must be a FLOPs count > 0, got {max_flops!r}.")
+        max_flops = float(max_flops)
     cons = make_constraints(max_flops=max_flops, max_latency=max_latency, latency_fn=latency_fn,
                             constraints=constraints)
 

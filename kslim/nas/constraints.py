@@ -15,6 +15,7 @@ Example:
 import math
 
 from kslim.errors import KslimTypeError, KslimValueError
+from kslim.lite.profiling import measure_latency  # the default latency_fn; its one home is kslim.lite
 
 
 class InfeasibleConstraintError(KslimValueError):
@@ -119,18 +120,6 @@ class MaxLatency(Constraint):
         return float(value)
 
 
-def measure_latency(model, num_threads=1, warmup=3, runs=20):
-    """Median latency (ms) of one batch-1 inference of ``model`` converted to float32 TFLite on this CPU.
-
-    A fallback ``latency_fn`` when no latency table or device is given: :func:`kslim.lite.profile` on
-    a :class:`kslim.lite.LocalDevice`. It converts the model each call (about a second for a small
-    model), so prefer a :class:`kslim.lite.LatencyPredictor`.
-    """
-    from kslim.lite import LocalDevice, convert, profile
-
-    report = profile(convert(model, check=False), device=LocalDevice(), num_threads=num_threads, warmup=warmup,
-                     runs=runs)
-    return float(report.median_ms)
 
 
 def make_constraints(max_flops=None, max_latency=None, latency_fn=None, max_params=None, constraints=(),

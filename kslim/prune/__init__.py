@@ -27,6 +27,7 @@ _LAZY = {
     "kslim.prune.gradual": ["AGP", "ConstantRatio", "GradualPruning", "PolynomialDecay", "PruningSchedule",
                             "strip_pruning"],
     "kslim.prune.plot": ["plot_sensitivity"],
+    "kslim.prune.result": ["PruneResult", "FlopsRatios"],
     "kslim.prune.sensitivity": ["load_sensitivity", "ratios_by_flops", "ratios_by_loss", "sensitivity"],
     "kslim.prune.unstructured": ["LevelPruner", "UnstructuredPruning", "strip_unstructured", "weight_sparsity",
                                  "convert_sparse", "sparse_tensors"],

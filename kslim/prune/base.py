@@ -7,7 +7,9 @@ import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
 from kslim.graph import build_dependency_graph
-from kslim.prune.importance import MagnitudeImportance, fpgm, get_importance, l1_norm, l2_norm
+from kslim.prune.importance import Importance, MagnitudeImportance, fpgm, get_importance, l1_norm, l2_norm
+from kslim.prune.result import PruneResult
+from kslim.validation import check_model, check_ratio, renamed
 
 _CRITERION_NAMES = {l1_norm: "l1", l2_norm: "l2", fpgm: "fpgm"}
 
@@ -20,12 +22,10 @@ def _macs(model):
 
 
 def _check_ratio(ratio, what="ratio"):
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise KslimTypeError(f"{what} must be a number in [0, 1), got {ratio!r} ({type(ratio).__name__}).")
-    ratio = float(ratio)
-    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise KslimValueError(f"{what} must be in [0, 1) (the fraction of channels to remove), got {ratio!r}.")
-    return ratio
+    """A fraction of channels (or weights) removed, in [0, 1): :func:`kslim.validation.check_ratio`."""
+    if isinstance(ratio, str):  # an API argument: "0.5" is a mistake here, not a command-line value
+        raise KslimTypeError(f"{what}: {ratio!r} is not a number.")
+    return check_ratio(ratio, what, meaning="the fraction removed")
 
 
 class FilterPruner:
@@ -56,9 +56,10 @@ class FilterPruner:
             feeding the producers of the model outputs are not pruned.
         round_to: round every group's kept channel count to a multiple of this (e.g. 8 for
             accelerators); groups smaller than ``round_to`` are left as they are.
-        criterion: function ``(filters (n, d) array) -> (n,) scores`` (a weight criterion; the
-            classes L1NormFilterPruner ... set it).
-        importance: a registered importance name or an :class:`~kslim.prune.importance.Importance`.
+        importance: a registered importance name (:func:`kslim.prune.importance_names`), an
+            :class:`~kslim.prune.importance.Importance`, or a weight criterion: a function
+            ``(filters (n, d) array) -> (n,) scores`` (the classes L1NormFilterPruner ... set one).
+            ``criterion=`` is its old name.
         data, loss, batches, batch_size: for the data-driven importances (``apoz``,
             ``mean_activation``, ``taylor``, ``hessian``): inputs or ``(x, y)`` batches, the training loss,
             how many batches to read (default 8) and the batch size for arrays (default 32).
@@ -78,14 +79,13 @@ class FilterPruner:
     #: the importance name a subclass ranks with when neither ``importance`` nor ``criterion`` is given
     default_importance = None
 
-    def __init__(self, model, skip=None, keep_classifier=True, round_to=1, criterion=None, importance=None,
+    @renamed(criterion="importance")
+    def __init__(self, model, skip=None, keep_classifier=True, round_to=1, importance=None,
                  data=None, loss=None, batches=None, batch_size=None):
-        import keras
-
-        if not isinstance(model, keras.Model):
-            raise KslimTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
-        if importance is not None and criterion is not None:
-            raise KslimValueError("Give either importance= or criterion= (a weight criterion), not both.")
+        check_model(model, type(self).__name__)
+        criterion = None
+        if callable(importance) and not isinstance(importance, (Importance, type)):
+            criterion, importance = importance, None  # a weight criterion: (n, d) filters -> (n,) scores
         if criterion is not None:
             self.criterion = criterion
         options = {k: v for k, v in (("data", data), ("loss", loss), ("batches", batches),
@@ -100,9 +100,9 @@ class FilterPruner:
                                       "criterion uses none of them.")
             self.measure = MagnitudeImportance(self.criterion, name=_CRITERION_NAMES.get(self.criterion))
         else:
-            raise KslimValueError("FilterPruner needs a criterion or an importance; use L1NormFilterPruner, "
+            raise KslimValueError("FilterPruner needs an importance; use L1NormFilterPruner, "
                                   "L2NormFilterPruner, FPGMFilterPruner, or pass importance= (a name of "
-                                  "kslim.prune.importance_names()) or criterion=.")
+                                  "kslim.prune.importance_names(), an Importance or a weight criterion).")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
             raise KslimValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
         self.model = model
@@ -348,13 +348,14 @@ class FilterPruner:
             removed[group] = idx
         return rebuild(self.graph.model, self.graph, removed, copy_weights=copy_weights)
 
-    def prune_to_flops(self, target, mode="uniform", tolerance=1e-3, ranking="local", max_layer_ratio=0.9):
-        """Prune with the smallest ratio that removes at least ``target`` of the MACs.
+    @renamed(target="flops_reduction")
+    def prune_to_flops(self, flops_reduction, mode="uniform", tolerance=1e-3, ranking="local", max_layer_ratio=0.9):
+        """Prune with the smallest ratio that removes at least ``flops_reduction`` of the MACs.
 
         The ratio is found by bisection (MACs counted by :func:`kslim.analysis.flops`).
 
         Args:
-            target: fraction of the MACs to remove, in (0, 1).
+            flops_reduction: fraction of the MACs to remove, in (0, 1) (0.5: half the MACs are left).
             mode: ``"uniform"`` (one ratio for every group in :attr:`groups`, or with global ranking one
                 fraction of all their channels).
             tolerance: bisection stops when the ratio interval is narrower than this.
@@ -363,16 +364,17 @@ class FilterPruner:
             max_layer_ratio: with global ranking, the largest fraction removed from one group.
 
         Returns:
-            ``(model, info)`` with ``info = {"ratio", "target", "macs_before", "macs_after", "reduction",
-            "ranking"}``, ``reduction`` being the achieved fraction of MACs removed.
+            a :class:`~kslim.prune.result.PruneResult` (``.model``, ``.ratio``, ``.reduction`` — the
+            achieved fraction of MACs removed — ``.macs_before``, ``.macs_after`` ...).
 
         Raises:
-            KslimValueError: target outside (0, 1), unknown mode, or target not reachable (the message
+            KslimValueError: flops_reduction outside (0, 1), unknown mode, or not reachable (the message
                 gives the largest reduction possible).
         """
-        target = _check_ratio(target, "target")
-        if target <= 0:
-            raise KslimValueError(f"target must be in (0, 1) (the fraction of MACs to remove), got {target!r}.")
+        if isinstance(flops_reduction, str):
+            raise KslimTypeError(f"prune_to_flops(): flops_reduction: {flops_reduction!r} is not a number.")
+        target = check_ratio(flops_reduction, "prune_to_flops(): flops_reduction", low_open=True,
+                             meaning="the fraction of MACs removed")
         if mode != "uniform":
             raise KslimValueError(f"mode must be 'uniform', got {mode!r}.")
         self._require_groups()
@@ -402,7 +404,7 @@ class FilterPruner:
         best = reduction(top)
         if best < target:
             raise KslimValueError(
-                f"target {target:.3f} is not reachable: removing "
+                f"prune_to_flops(): flops_reduction {target:.3f} is not reachable: removing "
                 + ("all but one channel of every prunable group" if ranking == "local" else
                    f"up to max_layer_ratio={max_layer_ratio} of every prunable group")
                 + f" removes only {best:.3f} of the MACs (skip/keep_classifier/unprunable groups keep the rest)."
@@ -414,9 +416,8 @@ class FilterPruner:
             ratio = bisect(ratio, top, exact=True)
             model = self.prune(ratio, ranking, max_layer_ratio)
             after = _macs(model)
-        info = {"ratio": ratio, "target": target, "macs_before": before, "macs_after": after,
-                "reduction": 1.0 - after / before, "ranking": ranking}
-        return model, info
+        return PruneResult(model=model, ratio=float(ratio), flops_reduction=target, reduction=1.0 - after / before,
+                           macs_before=int(before), macs_after=int(after), ranking=ranking)
 
     def estimate_macs(self, ratios, ranking="local", max_layer_ratio=0.9):
         """MACs of the model :meth:`prune` would return for ``ratios`` (and ``ranking``,

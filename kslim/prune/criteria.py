@@ -120,14 +120,38 @@ def pruner_class(pruner=None):
     )
 
 
-def make_pruner(model, pruner=None, **options):
-    """A :class:`FilterPruner` on ``model`` from a criterion name, a pruner class or a pruner instance.
+def resolve_importance(pruner=None, importance=None, where="make_pruner()"):
+    """``(pruner, importance)`` with a kslim 0.1 ``pruner="<name>"`` moved to ``importance`` (warning).
+
+    The vocabulary: ``importance`` is how channels are ranked (a name of
+    :func:`~kslim.prune.importance_names`, an :class:`~kslim.prune.importance.Importance` or a weight
+    criterion function); ``pruner`` is a :class:`FilterPruner` class or instance (ranking *and*
+    ``skip`` / ``round_to`` ... settings). Giving both is an error.
+    """
+    from kslim.validation import warn_renamed
+
+    if isinstance(pruner, str):
+        if importance is not None:
+            raise KslimTypeError(f"{where}: give importance= only (pruner={pruner!r} is its old spelling).")
+        warn_renamed(f"pruner={pruner!r}", f"importance={pruner!r}", where, stacklevel=4)
+        pruner, importance = None, pruner
+    if pruner is not None and importance is not None:
+        raise KslimTypeError(f"{where}: give importance= (how channels are ranked) or pruner= (a FilterPruner "
+                             "class or instance, which has its own), not both.")
+    return pruner, importance
+
+
+def make_pruner(model, pruner=None, importance=None, where="make_pruner()", **options):
+    """A :class:`FilterPruner` on ``model`` from an importance, a pruner class or a pruner instance.
 
     Args:
         model: the ``keras.Model`` to prune.
-        pruner: ``"l1"`` (default when ``None``), any importance name (``"l2"``, ``"fpgm"``,
-            ``"bn_scale"``, ``"taylor"`` ...), a :class:`FilterPruner` subclass (built on ``model`` with
-            ``options``), or an instance already bound to ``model``.
+        pruner: a :class:`FilterPruner` subclass (built on ``model`` with ``options``), or an instance
+            already bound to ``model``. (A name here is the kslim 0.1 spelling of ``importance``.)
+        importance: ``"l1"`` (default when neither is given), any importance name (``"l2"``,
+            ``"fpgm"``, ``"bn_scale"``, ``"taylor"`` ...), an :class:`~kslim.prune.importance.Importance`
+            or a weight criterion function.
+        where: the caller named in error messages.
         **options: ``skip``, ``keep_classifier``, ``round_to``, ``data``, ``loss`` ... passed to the
             class; not allowed with an instance (it has its own).
 
@@ -136,10 +160,15 @@ def make_pruner(model, pruner=None, **options):
         >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="c1"),
         ...                       keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Flatten(),
         ...                       keras.layers.Dense(2)])
-        >>> p = make_pruner(m, "l2", round_to=4)
+        >>> p = make_pruner(m, importance="l2", round_to=4)
         >>> type(p).__name__, p.round_to
         ('L2NormFilterPruner', 4)
     """
+    pruner, importance = resolve_importance(pruner, importance, where)
+    if importance is not None:
+        if isinstance(importance, str):
+            return criterion_class(importance)(model, **options)
+        return FilterPruner(model, importance=importance, **options)
     if isinstance(pruner, FilterPruner):
         if pruner.model is not model:
             raise KslimValueError(

@@ -24,7 +24,8 @@ import numpy as np
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 from kslim.prune.base import _check_ratio
-from kslim.prune.criteria import known_pruner_names, pruner_class, pruner_class_named
+from kslim.prune.criteria import known_pruner_names, pruner_class, pruner_class_named, resolve_importance
+from kslim.validation import renamed
 
 STATE_FORMAT = "kslim.gradual_pruning/1"
 
@@ -231,14 +232,17 @@ class GradualPruning(MaskingCallback):
     """Keras callback pruning channel groups gradually during ``fit`` (masking), see :mod:`kslim.prune.gradual`.
 
     Args:
-        pruner: criterion name (``"l1"``, ``"l2"``, ``"fpgm"``) or a ``FilterPruner`` subclass,
-            built on the model at the start of training.
-        target_ratio: final fraction of channels removed, a float for every prunable group or a
-            dict ``{group_or_layer_name: ratio}`` (groups not named are not pruned).
+        importance: how channels are ranked, an importance name (``"l1"``, ``"l2"``, ``"fpgm"``,
+            ``"bn_scale"`` ... of :func:`kslim.prune.importance_names`).
+        ratios: final fraction of channels removed, a float for every prunable group or a
+            dict ``{group_or_layer_name: ratio}`` (groups not named are not pruned). ``target_ratio=``
+            is its old name.
         schedule: a :class:`PruningSchedule`; default ``AGP(0, 1000, 100)``.
         skip / keep_classifier / round_to: passed to the pruner (``round_to``: kept channel counts
             are multiples of it, e.g. 8 for SIMD-friendly kernels).
         verbose: 1 prints the ratio reached at each pruning step.
+        pruner: instead of ``importance``, a ``FilterPruner`` subclass, built on the model at the start
+            of training.
 
     After training, ``callback.masks`` is ``{group_name: sorted channel indices masked}`` and
     :func:`strip_pruning` gives the smaller model.
@@ -255,16 +259,23 @@ class GradualPruning(MaskingCallback):
         (4, 4)
     """
 
-    def __init__(self, pruner="l1", target_ratio=0.5, schedule=None, skip=None, keep_classifier=True,
-                 round_to=1, verbose=0):
+    @renamed(target_ratio="ratios")
+    def __init__(self, importance=None, ratios=0.5, schedule=None, skip=None, keep_classifier=True,
+                 round_to=1, verbose=0, pruner=None):
         super().__init__(schedule)
-        self.pruner_cls = pruner_class(pruner)  # GradualPruning builds it on the model fit() trains
-        if isinstance(target_ratio, dict):
-            if not target_ratio:
-                raise KslimValueError("target_ratio dict is empty: name at least one group.")
-            self.target_ratio = {str(k): _check_ratio(v, f"target_ratio[{k!r}]") for k, v in target_ratio.items()}
+        pruner, importance = resolve_importance(pruner, importance, "GradualPruning()")
+        if importance is not None and not isinstance(importance, str):
+            raise KslimTypeError("GradualPruning(): importance must be a name of kslim.prune.importance_names() "
+                                 f"(the callback builds its pruner on the model fit() trains), got "
+                                 f"{type(importance).__name__}; pass pruner=<FilterPruner subclass> for others.")
+        # GradualPruning builds its pruner on the model fit() trains
+        self.pruner_cls = pruner_class(pruner if pruner is not None else importance)
+        if isinstance(ratios, dict):
+            if not ratios:
+                raise KslimValueError("GradualPruning(): ratios: the dict is empty; name at least one group.")
+            self.ratios = {str(k): _check_ratio(v, f"GradualPruning(): ratios[{k!r}]") for k, v in ratios.items()}
         else:
-            self.target_ratio = _check_ratio(target_ratio, "target_ratio")
+            self.ratios = _check_ratio(ratios, "GradualPruning(): ratios")
         self.skip = skip
         self.keep_classifier = keep_classifier
         self.round_to = max(1, int(round_to))
@@ -286,18 +297,18 @@ class GradualPruning(MaskingCallback):
         self.pruner = self.pruner_cls(model, skip=self.skip, keep_classifier=self.keep_classifier,
                                       round_to=self.round_to)
         groups = {g.name: g for g in self.pruner.groups}
-        if isinstance(self.target_ratio, dict):
+        if isinstance(self.ratios, dict):
             targets = {}
-            for k, v in self.target_ratio.items():
+            for k, v in self.ratios.items():
                 g = self.pruner.graph.group(k)  # raises, naming the layer, if unknown / not a producer
                 if g.name not in groups:
                     raise KslimValueError(
-                        f"target_ratio names {k!r}, whose channel group {g.name!r} cannot be pruned: "
+                        f"GradualPruning(): ratios names {k!r}, whose channel group {g.name!r} cannot be pruned: "
                         f"{g.reason or 'excluded by the pruner (skip / keep_classifier)'}."
                     )
                 targets[g.name] = v
         else:
-            targets = {name: self.target_ratio for name in groups}
+            targets = {name: self.ratios for name in groups}
         self._targets = targets
         self._groups = groups
         # one mask per (variable) touched by a pruned group

@@ -26,6 +26,7 @@ import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, UnsupportedLayerError
 from kslim.prune.base import _check_ratio
+from kslim.validation import check_model, renamed
 
 _PARTS = ("query", "key", "value", "output")
 
@@ -36,8 +37,7 @@ def attention_layers(model):
 
     from kslim.graph import keras_graph as kg
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"head pruning needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "head pruning")
     leaves, _ = kg.leaf_layers(model)
     return {p: lay for p, lay in leaves.items() if isinstance(lay, keras.layers.MultiHeadAttention)}
 
@@ -93,7 +93,8 @@ def head_importance(model, path):
     return np.sqrt(sq)
 
 
-def plan_heads(model, ratio, layers=None):
+@renamed(ratio="ratios")
+def plan_heads(model, ratios, layers=None):
     """``{path: sorted heads to remove}``: ``ratio`` of the heads of each attention layer (rounded down,
     at least one head kept), lowest :func:`head_importance` first.
 
@@ -103,7 +104,7 @@ def plan_heads(model, ratio, layers=None):
     >>> [len(v) for v in plan_heads(m, 0.5).values()]
     [2]
     """
-    ratio = _check_ratio(ratio)
+    ratio = _check_ratio(ratios, "plan_heads(): ratios")
     found = attention_layers(model)
     paths = list(found) if layers is None else [layers] if isinstance(layers, str) else list(layers)
     plan = {}
@@ -123,7 +124,6 @@ def prune_heads(model, heads):
             every head of a layer named.
         UnsupportedLayerError: an unbuilt or gated MultiHeadAttention.
     """
-    import keras
 
     from kslim.graph import keras_graph as kg
 

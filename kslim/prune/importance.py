@@ -4,7 +4,7 @@ An importance scores the channels of one :class:`~kslim.graph.ChannelGroup` (eve
 and consumer weight that shares the channels): ``importance(group, pruner_or_graph) -> np.ndarray``
 of ``group.size`` scores, **higher = keep**. :class:`~kslim.prune.FilterPruner` ranks with one
 (``FilterPruner(model, importance="bn_scale")``); the names below are one registry that the Python API,
-the YAML schema (``strategies[i].prune.criterion``) and the CLI (``--criterion``) read.
+the YAML schema (``strategies[i].prune.importance``) and the CLI (``--importance``) read.
 
 =================== ====================================================================== ==========
 name                score of a channel (higher = keep)                                      needs

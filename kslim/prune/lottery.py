@@ -35,6 +35,7 @@ import numpy as np
 
 from kslim._io import atomic_write_bytes, atomic_write_json, read_json
 from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
+from kslim.validation import check_model
 from kslim.prune.base import _check_ratio
 from kslim.prune.gradual import VariableMasks
 from kslim.prune.unstructured import magnitude_mask, prunable_weights
@@ -152,12 +153,10 @@ def lottery_ticket(model, train_fn, sparsity=0.8, iterations=3, eval_fn=None, la
     Returns:
         a :class:`LotteryTicket`.
     """
-    import keras
 
     from kslim.prune.sensitivity import model_fingerprint
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"lottery_ticket needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "lottery_ticket()")
     if not callable(train_fn):
         raise KslimTypeError(f"train_fn must be callable(model), got {type(train_fn).__name__}.")
     sparsity = _check_ratio(sparsity, "sparsity")

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.errors import KslimValueError, ModelError
+from kslim.validation import check_model
 
 
 def _check_strength(strength):
@@ -136,9 +137,6 @@ class SparsityPenalty:
         self.variables.append(var)
 
 
-def _check_model(model, what):
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"{what} needs a keras.Model, got {type(model).__name__}.")
 
 
 def slim_penalty(model, strength=1e-4, layers=None):
@@ -157,7 +155,7 @@ def slim_penalty(model, strength=1e-4, layers=None):
     """
     from kslim.graph import keras_graph as kg
 
-    _check_model(model, "slim_penalty")
+    check_model(model, "slim_penalty()")
     strength = _check_strength(strength)
     leaves, _ = kg.leaf_layers(model)
     if layers is None:
@@ -205,7 +203,7 @@ def group_lasso_penalty(model, strength=1e-4, pruner=None, **pruner_options):
     from kslim.prune.criteria import make_pruner
     from kslim.prune.importance import channel_entries
 
-    _check_model(model, "group_lasso_penalty")
+    check_model(model, "group_lasso_penalty()")
     strength = _check_strength(strength)
     pruner = make_pruner(model, pruner, **pruner_options)
     graph = pruner.graph

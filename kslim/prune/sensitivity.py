@@ -15,27 +15,14 @@ import numpy as np
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimFileError, KslimTypeError, KslimValueError, ModelError
 from kslim.prune.criteria import make_pruner
+from kslim.prune.result import FlopsRatios
+from kslim.validation import check_model, check_ratios, renamed
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHECKPOINT_FORMAT = "kslim.sensitivity/1"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _check_ratios(ratios, what="ratios"):
-    try:
-        values = [float(r) for r in ratios]
-    except (TypeError, ValueError):
-        raise KslimValueError(f"{what} must be a sequence of numbers in [0, 1), got {ratios!r}.") from None
-    if not values:
-        raise KslimValueError(f"{what} is empty: give at least one ratio in (0, 1).")
-    for r in values:
-        if not (0.0 <= r < 1.0) or math.isnan(r):
-            raise KslimValueError(
-                f"{what}: ratio {r!r} is outside [0, 1); a ratio is the fraction of channels removed."
-            )
-    return sorted({round(r, 6) for r in values})
-
-
 def _ratio_key(r):
     return f"{round(float(r), 6):g}"
 
@@ -123,7 +110,7 @@ def _to_float_keys(sens):
 
 # ---------------------------------------------------------------------------------------------- API
 def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="sens.json", pruner=None,
-                verbose=1, base_rtol=1e-3):
+                verbose=1, base_rtol=1e-3, importance=None):
     """Loss of ``eval_fn`` when each channel group of ``model`` alone is pruned at each ratio.
 
     For every prunable group and ratio the model is physically pruned (only that group) and
@@ -143,8 +130,10 @@ def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="
         layers: group names (first producer layer) or layer names to analyse; default every
             prunable group.
         checkpoint: JSON file (``None``: keep nothing on disk).
-        pruner: a :class:`~kslim.prune.FilterPruner` subclass (built on ``model``), an instance
-            bound to ``model``, or a criterion name (``"l1"``, ``"l2"``, ``"fpgm"``); default L1.
+        pruner: a :class:`~kslim.prune.FilterPruner` subclass (built on ``model``) or an instance
+            bound to ``model`` (with its ``skip`` / ``round_to`` settings).
+        importance: instead of ``pruner``, how channels are ranked: an importance name (``"l1"``
+            default, ``"l2"``, ``"fpgm"`` ...) or object.
         verbose: 1 shows a Keras progress bar.
         base_rtol: when resuming, the base metric must match the checkpoint's within this
             relative tolerance (otherwise ``eval_fn`` changed and the checkpoint is refused).
@@ -166,16 +155,15 @@ def sensitivity(model, eval_fn, ratios=DEFAULT_RATIOS, layers=None, checkpoint="
     """
     import keras
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"sensitivity() needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "sensitivity()")
     if not callable(eval_fn):
-        raise KslimTypeError(f"eval_fn must be callable(model) -> float, got {type(eval_fn).__name__}.")
-    ratios = _check_ratios(ratios)
+        raise KslimTypeError(f"sensitivity(): eval_fn must be callable(model) -> float, got {type(eval_fn).__name__}.")
+    ratios = sorted({round(r, 6) for r in check_ratios(ratios, "sensitivity(): ratios")})
     if 0.0 in ratios:
         ratios.remove(0.0)
         if not ratios:
             raise KslimValueError("ratios holds only 0: give ratios in (0, 1).")
-    pruner = make_pruner(model, pruner)
+    pruner = make_pruner(model, pruner, importance, where="sensitivity()")
     groups = _select_groups(pruner, layers)
     if not groups:
         raise ModelError(f"Model {model.name!r} has no prunable channel group.")
@@ -289,32 +277,38 @@ def ratios_by_loss(sens, max_loss):
     return ratios
 
 
-def ratios_by_flops(model, sens, target, pruner=None, tol=0.005, max_iter=30):
-    """Per-group ratios (from :func:`ratios_by_loss`) meeting a FLOPs target, by bisection on the loss.
+@renamed(target="flops_reduction", tol="tolerance")
+def ratios_by_flops(model, sens, flops_reduction, pruner=None, tolerance=0.005, max_iter=30, importance=None):
+    """Per-group ratios (from :func:`ratios_by_loss`) removing a share of the MACs, by bisection on the loss.
 
     Args:
         model: the unpruned model the sensitivities were measured on.
         sens: ``{group: {ratio: loss}}`` from :func:`sensitivity` (or a checkpoint path).
-        target: fraction of the MACs to remove, in (0, 1) (0.5: the pruned model has half the MACs).
-        pruner: pruner class, instance or criterion name (as in :func:`sensitivity`), giving the
-            ``skip`` / ``round_to`` settings used to measure the MACs.
-        tol: stop when the removed fraction is within ``tol`` above ``target``.
+        flops_reduction: fraction of the MACs to remove, in (0, 1) (0.5: the pruned model has half
+            the MACs).
+        pruner, importance: as in :func:`sensitivity`; the pruner's ``skip`` / ``round_to``
+            settings are used to count the MACs.
+        tolerance: stop when the removed fraction is within ``tolerance`` above ``flops_reduction``.
 
     Returns:
-        ``(ratios, info)`` with ``info = {"max_loss", "macs", "base_macs", "reduction"}``; the
-        smallest tolerated loss whose ratios remove at least ``target`` of the MACs. If even the
-        largest measured ratios cannot reach the target, raises :class:`KslimValueError`.
+        a :class:`~kslim.prune.result.FlopsRatios` (``.ratios``, ``.max_loss``, ``.reduction``,
+        ``.macs``, ``.base_macs``): the smallest tolerated loss whose ratios remove at least
+        ``flops_reduction`` of the MACs. If even the largest measured ratios cannot reach it, raises
+        :class:`KslimValueError`.
     """
+    target, tol = flops_reduction, tolerance
     if isinstance(sens, (str, Path)):
         sens = load_sensitivity(sens)
     sens = _check_sens(sens)
     try:
         target = float(target)
     except (TypeError, ValueError):
-        raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.") from None
+        raise KslimValueError(f"ratios_by_flops(): flops_reduction must be a fraction of MACs to remove in (0, 1), "
+                              f"got {target!r}.") from None
     if not 0.0 < target < 1.0:
-        raise KslimValueError(f"target must be a fraction of MACs to remove in (0, 1), got {target!r}.")
-    pruner = make_pruner(model, pruner)
+        raise KslimValueError(f"ratios_by_flops(): flops_reduction must be a fraction of MACs to remove in (0, 1), "
+                              f"got {target!r}.")
+    pruner = make_pruner(model, pruner, importance, where="ratios_by_flops()")
     known = {g.name for g in pruner.groups}
     unknown = sorted(set(sens) - known)
     if unknown:
@@ -350,5 +344,5 @@ def ratios_by_flops(model, sens, target, pruner=None, tol=0.005, max_iter=30):
         else:
             lo = mid
     max_loss, ratios, red = best
-    return ratios, {"max_loss": max_loss, "macs": int(round(base_macs * (1 - red))), "base_macs": int(base_macs),
-                    "reduction": red}
+    return FlopsRatios(ratios=ratios, max_loss=float(max_loss), reduction=float(red),
+                       macs=int(round(base_macs * (1 - red))), base_macs=int(base_macs))

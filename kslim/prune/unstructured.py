@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.validation import check_model
 from kslim.prune.base import _check_ratio
 from kslim.prune.gradual import MaskingCallback
 
@@ -46,12 +47,10 @@ def prunable_weights(model, layers=None):
     ``layers``: layer paths or names to restrict to (default: every leaf layer); their kernels (the
     trainable weights of >= 2 dimensions) are taken.
     """
-    import keras
 
     from kslim.graph import keras_graph as kg
 
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"unstructured pruning needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "unstructured pruning")
     leaves, _ = kg.leaf_layers(model)
     if layers is None:
         paths = list(leaves)

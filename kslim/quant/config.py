@@ -5,7 +5,7 @@ validated when the config is built; a bad value raises :class:`~kslim.errors.Con
 ``path`` is the field name and whose message lists the allowed values.
 
 Example:
-    >>> cfg = QuantConfig(weight_bits=4, not_quant_pattern=["logits"])
+    >>> cfg = QuantConfig(weight_bits=4, skip_pattern=["logits"])
     >>> cfg.weight_quantize_type
     'channel_wise_abs_max'
     >>> QuantConfig.from_dict(cfg.to_dict()) == cfg
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kslim.errors import ConfigError, KslimValueError
 from kslim.quant import ops
+from kslim.validation import renamed, warn_renamed
 
 WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
 ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
@@ -81,10 +82,12 @@ class QuantConfig:
             :data:`QUANTIZABLE_LAYER_TYPES` (default: all of them: Conv1D, Conv2D, Conv2DTranspose,
             DepthwiseConv2D, SeparableConv2D, Dense, EinsumDense, Embedding, MultiHeadAttention, and
             BatchNormalization -- the BNs that cannot be folded into a conv/dense).
-        not_quant_pattern: layers whose path (``"outer/inner"`` inside nested models) CONTAINS one of
-            these strings stay float.
-        skip_layers: layer paths (``"base/conv1"``; a bare name unique at every depth is accepted) that
+        skip: layer paths (``"base/conv1"``; a bare name unique at every depth is accepted) that
             stay float; naming a nested model keeps all its layers float. Every name must exist.
+            (``skip_layers`` is its kslim 0.1 name; ``skip`` is also the name of the pruners' and of
+            :func:`~kslim.quant.quant_post_dynamic`'s option.)
+        skip_pattern: layers whose path (``"outer/inner"`` inside nested models) CONTAINS one of
+            these strings stay float (``not_quant_pattern``, PaddleSlim's name, is its kslim 0.1 name).
         only_layers: if given, paths of the only layers (or nested models) to quantize (each layer must
             be of a quantizable type, else :class:`~kslim.errors.UnsupportedLayerError`).
         quantize_inputs: put an :class:`~kslim.quant.ActivationQuantizer` on each model input
@@ -106,8 +109,8 @@ class QuantConfig:
     activation_bits: int = 8
     moving_rate: float = 0.9
     quantizable_layer_type: tuple = QUANTIZABLE_LAYER_TYPES
-    not_quant_pattern: tuple = ()
-    skip_layers: tuple = ()
+    skip: tuple = ()
+    skip_pattern: tuple = ()
     only_layers: tuple = None
     quantize_inputs: bool = True
     passthrough_layer_type: tuple = DEFAULT_PASSTHROUGH_LAYER_TYPES
@@ -136,8 +139,8 @@ class QuantConfig:
                 raise ConfigError(
                     f"{t!r} cannot be quantized{why}; allowed layer types: {list(QUANTIZABLE_LAYER_TYPES)}.",
                     path="quantizable_layer_type")
-        self.not_quant_pattern = self._names("not_quant_pattern")
-        self.skip_layers = self._names("skip_layers")
+        self.skip = self._names("skip")
+        self.skip_pattern = self._names("skip_pattern")
         if self.only_layers is not None:
             self.only_layers = self._names("only_layers")
         self.passthrough_layer_type = self._names("passthrough_layer_type")
@@ -184,8 +187,20 @@ class QuantConfig:
             return data
         if not isinstance(data, dict):
             raise ConfigError(f"quantization config must be a mapping, got {type(data).__name__}.")
+        data = dict(data)
+        for old, new in RENAMED_FIELDS.items():
+            if old in data:
+                if new in data:
+                    raise ConfigError(f"give {new!r} only ({old!r} is its old name).", path=old)
+                warn_renamed(f"field {old!r}", f"{new!r}", "QuantConfig")
+                data[new] = data.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known:
                 raise ConfigError(f"unknown field; allowed fields: {sorted(known)}.", path=str(key))
         return cls(**data)
+
+
+#: kslim 0.1 field names still accepted (with a DeprecationWarning) -> the names of the vocabulary
+RENAMED_FIELDS = {"skip_layers": "skip", "not_quant_pattern": "skip_pattern"}
+QuantConfig.__init__ = renamed(**RENAMED_FIELDS)(QuantConfig.__init__)

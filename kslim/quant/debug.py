@@ -165,7 +165,8 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         A :class:`QuantDebugReport` (``print(report)`` for the table, ``report.plot(path)``,
         ``report.suggest_skip()``).
     """
-    from kslim.quant.ptq import calibration_batches, check_model
+    from kslim.lite.inputs import model_inputs
+    from kslim.quant.ptq import calibration_batches
 
     if int(batches) < 1:
         raise KslimValueError(f"batches must be >= 1, got {batches!r}.")
@@ -175,7 +176,7 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
     if debug_data is None:
         data = calib[: int(batches)]
     else:
-        data = calibration_batches(debug_data, check_model(model, "quant_debug"), batch_size, batches, "debug_data")
+        data = calibration_batches(debug_data, model_inputs(model, "quant_debug"), batch_size, batches, "debug_data")
 
     qm = read_flatbuffer(quantized)
     sg = qm.subgraphs[0]

@@ -14,10 +14,10 @@ import copy
 import numpy as np
 
 from kslim.errors import KslimValueError
+from kslim.lite.inputs import model_inputs
 from kslim.quant.ptq import (
     _DEQUANTIZE,
     _FLOAT32,
-    check_model,
     check_skip,
     op_code,
     ops_of_layers,
@@ -131,7 +131,7 @@ def quant_post_dynamic(model, weight_bits=8, dtype=None, skip=None, check=True, 
     """
     from kslim.lite.converter import check_inputs, convert, keras_lite_model, parity
 
-    check_model(model, "quant_post_dynamic")
+    model_inputs(model, "quant_post_dynamic")
     skip = check_skip(model, skip, "quant_post_dynamic")
     if check and check_data is not None:
         check_inputs(model, check_data)  # a mismatch is named before any conversion work

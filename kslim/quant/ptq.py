@@ -32,6 +32,7 @@ import numpy as np
 
 from kslim.errors import KslimValueError, UnsupportedLayerError
 from kslim.lite._quiet import captured_output
+from kslim.lite.inputs import model_inputs
 from kslim.lite.runner import builtin_code, make_interpreter
 from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
 from kslim.quant.config import WEIGHT_QUANTIZE_TYPES
@@ -46,13 +47,6 @@ _FLOAT32, _INT32, _INT8 = 0, 2, 9
 
 
 # ---------------------------------------------------------------------------- inputs
-def check_model(model, fn="quant_post_static"):
-    """The :class:`kslim.lite.inputs.Inputs` of a built ``keras.Model`` (one input, a list or a dict)."""
-    from kslim.lite.inputs import model_inputs
-
-    return model_inputs(model, fn)
-
-
 def calibration_batches(data, inputs, batch_size=32, batch_nums=None, name="calibration_data"):
     """Normalise calibration data to a list of batches of ``batch_size`` samples; each batch is a list
     of arrays, one per model input (model order), each in its input's dtype.
@@ -254,7 +248,7 @@ def calibrate_only(model, samples, verbose=False, fn="quant_post_static"):
 
     from kslim.lite.converter import keras_converter, keras_lite_model, run_converter
 
-    inputs = check_model(model, fn)
+    inputs = model_inputs(model, fn)
     n = batch_len(samples)
     rep = [{s.name: a[i:i + 1] for s, a in zip(inputs, samples)} for i in range(n)]
     with keras_converter(model, "int8", fn) as conv:
@@ -442,7 +436,7 @@ def _quantize_static(model, calibration_data, algo, batch_nums, batch_size, hist
     from kslim.lite.converter import _rnn_plan
 
     _check_options(algo, weight_quantize_type, inference_input_type, inference_output_type, hist_percent, bins)
-    inputs = check_model(model, fn)
+    inputs = model_inputs(model, fn)
     skip = check_skip(model, skip, fn)
     _rnn_plan(model, "int8", fn)  # a variable-length RNN cannot be int8: say so before any work
     batches = calibration_batches(calibration_data, inputs, batch_size, batch_nums)

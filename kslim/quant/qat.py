@@ -38,12 +38,12 @@ one), and a conv at the end of a nested model followed by a ReLU outside it is q
 ReLU. (A nested model called with ``training=False``, as in the transfer-learning guides, still
 gets ``training=True`` from ``fit`` in Keras 3 -- the caller's value overrides the recorded one -- so
 its activation quantizers learn their ranges like the others.) Layers are named by path,
-``"outer/inner"``, in ``skip_layers`` / ``only_layers`` (a bare name is accepted when it is unique at
+``"outer/inner"``, in ``skip`` / ``only_layers`` (a bare name is accepted when it is unique at
 every depth).
 
 Layers QAT leaves float are listed, with the reason, in the returned model's ``kslim_unquantized``
 attribute (``{path: reason}``), and in a warning for those kslim could not quantize (not those
-``skip_layers`` & co. asked for): layer types without a quantized twin (Conv3D: TFLite has no int8
+``skip`` & co. asked for): layer types without a quantized twin (Conv3D: TFLite has no int8
 CONV_3D; LSTM, LayerNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
 attention and composite layers that could not be expanded.
 
@@ -64,12 +64,14 @@ Example:
     {}
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kslim.errors import ConversionError, KslimTypeError, KslimValueError, ModelError, UnsupportedLayerError
+from kslim.errors import ConversionError, ModelError, UnsupportedLayerError
+from kslim.validation import check_model
 from kslim.graph import keras_graph as kg
 from kslim.quant import ops
 from kslim.quant.config import NOT_QUANTIZABLE, QuantConfig
@@ -91,7 +93,7 @@ _MERGE_OPS = ("Concatenate", "Stack", "Hstack", "Vstack", "Dstack", "Maximum", "
 _FIXED_RANGE_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh", "LogSoftmax": "log_softmax"}
 _FUSABLE_OPS = ("Relu", "Relu6")
 # reasons that are the user's own choice: listed in kslim_unquantized, not warned about
-_CHOSEN = ("skip_layers", "not_quant_pattern", "only_layers", "quantizable_layer_type")
+_CHOSEN = ("skip", "skip_pattern", "only_layers", "quantizable_layer_type")
 
 
 def _keras_class(name):
@@ -352,10 +354,7 @@ def _fixed_range(op):
 
 
 def _check_model(model):
-    import keras
-
-    if not isinstance(model, keras.Model):
-        raise KslimTypeError(f"quant_aware() needs a keras.Model, got {type(model).__name__}.")
+    check_model(model, "quant_aware()")
     kg.graph_of(model)  # ModelError for subclassed models and Sequentials without an input shape
     bad = _first_quant_layer(model)
     if bad is not None:
@@ -372,7 +371,7 @@ def _check_model(model):
 
 
 class _Names:
-    """skip_layers / only_layers / not_quant_pattern resolved to paths of the flat graph."""
+    """skip / only_layers / skip_pattern resolved to paths of the flat graph."""
 
     def __init__(self, config, model):
         self.config = config
@@ -383,13 +382,13 @@ class _Names:
 
     def _resolve(self, paths, first=False):
         paths = sorted(paths)
-        for field_name in ("skip_layers", "only_layers"):
+        for field_name in ("skip", "only_layers"):
             names = getattr(self.config, field_name)
             if names is None:
                 continue
             if field_name == "only_layers" and self.only is None:
                 self.only = {}
-            target = self.skip if field_name == "skip_layers" else self.only
+            target = self.skip if field_name == "skip" else self.only
             todo = names if first else self.pending.get(field_name, ())
             for name in todo:
                 try:
@@ -411,10 +410,10 @@ class _Names:
     def skipped(self, path):
         """The config field that keeps ``path`` float, or None."""
         if self._under(path, self.skip):
-            return "skip_layers"
-        pattern = next((p for p in self.config.not_quant_pattern if p in path), None)
+            return "skip"
+        pattern = next((p for p in self.config.skip_pattern if p in path), None)
         if pattern is not None:
-            return f"not_quant_pattern {pattern!r}"
+            return f"skip_pattern {pattern!r}"
         if self.only is not None and not self._under(path, self.only):
             return "only_layers"
         return None
@@ -624,7 +623,7 @@ def _copy_error(layer, path, what, error):
         f"Layer {path!r} ({type(layer).__name__}) cannot be copied for quantization: its {what} raised "
         f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}. Implement "
         f"get_config() returning its constructor arguments (and from_config() if they are not plain values), "
-        f"or add {path!r} to skip_layers to keep the layer as it is (it is then shared with the original model)."
+        f"or add {path!r} to skip to keep the layer as it is (it is then shared with the original model)."
     )
 
 
@@ -665,9 +664,9 @@ class _Rewriter:
             try:
                 cfg = _config_of(layer, path)
             except ModelError:
-                if self.names.skipped(path) != "skip_layers":
+                if self.names.skipped(path) != "skip":
                     raise
-                plan.unquantized[path] = "skip_layers; shared with the original model (its get_config() fails)"
+                plan.unquantized[path] = "skip; shared with the original model (its get_config() fails)"
                 self.new[id(layer)] = layer
                 continue
             qcls = plan.quantize.get(id(layer))
@@ -708,7 +707,7 @@ class _Rewriter:
                 raise ModelError(
                     f"Layer {path!r} ({type(layer).__name__}): the weights of the original do not fit its copy "
                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); its get_config() does not "
-                    f"return every constructor argument. Fix get_config() or add {path!r} to skip_layers."
+                    f"return every constructor argument. Fix get_config() or add {path!r} to skip."
                 ) from e
         return out
 
@@ -896,6 +895,9 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
             check_data=None, verbose=False, converter_hook=None):
     """Convert a QAT model (from :func:`quant_aware`, trained or calibrated) into an int8 TFLite model.
 
+    The same contract as :func:`kslim.lite.convert` (which converts a QAT model to int8 by default),
+    with ``quantize="int8"`` fixed and a model that is not a QAT model refused.
+
     Weights become int8 (per-channel scales for ``channel_wise_abs_max``), biases int32 and
     activations int8, using the ranges the model learned; no representative data set is needed.
     Lower bit widths: conv/depthwise kernels keep their ``weight_bits`` grid inside int8 storage
@@ -920,8 +922,6 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
         ModelError: the model has no quantization layers.
         ConversionError: an activation quantizer never got a range, or the converter failed.
     """
-    import tensorflow as tf
-
     from kslim import lite
 
     if not is_quantized(qat_model):
@@ -931,25 +931,26 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
         )
     if inference_output_type is None:
         inference_output_type = inference_input_type
-    for name, t in (("inference_input_type", inference_input_type),
-                    ("inference_output_type", inference_output_type)):
-        if t not in ("float32", "int8"):
-            raise KslimValueError(f"{name} must be 'float32' or 'int8', got {t!r}.")
+    return lite.convert(qat_model, quantize="int8", inference_input_type=inference_input_type,
+                        inference_output_type=inference_output_type, check=check, check_data=check_data,
+                        verbose=verbose, converter_hook=converter_hook)
+
+
+@contextlib.contextmanager
+def export_ready(qat_model):
+    """The QAT model made ready for the converter, restored afterwards (used by :func:`kslim.lite.convert`).
+
+    Refuses a model with an activation quantizer that never got a range. TFLite has no kernels for
+    activations below 8 bits: they are exported on the 8-bit grid of their range. A per-channel
+    bias whose entries are all equal ("splat") would be quantized by the converter with the first
+    channel's scale only; one ulp on one entry keeps it a dense constant (exact per channel).
+    """
     missing = [q.name for q in activation_quantizers(qat_model) if not q.calibrated]
     if missing:
         raise ConversionError(
             f"Activation quantizer(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} have no range yet: "
             "train the QAT model (fit) or calibrate it (ActivationQuantizer.set_range) before converting."
         )
-
-    def hook(converter):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.inference_input_type = tf.as_dtype(inference_input_type)
-        converter.inference_output_type = tf.as_dtype(inference_output_type)
-        if converter_hook is not None:
-            converter_hook(converter)
-
-    # TFLite has no kernels for activations below 8 bits: export them on the 8-bit grid of their range
     low = [q for q in activation_quantizers(qat_model) if q.bits < 8]
     saved = [q.bits for q in low]
     splat = _splat_biases(qat_model)
@@ -957,16 +958,13 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
         for q in low:
             q.bits = 8
         for layer, bias in splat:
-            # the converter quantizes a constant whose values are all equal ("splat") with the first
-            # channel's scale only; one ulp on one entry keeps it a dense constant (exact per channel)
             nudged = bias.copy()
             nudged.flat[0] = np.nextafter(nudged.flat[0], np.float32(np.inf))
             layer.bias.assign(nudged)
         with warnings.catch_warnings():
             # the converter warns that int8 input statistics were not given: the QAT ranges are used instead
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-            return lite.convert(qat_model, quantize=None, check=check, check_data=check_data,
-                                verbose=verbose, converter_hook=hook)
+            yield qat_model
     finally:
         for q, bits in zip(low, saved):
             q.bits = bits
