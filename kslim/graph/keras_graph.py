@@ -23,6 +23,7 @@ Example:
     ['base/fc', 'head', 'x']
 """
 
+import contextlib
 import difflib
 
 import keras
@@ -373,6 +374,120 @@ def rebuild(model, leaf_fn, name=None):
                        name=name or model.name)
 
 
+# ------------------------------------------------------------------------------------------ -inf pads
+#: a constant pad value at or below this stands for -inf ("never the max"); int8 cannot represent it
+HUGE_NEGATIVE_PAD = -1e9
+
+
+def _pool_window(op, rank):
+    """``(spatial axes, pool sizes or None for a global pool)`` of a max-pooling op on a rank-``rank``
+    input, or None when ``op`` is not a max pool this rewrite knows to be safe (``padding="valid"``)."""
+    L = keras.layers
+    if isinstance(op, (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D)):
+        sizes = None
+    elif isinstance(op, (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D)) or \
+            (not is_layer(op) and type(op).__name__ == "MaxPool"):
+        if str(getattr(op, "padding", "")).lower() != "valid":
+            return None
+        sizes = getattr(op, "pool_size", None)
+        sizes = tuple(sizes) if isinstance(sizes, (tuple, list)) else (sizes,) * (rank - 2)
+    else:
+        return None
+    first = (getattr(op, "data_format", None) or keras.config.image_data_format()) == "channels_first"
+    axes = tuple(range(2, rank)) if first else tuple(range(1, rank - 1))
+    if sizes is not None and (len(sizes) != len(axes) or not all(isinstance(k, int) for k in sizes)):
+        return None
+    return axes, sizes
+
+
+def _infinite_pool_pad(node, consumers, graph_outputs):
+    """The per-axis ``((before, after), ...)`` of a ``keras.ops.pad(x, ..., constant_values=-inf)`` node
+    whose output only feeds max pools that see at least one real value in every window, else None."""
+    op = node.operation
+    if is_layer(op) or type(op).__name__ != "Pad" or getattr(op, "mode", None) != "constant":
+        return None
+    args, kwargs = node_arguments(node)
+    value = args[1] if len(args) > 1 else kwargs.get("constant_values")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):  # None (zero padding), a tensor ...
+        return None
+    out = node.outputs[0]
+    rank = len(out.shape)
+    widths = [tuple(int(p) for p in w) for w in op.pad_width]
+    widths = widths * rank if len(widths) == 1 else widths
+    users = consumers.get(id(out), [])
+    if value > HUGE_NEGATIVE_PAD or len(widths) != rank or not users or id(out) in graph_outputs:
+        return None
+    for user in users:
+        window = _pool_window(user.operation, rank)
+        if window is None:
+            return None
+        axes, sizes = window
+        if any(w != (0, 0) for i, w in enumerate(widths) if i not in axes):
+            return None  # padded batch or channel entries are whole windows of -inf
+        if sizes is not None and any(max(widths[a]) >= k for a, k in zip(axes, sizes)):
+            return None  # some window would hold pad values only
+    return tuple(widths)
+
+
+def _edge_pad(x, widths):
+    """``x`` padded with copies of its edge values (``mode="symmetric"`` one element at a time)."""
+    for step in range(max(max(w) for w in widths)):
+        x = keras.ops.pad(x, [(int(b > step), int(a > step)) for b, a in widths], mode="symmetric")
+    return x
+
+
+def replace_infinite_pool_pads(model):
+    """``(model', paths)``: ``model`` with each ``-inf`` constant pad in front of a max pool made an edge pad.
+
+    keras-hub's ResNetV2 stem (and the ``MaxPooling2D(padding="valid")`` after an explicit pad pattern
+    in general) pads with ``constant_values=-inf`` (or a huge negative stand-in, at most
+    :data:`HUGE_NEGATIVE_PAD`) so that the pad never wins a max. An int8 tensor cannot hold ``-inf``:
+    its range, and so every value after it, is lost. Here such a pad becomes a pad with copies of the
+    nearest real value (edge padding, as one-element ``symmetric`` pads: a TFLite MIRROR_PAD, int8 with
+    the input's own range). The max pool result is unchanged, exactly and for every input, when each
+    pooling window holds at least one real value: the pad value copied into a window is then the
+    value of a real position of that same window (the window's clamped coordinates), which already
+    takes part in its max. That is checked per pad: the pad widths on every pooled axis are smaller
+    than the pool size (``padding="valid"`` pools; any global max pool), the batch and channel axes
+    are not padded, and the pad's only consumers are such max pools (not a graph output). Pads
+    without those guarantees are left as they are.
+
+    ``paths`` lists the rewritten pads (``"outer/pad"`` inside nested models); with none, ``model``
+    itself is returned.
+    """
+    found = {}
+
+    def scan(m, prefix):
+        consumers = {}
+        for node in nodes(m):
+            for t in node.input_tensors:
+                consumers.setdefault(id(t), []).append(node)
+        outs = {id(t) for t in graph_of(m).outputs}
+        for node in nodes(m):
+            op = node.operation
+            if is_graph_model(op):
+                scan(op, f"{prefix}{op.name}/")
+                continue
+            widths = _infinite_pool_pad(node, consumers, outs)
+            if widths is not None:
+                found[id(node)] = (f"{prefix}{op.name}", widths)
+
+    if not is_graph_model(model):
+        return model, []
+    scan(model, "")
+    if not found:
+        return model, []
+
+    def leaf_fn(node, path, args, kwargs):
+        if id(node) in found:
+            return _edge_pad(args[0], found[id(node)][1])
+        return node.operation(*args, **kwargs)
+
+    return rebuild(model, leaf_fn), [path for path, _ in found.values()]
+
+
 # ------------------------------------------------------------------------------------------ composites
 class NotExpandable(Exception):
     """Raised by :func:`expand` with the reason a layer stays opaque."""
@@ -441,14 +556,87 @@ def expand_call(layer, args, kwargs):
     of ``keras.tree.flatten((args, kwargs))``. The expanded model is checked to compute what the layer
     computes on a small random batch.
 
+    A call that cannot be traced with an undefined (``None``) batch size, because it computes with
+    the batch size (``ops.tile(token, (ops.shape(x)[0], 1, 1))``, ``ops.shape(x)[0] // n``,
+    ``ops.broadcast_to(t, ops.shape(x))``), is traced at two concrete batch sizes instead and made
+    batch-free again (see :func:`_expand_batch_dependent`).
+
+    A call whose sublayer returns a non-tensor (``return y, None``: Keras refuses to record such a
+    call as a node) is traced again with its weightless composite sublayers run inline (their own
+    sublayers and ops become nodes of the expansion).
+
     Raises:
         NotExpandable: with the reason (the call needs concrete values, returns no tensor, differs ...).
     """
+    try:
+        return _expand_call(layer, args, kwargs)
+    except NotExpandable as e:
+        if isinstance(e, IdentityCall) or "All operation outputs must be tensors" not in str(e):
+            raise
+        try:
+            with _inlined_sublayers(layer):
+                return _expand_call(layer, args, kwargs)
+        except IdentityCall:
+            raise
+        except NotExpandable:
+            raise e from None
+
+
+@contextlib.contextmanager
+def _inlined_sublayers(layer):
+    """While active, calling one of ``layer``'s weightless composite sublayers runs its ``call()`` directly."""
+    saved = []
+    try:
+        for sub in all_layers(layer)[1:]:
+            cls = type(sub)
+            if _is_builtin(sub) or is_graph_model(sub) or cls.call is keras.layers.Layer.call or own_weights(sub):
+                continue
+            inline = type(cls.__name__, (cls,), {"__call__": lambda self, *a, _call=cls.call, **k: _call(self, *a, **k)})
+            saved.append((sub, cls))
+            sub.__class__ = inline
+        yield
+    finally:
+        for sub, cls in saved:
+            sub.__class__ = cls
+
+
+def _expand_call(layer, args, kwargs):
+    try:
+        sub, tensors = _trace_call(layer, args, kwargs)
+        for _ in range(8):  # each repair can make the shapes after it known: re-trace until nothing changes
+            if not _repair_dynamic_reshapes(sub):
+                break
+            sub = rebuild(sub, lambda node, path, a, k: node.operation(*a, **k), name=layer.name)
+        if _same_outputs(layer, sub, args, kwargs, tensors):
+            return sub
+        failure = NotExpandable("its traced graph does not compute what its call() computes")
+    except IdentityCall:
+        raise
+    except NotExpandable as e:
+        failure = e
+    if not any(isinstance(t, KerasTensor) and len(t.shape) and t.shape[0] is None
+               for t in keras.tree.flatten((tuple(args), dict(kwargs)))):
+        raise failure
+    try:
+        sub, tensors = _expand_batch_dependent(layer, args, kwargs)
+    except NotExpandable:
+        raise failure from None
+    if not _same_outputs(layer, sub, args, kwargs, tensors):  # checked at a third batch size
+        raise failure
+    return sub
+
+
+def _trace_call(layer, args, kwargs, batch=None):
+    """``(model, tensors)``: ``layer.call`` traced on fresh inputs like the KerasTensors ``tensors`` of the
+    arguments (an undefined batch size given as ``batch`` when not None); see :func:`expand_call`."""
     flat_in = []
 
     def to_input(t):
         if isinstance(t, KerasTensor):
-            new = keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype)
+            shape = tuple(t.shape)
+            if batch is not None and len(shape) and shape[0] is None:
+                shape = (int(batch), *shape[1:])
+            new = keras.Input(batch_shape=shape, dtype=t.dtype)
             flat_in.append((t, new))
             return new
         return t
@@ -475,6 +663,14 @@ def expand_call(layer, args, kwargs):
     finally:
         for a, v in attrs.items():
             object.__setattr__(layer, a, v)
+
+    def constant_output(c):  # an output computed from no input (DeiTEncoder's empty "all scores"): a holder
+        if isinstance(c, KerasTensor) or not hasattr(c, "shape") or not hasattr(c, "dtype"):
+            return c
+        value = keras.Variable(np.asarray(c), trainable=False, name="constant_output")
+        return WeightHolder(shape=value.shape, variable=value, trainable=False)(anchor)
+
+    out = keras.tree.map_structure(constant_output, out)
     flat_out = keras.tree.flatten(out)
     if not flat_out or not all(isinstance(t, KerasTensor) for t in flat_out):
         raise NotExpandable("its call() returns something other than tensors")
@@ -489,13 +685,7 @@ def expand_call(layer, args, kwargs):
     except Exception as e:  # noqa: BLE001
         raise NotExpandable(f"its traced call() is not a valid graph ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
-    for _ in range(8):  # each repair can make the shapes after it known: re-trace until nothing changes
-        if not _repair_dynamic_reshapes(sub):
-            break
-        sub = rebuild(sub, lambda node, path, a, k: node.operation(*a, **k), name=layer.name)
-    if not _same_outputs(layer, sub, args, kwargs, [t for t, _ in flat_in]):
-        raise NotExpandable("its traced graph does not compute what its call() computes")
-    return sub
+    return sub, [t for t, _ in flat_in]
 
 
 def _set_newshape(op, shape):
@@ -536,6 +726,118 @@ def _repair_dynamic_reshapes(sub):
                 _set_newshape(op, (-1, *[per_sample // known if d == -1 else d for d in rest]))
                 changed = True
     return changed
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class BatchBroadcast(keras.Operation):
+    """``ops.tile`` / ``ops.broadcast_to`` of ``x`` whose first axis becomes ``factor`` x the batch size of ``ref``.
+
+    What ``ops.tile(token, (ops.shape(x)[0], 1, 1))`` or ``ops.broadcast_to(t, ops.shape(x))`` compute,
+    as a graph node that reads the batch size when it runs (a traced ``keras.ops`` node holds a fixed
+    one). ``shape`` is the rest of the repeats (``mode="tile"``) or of the target shape (``"broadcast"``).
+
+    Example:
+        >>> import numpy as np
+        >>> op = BatchBroadcast("tile", (1, 1))
+        >>> tuple(op(np.ones((1, 1, 4)), np.zeros((3, 8))).shape)
+        (3, 1, 4)
+    """
+
+    def __init__(self, mode, shape, factor=1, *, name=None):
+        super().__init__(name=name)
+        self.mode, self.shape, self.factor = str(mode), tuple(int(d) for d in shape), int(factor)
+
+    def call(self, x, ref):
+        size = self.factor * keras.ops.shape(ref)[0]
+        if self.mode == "tile":
+            return keras.ops.tile(x, (size, *self.shape))
+        return keras.ops.broadcast_to(x, (size, *self.shape))
+
+    def compute_output_spec(self, x, ref):
+        rest = self.shape
+        if self.mode == "tile":
+            rest = tuple(None if d is None else int(d) * r for d, r in zip(x.shape[1:], self.shape))
+        return KerasTensor((None, *rest), dtype=x.dtype)
+
+    def get_config(self):
+        return {"mode": self.mode, "shape": list(self.shape), "factor": self.factor, "name": self.name}
+
+
+#: keras.ops nodes whose shape attribute may hold the batch size a call was traced with
+_BATCH_SHAPED = {"Reshape": "newshape", "Tile": "repeats", "BroadcastTo": "shape"}
+
+
+def _op_config(op):
+    auto = getattr(op, "_auto_config", None)
+    return {k: v for k, v in (auto.config if auto is not None else {}).items() if k != "name"}
+
+
+def _same_constant(a, b):
+    if hasattr(a, "shape") or hasattr(b, "shape"):
+        return np.shape(a) == np.shape(b)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _expand_batch_dependent(layer, args, kwargs, batches=(3, 5)):
+    """``(model, tensors)``: ``layer.call`` traced at two batch sizes, then rebuilt for any batch size.
+
+    The two traces must record the same graph; the only values allowed to differ between them are the
+    first entry of a keras.ops ``reshape`` target, ``tile`` repeats or ``broadcast_to`` shape, and only
+    as ``factor`` x the batch size. Such a reshape becomes ``(-1, ...)``; such a tile or broadcast a
+    :class:`BatchBroadcast` of the first batched input's size. Anything else that depends on the batch
+    size (a constant of that shape, another op's argument) keeps the layer opaque.
+    """
+    (s1, tensors), (s2, _) = (_trace_call(layer, args, kwargs, batch=b) for b in batches)
+    n1, n2 = nodes(s1), nodes(s2)
+    if len(n1) != len(n2) or any(type(a.operation) is not type(b.operation) for a, b in zip(n1, n2)):
+        raise NotExpandable("its call() records a different graph for another batch size")
+    plan = {}
+    for a, b in zip(n1, n2):
+        op, attr = a.operation, _BATCH_SHAPED.get(type(a.operation).__name__)
+        ca, cb = node_constants(a), node_constants(b)
+        if len(ca) != len(cb) or not all(_same_constant(x, y) for x, y in zip(ca, cb)):
+            raise NotExpandable(f"its call() passes keras.ops.{type(op).__name__} a value that depends on the batch size")
+        if is_layer(op) or _op_config(op) == _op_config(b.operation):
+            continue
+        va, vb = (tuple(getattr(o, attr, ()) or ()) if attr else () for o in (op, b.operation))
+        if not va or len(va) != len(vb) or va[1:] != vb[1:] or not all(isinstance(v, int) for v in (va[0], vb[0])) \
+                or va[0] % batches[0] or vb[0] % batches[1] or va[0] // batches[0] != vb[0] // batches[1] or \
+                va[0] <= 0:
+            raise NotExpandable(f"its call() gives keras.ops.{type(op).__name__} an argument that depends on the "
+                                f"batch size other than as the size of the first axis")
+        if va != vb:
+            plan[id(a)] = va[0] // batches[0]
+    graph = graph_of(s1)
+    new_inputs = [keras.Input(batch_shape=(None, *x.shape[1:]) if t.shape and t.shape[0] is None else tuple(x.shape),
+                              dtype=x.dtype) for x, t in zip(graph.inputs, tensors)]
+    ref = next(x for x, t in zip(new_inputs, tensors) if t.shape and t.shape[0] is None)
+
+    def visit(node, values, prefix):
+        a, k = node_call_args(node, values)
+        op = node.operation
+        if id(node) not in plan:
+            return keras.tree.flatten(op(*a, **k))
+        name = type(op).__name__
+        if name == "Reshape":
+            rest = tuple(op.newshape)[1:]
+            if -1 in rest:
+                rest = tuple(node.outputs[0].shape)[1:]
+            return [keras.ops.reshape(a[0], (-1, *rest))]
+        x = a[0]
+        rest = tuple(getattr(op, _BATCH_SHAPED[name]))[1:]
+        if name == "Tile" and (len(rest) + 1 != len(x.shape) or x.shape[0] != 1):
+            raise NotExpandable("its call() tiles a batched tensor along the batch axis")
+        if not all(isinstance(d, int) and d >= 0 for d in rest):
+            raise NotExpandable(f"its call() gives keras.ops.{name} an undefined size besides the batch size")
+        return [BatchBroadcast("tile" if name == "Tile" else "broadcast", rest, plan[id(node)])(x, ref)]
+
+    outs = walk(s1, new_inputs, visit)
+    sub = keras.Model(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
+                      outputs=keras.tree.pack_sequence_as(outputs_struct(s1), outs), name=layer.name)
+    return sub, tensors
 
 
 def _sample(t, rng):
@@ -671,7 +973,7 @@ __all__ = [
     "node_inputs", "node_outputs", "node_call_args", "node_arguments", "node_constants", "layer_nodes",
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
     "assert_input_compatibility", "track_variable", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
-    "layer_paths", "resolve_path", "rebuild", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
+    "layer_paths", "resolve_path", "rebuild", "HUGE_NEGATIVE_PAD", "replace_infinite_pool_pads", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
     "expand_composites",
     "check_keras_internals",
 ]
