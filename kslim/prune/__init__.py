@@ -32,6 +32,7 @@ _LAZY = {
     "kslim.prune.unstructured": ["LevelPruner", "UnstructuredPruning", "strip_unstructured", "weight_sparsity",
                                  "convert_sparse", "sparse_tensors"],
     "kslim.prune.lottery": ["lottery_ticket", "LotteryTicket"],
+    "kslim.prune.admm": ["ADMMPruning"],
     "kslim.prune.heads": ["prune_heads", "head_importance", "plan_heads"],
     "kslim.prune.regularizers": ["slim_penalty", "group_lasso_penalty", "group_norms", "SparsityPenalty"],
 }

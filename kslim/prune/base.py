@@ -28,6 +28,15 @@ def _check_ratio(ratio, what="ratio"):
     return check_ratio(ratio, what, meaning="the fraction removed")
 
 
+def check_group_ratios(ratios, where):
+    """``ratios`` of a pruning callback: one fraction for every group, or a non-empty ``{name: fraction}``."""
+    if isinstance(ratios, dict):
+        if not ratios:
+            raise KslimValueError(f"{where}: ratios: the dict is empty; name at least one group.")
+        return {str(k): _check_ratio(v, f"{where}: ratios[{k!r}]") for k, v in ratios.items()}
+    return _check_ratio(ratios, f"{where}: ratios")
+
+
 class FilterPruner:
     """Removes whole filters (output channels) from a functional or Sequential Keras 3 model.
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from kslim._io import atomic_write_json, read_json
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
-from kslim.prune.base import _check_ratio
+from kslim.prune.base import check_group_ratios
 from kslim.prune.criteria import known_pruner_names, pruner_class, pruner_class_named, resolve_importance
 from kslim.validation import renamed
 
@@ -270,12 +270,7 @@ class GradualPruning(MaskingCallback):
                                  f"{type(importance).__name__}; pass pruner=<FilterPruner subclass> for others.")
         # GradualPruning builds its pruner on the model fit() trains
         self.pruner_cls = pruner_class(pruner if pruner is not None else importance)
-        if isinstance(ratios, dict):
-            if not ratios:
-                raise KslimValueError("GradualPruning(): ratios: the dict is empty; name at least one group.")
-            self.ratios = {str(k): _check_ratio(v, f"GradualPruning(): ratios[{k!r}]") for k, v in ratios.items()}
-        else:
-            self.ratios = _check_ratio(ratios, "GradualPruning(): ratios")
+        self.ratios = check_group_ratios(ratios, "GradualPruning()")
         self.skip = skip
         self.keep_classifier = keep_classifier
         self.round_to = max(1, int(round_to))

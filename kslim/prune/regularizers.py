@@ -179,15 +179,16 @@ def slim_penalty(model, strength=1e-4, layers=None):
     return penalty
 
 
-def group_lasso_penalty(model, strength=1e-4, pruner=None, **pruner_options):
+def group_lasso_penalty(model, strength=1e-4, pruner=None, importance=None, **pruner_options):
     """Add a group-lasso penalty over each channel group of ``model`` (all members of each channel).
 
     Args:
         model: a built ``keras.Model``; modified in place.
         strength: the penalty's weight.
-        pruner: the groups penalised are this pruner's (a criterion name, class or instance bound
-            to ``model``, see :func:`kslim.prune.make_pruner`; default L1 with ``pruner_options``:
-            ``skip``, ``keep_classifier`` ...). Prune afterwards with the same options.
+        pruner, importance: the groups penalised are this pruner's (a class or an instance bound
+            to ``model``, or the pruner of an importance name, see :func:`kslim.prune.make_pruner`;
+            default L1 with ``pruner_options``: ``skip``, ``keep_classifier`` ...). Prune afterwards
+            with the same options.
 
     Returns:
         a :class:`SparsityPenalty`.
@@ -205,7 +206,7 @@ def group_lasso_penalty(model, strength=1e-4, pruner=None, **pruner_options):
 
     check_model(model, "group_lasso_penalty()")
     strength = _check_strength(strength)
-    pruner = make_pruner(model, pruner, **pruner_options)
+    pruner = make_pruner(model, pruner, importance, where="group_lasso_penalty()", **pruner_options)
     graph = pruner.graph
     groups, anchor = [], None
     for g in pruner.groups:
