@@ -33,6 +33,7 @@ _LAZY = {
                                  "convert_sparse", "sparse_tensors"],
     "kslim.prune.lottery": ["lottery_ticket", "LotteryTicket"],
     "kslim.prune.admm": ["ADMMPruning"],
+    "kslim.prune.netadapt": ["netadapt", "NetAdaptResult"],
     "kslim.prune.heads": ["prune_heads", "head_importance", "plan_heads"],
     "kslim.prune.regularizers": ["slim_penalty", "group_lasso_penalty", "group_norms", "SparsityPenalty"],
 }
