@@ -10,6 +10,7 @@ Example:
     ...                           overwrite=True)   # then tuner.search(x, y, validation_data=...)
 """
 
+from kslim.nas.autocompress import AutoCompressResult, auto_compress
 from kslim.nas.autoprune import AutoPruneResult, auto_prune
 from kslim.nas.constraints import (
     Constraint,
@@ -29,5 +30,6 @@ __all__ = [
     "Constraint", "InfeasibleConstraintError", "MaxFlops", "MaxLatency", "MaxParams",
     "make_constraints", "measure_latency", "SimulatedAnnealingOracle", "search", "SearchResult",
     "SearchSpace", "MobileNetV2Space", "MobileNetV2BlockSpace", "ResNetSpace", "get_space",
-    "load_history", "pareto_front", "plot_history", "auto_prune", "AutoPruneResult",
+    "load_history", "pareto_front", "plot_history", "auto_prune", "AutoPruneResult", "auto_compress",
+    "AutoCompressResult",
 ]
