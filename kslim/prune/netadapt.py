@@ -41,7 +41,7 @@ class NetAdaptResult:
     Attributes:
         model: the pruned (and, with ``finetune_fn``, fine-tuned) model.
         latency_before, latency: ``latency_fn`` of the original and of the result (ms).
-        target: the latency budget (ms).
+        budget: the latency budget (ms).
         steps: one dict per step: ``group``, ``removed`` (channels), ``latency``, ``score``,
             ``candidates`` (groups tried).
         reached: whether the budget was met.
@@ -50,7 +50,7 @@ class NetAdaptResult:
     model: Any
     latency_before: float
     latency: float
-    target: float
+    budget: float
     steps: list = field(default_factory=list)
     reached: bool = False
 
@@ -155,7 +155,7 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
 
             atomic_save_model(current, model_file)
             atomic_write_json(state_file, {"latency_before": start, "budget": budget, "steps": done})
-    return NetAdaptResult(model=current, latency_before=start, latency=latency, target=budget, steps=done,
+    return NetAdaptResult(model=current, latency_before=start, latency=latency, budget=budget, steps=done,
                           reached=latency <= budget)
 
 
