@@ -52,20 +52,6 @@ def _doctests(name):
 MODULES = _module_names()
 
 
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a stray relative path in an example lands in a temp dir
-    runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS)
-    out = io.StringIO()
-    for test in _doctests(name):
-        try:
-            runner.run(test, out=out.write, clear_globs=True)
-        finally:
-            test.globs.clear()
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0, f"{results.failed} of {results.attempted} examples failed in {name}:\n{out.getvalue()}"
-
-
 def test_every_example_is_collected():
     """Examples run == ``>>>`` code lines in the sources minus the ``+SKIP`` examples.
 
@@ -79,3 +65,17 @@ def test_every_example_is_collected():
     assert prompts > 300
     assert len(skipped) <= 10, f"{len(skipped)} skipped examples; skip only what cannot run here"
     assert run >= prompts - len(skipped), f"{run} examples run, {prompts} '>>>' lines, {len(skipped)} skipped"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray relative path in an example lands in a temp dir
+    runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS)
+    out = io.StringIO()
+    for test in _doctests(name):
+        try:
+            runner.run(test, out=out.write, clear_globs=True)
+        finally:
+            test.globs.clear()
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0, f"{results.failed} of {results.attempted} examples failed in {name}:\n{out.getvalue()}"

@@ -119,10 +119,10 @@ def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_f
         >>> from kslim.nas import auto_prune
         >>> model = kslim.models.mobilenet_v1(width=0.25)  # a trained model in practice (models.pretrained)
         >>> (x, y), _ = kslim.datasets.fashion_mnist_small()
-        >>> x, y = kslim.datasets.preprocess(x[:64]), y[:64]
+        >>> x, y = kslim.datasets.preprocess(x[:32]), y[:32]
         >>> def accuracy(m):
         ...     return float(np.mean(np.argmax(m(x, training=False), -1) == y))
-        >>> res = auto_prune(model, accuracy, flops_reduction=0.5, max_trials=3,
+        >>> res = auto_prune(model, accuracy, flops_reduction=0.5, max_trials=2,
         ...                  directory=tempfile.mkdtemp(prefix="kslim_doc_ap_"))
         >>> res.flops_reduction >= 0.5
         True
