@@ -75,6 +75,7 @@ def test_prune_to_flops_returns_a_result_and_the_old_spelling_warns():
     res = pruner.prune_to_flops(0.3)
     assert isinstance(res, PruneResult) and res.reduction >= 0.3 and res.flops_reduction == 0.3
     assert res.macs_after == kslim.flops(res.model).macs < res.macs_before
+    assert res.overshoot == pytest.approx(res.reduction - 0.3) and res.overshoot >= 0
     with pytest.warns(DeprecationWarning, match="target= is deprecated, use flops_reduction="):
         old = pruner.prune_to_flops(target=0.3)
     with pytest.warns(DeprecationWarning, match="unpacking a PruneResult"):

@@ -31,6 +31,11 @@ class PruneResult(LegacyPair):
     macs_after: int
     ranking: str = "local"
 
+    @property
+    def overshoot(self):
+        """How far past ``flops_reduction`` the channel rounding (``round_to``, whole channels) pushed it."""
+        return self.reduction - self.flops_reduction
+
     def to_dict(self):
         """Everything but the model (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}

@@ -32,7 +32,19 @@ Example:
 
 import numpy as np
 
-FOLDABLE_LAYER_TYPES = ("Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+def fold_kind(layer):
+    """How a BatchNormalization after ``layer`` folds into it: its rule's ``bn_fold``
+    (:class:`kslim.rules.LayerRule`, looked up along the MRO, so subclasses count), or None. A subclass
+    that overrides ``call()`` does not fold: kslim cannot know what its weights compute."""
+    import kslim.rules
+
+    kind = getattr(kslim.rules.get(layer), "bn_fold", None)
+    if kind is None:
+        return None
+    keras_base = next((c for c in type(layer).__mro__ if c.__module__.startswith("keras.")), None)
+    if keras_base is None or type(layer).call is not keras_base.call:
+        return None
+    return kind
 
 
 def bn_affine(gamma, beta, mean, variance, epsilon):
@@ -64,7 +76,7 @@ def can_fold(layer, bn, rank):
     """True if ``bn`` (applied to ``layer``'s output, of ``rank`` dims) can be folded into ``layer``."""
     import keras
 
-    if type(layer).__name__ not in FOLDABLE_LAYER_TYPES:
+    if fold_kind(layer) is None:
         return False
     if not isinstance(bn, keras.layers.BatchNormalization):
         return False
@@ -83,18 +95,17 @@ def folded_weights(layer, bn):
     """
     weights = layer.get_weights()
     scale, shift = bn_scale_shift(bn)
-    tname = type(layer).__name__
-    kernel = np.asarray(weights[1 if tname == "SeparableConv2D" else 0], np.float64)
+    kind = fold_kind(layer)
+    kernel = np.asarray(weights[1 if kind == "separable" else 0], np.float64)
     bias = _numpy(layer.bias) if layer.use_bias else np.zeros_like(scale)
-    if tname == "DepthwiseConv2D":
-        kh, kw, c, m = kernel.shape
-        kernel = kernel * scale.reshape(c, m)
-    elif tname == "Conv2DTranspose":  # (kh, kw, out, in)
+    if kind == "depthwise":  # (..., c, multiplier): output channel c * multiplier + m
+        kernel = kernel * scale.reshape(kernel.shape[-2:])
+    elif kind == "transpose":  # (..., out, in)
         kernel = kernel * scale[:, None]
     else:
         kernel = kernel * scale
     out = [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
-    return [weights[0]] + out if tname == "SeparableConv2D" else out
+    return [weights[0]] + out if kind == "separable" else out
 
 
 def fold_batch_norm(model):

@@ -75,7 +75,7 @@ from kslim.validation import check_model
 from kslim.graph import keras_graph as kg
 from kslim.quant import ops
 from kslim.quant.config import NOT_QUANTIZABLE, QuantConfig
-from kslim.quant.fold import FOLDABLE_LAYER_TYPES, can_fold, folded_weights
+from kslim.quant.fold import can_fold, fold_kind, folded_weights
 
 # quantized ops into which TFLite fuses a following ReLU / ReLU6 (TRANSPOSE_CONV does not: checked)
 _FUSING_TYPES = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "BatchNormalization", "Add")
@@ -508,7 +508,7 @@ def _fold(flat, config, plan, quantize):
             continue
         if quantize and id(producer) not in plan.quantize:
             continue
-        if not quantize and type(producer).__name__ not in FOLDABLE_LAYER_TYPES:
+        if not quantize and fold_kind(producer) is None:
             continue
         if len(flat.consumers.get(src, [])) != 1 or src in flat.outputs:
             continue

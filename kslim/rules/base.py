@@ -59,6 +59,10 @@ class LayerRule:
             QAT leaves the layer float.
         passthrough: TFLite keeps the input's quantization scale on the output (max pooling, reshape):
             QAT puts no output quantizer after it.
+        bn_fold: how a BatchNormalization right after the layer folds into its weights
+            (:mod:`kslim.quant.fold`): ``"kernel"`` (kernel's last axis), ``"transpose"`` (a transposed
+            conv's output axis -2), ``"depthwise"`` (channel ``c * multiplier + m``), ``"separable"``
+            (the pointwise kernel); None: it does not fold.
     """
 
     channels = None
@@ -67,6 +71,7 @@ class LayerRule:
     out_config_key = None
     quant_class = None
     passthrough = False
+    bn_fold = None
 
     def channel_kind(self, layer):
         """``(kind, reason)`` for this layer instance (a rule may refuse a configuration, e.g. groups>1)."""

@@ -64,10 +64,12 @@ class ConvRule(_ProducerRule):
 
 class Conv2DRule(ConvRule):
     quant_class = "QuantConv2D"
+    bn_fold = "kernel"
 
 
 class Conv1DRule(ConvRule):
     quant_class = "QuantConv1D"
+    bn_fold = "kernel"
 
 
 register(L.Conv2D, rule=Conv2DRule)
@@ -94,6 +96,7 @@ class ConvTransposeRule(_ProducerRule):
 
 class Conv2DTransposeRule(ConvTransposeRule):
     quant_class = "QuantConv2DTranspose"
+    bn_fold = "transpose"
 
 
 register(L.Conv2DTranspose, rule=Conv2DTransposeRule)
@@ -121,6 +124,7 @@ class SeparableConvRule(_ProducerRule):
 
 class SeparableConv2DRule(SeparableConvRule):
     quant_class = "SeparableConv2D"   # split into a quantized depthwise + pointwise pair
+    bn_fold = "separable"
 
 
 register(L.SeparableConv2D, rule=SeparableConv2DRule)
@@ -130,6 +134,7 @@ register(L.SeparableConv2D, rule=SeparableConv2DRule)
 class DenseRule(_ProducerRule):
     out_config_key = "units"
     quant_class = "QuantDense"
+    bn_fold = "kernel"
 
     def producer_spec(self, layer):
         spec = super().producer_spec(layer)
@@ -210,6 +215,7 @@ class EmbeddingRule(_ProducerRule):
 class DepthwiseRule(LayerRule):
     channels = "depthwise"
     quant_class = "QuantDepthwiseConv2D"
+    bn_fold = "depthwise"
 
     def macs(self, layer, inputs, outputs):
         cin, _ = _split(inputs[0], layer)
