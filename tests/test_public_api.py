@@ -23,3 +23,11 @@ def test_errors_are_kslim_errors_and_builtins():
     assert issubclass(kslim.ConfigError, kslim.KslimError) and issubclass(kslim.ConfigError, ValueError)
     assert issubclass(kslim.DataNotFoundError, FileNotFoundError)
     assert issubclass(kslim.UnsupportedLayerError, kslim.ModelError)
+
+
+def test_every_quantized_layer_is_exported():
+    import kslim.quant
+    from kslim.quant.layers import QUANT_LAYERS
+
+    assert all(getattr(kslim.quant, cls.__name__, None) is cls for cls in QUANT_LAYERS)
+    assert {cls.__name__ for cls in QUANT_LAYERS} <= set(kslim.quant.__all__)

@@ -13,10 +13,16 @@ folding and :mod:`kslim.quant.layers` for the layers (``ActivationQuantizer`` ..
 
 from kslim.quant.config import QuantConfig
 from kslim.quant.layers import (
+    QUANT_LAYERS,
     ActivationQuantizer,
+    QuantBatchNormalization,
+    QuantConv1D,
     QuantConv2D,
+    QuantConv2DTranspose,
     QuantDense,
     QuantDepthwiseConv2D,
+    QuantEinsumDense,
+    QuantEmbedding,
 )
 from kslim.quant.fold import fold_batch_norm
 from kslim.lite.model import float_ops  # the one list of float compute ops (LiteModel.float_ops)
@@ -25,9 +31,15 @@ from kslim.quant.qat import activation_quantizers, convert, is_quantized, quant_
 __all__ = [
     "QuantConfig",
     "ActivationQuantizer",
+    "QUANT_LAYERS",
+    "QuantBatchNormalization",
+    "QuantConv1D",
     "QuantConv2D",
+    "QuantConv2DTranspose",
     "QuantDense",
     "QuantDepthwiseConv2D",
+    "QuantEinsumDense",
+    "QuantEmbedding",
     "activation_quantizers",
     "convert",
     "float_ops",
