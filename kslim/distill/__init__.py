@@ -23,9 +23,13 @@ from kslim.distill.adaptor import FeatureAdaptor
 from kslim.distill.distiller import Distiller
 from kslim.distill.features import feature_model, layer_paths, resolve_layer
 from kslim.distill.losses import (
+    AttentionLoss,
+    DKDLoss,
     FSPLoss,
     L2Loss,
     SoftLabelLoss,
+    attention_loss,
+    dkd_loss,
     fsp_loss,
     fsp_matrix,
     l2_loss,
@@ -36,5 +40,6 @@ from kslim.distill.pair import Pair
 __all__ = [
     "Distiller", "Pair", "FeatureAdaptor",
     "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix", "SoftLabelLoss", "L2Loss", "FSPLoss",
+    "attention_loss", "dkd_loss", "AttentionLoss", "DKDLoss",
     "feature_model", "layer_paths", "resolve_layer",
 ]

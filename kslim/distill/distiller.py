@@ -244,10 +244,10 @@ class Distiller(keras.Model):
         for i, (t, s) in enumerate(zip(t_shapes, s_shapes)):
             if t is None or s is None:
                 continue
-            if kind == "fsp":
+            if kind in ("fsp", "attention"):
                 if len(t) != 4 or len(s) != 4:
-                    raise ModelError(f"pair {label!r} (fsp) needs rank-4 NHWC feature maps: {where(i)}.")
-                same = t[-1] == s[-1]
+                    raise ModelError(f"pair {label!r} ({kind}) needs rank-4 NHWC feature maps: {where(i)}.")
+                same = t[-1] == s[-1] or kind == "attention"  # attention maps average over the channels
             else:
                 if len(t) != len(s) or any(a is not None and b is not None and a != b
                                            for a, b in zip(t[1:-1], s[1:-1])):
@@ -325,6 +325,11 @@ class Distiller(keras.Model):
                 t, s = t[0], s[0]
             elif pair.builtin == "fsp":
                 t, s = tuple(t), tuple(s)
+            if getattr(pair.loss_fn, "needs_labels", False):  # DKD: the batch's labels go with the teacher
+                if y is None:
+                    raise KslimValueError(f"the pair {pair.label!r} ({pair.builtin or 'loss'}) needs the batch's "
+                                          "labels; give (x, y) batches.")
+                t = (t, y)
             weights = sample_weight if isinstance(pair.loss_fn, keras.losses.Loss) else None
             value = self._term(pair.loss_fn, t, s, weights, n)
             tracker.update_state(value)

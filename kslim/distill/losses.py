@@ -1,12 +1,16 @@
-"""Distillation losses: soft labels (Hinton et al.), L2 feature matching (FitNets), FSP (Yim et al.).
+"""Distillation losses: soft labels (Hinton et al.), L2 feature matching (FitNets), FSP (Yim et al.),
+attention transfer (Zagoruyko & Komodakis 2017) and decoupled KD (DKD, Zhao et al. 2022).
 
 Each loss exists in two forms:
 
 * a function ``fn(teacher, student, ...) -> scalar`` (mean over the batch), usable on its own:
-  :func:`soft_label_loss`, :func:`l2_loss`, :func:`fsp_loss`;
+  :func:`soft_label_loss`, :func:`l2_loss`, :func:`fsp_loss`, :func:`attention_loss`,
+  :func:`dkd_loss` (which also takes the labels);
 * a ``keras.losses.Loss`` subclass called as ``loss(teacher, student, sample_weight=None)``
   (teacher in the ``y_true`` slot, student in ``y_pred``), which is what a :class:`~kslim.distill.Pair`
-  uses: :class:`SoftLabelLoss`, :class:`L2Loss`, :class:`FSPLoss`. They reduce per-sample values
+  uses: :class:`SoftLabelLoss`, :class:`L2Loss`, :class:`FSPLoss`, :class:`AttentionLoss`,
+  :class:`DKDLoss` (its ``y_true`` is ``(teacher_logits, labels)``; a Distiller passes the batch's
+  labels). They reduce per-sample values
   like every Keras loss (sample weights, ``tf.distribute`` scaling) and serialise with ``get_config``.
 
 The teacher argument always comes first. All values are computed in float32.
@@ -166,6 +170,77 @@ def _check_same_shape(where, t, s):
         raise KslimValueError(f"{where}: teacher shape {ts} and student shape {ss} differ.")
 
 
+def attention_map(feature, p=2):
+    """Spatial attention of an NHWC feature map: ``mean_c |F|^p`` flattened and L2-normalised -> (batch, H*W)."""
+    a = ops.mean(ops.power(ops.abs(_f32(feature)), p), axis=-1)
+    a = ops.reshape(a, (ops.shape(a)[0], -1))
+    return a / (ops.sqrt(ops.sum(ops.square(a), axis=-1, keepdims=True)) + 1e-12)
+
+
+def attention_per_sample(teacher_feature, student_feature, p=2):
+    """Per-sample ``mean((AT(t) - AT(s))^2)`` over positions (the paper's reference code) -> (batch,).
+
+    Channel counts may differ (the maps are averaged over channels); different spatial sizes are
+    max-pooled to the smaller one.
+    """
+    t, s = _match_spatial(teacher_feature, student_feature)
+    d = ops.square(ops.stop_gradient(attention_map(t, p)) - attention_map(s, p))
+    return ops.mean(d, axis=-1)
+
+
+def attention_loss(teacher_feature, student_feature, p=2):
+    """Attention transfer (Zagoruyko & Komodakis 2017): match where the two networks look.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.rand(2, 4, 4, 8)
+        >>> float(attention_loss(x, np.concatenate([x, x], -1)))  # same attention, other channel count
+        0.0
+    """
+    return ops.mean(attention_per_sample(teacher_feature, student_feature, p))
+
+
+def _kl_rows(p_teacher, log_p_student):
+    """``sum p_t (log p_t - log p_s)`` over the last axis (0 log 0 = 0)."""
+    log_t = ops.log(ops.maximum(p_teacher, 1e-30))
+    return ops.sum(ops.where(p_teacher > 0, p_teacher * (log_t - log_p_student), 0.0), axis=-1)
+
+
+def dkd_per_sample(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0):
+    """Decoupled KD per sample: ``alpha * TCKD + beta * NCKD`` (both ``* T^2``) -> (batch,).
+
+    TCKD is the KL divergence of the binary (target class, all others) distributions, NCKD that of
+    the distributions over the non-target classes; Hinton's KD is ``TCKD + (1 - p_t) * NCKD`` with
+    ``p_t`` the teacher's target probability (Zhao et al. 2022, eq. 7). ``labels``: class indices
+    ``(batch,)`` or one-hot ``(batch, classes)``.
+    """
+    t, s = ops.stop_gradient(_f32(teacher_logits)) / temperature, _f32(student_logits) / temperature
+    classes = s.shape[-1]
+    labels = _f32(labels)
+    gt = labels if len(labels.shape) == len(s.shape) else ops.one_hot(ops.cast(labels, "int32"), classes)
+    gt = ops.cast(gt > 0.5, "float32")
+    p_t, p_s = ops.softmax(t, axis=-1), ops.softmax(s, axis=-1)
+    bt = ops.stack([ops.sum(p_t * gt, axis=-1), ops.sum(p_t * (1 - gt), axis=-1)], axis=-1)
+    bs = ops.stack([ops.sum(p_s * gt, axis=-1), ops.sum(p_s * (1 - gt), axis=-1)], axis=-1)
+    tckd = _kl_rows(bt, ops.log(ops.maximum(bs, 1e-30)))
+    nt = ops.softmax(t - 1000.0 * gt, axis=-1)
+    ns = ops.log_softmax(s - 1000.0 * gt, axis=-1)
+    nckd = _kl_rows(nt, ns)
+    return (alpha * tckd + beta * nckd) * temperature ** 2
+
+
+def dkd_loss(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0):
+    """:func:`dkd_per_sample` averaged over the batch.
+
+    Example:
+        >>> import numpy as np
+        >>> t = np.array([[3.0, 1.0, 0.0]]); y = np.array([0])
+        >>> round(float(dkd_loss(t, t, y)), 4)  # 0 up to float32 rounding
+        0.0
+    """
+    return ops.mean(dkd_per_sample(teacher_logits, student_logits, labels, alpha, beta, temperature))
+
+
 # ------------------------------------------------------------------------------------------------
 # keras.losses.Loss forms (what a Pair uses)
 
@@ -242,10 +317,55 @@ class FSPLoss(keras.losses.Loss):
         return fsp_per_sample(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="kslim")
+class AttentionLoss(keras.losses.Loss):
+    """:func:`attention_loss` as a Keras loss: ``AttentionLoss(p=2)(teacher_feature, student_feature)``."""
+
+    def __init__(self, p=2, reduction="sum_over_batch_size", name="attention", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not isinstance(p, (int, float)) or p <= 0:
+            raise KslimValueError(f"AttentionLoss(): p must be a number > 0, got {p!r}.")
+        self.p = p
+
+    def call(self, y_true, y_pred):
+        return attention_per_sample(y_true, y_pred, self.p)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p}
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class DKDLoss(keras.losses.Loss):
+    """:func:`dkd_loss` as a Keras loss: ``DKDLoss()((teacher_logits, labels), student_logits)``.
+
+    In a :class:`~kslim.distill.Pair` (``loss="dkd"``) the Distiller passes the batch's labels.
+    Defaults are the paper's (``alpha=1, beta=8, T=4``).
+    """
+
+    needs_labels = True
+
+    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, reduction="sum_over_batch_size", name="dkd",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        for what, v in (("alpha", alpha), ("beta", beta)):
+            if not isinstance(v, (int, float)) or v < 0:
+                raise KslimValueError(f"DKDLoss(): {what} must be a number >= 0, got {v!r}.")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.temperature = _check_temperature("temperature", temperature)
+
+    def call(self, y_true, y_pred):
+        teacher_logits, labels = y_true
+        return dkd_per_sample(teacher_logits, y_pred, labels, self.alpha, self.beta, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
+
+
 # name -> (class, number of tensors per side)
-BUILTIN_LOSSES = {"soft_label": (SoftLabelLoss, 1), "l2": (L2Loss, 1), "fsp": (FSPLoss, 2)}
+BUILTIN_LOSSES = {"soft_label": (SoftLabelLoss, 1), "l2": (L2Loss, 1), "fsp": (FSPLoss, 2),
+                  "attention": (AttentionLoss, 1), "dkd": (DKDLoss, 1)}
 
 __all__ = [
-    "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix",
-    "SoftLabelLoss", "L2Loss", "FSPLoss", "BUILTIN_LOSSES",
+    "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix", "attention_loss", "attention_map", "dkd_loss",
+    "SoftLabelLoss", "L2Loss", "FSPLoss", "AttentionLoss", "DKDLoss", "BUILTIN_LOSSES",
 ]

@@ -40,7 +40,9 @@ class Pair:
         student: the same for the student.
         loss: ``"soft_label"`` (:class:`~kslim.distill.SoftLabelLoss`), ``"l2"``
             (:class:`~kslim.distill.L2Loss`), ``"fsp"`` (:class:`~kslim.distill.FSPLoss`, two layers
-            per side), another Keras loss name or instance (called ``loss(teacher, student)``), or
+            per side), ``"attention"`` (:class:`~kslim.distill.AttentionLoss`, NHWC maps, channel
+            counts may differ), ``"dkd"`` (:class:`~kslim.distill.DKDLoss` on logits, with the
+            batch's labels), another Keras loss name or instance (called ``loss(teacher, student)``), or
             any callable ``fn(teacher_tensors, student_tensors) -> scalar`` (tensors are passed as a
             list when a side names several layers; a non-scalar result is averaged).
         weight: multiplier of this term in the total loss.
@@ -109,7 +111,7 @@ class Pair:
 
     @property
     def builtin(self):
-        """``"soft_label"``, ``"l2"`` or ``"fsp"`` for a built-in loss (name or instance), else None."""
+        """The :data:`~kslim.distill.losses.BUILTIN_LOSSES` name of a built-in loss (name or instance), else None."""
         if isinstance(self.loss, str):
             return self.loss if self.loss in BUILTIN_LOSSES else None
         for key, (cls, _) in BUILTIN_LOSSES.items():
