@@ -123,7 +123,7 @@ def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_f
         >>> def accuracy(m):
         ...     return float(np.mean(np.argmax(m(x, training=False), -1) == y))
         >>> res = auto_prune(model, accuracy, flops_reduction=0.5, max_trials=2,
-        ...                  directory=tempfile.mkdtemp(prefix="kslim_doc_ap_"))
+        ...                  directory=tempfile.mkdtemp(prefix="kslim_doc_ap_"), plot=False)
         >>> res.flops_reduction >= 0.5
         True
     """
