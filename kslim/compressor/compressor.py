@@ -98,11 +98,15 @@ class Compressor:
 
     Example:
         >>> import tempfile
+        >>> from pathlib import Path
+        >>> from kslim.models import vgg
+        >>> tmp = Path(tempfile.mkdtemp(prefix="kslim_doc_run_"))
+        >>> vgg(width=0.25).save(tmp / "model.keras")  # your trained model
         >>> # tiny on purpose (no fine-tuning, 1 latency run); fine-tune a few epochs in practice
-        >>> cfg = {"model": {"reference": "vgg", "width": 0.25, "pretrain_epochs": 1},
+        >>> cfg = {"model": {"path": str(tmp / "model.keras")},
         ...        "data": {"train_limit": 128, "test_limit": 64}, "report": {"latency_runs": 1},
         ...        "strategies": [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 0}}}, {"export": {}}]}
-        >>> result = Compressor(cfg, out=tempfile.mkdtemp(prefix="kslim_doc_run_"), verbose=0).run()
+        >>> result = Compressor(cfg, out=tmp / "run", verbose=0).run()
         >>> result.final_tflite.exists()
         True
     """
