@@ -1,11 +1,13 @@
 """``Compressor``: runs a config's strategies in order, checkpointing into a run directory."""
 
+import shutil
 import time
 from pathlib import Path
 
 from kslim import _progress
 from kslim._io import atomic_save_model
 from kslim.compressor.config import raise_config_errors, config_file, load_config, quick_config
+from kslim.compressor import distribute
 from kslim.compressor.data import PipelineData, load_hook
 from kslim.compressor.report import measure_latencies, write_report
 from kslim.compressor.run_dir import RunDir, crash_point, guarded_write
@@ -27,6 +29,7 @@ class _Context:
         self.lite = None    # current LiteModel (after PTQ / export)
         self.qat = False    # the current Keras model is a QAT model
         self.stage_seed = config["seed"]
+        self.strategy = None  # the tf.distribute strategy of the training stages (kslim.compressor.distribute)
         self.info = {}
         self._stage = None  # (index, total, name) of the running stage, until its header is printed
 
@@ -92,9 +95,13 @@ class Compressor:
         unsafe: load ``.keras`` files with Keras' safe mode off (models with ``Lambda`` layers you trust).
 
     Everything that can be checked without the work is checked before anything is created or
-    TensorFlow is imported: the config (all errors at once), the output folder, the model and teacher
-    files, the data hook (imported then). A first Ctrl-C stops at the next training batch with the run
-    directory resumable (:mod:`kslim._interrupt`).
+    TensorFlow is imported: the config (all errors at once), the ``TF_CONFIG`` of ``distribute:
+    multi_worker``, the output folder, the model and teacher files, the data hook (imported then). A
+    first Ctrl-C stops at the next training batch with the run directory resumable (:mod:`kslim._interrupt`).
+
+    With ``distribute: mirrored`` / ``multi_worker`` the training stages run under ``tf.distribute``
+    (:mod:`kslim.compressor.distribute`); a multi-worker task other than the chief writes to a
+    folder of its own in the temporary folder instead of ``out``, removed at the end of the run.
 
     Example:
         >>> import tempfile
@@ -105,7 +112,7 @@ class Compressor:
         >>> # tiny on purpose (no fine-tuning, 1 latency run); fine-tune a few epochs in practice
         >>> cfg = {"model": {"path": str(tmp / "model.keras")},
         ...        "data": {"train_limit": 128, "test_limit": 64}, "report": {"latency_runs": 1},
-        ...        "strategies": [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 0}}}, {"export": {}}]}
+        ...        "strategies": [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 0}}}, {"export": {}}]}
         >>> result = Compressor(cfg, out=tmp / "run", verbose=0).run()
         >>> result.final_tflite.exists()
         True
@@ -132,6 +139,14 @@ class Compressor:
         from kslim.validation import check_output_dir
 
         config = self.config
+        errors = distribute.tf_config_errors(config)
+        if errors:
+            raise_config_errors(errors)
+        worker = distribute.worker_dir(self.run_dir.path, config)
+        if worker is not None:  # a non-chief multi-worker task: its files are thrown away at the end
+            if not resume and worker.exists():
+                shutil.rmtree(worker)
+            self.run_dir = RunDir(worker)
         check_output_dir(self.run_dir.path, "--resume" if resume else "--out")
         if resume:
             state = self.run_dir.resume(config)
@@ -140,11 +155,13 @@ class Compressor:
         hook = self._preflight()
         if not resume:
             state = self.run_dir.start(config, base_dir=self.base_dir)
+        strategy = distribute.get_strategy(config)  # before TensorFlow runs anything (multi_worker)
         import keras
 
         keras.utils.set_random_seed(config["seed"])
         data = PipelineData(config["data"], base_dir=self.base_dir, hook=hook)
         ctx = _Context(config, data, self.run_dir, self.base_dir, self.verbose, self.progress, self.unsafe)
+        ctx.strategy = strategy
         x_eval, y_eval = data.eval_arrays()
         n = len(config["strategies"])
         if resume:
@@ -160,7 +177,7 @@ class Compressor:
             spec = config["model"]
             ctx.note(f"baseline: {'reference model ' + spec['reference'] if 'reference' in spec else spec['path']}"
                      f", evaluated on {len(y_eval):,} test images", indent=False)
-            ctx.model, _ = _build_model(ctx, spec, "model")
+            ctx.model = _build_model(ctx, spec, "model")
             guarded_write(atomic_save_model, ctx.model, base_path)
             row = self._measure(ctx, "baseline", base_path, base_dir, x_eval, y_eval)
             ctx.note(f"baseline: {describe_model(ctx.model)}, top-1 accuracy {100 * row['accuracy']:.2f} %",
@@ -217,13 +234,16 @@ class Compressor:
         rows = [state["stages"]["base"]["row"]] + [
             state["stages"][str(i)]["row"] for i in range(1, len(config["strategies"]) + 1)
         ]
-        self._final_latency(ctx, rows)
+        if worker is None:  # a worker's report is thrown away: no need to time it
+            self._final_latency(ctx, rows)
         self.run_dir.write_state(state)  # the rows now hold the interleaved latency figures
         plots = sorted(f"plots/{p.name}" for p in self.run_dir.plots.glob("*.png") if p.name != "stages.png")
         md, _ = write_report(self.run_dir, config, rows, plots)
         state["finished"] = True
         self.run_dir.write_state(state)
         ctx.note(f"report: {md} and {md.with_suffix('.html')}", indent=False)
+        if worker is not None:
+            shutil.rmtree(worker, ignore_errors=True)
         return CompressionResult(self.run_dir.path, rows, ctx.model, lite, md)
 
     # ------------------------------------------------------------------ checks before the work
@@ -330,9 +350,9 @@ class Compressor:
             return
         report = self.config["report"]
         ctx.note(f"latency of every stage: {len(files)} TFLite model(s) timed in {LATENCY_ROUNDS} interleaved rounds of "
-                 f"{-(-int(report['latency_runs']) // LATENCY_ROUNDS)} runs, {report['threads']} thread(s)", indent=False)
+                 f"{-(-int(report['latency_runs']) // LATENCY_ROUNDS)} runs, {report['num_threads']} thread(s)", indent=False)
         stats = measure_latencies({f: LiteModel.load(self.run_dir.path / f) for f in files},
-                                  threads=report["threads"], runs=report["latency_runs"], rounds=LATENCY_ROUNDS,
+                                  num_threads=report["num_threads"], runs=report["latency_runs"], rounds=LATENCY_ROUNDS,
                                   progress=ctx.progress)
         for r in rows:
             s = stats.get(r.get("latency_tflite"))

@@ -3,6 +3,7 @@
 A config names the model, the data, the fine-tuning settings and an ordered list of strategies::
 
     seed: 0
+    distribute: none               # none | mirrored | multi_worker (kslim.compressor.distribute)
     model:
       reference: mobilenet_v1      # or  path: my_model.keras
       width: 1.0
@@ -15,13 +16,16 @@ A config names the model, the data, the fine-tuning settings and an ordered list
       epochs: 1
       learning_rate: 0.0005
     strategies:
-      - prune: {criterion: l1, flops_target: 0.5, round_to: 4, fine_tune: {epochs: 2}}
+      - prune: {importance: l1, flops_reduction: 0.5, round_to: 4, fine_tune: {epochs: 2}}
       - distill: {teacher: {reference: resnet}, epochs: 2}
       - quant_aware: {epochs: 1}
       - export: {}
-      - profile: {device: local, threads: 1}
+      - profile: {device: local, num_threads: 1}
 
-Errors name the field path (``strategies[0].prune.criterion``) and the allowed values.
+Errors name the field path (``strategies[0].prune.importance``) and the allowed values. The field
+names are those of the Python API (``importance``, ``ratios``, ``flops_reduction``, ``skip``,
+``num_threads``); the kslim 0.1 names in :data:`RENAMED_FIELDS` still work for one release, with a
+``DeprecationWarning``.
 """
 
 import copy
@@ -32,8 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from kslim.compressor.distribute import MODES as DISTRIBUTE_MODES
 from kslim.errors import ConfigError
+from kslim.lite.converter import QUANTIZE_MODES
 from kslim.prune.importance import importance_names
+from kslim.validation import warn_renamed
 
 STRATEGIES = (
     "prune", "distill", "quant_aware", "quant_post_static", "quant_post_dynamic", "export", "profile",
@@ -68,32 +75,32 @@ _STRATEGY_SCHEMAS = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "criterion": {"enum": importance_names(data=False)},  # the registry of kslim.prune.importance
-            "ratio": _RATIO,
-            "ratios": {"type": "object", "additionalProperties": _RATIO, "minProperties": 1},
-            "flops_target": _RATIO,
+            "importance": {"enum": importance_names(data=False)},  # the registry of kslim.prune.importance
+            # one ratio for every prunable group, or {layer: ratio}
+            "ratios": {"oneOf": [_RATIO, {"type": "object", "additionalProperties": _RATIO, "minProperties": 1}]},
+            "flops_reduction": _RATIO,
             "sensitivity": {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "flops_target": _RATIO,
+                    "flops_reduction": _RATIO,
                     "max_loss": {"type": "number", "exclusiveMinimum": 0},
                     "ratios": {"type": "array", "items": _RATIO, "minItems": 1},
                     "eval_samples": {"type": "integer", "minimum": 1},
                 },
-                "oneOf": [{"required": ["flops_target"]}, {"required": ["max_loss"]}],
+                "oneOf": [{"required": ["flops_reduction"]}, {"required": ["max_loss"]}],
             },
             "auto": {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "flops_target": _RATIO,
+                    "flops_reduction": _RATIO,
                     "max_trials": {"type": "integer", "minimum": 1},
                     "init_temperature": {"type": "number", "exclusiveMinimum": 0},
                     "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                     "eval_samples": {"type": "integer", "minimum": 1},
                 },
-                "required": ["flops_target"],
+                "required": ["flops_reduction"],
             },
             "skip": {"type": "array", "items": {"type": "string"}},
             "round_to": {"type": "integer", "minimum": 1},
@@ -101,7 +108,7 @@ _STRATEGY_SCHEMAS = {
             "fine_tune": _FINE_TUNE,
         },
         "oneOf": [
-            {"required": ["ratio"]}, {"required": ["ratios"]}, {"required": ["flops_target"]},
+            {"required": ["ratios"]}, {"required": ["flops_reduction"]},
             {"required": ["sensitivity"]}, {"required": ["auto"]},
         ],
     },
@@ -170,7 +177,7 @@ _STRATEGY_SCHEMAS = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "quantize": {"enum": [None, "none", "dynamic", "float16", "int8"]},
+            "quantize": {"enum": [*QUANTIZE_MODES, "none"]},  # kslim.lite.convert's quantize=
             "inference_input_type": {"enum": ["float32", "int8"]},
             "inference_output_type": {"enum": ["float32", "int8"]},
         },
@@ -180,7 +187,7 @@ _STRATEGY_SCHEMAS = {
         "additionalProperties": False,
         "properties": {
             "device": {"enum": ["local"]},
-            "threads": {"type": "integer", "minimum": 1},
+            "num_threads": {"type": "integer", "minimum": 1},
             "runs": {"type": "integer", "minimum": 1},
             "warmup": {"type": "integer", "minimum": 0},
         },
@@ -196,6 +203,7 @@ SCHEMA = {
         "name": {"type": "string"},
         "quick": {"type": "boolean"},
         "seed": {"type": "integer", "minimum": 0},
+        "distribute": {"enum": list(DISTRIBUTE_MODES)},  # the training stages under tf.distribute
         "model": _MODEL_REF,
         "data": {
             "type": "object",
@@ -215,7 +223,7 @@ SCHEMA = {
             "additionalProperties": False,
             "properties": {
                 "latency_runs": {"type": "integer", "minimum": 1},
-                "threads": {"type": "integer", "minimum": 1},
+                "num_threads": {"type": "integer", "minimum": 1},
             },
         },
         "strategies": {
@@ -239,8 +247,61 @@ DEFAULTS = {
     "seed": 0,
     "data": {"source": "small", "batch_size": 128, "train_limit": None, "test_limit": None},
     "train": {"epochs": 1, "learning_rate": 5e-4},
-    "report": {"latency_runs": 50, "threads": 1},
+    "report": {"latency_runs": 50, "num_threads": 1},
 }
+
+#: kslim 0.1 field names still read (with a DeprecationWarning): (section, old name) -> new name;
+#: a section is a strategy (``prune``), a sub-section (``prune.sensitivity``) or a top-level key
+RENAMED_FIELDS = {
+    ("prune", "criterion"): "importance",
+    ("prune", "ratio"): "ratios",
+    ("prune", "flops_target"): "flops_reduction",
+    ("prune.sensitivity", "flops_target"): "flops_reduction",
+    ("prune.auto", "flops_target"): "flops_reduction",
+    ("profile", "threads"): "num_threads",
+    ("report", "threads"): "num_threads",
+}
+
+
+def _rename_fields(mapping, section, where, errors):
+    """A copy of ``mapping`` with the old field names of ``section`` renamed (warning once for each)."""
+    if not isinstance(mapping, dict):
+        return mapping
+    out = dict(mapping)
+    for (sec, old), new in RENAMED_FIELDS.items():
+        if sec == section and old in out:
+            if new in out:
+                errors.append((f"{where}.{old}", f"give {new!r} only ({old!r} is its old name)"))
+                out.pop(old)
+                continue
+            warn_renamed(f"field {old!r}", f"{new!r}", where, stacklevel=5)
+            out[new] = out.pop(old)
+    for (sec, _), _new in RENAMED_FIELDS.items():
+        head, _, sub = sec.partition(".")
+        if head == section and sub and isinstance(out.get(sub), dict):
+            out[sub] = _rename_fields(out[sub], sec, f"{where}.{sub}", errors)
+    return out
+
+
+def rename_old_fields(config):
+    """``config`` with the kslim 0.1 field names of :data:`RENAMED_FIELDS` renamed, and the errors
+    (``(field path, message)``) of fields given under both names."""
+    errors = []
+    if not isinstance(config, dict):
+        return config, errors
+    out = dict(config)
+    for key in ("report",):
+        if key in out:
+            out[key] = _rename_fields(out[key], key, key, errors)
+    if isinstance(out.get("strategies"), list):
+        items = []
+        for i, item in enumerate(out["strategies"]):
+            if isinstance(item, dict) and len(item) == 1:
+                (name, params), = item.items()
+                item = {name: _rename_fields(params, name, f"strategies[{i}].{name}", errors)}
+            items.append(item)
+        out["strategies"] = items
+    return out, errors
 
 
 def _path_str(path):
@@ -267,6 +328,8 @@ def _describe(error):
         if given:
             return f"give exactly one of {choices}, not {given}"
         return f"give one of {choices}"
+    if v == "oneOf" and error.context:  # e.g. ratios: a number or a mapping, and it is neither
+        return _describe(sorted(error.context, key=lambda c: c.validator == "type")[0])
     if v == "type":
         return f"{error.instance!r} has the wrong type; expected {error.validator_value}"
     if v == "required":
@@ -287,7 +350,7 @@ def _schema_errors(schema, instance, prefix=()):
         if e.context:
             deeper = sorted(e.context, key=lambda c: -len(c.absolute_path))
             if deeper and len(deeper[0].absolute_path) > 0 and deeper[0].validator != "required":
-                path, e = path + tuple(deeper[0].absolute_path), deeper[0]
+                path, e = prefix + tuple(deeper[0].absolute_path), deeper[0]
         item = (_path_str(path), _describe(e))
         if item not in out:
             out.append(item)
@@ -322,7 +385,8 @@ def validate_config(config):
     """
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}", path="(top level)")
-    errors = _schema_errors(SCHEMA, config)
+    config, errors = rename_old_fields(config)
+    errors += _schema_errors(SCHEMA, config)
     strategies = config.get("strategies")
     for i, item in enumerate(strategies if isinstance(strategies, list) else []):
         if not (isinstance(item, dict) and len(item) == 1):

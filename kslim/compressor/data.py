@@ -87,8 +87,9 @@ class PipelineData:
 
         if self._train_ds is not None:
             return self._train_ds
+        # one epoch's dataset: one order, the same under tf.distribute (kslim.compressor.distribute)
         return to_dataset(self.x_train, self.y_train, batch_size=batch_size or self.batch_size,
-                          shuffle=True, seed=seed, normalize=False)
+                          shuffle=True, seed=seed, normalize=False, reshuffle_each_iteration=False)
 
     def train_size(self):
         """Number of training images (``None`` for a user's ``tf.data`` of unknown length)."""

@@ -8,6 +8,7 @@ them up again when the run is resumed (see :mod:`kslim.compressor.run_dir`).
 import numpy as np
 
 from kslim._io import atomic_save_model, atomic_write_json, read_json
+from kslim.compressor.distribute import into_scope, out_of_scope, scope
 from kslim.compressor.run_dir import crash_point, guarded_write
 from kslim.compressor.training import fit_resumable
 from kslim.errors import ConfigError
@@ -76,38 +77,41 @@ def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=Tr
     """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size).
 
     ``announce`` prints what is trained, for how long and the estimated time (``ctx.header``).
+    Under ``ctx.strategy`` (``distribute:``) a copy of ``model`` is trained, and a plain copy returned.
     """
     from kslim.models import compile_classifier
 
     epochs, lr, bs = _train_settings(ctx, settings)
     if epochs <= 0:
         return model, []
-    compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
-    if announce:
-        ctx.header(f"fine-tuning {describe_model(model)} {_training_text(ctx, model, epochs, bs)}")
-    history = fit_resumable(
-        model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
-        prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv", note=ctx.note,
-    )
-    return model, history
+    model = into_scope(ctx.strategy, model)
+    with scope(ctx.strategy):
+        compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
+        if announce:
+            ctx.header(f"fine-tuning {describe_model(model)} {_training_text(ctx, model, epochs, bs)}")
+        history = fit_resumable(
+            model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
+            prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv", note=ctx.note,
+        )
+    return out_of_scope(ctx.strategy, model), history
 
 
 # ----------------------------------------------------------------------------- prune
 def _prune_target(p):
-    if "ratio" in p:
-        return f"{100 * float(p['ratio']):g} % of the channels of every prunable group"
+    if "ratios" in p and not isinstance(p["ratios"], dict):
+        return f"{100 * float(p['ratios']):g} % of the channels of every prunable group"
     if "ratios" in p:
         return f"per-layer ratios for {len(p['ratios'])} layer(s)"
-    if "flops_target" in p:
-        return f"to remove {100 * float(p['flops_target']):g} % of the MACs"
+    if "flops_reduction" in p:
+        return f"to remove {100 * float(p['flops_reduction']):g} % of the MACs"
     if "sensitivity" in p:
         s = p["sensitivity"]
-        goal = (f"to remove {100 * float(s['flops_target']):g} % of the MACs" if "flops_target" in s
+        goal = (f"to remove {100 * float(s['flops_reduction']):g} % of the MACs" if "flops_reduction" in s
                 else f"at most {float(s['max_loss']):g} relative accuracy loss per layer")
         return f"ratios from a sensitivity analysis, {goal}"
     a = p["auto"]
     return (f"ratios searched by simulated annealing ({int(a.get('max_trials', 20))} trials) "
-            f"to remove {100 * float(a['flops_target']):g} % of the MACs")
+            f"to remove {100 * float(a['flops_reduction']):g} % of the MACs")
 
 
 def write_layer_table(before, after, sdir):
@@ -139,7 +143,7 @@ def run_prune(ctx, p, sdir, prefix):
     import kslim.prune as kp
 
     epochs = _train_settings(ctx, p.get("fine_tune", {}))[0]
-    ctx.header(f"{p.get('criterion', 'l1').upper()} filter pruning of {describe_model(ctx.model)}: "
+    ctx.header(f"{p.get('importance', 'l1').upper()} filter pruning of {describe_model(ctx.model)}: "
                f"{_prune_target(p)}" + (f", then fine-tuning {_epochs(epochs)}" if epochs > 0 else ""))
     pruned_path = sdir / "pruned.keras"
     info_path = sdir / "pruned_info.json"  # written before pruned.keras: a resumed run gets it back
@@ -149,14 +153,14 @@ def run_prune(ctx, p, sdir, prefix):
         if info_path.is_file():
             info = read_json(info_path, "Pruning info")
     else:
-        pruner = kp.make_pruner(ctx.model, p.get("criterion", "l1"), skip=p.get("skip"),
+        pruner = kp.make_pruner(ctx.model, p.get("importance", "l1"), skip=p.get("skip"),
                                 keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1))
-        if "ratio" in p:
-            pruned = pruner.prune(float(p["ratio"]))
-        elif "ratios" in p:
-            pruned = pruner.prune(dict(p["ratios"]))
-        elif "flops_target" in p:
-            pruned, info = pruner.prune_to_flops(float(p["flops_target"]))
+        if "ratios" in p:
+            ratios = p["ratios"]
+            pruned = pruner.prune(dict(ratios) if isinstance(ratios, dict) else float(ratios))
+        elif "flops_reduction" in p:
+            found = pruner.prune_to_flops(float(p["flops_reduction"]))
+            pruned, info = found.model, found.to_dict()
         elif "sensitivity" in p:
             s = p["sensitivity"]
             x, y = ctx.data.eval_arrays(s.get("eval_samples", 500))
@@ -169,9 +173,10 @@ def run_prune(ctx, p, sdir, prefix):
                 kp.plot_sensitivity(sens, str(ctx.run.plots / f"{sdir.name}_sensitivity.png"))
             except Exception:  # a plot is a nicety; never fail a run for it
                 pass
-            if "flops_target" in s:
-                ratios, found = kp.ratios_by_flops(ctx.model, sens, float(s["flops_target"]), pruner=pruner)
-                info.update(max_loss=float(found["max_loss"]), reduction=float(found["reduction"]))
+            if "flops_reduction" in s:
+                found = kp.ratios_by_flops(ctx.model, sens, float(s["flops_reduction"]), pruner=pruner)
+                ratios = found.ratios
+                info.update(max_loss=float(found.max_loss), reduction=float(found.reduction))
             else:
                 ratios = kp.ratios_by_loss(sens, float(s["max_loss"]))
             info["ratios"] = {k: float(v) for k, v in ratios.items()}
@@ -183,7 +188,7 @@ def run_prune(ctx, p, sdir, prefix):
             x, y = ctx.data.eval_arrays(a.get("eval_samples", 500))
             kwargs = {k: float(a[k]) for k in ("init_temperature", "reduce_rate") if k in a}
             result = auto_prune(
-                ctx.model, lambda m: accuracy(m, x, y), target_flops=float(a["flops_target"]),
+                ctx.model, lambda m: accuracy(m, x, y), flops_reduction=float(a["flops_reduction"]),
                 pruner=pruner, max_trials=int(a.get("max_trials", 20)), seed=ctx.stage_seed,
                 directory=str(sdir / "ckpt"), project_name="auto_prune", overwrite=False,
                 plot=True, **kwargs,
@@ -220,8 +225,8 @@ def _build_model(ctx, spec, what):
             path = ctx.base_dir / path
         if not path.is_file():
             raise ConfigError(f"{what} model file {path} does not exist", path=f"{what}.path")
-        return _load_keras(path, ctx.unsafe), None
-    return pretrained(**_reference_args(ctx, spec), verbose=ctx.verbose, progress=ctx.progress)
+        return _load_keras(path, ctx.unsafe)
+    return pretrained(**_reference_args(ctx, spec), verbose=ctx.verbose, progress=ctx.progress).model
 
 
 def _reference_args(ctx, spec):
@@ -253,7 +258,8 @@ def run_distill(ctx, p, sdir, prefix):
     if late:  # the teacher's training prints its own lines: say first what this stage is
         ctx.header(f"fine-tuning {student} for {_epochs(epochs)}, distilled from reference model "
                    f"{p['teacher']['reference']} (trained first)")
-    teacher, _ = _build_model(ctx, p["teacher"], "strategies.distill.teacher")
+    teacher = _build_model(ctx, p["teacher"], "strategies.distill.teacher")
+    teacher = into_scope(ctx.strategy, teacher)
     teacher.trainable = False
     temperature = float(p.get("temperature", 4.0))
     pairs = []
@@ -263,18 +269,19 @@ def run_distill(ctx, p, sdir, prefix):
                           adaptor="auto" if pair.get("adaptor") else False, **kwargs))
     if not pairs:
         pairs = [Pair(None, None, "soft_label", weight=float(p.get("soft_weight", 1.0)), temperature=temperature)]
-    distiller = Distiller(
-        ctx.model, teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
-        hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
-    text = _training_text(ctx, distiller, epochs, bs)
-    ctx.header(f"distillation {text}" if late else
-               f"fine-tuning {student} {text}, distilled from {describe_model(teacher)}")
-    fit_resumable(distiller, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / "distill",
-                  ctx.stage_seed, prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_distill.csv",
-                  note=ctx.note)
-    ctx.model, ctx.lite = distiller.student, None
+    with scope(ctx.strategy):  # the student's copy, adaptors and optimizer under the strategy
+        distiller = Distiller(
+            into_scope(ctx.strategy, ctx.model), teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
+            hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+        text = _training_text(ctx, distiller, epochs, bs)
+        ctx.header(f"distillation {text}" if late else
+                   f"fine-tuning {student} {text}, distilled from {describe_model(teacher)}")
+        fit_resumable(distiller, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / "distill",
+                      ctx.stage_seed, prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_distill.csv",
+                      note=ctx.note)
+    ctx.model, ctx.lite = out_of_scope(ctx.strategy, distiller.student), None
 
 
 # ----------------------------------------------------------------------------- quantization
@@ -283,7 +290,7 @@ def run_quant_aware(ctx, p, sdir, prefix):
 
     qcfg = {k: v for k, v in p.items() if k not in ("epochs", "learning_rate", "skip")}
     if p.get("skip"):
-        qcfg["skip_layers"] = tuple(p["skip"])
+        qcfg["skip"] = tuple(p["skip"])
     qat = quant_aware(ctx.model, QuantConfig(**qcfg))
     settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
     epochs, _, bs = _train_settings(ctx, settings)
@@ -341,11 +348,11 @@ def run_export(ctx, p, sdir, prefix):
 
 
 def run_profile(ctx, p, sdir, prefix):
-    from kslim.compressor.report import measure_latency
+    from kslim.compressor.report import profile_figures
 
-    ctx.header(f"latency profile on the host ({int(p.get('threads', 1))} thread(s), {int(p.get('runs', 50))} runs)")
+    ctx.header(f"latency profile on the host ({int(p.get('num_threads', 1))} thread(s), {int(p.get('runs', 50))} runs)")
     lite = ctx.lite or ctx.float_lite(ctx.model)
-    ctx.info["profile"] = measure_latency(lite, threads=int(p.get("threads", 1)), runs=int(p.get("runs", 50)),
+    ctx.info["profile"] = profile_figures(lite, num_threads=int(p.get("num_threads", 1)), runs=int(p.get("runs", 50)),
                                           warmup=int(p.get("warmup", 5)))
 
 

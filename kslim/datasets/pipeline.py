@@ -18,7 +18,7 @@ def preprocess(x):
 
 
 def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True, repeat=False,
-               drop_remainder=False):
+               drop_remainder=False, reshuffle_each_iteration=True):
     """Build a ``tf.data.Dataset`` of ``(images, labels)`` batches from numpy arrays.
 
     Args:
@@ -26,6 +26,8 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
         y: integer labels (N,) or None for an images-only dataset.
         batch_size: batch size.
         shuffle: shuffle each epoch (deterministic for a given ``seed``).
+        reshuffle_each_iteration: ``False`` keeps one order for every iteration of the dataset (needed
+            for the same order under ``tf.distribute``, which may iterate it once more first).
         normalize: scale uint8 to float32 in [0, 1] and add the channel axis.
 
     Example:
@@ -48,7 +50,7 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
     else:
         ds = tf.data.Dataset.from_tensor_slices(x)
     if shuffle:
-        ds = ds.shuffle(min(len(x), 10000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(len(x), 10000), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
     if repeat:
         ds = ds.repeat()
     return ds.batch(int(batch_size), drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

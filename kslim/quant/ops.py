@@ -119,10 +119,18 @@ FIXED_OUTPUT_RANGES = {
 
 
 def batch_range(x, symmetric=False):
-    """Range ``(lo, hi)`` of a batch, widened to include 0 (and made symmetric if asked); no gradient."""
+    """Range ``(lo, hi)`` of a batch (under ``tf.distribute``, of the global batch), widened to include 0
+    (and made symmetric if asked); no gradient."""
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     lo = tf.minimum(tf.reduce_min(x), 0.0)
     hi = tf.maximum(tf.reduce_max(x), 0.0)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:  # tf.distribute: the global batch's range
+        # every replica's (lo, hi) in its own slot, summed with zeros (exact): one all-reduce
+        n, i = replica.num_replicas_in_sync, replica.replica_id_in_sync_group
+        slots = tf.one_hot(i, n, dtype=lo.dtype)[None, :] * tf.stack([lo, hi])[:, None]
+        slots = tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, slots))  # no backward collective
+        lo, hi = tf.reduce_min(slots[0]), tf.reduce_max(slots[1])
     if symmetric:
         m = tf.maximum(-lo, hi)
         lo, hi = -m, m
