@@ -106,9 +106,12 @@ class Compressor:
     Example:
         >>> import tempfile
         >>> from pathlib import Path
-        >>> from kslim.models import vgg
+        >>> import keras
         >>> tmp = Path(tempfile.mkdtemp(prefix="kslim_doc_run_"))
-        >>> vgg(width=0.25).save(tmp / "model.keras")  # your trained model
+        >>> model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+        ...                           keras.layers.Conv2D(8, 3, activation="relu"),
+        ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+        >>> model.save(tmp / "model.keras")  # your trained model
         >>> # tiny on purpose (no fine-tuning, 1 latency run); fine-tune a few epochs in practice
         >>> cfg = {"model": {"path": str(tmp / "model.keras")},
         ...        "data": {"train_limit": 128, "test_limit": 64}, "report": {"latency_runs": 1},
