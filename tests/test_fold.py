@@ -44,3 +44,31 @@ def test_fold_follows_the_registry():
         names = [type(layer).__name__ for layer in f.layers]
         assert ("BatchNormalization" not in names) == folds, names
         np.testing.assert_allclose(np.asarray(f(x)), np.asarray(m(x)), atol=1e-5)
+
+
+@keras.saving.register_keras_serializable("kslim_test")
+class TaggedDense(keras.layers.Dense):
+    """A subclass with its own constructor argument: QAT cannot know what it changes."""
+
+    def __init__(self, units, tag="x", **kwargs):
+        super().__init__(units, **kwargs)
+        self.tag = tag
+
+    def get_config(self):
+        return {**super().get_config(), "tag": self.tag}
+
+
+def test_a_subclass_with_extra_constructor_arguments_stays_float():
+    from kslim.quant import quant_aware
+
+    inp = keras.Input((4,))
+    m = keras.Model(inp, keras.layers.Dense(2, name="out")(TaggedDense(3, tag="y", name="td")(inp)))
+    q = quant_aware(m)
+    assert "tag" in q.kslim_unquantized["td"] and "out" not in q.kslim_unquantized
+    plain = keras.Model(inp, keras.layers.Dense(2, name="out")(PlainDense(3, name="pd")(inp)))
+    assert "pd" not in quant_aware(plain).kslim_unquantized
+
+
+@keras.saving.register_keras_serializable("kslim_test")
+class PlainDense(keras.layers.Dense):
+    pass

@@ -441,6 +441,23 @@ def _unsupported_setting(layer, rank):
     return None
 
 
+def _extra_config(layer, base):
+    """The ``get_config()`` keys of a subclass ``layer`` that its Keras ``base`` class does not take."""
+    import inspect
+
+    try:
+        cfg = layer.get_config()
+    except Exception:  # noqa: BLE001 -- a failing get_config() is reported where the copy is made
+        return []
+    params = set()
+    for cls in type(layer).__mro__:
+        if cls is base or issubclass(base, cls) and cls.__module__.startswith("keras."):
+            params |= set(inspect.signature(cls.__init__).parameters)
+    generic = {"name", "trainable", "dtype", "autocast", "input_shape", "batch_input_shape", "batch_size",
+               "input_dim", "activity_regularizer"}
+    return sorted(k for k in cfg if k not in params and k not in generic)
+
+
 def _select(flat, names, config, plan, quantize):
     """Fill ``plan.quantize`` (and ``plan.unquantized``) with the layers to quantize."""
     if not quantize:
@@ -463,6 +480,12 @@ def _select(flat, names, config, plan, quantize):
             if layer.weights:
                 plan.unquantized.setdefault(path, why or (
                     f"{tname} overrides call(); kslim cannot know its maths: its weights stay float"))
+            continue
+        extra = _extra_config(layer, base) if type(layer) is not base else None
+        if extra:
+            plan.unquantized.setdefault(path, why or (
+                f"{tname} has constructor arguments {base.__name__} does not take ({', '.join(extra)}); kslim "
+                "cannot know what they change: its weights stay float"))
             continue
         tname = base.__name__
         enclosing = next((type(flat.graphs[p]).__name__ for p in flat.graphs
