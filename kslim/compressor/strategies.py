@@ -153,7 +153,7 @@ def run_prune(ctx, p, sdir, prefix):
         if info_path.is_file():
             info = read_json(info_path, "Pruning info")
     else:
-        pruner = kp.make_pruner(ctx.model, p.get("importance", "l1"), skip=p.get("skip"),
+        pruner = kp.make_pruner(ctx.model, importance=p.get("importance", "l1"), skip=p.get("skip"),
                                 keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1))
         if "ratios" in p:
             ratios = p["ratios"]

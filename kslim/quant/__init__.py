@@ -53,6 +53,7 @@ from kslim.quant.calibration import ALGOS, TensorObserver, calibrate_range  # no
 from kslim.quant.debug import QuantDebugReport, quant_debug  # noqa: E402
 from kslim.quant.dynamic import quant_post_dynamic  # noqa: E402
 from kslim.quant.ptq import quant_post_static  # noqa: E402
+from kslim.quant.litert import RECIPES, quant_post_litert, tensor_types  # noqa: E402
 
 __all__ += [
     "ALGOS",
@@ -62,4 +63,7 @@ __all__ += [
     "quant_debug",
     "quant_post_dynamic",
     "quant_post_static",
+    "quant_post_litert",
+    "RECIPES",
+    "tensor_types",
 ]
