@@ -150,7 +150,8 @@ def test_prune_then_export_run(tmp_path, tiny_model_path):
 
 @pytest.mark.parametrize("how", [
     {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "flops_reduction": 0.4}},
-    {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "max_loss": 0.5}},
+    pytest.param({"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "max_loss": 0.5}},
+                 marks=pytest.mark.slow),  # the same sensitivity pass as -flops, another threshold rule
     {"auto": {"flops_reduction": 0.4, "max_trials": 2, "eval_samples": 64}},
 ], ids=["sensitivity-flops", "sensitivity-loss", "auto"])
 def test_searched_prune_stage(tmp_path, tiny_model_path, how):
@@ -548,3 +549,22 @@ def test_compress_quick(tmp_path, tiny_model_path, capsys):
     assert stored["data"]["train_limit"] == 512 and stored["data"]["test_limit"] == 256
     assert stored["strategies"][0]["prune"]["fine_tune"]["epochs"] == 1 and stored["train"]["epochs"] == 1
     assert len((run / "logs" / "01_prune_fine_tune.csv").read_text().splitlines()) == 2  # header + 1 epoch
+
+
+@pytest.mark.parametrize("name", ["taylor", "apoz"])
+def test_prune_stage_with_a_data_driven_importance(tmp_path, tiny_model_path, name):
+    """The YAML importance enum is the whole registry: data-driven ones read the run's training data."""
+    import kslim.compressor.strategies as strategies
+    from kslim.compressor import RunDir
+    from kslim.compressor.compressor import _Context
+
+    cfg = validate_config(_run_config(tiny_model_path, [{"prune": {
+        "importance": name, "ratios": 0.5, "importance_samples": 32, "fine_tune": {"epochs": 0}}}]))
+    from kslim.compressor.data import PipelineData
+
+    run = RunDir(tmp_path / "run")
+    ctx = _Context(cfg, PipelineData(cfg["data"], base_dir=tmp_path), run, tmp_path, 0)
+    ctx.model = strategies._load_keras(tiny_model_path)
+    before = ctx.model.count_params()
+    strategies.run_prune(ctx, cfg["strategies"][0]["prune"], run.stage_dir(1, "prune"), "1:prune")
+    assert ctx.model.count_params() < before

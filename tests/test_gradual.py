@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kslim.errors import KslimTypeError, KslimValueError
-from kslim.prune.gradual import AGP, GradualPruning, PolynomialDecay, strip_pruning
+from kslim.prune.gradual import AGP, ConstantRatio, GradualPruning, PolynomialDecay, strip_pruning
 
 
 def tiny_model():
@@ -145,3 +145,30 @@ def test_strip_refuses_a_state_naming_an_unknown_pruner():
     state["criterion"] = "MagicPruner"  # was silently stripped as L1 before
     with pytest.raises(KslimValueError, match="MagicPruner.*L1NormFilterPruner"):
         strip_pruning(model, state)
+
+
+def test_a_data_driven_importance_ranks_during_fit():
+    """APoZ masks the channel that never fires although its weights are the largest (L1 keeps it)."""
+    def model():
+        inp = keras.Input((6, 6, 1))
+        x = keras.layers.Conv2D(4, 3, name="c1")(inp)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.Conv2D(2, 3, name="c2")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        m = keras.Model(inp, keras.layers.Dense(2, name="fc")(x))
+        k = np.full((3, 3, 1, 4), 0.1, "float32")
+        k[..., 0] = -5.0                       # inputs are >= 0: channel 0 is always negative, ReLU -> 0
+        k[..., 3] = 0.2
+        m.get_layer("c1").set_weights([k, np.zeros(4, "float32")])
+        return m
+
+    xs = np.random.default_rng(0).random((16, 6, 6, 1), dtype=np.float32)
+    masked = {}
+    for name in ("apoz", "l1"):
+        m = model()
+        m.compile(keras.optimizers.SGD(0.0), "mse")  # no weight change: the ranking is the construction's
+        cb = GradualPruning(name, {"c1": 0.25}, schedule=ConstantRatio(1),
+                            **({"data": xs} if name == "apoz" else {}))
+        m.fit(xs, np.zeros((16, 2)), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+        masked[name] = cb.masks["c1"].tolist()
+    assert masked == {"apoz": [0], "l1": [1]}

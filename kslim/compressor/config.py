@@ -75,7 +75,9 @@ _STRATEGY_SCHEMAS = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "importance": {"enum": importance_names(data=False)},  # the registry of kslim.prune.importance
+            "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
+            # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
+            "importance_samples": {"type": "integer", "minimum": 1},
             # one ratio for every prunable group, or {layer: ratio}
             "ratios": {"oneOf": [_RATIO, {"type": "object", "additionalProperties": _RATIO, "minProperties": 1}]},
             "flops_reduction": _RATIO,

@@ -121,6 +121,19 @@ class PipelineData:
                 break
         return np.concatenate(xs)[:n]
 
+    def train_arrays(self, n):
+        """Up to ``n`` training ``(x, y)`` arrays (what the data-driven importances are measured on)."""
+        if self.x_train is not None:
+            return self.x_train[:n], self.y_train[:n]
+        xs, ys, total = [], [], 0
+        for xb, yb in self._train_ds:
+            xs.append(np.asarray(xb))
+            ys.append(np.asarray(yb))
+            total += len(xs[-1])
+            if total >= n:
+                break
+        return np.concatenate(xs)[:n], np.concatenate(ys)[:n].astype(np.int32)
+
     def eval_arrays(self, n=None):
         """``(x, y)`` test arrays (the first ``n``)."""
         if self.x_test is None:

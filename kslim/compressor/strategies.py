@@ -153,8 +153,15 @@ def run_prune(ctx, p, sdir, prefix):
         if info_path.is_file():
             info = read_json(info_path, "Pruning info")
     else:
-        pruner = kp.make_pruner(ctx.model, importance=p.get("importance", "l1"), skip=p.get("skip"),
-                                keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1))
+        name, measured_on = p.get("importance", "l1"), {}
+        if name not in kp.importance_names(data=False):  # apoz, mean_activation, taylor, hessian
+            import keras
+
+            measured_on = dict(data=ctx.data.train_arrays(int(p.get("importance_samples", 256))),
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        pruner = kp.make_pruner(ctx.model, importance=name, skip=p.get("skip"),
+                                keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1),
+                                **measured_on)
         if "ratios" in p:
             ratios = p["ratios"]
             pruned = pruner.prune(dict(ratios) if isinstance(ratios, dict) else float(ratios))

@@ -243,6 +243,9 @@ class GradualPruning(MaskingCallback):
         verbose: 1 prints the ratio reached at each pruning step.
         pruner: instead of ``importance``, a ``FilterPruner`` subclass, built on the model at the start
             of training.
+        data, loss, batches, batch_size: for the data-driven importances (``"apoz"``,
+            ``"mean_activation"``, ``"taylor"``, ``"hessian"``): the inputs (or ``(x, y)`` batches) they
+            are measured on at every pruning step, the loss (Taylor, Hessian), how many batches.
 
     After training, ``callback.masks`` is ``{group_name: sorted channel indices masked}`` and
     :func:`strip_pruning` gives the smaller model.
@@ -261,8 +264,12 @@ class GradualPruning(MaskingCallback):
 
     @renamed(target_ratio="ratios")
     def __init__(self, importance=None, ratios=0.5, schedule=None, skip=None, keep_classifier=True,
-                 round_to=1, verbose=0, pruner=None):
+                 round_to=1, verbose=0, pruner=None, data=None, loss=None, batches=None, batch_size=None):
         super().__init__(schedule)
+        # the options of the data-driven importances (apoz, mean_activation, taylor, hessian): re-read
+        # at every pruning step, on the weights trained so far
+        self.importance_options = {k: v for k, v in (("data", data), ("loss", loss), ("batches", batches),
+                                                     ("batch_size", batch_size)) if v is not None}
         pruner, importance = resolve_importance(pruner, importance, "GradualPruning()")
         if importance is not None and not isinstance(importance, str):
             raise KslimTypeError("GradualPruning(): importance must be a name of kslim.prune.importance_names() "
@@ -290,7 +297,7 @@ class GradualPruning(MaskingCallback):
                 f"callback for model {model.name!r}."
             )
         self.pruner = self.pruner_cls(model, skip=self.skip, keep_classifier=self.keep_classifier,
-                                      round_to=self.round_to)
+                                      round_to=self.round_to, **self.importance_options)
         groups = {g.name: g for g in self.pruner.groups}
         if isinstance(self.ratios, dict):
             targets = {}
