@@ -49,7 +49,7 @@ def run_config(tmp_path):
     cfg = {"name": "sigint", "model": {"path": str(path)},
            "data": {"source": "small", "train_limit": 3000, "test_limit": 32, "batch_size": 16},
            "report": {"latency_runs": 5},
-           "strategies": [{"prune": {"ratio": 0.5, "fine_tune": {"epochs": 2}}}]}
+           "strategies": [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 2}}}]}
     f = tmp_path / "cfg.yaml"
     f.write_text(yaml.safe_dump(cfg))
     return f

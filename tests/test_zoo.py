@@ -11,8 +11,8 @@ strict xfail turns into a failure (XPASS): delete the row. When it still fails b
 exception became a kslim error, a kslim error became a wrong result ...), the test fails and names the
 row to update.
 
-The default run covers ``kslim.testing.zoo.REPRESENTATIVE`` (a third of the zoo: every source, input kind
-and failure cause at least once); the other entries are marked ``slow`` (``pytest -m slow tests/test_zoo.py``).
+The default run covers ``kslim.testing.zoo.REPRESENTATIVE`` (a quarter of the zoo: every source and kind of
+model at least once); the other entries are marked ``slow`` (``pytest -m slow tests/test_zoo.py``).
 keras-hub entries are skipped when keras_hub is not installed (``pip install --no-deps -r requirements-zoo.txt``).
 ``python scripts/bench_zoo.py`` prints the same results as a table, with the targets of issue 13.
 """
