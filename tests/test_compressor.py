@@ -152,7 +152,8 @@ def test_prune_then_export_run(tmp_path, tiny_model_path):
     {"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "flops_reduction": 0.4}},
     pytest.param({"sensitivity": {"ratios": [0.3, 0.6], "eval_samples": 64, "max_loss": 0.5}},
                  marks=pytest.mark.slow),  # the same sensitivity pass as -flops, another threshold rule
-    {"auto": {"flops_reduction": 0.4, "max_trials": 2, "eval_samples": 64}},
+    pytest.param({"auto": {"flops_reduction": 0.4, "max_trials": 2, "eval_samples": 64}},
+                 marks=pytest.mark.slow),  # auto_prune itself is tested in tests/test_nas.py
 ], ids=["sensitivity-flops", "sensitivity-loss", "auto"])
 def test_searched_prune_stage(tmp_path, tiny_model_path, how):
     """The sensitivity and auto strategies (examples/prune_sensitivity.yaml, prune_auto.yaml) prune and

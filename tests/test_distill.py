@@ -350,6 +350,7 @@ _MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # tests/test_distribute.py runs the pipeline's distillation under MirroredStrategy by default
 def test_mirrored_strategy_two_cpu_replicas():
     """Under MirroredStrategy (2 logical CPUs) the reported losses equal the single-device ones."""
     import json

@@ -379,6 +379,7 @@ def test_pareto_front_and_plot(tmp_path):
         plot_history(summary, tmp_path / "x.png", cost="latency_ms")
 
 
+@pytest.mark.slow  # the search itself runs in test_search_trains_under_flops_cap
 def test_cli_search(tmp_path, capsys):
     from kslim.cli import main
 

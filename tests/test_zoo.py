@@ -11,7 +11,7 @@ strict xfail turns into a failure (XPASS): delete the row. When it still fails b
 exception became a kslim error, a kslim error became a wrong result ...), the test fails and names the
 row to update.
 
-The default run covers ``kslim.testing.zoo.REPRESENTATIVE`` (a quarter of the zoo: every source and kind of
+The default run covers ``kslim.testing.zoo.REPRESENTATIVE`` (a sixth of the zoo: every source and kind of
 model at least once); the other entries are marked ``slow`` (``pytest -m slow tests/test_zoo.py``).
 keras-hub entries are skipped when keras_hub is not installed (``pip install --no-deps -r requirements-zoo.txt``).
 ``python scripts/bench_zoo.py`` prints the same results as a table, with the targets of issue 13.
@@ -140,7 +140,7 @@ def test_zoo_size_and_registry():
     assert len(ZOO) >= 25 and len(hub) >= 15
     assert {e.source for e in ZOO.values()} == {"keras-hub", "keras.io"}
     assert {e.input_kind for e in ZOO.values()} <= {"image", "tokens", "sequence", "multi", "dict"}
-    assert set(REPRESENTATIVE) <= set(ZOO) and len(ZOO) / 4 <= len(REPRESENTATIVE) <= len(ZOO) / 2
+    assert set(REPRESENTATIVE) <= set(ZOO) and len(ZOO) / 6 <= len(REPRESENTATIVE) <= len(ZOO) / 2
     assert all(n.startswith("hub_" if e.source == "keras-hub" else "io_") for n, e in ZOO.items())
 
 

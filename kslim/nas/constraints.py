@@ -111,13 +111,17 @@ class MaxLatency(Constraint):
         super().__init__("latency_ms", limit, measure=latency_fn or measure_latency, unit="ms")
 
     def measure(self, model):
-        value = self._measure(model)
-        # a predictor may return a report object; accept anything with `.ms` / `.latency_ms` / float();
-        # of a ProfileReport take the median (as kslim.compressor's reports do), else the mean
-        for attr in ("total_ms", "latency_ms", "ms", "median_ms", "mean_ms"):
-            if getattr(value, attr, None) is not None:
-                return float(getattr(value, attr))
-        return float(value)
+        return latency_ms(self._measure(model))
+
+
+def latency_ms(value):
+    """Milliseconds of what a ``latency_fn`` returned: a number, or a report object (a predictor's
+    ``total_ms`` / ``latency_ms`` / ``ms``; a :class:`kslim.lite.ProfileReport`'s median, as
+    kslim.compressor's reports take, else its mean)."""
+    for attr in ("total_ms", "latency_ms", "ms", "median_ms", "mean_ms"):
+        if getattr(value, attr, None) is not None:
+            return float(getattr(value, attr))
+    return float(value)
 
 
 

@@ -56,11 +56,9 @@ class NetAdaptResult:
 
 
 def _latency(fn, model):
-    value = fn(model)
-    for attr in ("median_ms", "latency_ms", "total_ms", "mean_ms"):
-        if getattr(value, attr, None) is not None:
-            return float(getattr(value, attr))
-    return float(value)
+    from kslim.nas.constraints import latency_ms
+
+    return latency_ms(fn(model))
 
 
 def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_fn=None, *, step=0.05,
@@ -73,8 +71,8 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
         eval_fn: ``model -> float``, higher is better (a short validation accuracy).
         latency_reduction: share of the starting latency to remove, in (0, 1); or
         max_latency: the budget in ms (both given: the tighter one).
-        latency_fn: ``model -> ms`` (or a report with ``median_ms``); default
-            :func:`kslim.lite.measure_latency`.
+        latency_fn: ``model -> ms`` (or a report with ``median_ms``), or a
+            :class:`kslim.lite.LatencyPredictor`; default :func:`kslim.lite.measure_latency`.
         step: share of the starting latency each step removes (the paper's resource reduction schedule,
             constant here).
         importance, skip, keep_classifier, round_to: how the channels of a group are ranked and
@@ -101,6 +99,10 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
                                                                         "per step")
     if latency_fn is None:
         from kslim.lite.profiling import measure_latency as latency_fn
+    elif not callable(latency_fn) and callable(getattr(latency_fn, "predict", None)):
+        latency_fn = latency_fn.predict  # a kslim.lite.LatencyPredictor given directly
+    elif not callable(latency_fn):
+        raise KslimTypeError(f"netadapt(): latency_fn must be callable (model -> ms), got {latency_fn!r}.")
     state_file = model_file = saved = None
     done = []
     current = model

@@ -134,8 +134,7 @@ def quant_post_litert(model, recipe="int8", calibration_data=None, num_calibrati
     lite = LiteModel(bytes(result.quantized_model))
     lite.conversion = {"quantize": "litert", "recipe": [list(r) for r in rules], "backend": "ai-edge-quantizer"}
     if check:
-        lite.parity = parity(model, lite, calibration_data if calibration_data is not None else None,
-                             quantized=any(n in ("int8", "int16x8") for _, n in rules))
+        lite.parity = parity(model, lite, calibration_data, quantized=any(n in ("int8", "int16x8") for _, n in rules))
     return lite
 
 

@@ -133,10 +133,9 @@ def recalibrate_batch_norm(model, x):
 
 #: the third of the zoo the default test suite runs (the rest is ``-m slow``): every source, input kind and
 #: failure cause of issue 13 at least once, and quick to check
-# one entry of each kind runs in the default test suite (the rest with -m slow): residual CNN, vision
-# and text transformers, skip-concat U-Net, Conv1D text, attention, recurrence, nesting, dict (multi-)input
-REPRESENTATIVE = ("hub_resnet_basic", "hub_vit", "hub_bert", "io_unet", "io_text_cnn", "io_vit_mha", "io_lstm",
-                  "io_nested_twice", "io_dict_input")
+# one entry of each kind runs in the default test suite (the rest with -m slow): a keras-hub residual CNN
+# and text transformer (composite layers), a ViT with MultiHeadAttention, recurrence, nesting, dict input
+REPRESENTATIVE = ("hub_resnet_basic", "hub_bert", "io_vit_mha", "io_lstm", "io_nested_twice", "io_dict_input")
 
 
 # -------------------------------------------------------------------------------- input helpers
