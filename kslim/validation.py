@@ -61,7 +61,6 @@ def renamed(**old_to_new):
                     kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
 
-        wrapper.renamed_arguments = dict(old_to_new)
         return wrapper
 
     return decorate
