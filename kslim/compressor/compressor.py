@@ -56,13 +56,9 @@ class _Context:
 
     def float_lite(self, model):
         """The TFLite conversion used to measure a Keras stage's latency (int8 for a QAT model)."""
-        if self.qat:
-            from kslim.quant import convert as qconvert
-
-            return qconvert(model)
         from kslim.lite import convert
 
-        return convert(model, check=False)
+        return convert(model, check=self.qat)  # kslim.lite.convert gives a QAT model int8 kernels
 
 
 class CompressionResult:

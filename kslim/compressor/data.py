@@ -111,15 +111,7 @@ class PipelineData:
 
     def calibration(self, n):
         """Up to ``n`` training images (float32 NHWC) for calibration."""
-        if self.x_train is not None:
-            return self.x_train[:n]
-        xs, total = [], 0
-        for xb, _ in self._train_ds:
-            xs.append(np.asarray(xb))
-            total += len(xs[-1])
-            if total >= n:
-                break
-        return np.concatenate(xs)[:n]
+        return self.train_arrays(n)[0]
 
     def train_arrays(self, n):
         """Up to ``n`` training ``(x, y)`` arrays (what the data-driven importances are measured on)."""

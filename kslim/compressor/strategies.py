@@ -342,16 +342,12 @@ def run_export(ctx, p, sdir, prefix):
     what = ("int8 kernels from the QAT ranges" if ctx.qat else
             {None: "float32", "int8": "full int8, calibrated on 200 training images"}.get(quantize, quantize))
     ctx.header(f"TFLite export of {ctx.model.name}: {what}")
-    if ctx.qat:
-        from kslim.quant import convert as qconvert
-
-        ctx.lite = qconvert(ctx.model, inference_input_type=p.get("inference_input_type", "float32"),
-                            inference_output_type=p.get("inference_output_type", "float32"))
-    else:
-        rep = ctx.data.calibration(200) if quantize == "int8" else None
-        ctx.lite = convert(ctx.model, quantize=quantize, representative_data=rep, check_data=x_check,
-                           inference_input_type=p.get("inference_input_type", "float32"),
-                           inference_output_type=p.get("inference_output_type", "float32"))
+    # a QAT model: int8 kernels from its own ranges (no calibration data)
+    rep = ctx.data.calibration(200) if quantize == "int8" and not ctx.qat else None
+    ctx.lite = convert(ctx.model, quantize="int8" if ctx.qat else quantize, representative_data=rep,
+                       check_data=None if ctx.qat else x_check,
+                       inference_input_type=p.get("inference_input_type", "float32"),
+                       inference_output_type=p.get("inference_output_type", "float32"))
 
 
 def run_profile(ctx, p, sdir, prefix):

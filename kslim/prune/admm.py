@@ -32,6 +32,7 @@ import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 from kslim.prune.base import check_group_ratios
+from kslim.prune.regularizers import group_norms
 
 
 class _ADMMPenalty(keras.regularizers.Regularizer):
@@ -141,12 +142,8 @@ class ADMMPruning(keras.callbacks.Callback):
         z_new = {k: v.copy() for k, v in values.items()}
         plan = {}
         for g, n in self._targets.items():
-            sq = np.zeros(g.size)
-            for var, idx, axis in self._terms[g]:
-                moved = np.moveaxis(values[id(var)], axis, 0)
-                along = np.square(moved).reshape(moved.shape[0], -1).sum(axis=1)
-                sq += along[idx].sum(axis=1)
-            removed = np.sort(np.argsort(sq, kind="stable")[:n])
+            norms = group_norms(self.pruner, g, values)  # of W + U, over every member of each channel
+            removed = np.sort(np.argsort(norms, kind="stable")[:n])
             plan[g.name] = removed
             for var, idx, axis in self._terms[g]:
                 moved = np.moveaxis(z_new[id(var)], axis, 0)  # a view: zeroing it zeroes z_new

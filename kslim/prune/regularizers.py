@@ -232,8 +232,11 @@ def group_lasso_penalty(model, strength=1e-4, pruner=None, importance=None, **pr
     return penalty
 
 
-def group_norms(pruner, group):
+def group_norms(pruner, group, values=None):
     """The L2 norm of every channel of ``group`` over all its members' weights (what group lasso shrinks).
+
+    ``values``: ``{id(variable): array}`` to use instead of some variables' current values (ADMM
+    projects ``W + U``).
 
     >>> import keras
     >>> from kslim.prune import make_pruner
@@ -252,7 +255,7 @@ def group_norms(pruner, group):
         var = pruner.graph.layers[m.layer_name].weights[m.weight_index]
         if not getattr(var, "trainable", False):
             continue
-        w = np.asarray(var.numpy(), dtype=np.float64)
+        w = np.asarray(values[id(var)] if values is not None and id(var) in values else var.numpy(), dtype=np.float64)
         along = np.square(np.moveaxis(w, m.axis, 0)).reshape(w.shape[m.axis], -1).sum(axis=1)
         sq += per_channel(along, m, group.size)
     return np.sqrt(sq)
