@@ -24,6 +24,7 @@ from kslim.quant.layers import (  # noqa: E402
     QuantDepthwiseConv2D,
     QuantEinsumDense,
     QuantEmbedding,
+    QuantLayerNormalization,
 )
 
 L = keras.layers
@@ -291,6 +292,47 @@ def test_multi_head_attention_int8():
     _assert_int8(lite, ["FULLY_CONNECTED"])
     assert lite.ops()["FULLY_CONNECTED"] == 6 and lite.ops()["BATCH_MATMUL"] == 2 and "SOFTMAX" in lite.ops()
     _assert_parity(q, lite, x)
+
+
+def test_transformer_block_with_layer_norm_fully_int8(tmp_path):
+    """Post-LN and pre-LN encoder blocks (MHA + LayerNormalization + FFN): every op int8, LN included."""
+    inp = keras.Input((None, 16))   # an undefined sequence length, as keras-hub text backbones have
+    x = L.Dense(16, name="embed")(inp)
+    a = L.MultiHeadAttention(2, 8, name="mha")(x, x)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln1")(L.Add()([x, a]))       # post-LN
+    h = L.LayerNormalization(name="ln2", center=False)(x)                      # pre-LN, no beta
+    h = L.Dense(16, name="ffn_out")(L.Dense(32, activation="relu", name="ffn_in")(h))
+    out = L.Dense(3, name="logits")(L.GlobalAveragePooling1D()(L.Add()([x, h])))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    for name in ("ln1", "ln2"):
+        layer = model.get_layer(name)
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
+    x = rng.normal(size=(32, 6, 16)).astype("float32")
+    q, lite = _qat_lite(model, x)
+    assert q.kslim_unquantized == {}
+    lns = [l for l in _leaf_layers(q) if isinstance(l, QuantLayerNormalization)]
+    assert len(lns) == 2 and all(s.calibrated for l in lns for s in l.step_quantizers)
+    assert set(activation_quantizers(q)) >= {s for l in lns for s in l.step_quantizers}
+    _assert_int8(lite, ["FULLY_CONNECTED", "DEPTHWISE_CONV_2D"])   # gamma: an int8 1x1 depthwise conv
+    assert {"MEAN", "RSQRT", "SUB"} <= set(lite.ops())
+    _assert_parity(q, lite, x)
+    ref = np.asarray(model(x))
+    assert np.corrcoef(ref.ravel(), np.asarray(q(x)).ravel())[0, 1] > 0.99   # QAT stays close to float
+    path = tmp_path / "ln.keras"
+    q.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(q(x)), rtol=0, atol=1e-6)
+
+
+def test_layer_norm_over_another_axis_stays_float_and_says_why():
+    inp = keras.Input((4, 6))
+    y = L.LayerNormalization(axis=1, name="ln")(L.Dense(6, name="d")(inp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quant_aware(keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(y))))
+    assert "axis" in q.kslim_unquantized["ln"]
+    assert type(q.get_layer("ln")) is L.LayerNormalization
 
 
 # ------------------------------------------------------------------------------------------ BN and pooling

@@ -199,3 +199,48 @@ def test_keras_hub_deit_and_swin_prune_and_run_on_another_batch_size(name):
     x = sample_inputs(model, 7, seed=4)               # composites were traced at batch 3 and 5
     assert small.predict(x, batch_size=7, verbose=0).shape == (7, 4)
     assert small.predict(x[:1], verbose=0).shape == (1, 4)
+
+
+# ----------------------------------------------------- layers Keras' auto-config cannot serialise
+def _identity_policy_model():
+    # keras-hub's Swin builds ``Identity(dtype=policy_object)``: Keras' auto-config raises
+    # NotImplementedError for it, yet the base-layer config (name, trainable, dtype) is all it has.
+    import keras
+    from keras import layers
+
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.Identity(dtype=keras.DTypePolicy("float32"), name="drop_path")(x)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(4, name="logits")(x))
+
+
+def test_identity_built_with_a_policy_object_prunes_and_quantizes():
+    from kslim.prune import L1NormFilterPruner
+    from kslim.quant import quant_aware
+
+    model = _identity_policy_model()
+    with pytest.raises(NotImplementedError):
+        model.get_layer("drop_path").get_config()
+    assert kg.layer_config(model.get_layer("drop_path"))["name"] == "drop_path"
+    x = _images(8, seed=1)[:, :8, :8]
+    pruned = L1NormFilterPruner(model).prune(0.5)
+    assert pruned.get_layer("conv1").filters == 4 and pruned.count_params() < model.count_params()
+    assert pruned(x).shape == (8, 4)
+    q = quant_aware(model)
+    assert q.kslim_unquantized == {} and np.isfinite(np.asarray(q(x))).all()
+
+
+def test_a_layers_own_failing_get_config_is_not_papered_over():
+    import keras
+
+    class Broken(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+        def get_config(self):
+            raise TypeError("broken on purpose")
+
+    with pytest.raises(TypeError, match="broken on purpose"):
+        kg.layer_config(Broken())

@@ -767,6 +767,27 @@ class BatchBroadcast(keras.Operation):
 _BATCH_SHAPED = {"Reshape": "newshape", "Tile": "repeats", "BroadcastTo": "shape"}
 
 
+def layer_config(layer):
+    """``layer.get_config()``, or, when Keras' own auto-config (the layer does not override
+    ``get_config``) raises for a layer whose ``__init__`` takes nothing but base-layer keywords
+    (keras-hub builds ``Identity(dtype=policy_object)``, which the auto-config cannot serialise), the
+    base-layer config (name, trainable, dtype policy name). Other failures, a layer's own
+    ``get_config`` among them, propagate to the caller, which names the layer."""
+    import inspect
+
+    try:
+        return layer.get_config()
+    except Exception:  # noqa: BLE001 - re-raised below unless the layer has no arguments to lose
+        if type(layer).get_config is not keras.layers.Layer.get_config:
+            raise
+        params = [p for p in inspect.signature(type(layer).__init__).parameters.values()
+                  if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if any(p.default is inspect.Parameter.empty for p in params):
+            raise
+        policy = getattr(layer, "dtype_policy", None)
+        return {"name": layer.name, "trainable": layer.trainable, "dtype": getattr(policy, "name", None)}
+
+
 def _op_config(op):
     auto = getattr(op, "_auto_config", None)
     return {k: v for k, v in (auto.config if auto is not None else {}).items() if k != "name"}

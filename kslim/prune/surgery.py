@@ -39,27 +39,10 @@ def removed_outputs(removed):
     return out
 
 
-def _minimal_config(layer):
-    """The config of a layer whose ``__init__`` takes nothing but base-layer keywords (``Identity``)."""
-    import inspect
-
-    params = [p for p in inspect.signature(type(layer).__init__).parameters.values()
-              if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    if any(p.default is inspect.Parameter.empty for p in params):
-        return None
-    policy = getattr(layer, "dtype_policy", None)
-    return {"name": layer.name, "trainable": layer.trainable, "dtype": getattr(policy, "name", None)}
-
-
 def _new_config(layer, name, n_out_removed, node, args, cuts=None):
     import kslim.rules as registry
 
-    try:
-        config = layer.get_config()
-    except Exception:  # noqa: BLE001 - e.g. keras-hub's Identity built with a policy object
-        config = _minimal_config(layer)
-        if config is None:
-            raise
+    config = kg.layer_config(layer)  # a failure is reported by _clone_layer
     config["name"] = layer.name
     policy = getattr(layer, "dtype_policy", None)
     if isinstance(config.get("dtype"), dict) and type(policy).__name__ == "DTypePolicy":

@@ -23,7 +23,7 @@ WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
 ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
 QUANTIZABLE_LAYER_TYPES = (
     "Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense", "EinsumDense",
-    "Embedding", "MultiHeadAttention", "BatchNormalization",
+    "Embedding", "MultiHeadAttention", "BatchNormalization", "LayerNormalization",
 )
 
 # Layer types with weights that QAT leaves float, and why (shown in errors and in kslim_unquantized).
@@ -32,8 +32,8 @@ NOT_QUANTIZABLE = {
     "Conv3DTranspose": "TFLite has no int8 CONV_3D_TRANSPOSE kernel (it runs in float32 only)",
     "DepthwiseConv1D": "kslim has no quantized DepthwiseConv1D yet: its weights stay float",
     "SeparableConv1D": "kslim has no quantized SeparableConv1D yet: its weights stay float",
-    "LayerNormalization": "TFLite has no int8 layer normalization: its mean/variance ops stay float",
-    "GroupNormalization": "TFLite has no int8 group normalization: its mean/variance ops stay float",
+    "GroupNormalization": "kslim has no quantized GroupNormalization yet: its mean/variance ops stay float",
+    "RMSNormalization": "kslim has no quantized RMSNormalization yet: its statistics stay float",
     "LSTM": "recurrent layer: kslim does not quantize recurrences",
     "GRU": "recurrent layer: kslim does not quantize recurrences",
     "SimpleRNN": "recurrent layer: kslim does not quantize recurrences",

@@ -443,6 +443,30 @@ class QuantEmbedding(_QuantKernelMixin, keras.layers.Embedding):
         return self._quant_config(super().get_config())
 
 
+def _depthwise_kernel(scale, bits, per_channel):
+    """A per-channel ``scale`` (C,) as the fake-quantized kernel ``(1, 1, C, 1)`` of a 1x1 depthwise conv.
+
+    Reshaped from ``(1, 1, C)`` after the fake quant: slicing the fake-quantized kernel instead makes the
+    converter fail."""
+    kernel = ops.fake_quant_weight(tf.reshape(scale, (1, 1, -1)), bits, per_channel)
+    return tf.reshape(kernel, (1, 1, -1, 1))
+
+
+def _channel_affine(x, scale, shift, bits, per_channel):
+    """``x * scale + shift`` over the last axis of a rank-2..4 ``x``, computed as TFLite's int8
+    ``DEPTHWISE_CONV_2D`` 1x1 (``scale`` fake-quantized per channel; ``shift``, if not None, the bias)."""
+    rank = len(x.shape)
+    for _ in range(4 - rank):
+        x = tf.expand_dims(x, 1)
+    y = tf.nn.depthwise_conv2d(x, _depthwise_kernel(scale, bits, per_channel), strides=(1, 1, 1, 1),
+                               padding="VALID")
+    if shift is not None:  # next to the conv, so the converter makes it the conv's bias (also with None dims)
+        y = y + shift
+    if rank < 4:
+        y = tf.squeeze(y, list(range(1, 5 - rank)))
+    return y
+
+
 @keras.saving.register_keras_serializable(package="kslim")
 class QuantBatchNormalization(_QuantKernelMixin, keras.layers.BatchNormalization):
     """A BatchNormalization that could not be folded, run as TFLite runs it in int8: a per-channel affine.
@@ -475,31 +499,113 @@ class QuantBatchNormalization(_QuantKernelMixin, keras.layers.BatchNormalization
         beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros_like(var)
         return bn_affine(gamma, beta, tf.convert_to_tensor(self.moving_mean), var, self.epsilon)
 
-    def _depthwise_kernel(self):
-        # (1, 1, C) -> (1, 1, C, 1); slicing the fake-quantized kernel instead makes the converter fail
-        scale, _ = self.affine()
-        kernel = ops.fake_quant_weight(tf.reshape(scale, (1, 1, -1)), self.weight_bits, self.per_channel)
-        return tf.reshape(kernel, (1, 1, -1, 1))
-
     def quantized_kernel(self):
         """The per-channel scale as the int8 model holds it (fake-quantized), shape ``(C,)``."""
-        return tf.reshape(self._depthwise_kernel(), (-1,))
+        scale, _ = self.affine()
+        return tf.reshape(_depthwise_kernel(scale, self.weight_bits, self.per_channel), (-1,))
 
     def call(self, inputs, training=None, mask=None):
-        _, shift = self.affine()
-        kernel = self._depthwise_kernel()
-        rank = len(inputs.shape)
-        x = inputs
-        for _ in range(4 - rank):
-            x = tf.expand_dims(x, 1)
-        y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, 1, 1, 1), padding="VALID")
-        if rank < 4:
-            y = tf.squeeze(y, list(range(1, 5 - rank)))
-        return y + shift
+        scale, shift = self.affine()
+        return _channel_affine(inputs, scale, shift, self.weight_bits, self.per_channel)
 
     def get_config(self):
         return self._quant_config(super().get_config())
 
 
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization):
+    """A LayerNormalization over the last axis computed the way TFLite runs it in int8: op by op.
+
+    TFLite has no layer-normalization kernel: the converter lowers it to MEAN, SUB, MUL, MEAN, ADD,
+    RSQRT, MUL and an affine, each of which has an int8 kernel that needs a range on its output. This
+    layer computes exactly those steps and fake-quantizes each intermediate tensor with its own
+    :class:`ActivationQuantizer` (:attr:`step_quantizers`, which learn their ranges in training like
+    every other quantizer), then applies ``gamma``/``beta`` as an int8 per-channel affine (a 1x1
+    depthwise conv, as :class:`QuantBatchNormalization`). Converted, the whole normalization is int8;
+    without the step ranges its statistics stay float ops in an otherwise int8 model.
+
+    ``rms_scaling=True`` follows Keras (``x * rsqrt(var(x) + epsilon) * gamma``). The output range is
+    the quantizer ``quant_aware`` puts after the layer, as for any other layer.
+
+    Args (besides LayerNormalization's): ``weight_bits``, ``per_channel`` for ``gamma``;
+    ``activation_bits``, ``activation_mode``, ``momentum``: the settings of the step quantizers
+    (:class:`ActivationQuantizer`'s ``bits``, ``mode``, ``momentum``).
+
+    Example:
+        >>> import numpy as np
+        >>> ln = QuantLayerNormalization(epsilon=1e-6)
+        >>> x = np.random.default_rng(0).normal(size=(4, 3, 8)).astype("float32")
+        >>> y = ln(x, training=True)                  # the step quantizers learn their ranges
+        >>> ref = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+        >>> bool(np.abs(np.asarray(y) - np.asarray(ref)).max() < 0.1)
+        True
+        >>> [q.name.rsplit("_", 2)[-2] for q in ln.step_quantizers][:3]
+        ['mean', 'centered', 'square']
+    """
+
+    STEPS = ("mean", "centered", "square", "variance", "shifted", "inv_std", "normalized")
+    takes_activation_config = True   # quant_aware passes its activation settings to the step quantizers
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, activation_bits=8,
+                 activation_mode="moving_average_abs_max", momentum=0.9, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+        self.activation_bits = check_bits(activation_bits, "activation_bits")
+        self.activation_mode = _check_choice(activation_mode, ACTIVATION_QUANTIZE_TYPES, "activation_mode")
+        self.momentum = float(momentum)
+        self.step_quantizers = [
+            ActivationQuantizer(bits=self.activation_bits, mode=self.activation_mode, momentum=self.momentum,
+                                name=f"{self.name}_{step}_quant") for step in self.STEPS]
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+        if len(axes) != 1 or axes[0] % rank != rank - 1 or not 2 <= rank <= 4:
+            raise KslimValueError(f"{self.name}: QuantLayerNormalization needs a rank-2..4 input normalised over "
+                                  f"its last axis, got rank {rank} and axis={self.axis!r}.")
+        super().build(input_shape)
+        for q in self.step_quantizers:
+            q.build(())
+
+    def set_weights(self, weights):
+        """Also takes the weights of the float LayerNormalization (``gamma``/``beta`` only): the step
+        quantizers then keep their ranges."""
+        own = [v for v in (self.gamma, self.beta) if v is not None]
+        if len(weights) == len(own) < len(self.weights):
+            for v, w in zip(own, weights):
+                v.assign(w)
+            return
+        super().set_weights(weights)
+
+    def call(self, inputs, training=None):
+        q = dict(zip(self.STEPS, self.step_quantizers))
+        x = tf.cast(inputs, tf.float32)
+        mean = q["mean"](tf.reduce_mean(x, axis=-1, keepdims=True), training=training)
+        d = q["centered"](x - mean, training=training)
+        var = q["variance"](tf.reduce_mean(q["square"](d * d, training=training), axis=-1, keepdims=True),
+                            training=training)
+        inv = q["inv_std"](tf.math.rsqrt(q["shifted"](var + self.epsilon, training=training)), training=training)
+        y = q["normalized"]((x if self.rms_scaling else d) * inv, training=training)
+        if self.gamma is None and (self.beta is None or self.rms_scaling):
+            return kops.cast(y, self.compute_dtype)
+        scale = tf.convert_to_tensor(self.gamma) if self.gamma is not None else tf.ones((y.shape[-1],))
+        shift = None if self.beta is None or self.rms_scaling else tf.convert_to_tensor(self.beta)
+        return kops.cast(_channel_affine(y, scale, shift, self.weight_bits, self.per_channel), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def quantized_kernel(self):
+        """``gamma`` as the int8 model holds it (fake-quantized), shape ``(C,)``."""
+        return tf.reshape(_depthwise_kernel(tf.convert_to_tensor(self.gamma), self.weight_bits, self.per_channel),
+                          (-1,))
+
+    def get_config(self):
+        config = self._quant_config(super().get_config())
+        config.update(activation_bits=self.activation_bits, activation_mode=self.activation_mode,
+                      momentum=self.momentum)
+        return config
+
+
 QUANT_LAYERS = (QuantConv1D, QuantConv2D, QuantConv2DTranspose, QuantDepthwiseConv2D, QuantDense, QuantEinsumDense,
-                QuantEmbedding, QuantBatchNormalization)
+                QuantEmbedding, QuantBatchNormalization, QuantLayerNormalization)

@@ -5,7 +5,8 @@ weights are copied), nested models included:
 
 * every quantizable layer becomes its quantized twin with a fake-quantized kernel
   (:mod:`kslim.quant.layers`): Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, Dense, EinsumDense,
-  Embedding (int8 table). ``SeparableConv2D`` is split into a quantized depthwise and a quantized 1x1
+  Embedding (int8 table), LayerNormalization (every step of its statistics quantized,
+  :class:`~kslim.quant.layers.QuantLayerNormalization`). ``SeparableConv2D`` is split into a quantized depthwise and a quantized 1x1
   conv (what TFLite runs anyway) with an activation quantizer between them. A ``MultiHeadAttention`` is
   expanded into a nested model of the same name holding its projections (``QuantEinsumDense``) and its
   attention ops, each with its own range, so that it converts to int8 FULLY_CONNECTED / BATCH_MATMUL /
@@ -44,7 +45,7 @@ every depth).
 Layers QAT leaves float are listed, with the reason, in the returned model's ``kslim_unquantized``
 attribute (``{path: reason}``), and in a warning for those kslim could not quantize (not those
 ``skip`` & co. asked for): layer types without a quantized twin (Conv3D: TFLite has no int8
-CONV_3D; LSTM, LayerNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
+CONV_3D; LSTM, GroupNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
 attention and composite layers that could not be expanded.
 
 The result trains with ``fit`` like any Keras model, saves as ``.keras``, and
@@ -150,6 +151,7 @@ def _all_layers(model):
                 continue
             seen.add(id(layer))
             yield layer
+            yield from getattr(layer, "step_quantizers", ())  # QuantLayerNormalization's inner ranges
             if isinstance(layer, keras.Model):
                 yield from visit(layer)
 
@@ -160,7 +162,8 @@ def activation_quantizers(model):
     """The :class:`~kslim.quant.layers.ActivationQuantizer` layers of ``model``, in graph order.
 
     Graph order is the topological order of the model (inputs first), nested models in place; for
-    each quantizer of the top model, ``layer.input`` is the tensor whose range it holds.
+    each quantizer of the top model, ``layer.input`` is the tensor whose range it holds. The step
+    quantizers inside a :class:`~kslim.quant.layers.QuantLayerNormalization` follow that layer.
     """
     from kslim.quant.layers import ActivationQuantizer
 
@@ -430,6 +433,11 @@ def _unsupported_setting(layer, rank):
         return "grouped Conv1D (groups > 1): TFLite has no grouped int8 1-D convolution"
     if tname == "EinsumDense" and "." in layer.equation.split("->")[0].split(",")[1]:
         return f"EinsumDense kernel with an ellipsis ({layer.equation!r})"
+    if isinstance(layer, keras.layers.LayerNormalization):
+        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+        if rank is None or len(axes) != 1 or axes[0] not in (-1, rank - 1) or not 2 <= rank <= 4:
+            return (f"LayerNormalization over axis {layer.axis} of a rank-{rank} input (kslim quantizes the last "
+                    "axis of ranks 2 to 4)")
     if isinstance(layer, keras.layers.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
         if rank is None or axis not in (-1, rank - 1):
@@ -610,7 +618,8 @@ def _place_quantizers(flat, config, plan):
 def _split_activations(flat, plan):
     for layer_id, qcls in plan.quantize.items():
         layer = flat.calls[layer_id][0].op
-        if qcls not in ("QuantEmbedding", "QuantBatchNormalization") and not _has_fusable_activation(layer):
+        if qcls not in ("QuantEmbedding", "QuantBatchNormalization", "QuantLayerNormalization") \
+                and not _has_fusable_activation(layer):
             plan.split.add(layer_id)
 
 
@@ -652,7 +661,7 @@ def _copy_error(layer, path, what, error):
 
 def _config_of(layer, path):
     try:
-        return layer.get_config()
+        return kg.layer_config(layer)
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
         raise _copy_error(layer, path, "get_config()", e) from e
 
@@ -716,6 +725,9 @@ class _Rewriter:
             if qcls is not None:
                 cls = getattr(qlayers, qcls)
                 over.update(quant_args)
+                if getattr(cls, "takes_activation_config", False):
+                    over.update(activation_bits=config.activation_bits, momentum=config.moving_rate,
+                                activation_mode=config.activation_quantize_type)
             new = _from_config(cls, {**cfg, **over}, layer, path)
             self.new[id(layer)] = new
             self.weights[id(new)] = weights
@@ -831,6 +843,13 @@ class _Rewriter:
         import keras
 
         new = self.new[id(op)]
+        if isinstance(op, keras.layers.Add) and len(args[0]) > 2:
+            # TFLite adds n > 2 tensors pairwise: each partial sum is an int8 ADD output that needs a range
+            x = args[0][0]
+            for i, y in enumerate(args[0][1:-1]):
+                x = self._act_quantizer(scope, f"{op.name}_partial{i}")(
+                    keras.layers.Add(name=f"{op.name}_partial{i}")([x, y]))
+            return self._call_layer(new, path, ([x, args[0][-1]],), kwargs)
         if isinstance(new, tuple):  # separable conv: depthwise, quantizer, pointwise
             dw, pw = new
             x = self._call_layer(dw, path, args, kwargs)

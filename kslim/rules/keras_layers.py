@@ -237,10 +237,12 @@ class BatchNormRule(LayerRule):
 
 @register(*[c for c in (L.LayerNormalization, getattr(L, "RMSNormalization", None)) if c is not None])
 class LayerNormRule(BatchNormRule):
-    """gamma/beta per channel; the statistics span every channel, so pruning through it is approximate."""
+    """gamma/beta per channel; the statistics span every channel, so pruning through it is approximate.
+    Quantized step by step (:class:`kslim.quant.layers.QuantLayerNormalization`; RMSNormalization has no
+    twin yet)."""
 
     exact = False
-    quant_class = None
+    quant_class = "QuantLayerNormalization"
 
 
 @register(L.GroupNormalization)
