@@ -16,6 +16,7 @@ from kslim.quant.layers import (
     QUANT_LAYERS,
     ActivationQuantizer,
     QuantBatchNormalization,
+    QuantLayerNormalization,
     QuantConv1D,
     QuantConv2D,
     QuantConv2DTranspose,
@@ -33,6 +34,7 @@ __all__ = [
     "ActivationQuantizer",
     "QUANT_LAYERS",
     "QuantBatchNormalization",
+    "QuantLayerNormalization",
     "QuantConv1D",
     "QuantConv2D",
     "QuantConv2DTranspose",
@@ -54,6 +56,9 @@ from kslim.quant.debug import QuantDebugReport, quant_debug  # noqa: E402
 from kslim.quant.dynamic import quant_post_dynamic  # noqa: E402
 from kslim.quant.ptq import quant_post_static  # noqa: E402
 from kslim.quant.litert import RECIPES, quant_post_litert, tensor_types  # noqa: E402
+from kslim.quant.equalize import equalize_cross_layer  # noqa: E402
+from kslim.quant.bias_correction import correct_weight_bias  # noqa: E402
+from kslim.quant.bn_reestimate import reestimate_batch_norm  # noqa: E402
 
 __all__ += [
     "ALGOS",
@@ -66,4 +71,7 @@ __all__ += [
     "quant_post_litert",
     "RECIPES",
     "tensor_types",
+    "equalize_cross_layer",
+    "correct_weight_bias",
+    "reestimate_batch_norm",
 ]
