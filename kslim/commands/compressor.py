@@ -1,4 +1,15 @@
-"""``kslim compress CONFIG [--out DIR | --resume DIR] [--quick]``."""
+"""``kslim compress CONFIG [--out DIR | --resume DIR] [--quick]``, ``kslim compress --list-strategies``."""
+
+
+def strategy_lines():
+    """One line per registered strategy (:mod:`kslim.compressor.strategies`): name, what it does, its fields."""
+    from kslim.compressor import registered_strategies
+
+    lines = []
+    for s in registered_strategies():
+        fields = ", ".join(sorted(s.schema.get("properties", {}))) or "none"
+        lines.append(f"{s.name}: {s.doc or '(no description)'}\n    fields: {fields}")
+    return lines
 
 
 def run_resumable(comp, resume, command):
@@ -21,6 +32,9 @@ def cmd_compress(args):
     from kslim.compressor.run_dir import RunDir
     from kslim.errors import ConfigError
 
+    if args.list_strategies:
+        print("\n".join(strategy_lines()))
+        return 0
     if args.resume and args.out:
         raise ConfigError("give either --out (new run) or --resume (continue a run), not both", path="--resume")
     config = args.config
@@ -55,5 +69,7 @@ def register(sub):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="Keras training verbosity (0 silent, 1 progress bar, 2 one line per epoch); kslim's "
                         "stage headers are always shown")
+    p.add_argument("--list-strategies", action="store_true",
+                   help="list the strategies a config can name (the registry), with their fields, and exit")
     add_unsafe_option(p)
     p.set_defaults(func=cmd_compress)

@@ -12,7 +12,7 @@ from kslim.compressor.data import PipelineData, load_hook
 from kslim.compressor.report import measure_latencies, write_report
 from kslim.compressor.run_dir import RunDir, crash_point, guarded_write
 from kslim.compressor.strategies import (
-    STRATEGY_FUNCTIONS, _build_model, _load_keras, _macs, accuracy, describe_model,
+    _build_model, _load_keras, _macs, accuracy, describe_model, get_strategy,
 )
 from kslim.errors import ConfigError
 
@@ -197,7 +197,8 @@ class Compressor:
             ctx.stage_seed = config["seed"] * 1000 + i * 100
             ctx.info = {}
             ctx.begin_stage(i, n, name)
-            STRATEGY_FUNCTIONS[name](ctx, params, sdir, f"{i}:{name}")
+            strategy = get_strategy(name)
+            strategy.run(ctx, params, sdir, f"{i}:{name}")
             entry = {"status": "done", "qat": ctx.qat}
             if ctx.lite is not None:
                 path = sdir / "model.tflite"
@@ -206,17 +207,17 @@ class Compressor:
                 artefact = path
             else:
                 artefact = None
-            if ctx.model is not None and name not in ("export", "profile", "quant_post_static",
-                                                      "quant_post_dynamic"):
+            if ctx.model is not None and strategy.keras_output:
                 path = sdir / "model.keras"
                 guarded_write(atomic_save_model, ctx.model, path)
                 artefact = path
             entry["model"] = _rel(self._last_model_path(state, i, sdir), self.run_dir)
-            if name == "profile":
+            if not strategy.measured:  # e.g. profile: the previous stage's row, plus the step's figures
                 row = dict(self._previous_row(state, i))
-                row["stage"] = f"{i}. profile"
+                row["stage"] = f"{i}. {name}"
                 row.pop("info", None)
-                row["profile"] = ctx.info.pop("profile", None)
+                row.update(ctx.info)
+                ctx.info = {}
             else:
                 row = self._measure(ctx, f"{i}. {name}", artefact, sdir, x_eval, y_eval)
             if ctx.info:

@@ -26,6 +26,10 @@ Errors name the field path (``strategies[0].prune.importance``) and the allowed 
 names are those of the Python API (``importance``, ``ratios``, ``flops_reduction``, ``skip``,
 ``num_threads``); the kslim 0.1 names in :data:`RENAMED_FIELDS` still work for one release, with a
 ``DeprecationWarning``.
+
+The strategy names and each strategy's parameters are not listed here: they are the registry of
+:mod:`kslim.compressor.strategies` (:func:`~kslim.compressor.strategies.register_strategy`), from
+which :func:`config_schema`, the error messages and ``STRATEGIES`` are derived.
 """
 
 import copy
@@ -38,15 +42,10 @@ import yaml
 
 from kslim.compressor.distribute import MODES as DISTRIBUTE_MODES
 from kslim.errors import ConfigError
-from kslim.lite.converter import QUANTIZE_MODES
-from kslim.prune.importance import importance_names
 from kslim.validation import warn_renamed
 
-STRATEGIES = (
-    "prune", "distill", "quant_aware", "quant_post_static", "quant_post_dynamic", "export", "profile",
-)
-
-_FINE_TUNE = {
+#: the ``fine_tune`` settings of a step (any left out: the config's ``train`` section)
+FINE_TUNE_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
@@ -56,7 +55,8 @@ _FINE_TUNE = {
     },
 }
 
-_MODEL_REF = {
+#: a model: a reference model of the zoo (trained and cached first) or a ``.keras`` file
+MODEL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
@@ -68,135 +68,10 @@ _MODEL_REF = {
     "oneOf": [{"required": ["reference"]}, {"required": ["path"]}],
 }
 
-_RATIO = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+#: a pruning ratio, in [0, 1)
+RATIO_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
 
-_STRATEGY_SCHEMAS = {
-    "prune": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
-            # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
-            "importance_samples": {"type": "integer", "minimum": 1},
-            # one ratio for every prunable group, or {layer: ratio}
-            "ratios": {"oneOf": [_RATIO, {"type": "object", "additionalProperties": _RATIO, "minProperties": 1}]},
-            "flops_reduction": _RATIO,
-            "sensitivity": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "flops_reduction": _RATIO,
-                    "max_loss": {"type": "number", "exclusiveMinimum": 0},
-                    "ratios": {"type": "array", "items": _RATIO, "minItems": 1},
-                    "eval_samples": {"type": "integer", "minimum": 1},
-                },
-                "oneOf": [{"required": ["flops_reduction"]}, {"required": ["max_loss"]}],
-            },
-            "auto": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "flops_reduction": _RATIO,
-                    "max_trials": {"type": "integer", "minimum": 1},
-                    "init_temperature": {"type": "number", "exclusiveMinimum": 0},
-                    "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                    "eval_samples": {"type": "integer", "minimum": 1},
-                },
-                "required": ["flops_reduction"],
-            },
-            "skip": {"type": "array", "items": {"type": "string"}},
-            "round_to": {"type": "integer", "minimum": 1},
-            "keep_classifier": {"type": "boolean"},
-            "fine_tune": _FINE_TUNE,
-        },
-        "oneOf": [
-            {"required": ["ratios"]}, {"required": ["flops_reduction"]},
-            {"required": ["sensitivity"]}, {"required": ["auto"]},
-        ],
-    },
-    "distill": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "teacher": _MODEL_REF,
-            "pairs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "teacher": {"type": "string"},
-                        "student": {"type": "string"},
-                        "loss": {"enum": ["soft_label", "l2"]},
-                        "weight": {"type": "number", "minimum": 0},
-                        "temperature": {"type": "number", "exclusiveMinimum": 0},
-                        "adaptor": {"type": "boolean"},
-                    },
-                    "required": ["teacher", "student", "loss"],
-                },
-            },
-            "hard_weight": {"type": "number", "minimum": 0},
-            "temperature": {"type": "number", "exclusiveMinimum": 0},
-            "soft_weight": {"type": "number", "minimum": 0},
-            "epochs": {"type": "integer", "minimum": 0},
-            "learning_rate": {"type": "number", "exclusiveMinimum": 0},
-        },
-        "required": ["teacher"],
-    },
-    "quant_aware": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "weight_quantize_type": {"enum": ["abs_max", "channel_wise_abs_max"]},
-            "activation_quantize_type": {"enum": ["abs_max", "moving_average_abs_max"]},
-            "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
-            "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
-            "skip": {"type": "array", "items": {"type": "string"}},
-            "epochs": {"type": "integer", "minimum": 0},
-            "learning_rate": {"type": "number", "exclusiveMinimum": 0},
-        },
-    },
-    "quant_post_static": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "algo": {"enum": ["abs_max", "avg", "hist", "KL", "mse"]},
-            "batch_nums": {"type": "integer", "minimum": 1},
-            "batch_size": {"type": "integer", "minimum": 1},
-            "weight_quantize_type": {"enum": ["abs_max", "channel_wise_abs_max"]},
-            "bias_correction": {"type": "boolean"},
-        },
-    },
-    "quant_post_dynamic": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "dtype": {"enum": ["int8", "float16"]},
-            "skip": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "export": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "quantize": {"enum": [*QUANTIZE_MODES, "none"]},  # kslim.lite.convert's quantize=
-            "inference_input_type": {"enum": ["float32", "int8"]},
-            "inference_output_type": {"enum": ["float32", "int8"]},
-        },
-    },
-    "profile": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "device": {"enum": ["local"]},
-            "num_threads": {"type": "integer", "minimum": 1},
-            "runs": {"type": "integer", "minimum": 1},
-            "warmup": {"type": "integer", "minimum": 0},
-        },
-    },
-}
-
-SCHEMA = {
+_TOP_LEVEL = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
@@ -206,7 +81,7 @@ SCHEMA = {
         "quick": {"type": "boolean"},
         "seed": {"type": "integer", "minimum": 0},
         "distribute": {"enum": list(DISTRIBUTE_MODES)},  # the training stages under tf.distribute
-        "model": _MODEL_REF,
+        "model": MODEL_SCHEMA,
         "data": {
             "type": "object",
             "additionalProperties": False,
@@ -219,7 +94,7 @@ SCHEMA = {
                 "test_limit": {"type": ["integer", "null"], "minimum": 1},
             },
         },
-        "train": _FINE_TUNE,
+        "train": FINE_TUNE_SCHEMA,
         "report": {
             "type": "object",
             "additionalProperties": False,
@@ -228,20 +103,53 @@ SCHEMA = {
                 "num_threads": {"type": "integer", "minimum": 1},
             },
         },
-        "strategies": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "minProperties": 1,
-                "maxProperties": 1,
-                "propertyNames": {"enum": list(STRATEGIES)},
-                "properties": {k: {"type": ["object", "null"]} for k in STRATEGIES},
-            },
-        },
     },
     "required": ["model", "strategies"],
 }
+
+
+def _registry():
+    """:mod:`kslim.compressor.strategies`, which registers the built-in strategies when imported (not at
+    this module's import: the strategies import this module's schema fragments)."""
+    from kslim.compressor import strategies
+
+    return strategies
+
+
+def strategy_names():
+    """The names of the registered strategies (:func:`kslim.compressor.register_strategy`), in order."""
+    return tuple(s.name for s in _registry().registered_strategies())
+
+
+def config_schema():
+    """The JSON schema of a config, with the strategy names of the registry (built at each call, so a
+    strategy registered later is in it); each strategy's parameters are checked against its own schema."""
+    schema = copy.deepcopy(_TOP_LEVEL)
+    names = list(strategy_names())
+    schema["properties"]["strategies"] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "propertyNames": {"enum": names},
+            "properties": {k: {"type": ["object", "null"]} for k in names},
+        },
+    }
+    return schema
+
+
+def __getattr__(name):
+    # derived from the registry when read: STRATEGIES (the names), SCHEMA, _STRATEGY_SCHEMAS (name -> schema)
+    if name == "STRATEGIES":
+        return strategy_names()
+    if name == "SCHEMA":
+        return config_schema()
+    if name == "_STRATEGY_SCHEMAS":
+        return {s.name: s.schema for s in _registry().registered_strategies()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULTS = {
     "version": 1,
@@ -323,7 +231,7 @@ def _describe(error):
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         return f"unknown field(s) {extra}; allowed fields: {allowed}"
     if v == "propertyNames":
-        return f"unknown strategy {error.instance!r}; choose one of {list(STRATEGIES)}"
+        return f"unknown strategy {error.instance!r}; choose one of {list(strategy_names())}"
     if v == "oneOf" and isinstance(error.instance, dict):
         choices = [s.get("required", [None])[0] for s in error.validator_value]
         given = [c for c in choices if c in error.instance]
@@ -388,14 +296,20 @@ def validate_config(config):
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}", path="(top level)")
     config, errors = rename_old_fields(config)
-    errors += _schema_errors(SCHEMA, config)
+    errors += _schema_errors(config_schema(), config)
     strategies = config.get("strategies")
+    names = strategy_names()
     for i, item in enumerate(strategies if isinstance(strategies, list) else []):
         if not (isinstance(item, dict) and len(item) == 1):
             continue
         (name, params), = item.items()
-        if name in _STRATEGY_SCHEMAS and (params is None or isinstance(params, dict)):
-            errors += _schema_errors(_STRATEGY_SCHEMAS[name], params or {}, prefix=("strategies", i, name))
+        if name in names and (params is None or isinstance(params, dict)):
+            strategy, where = _registry().get_strategy(name), ("strategies", i, name)
+            found = _schema_errors(strategy.schema, params or {}, prefix=where)
+            if not found and strategy.check is not None:  # what the schema cannot declare, on valid fields
+                found = [(_path_str(where + tuple(field.split("."))), message)
+                         for field, message in strategy.check(params or {})]
+            errors += found
     data = config.get("data", {})
     if isinstance(data, dict) and data.get("source") == "hook" and not data.get("hook"):
         errors.append(("data.hook", "source 'hook' needs a 'hook: file.py:function' field"))
@@ -431,12 +345,14 @@ def quick_config(config):
     report["latency_runs"] = min(int(report.get("latency_runs", QUICK["latency_runs"])), QUICK["latency_runs"])
     for item in cfg["strategies"]:
         (name, params), = item.items()
-        if isinstance(params.get("fine_tune"), dict):
-            params["fine_tune"]["epochs"] = min(int(params["fine_tune"].get("epochs", 1)), 1)
-        if "epochs" in params:
-            params["epochs"] = min(int(params["epochs"]), 1)
-        if name == "profile":
-            params["runs"] = min(int(params.get("runs", QUICK["latency_runs"])), QUICK["latency_runs"])
+        strategy = _registry().get_strategy(name)
+        if strategy.trains:
+            if isinstance(params.get("fine_tune"), dict):
+                params["fine_tune"]["epochs"] = min(int(params["fine_tune"].get("epochs", 1)), 1)
+            if "epochs" in params:
+                params["epochs"] = min(int(params["epochs"]), 1)
+        if strategy.quick is not None:
+            strategy.quick(params)
     name = cfg.get("name", "kslim-run")
     cfg["name"] = name if name.endswith("-quick") else f"{name}-quick"
     cfg["quick"] = True

@@ -1,17 +1,198 @@
-"""The strategies a config can chain. Each takes the pipeline context and its parameters, and
-leaves its output in ``ctx.model`` (a Keras model) and/or ``ctx.lite`` (a :class:`LiteModel`).
+"""The strategies a config can chain, and their registry.
+
+Each strategy takes the pipeline context and its parameters, and leaves its output in ``ctx.model``
+(a Keras model) and/or ``ctx.lite`` (a :class:`LiteModel`). Every strategy is registered once, next to
+its function, with :func:`register_strategy`: its name, its function, the JSON schema of its
+parameters and a docstring. The config's schema (the strategy names, each one's parameters), its
+error messages, ``kslim.compressor.STRATEGIES`` and ``kslim compress --list-strategies`` are all
+derived from this registry; a strategy of your own is registered the same way (see
+:func:`register_strategy`).
 
 Every strategy is resumable: it writes its intermediate artefacts into its stage folder and picks
 them up again when the run is resumed (see :mod:`kslim.compressor.run_dir`).
 """
 
+import ast
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional
+
 import numpy as np
 
 from kslim._io import atomic_save_model, atomic_write_json, read_json
+from kslim.compressor.config import FINE_TUNE_SCHEMA, MODEL_SCHEMA, RATIO_SCHEMA
 from kslim.compressor.distribute import into_scope, out_of_scope, scope
 from kslim.compressor.run_dir import crash_point, guarded_write
 from kslim.compressor.training import fit_resumable
-from kslim.errors import ConfigError
+from kslim.errors import ConfigError, KslimTypeError, KslimValueError
+from kslim.lite.converter import QUANTIZE_MODES
+from kslim.prune.importance import importance_names
+
+
+# ----------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Strategy:
+    """One step a config's ``strategies:`` list can name (see :func:`register_strategy`).
+
+    Attributes:
+        name: the key in the config (``- prune: {...}``).
+        run: ``run(ctx, params, sdir, prefix)``: transforms ``ctx.model`` / ``ctx.lite`` (see
+            :mod:`kslim.compressor.strategies`); ``params`` is the validated mapping of the config.
+        schema: JSON schema (draft 2020-12) of ``params``, an ``"object"`` schema; the config is
+            validated against it, errors name the field (``strategies[2].equalize.iterations``).
+        doc: one line saying what the step does (``kslim compress --list-strategies``).
+        trains: the step trains; ``--quick`` caps its ``epochs`` and ``fine_tune.epochs`` at 1.
+        keras_output: the step leaves a new Keras model in ``ctx.model`` (saved as the stage's
+            ``model.keras``); ``False`` for the steps that only produce a ``.tflite`` or measure.
+        measured: the stage's artefact is measured (accuracy, size) for the report; ``False``: its row
+            repeats the previous stage's, plus what the step put in ``ctx.info`` (``profile``).
+        check: optional ``check(params) -> [(field, message)]`` for what the schema cannot declare;
+            run with the schema, before any work (``field`` relative to the step, e.g. ``"iterations"``).
+        quick: optional ``quick(params)`` shrinking ``params`` in place for ``--quick`` (beyond epochs).
+    """
+
+    name: str
+    run: Callable
+    schema: dict
+    doc: str = ""
+    trains: bool = False
+    keras_output: bool = True
+    measured: bool = True
+    check: Optional[Callable] = None
+    quick: Optional[Callable] = None
+
+
+_REGISTRY = {}  # name -> Strategy, in registration order (the order of the schema's enum)
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _first_paragraph(text):
+    return " ".join((text or "").strip().split("\n\n")[0].split())
+
+
+def register_strategy(name, run=None, *, schema, doc=None, trains=False, keras_output=True, measured=True,
+                      check=None, quick=None, replace=False):
+    """Register a pipeline step under ``name``; as a decorator when ``run`` is not given.
+
+    Args:
+        name: the config key (lower case, digits, ``_``).
+        run: ``run(ctx, params, sdir, prefix)``. It reads ``ctx.model`` (the current Keras model) and
+            ``ctx.data`` (:class:`kslim.compressor.data.PipelineData`), writes resumable artefacts into
+            ``sdir`` and leaves its result in ``ctx.model`` (and ``ctx.lite = None``) or ``ctx.lite``.
+        schema: the JSON schema of the step's parameters (an ``"object"`` schema; give
+            ``"additionalProperties": False`` so misspelt fields are errors). ``kslim.compressor.config``'s
+            ``FINE_TUNE_SCHEMA`` and ``RATIO_SCHEMA`` are there to reuse.
+        doc: one line for ``--list-strategies`` (default: the first paragraph of ``run``'s docstring).
+        trains, keras_output, measured, check, quick: see :class:`Strategy`.
+        replace: replace a strategy already registered under ``name`` (otherwise an error).
+
+    Returns:
+        the :class:`Strategy` (called directly) or the decorator, which returns ``run`` unchanged.
+
+    Raises:
+        KslimValueError: a bad or taken name, or a schema that is not a valid JSON object schema.
+        KslimTypeError: ``run``, ``check`` or ``quick`` not callable.
+
+    Example:
+        >>> from kslim.compressor import get_strategy, register_strategy, unregister_strategy, validate_config
+        >>> @register_strategy("scale_logits", schema={"type": "object", "additionalProperties": False,
+        ...                    "properties": {"factor": {"type": "number", "exclusiveMinimum": 0}}})
+        ... def run_scale_logits(ctx, params, sdir, prefix):
+        ...     \"\"\"Multiply the last layer's kernel and bias by ``factor``.\"\"\"
+        ...     layer = ctx.model.layers[-1]
+        ...     layer.set_weights([w * params.get("factor", 1.0) for w in layer.get_weights()])
+        ...     ctx.lite = None
+        >>> get_strategy("scale_logits").doc
+        "Multiply the last layer's kernel and bias by ``factor``."
+        >>> cfg = validate_config({"model": {"reference": "vgg"}, "strategies": [{"scale_logits": {"factor": 2}}]})
+        >>> try:
+        ...     validate_config({"model": {"reference": "vgg"}, "strategies": [{"scale_logits": {"factor": 0}}]})
+        ... except Exception as e:
+        ...     print(e.path)
+        strategies[0].scale_logits.factor
+        >>> unregister_strategy("scale_logits").name
+        'scale_logits'
+    """
+    if run is None:
+        def decorator(fn):
+            register_strategy(name, fn, schema=schema, doc=doc, trains=trains, keras_output=keras_output,
+                              measured=measured, check=check, quick=quick, replace=replace)
+            return fn
+
+        return decorator
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise KslimValueError(f"register_strategy(): name must be lower case letters, digits and '_' "
+                              f"(a config key), got {name!r}.")
+    if name in _REGISTRY and not replace:
+        raise KslimValueError(f"register_strategy(): a strategy {name!r} is registered already "
+                              f"({_REGISTRY[name].run.__qualname__}); pass replace=True to replace it.")
+    for what, fn in (("run", run), ("check", check), ("quick", quick)):
+        if fn is not None and not callable(fn):
+            raise KslimTypeError(f"register_strategy({name!r}): {what} must be callable, got {type(fn).__name__}.")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise KslimValueError(f"register_strategy({name!r}): schema must be a JSON schema of type 'object' "
+                              f"(the step's parameters), got {schema!r}.")
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise KslimValueError(f"register_strategy({name!r}): invalid JSON schema: {e.message}") from None
+    strategy = Strategy(name, run, schema, _first_paragraph(doc if doc is not None else run.__doc__),
+                        bool(trains), bool(keras_output), bool(measured), check, quick)
+    _REGISTRY[name] = strategy
+    return strategy
+
+
+def unregister_strategy(name):
+    """Remove the strategy ``name`` from the registry; returns it."""
+    get_strategy(name)
+    return _REGISTRY.pop(name)
+
+
+def get_strategy(name):
+    """The registered :class:`Strategy` called ``name``.
+
+    Raises:
+        ConfigError: no such strategy (the message lists the registered ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {list(_REGISTRY)}", path="strategies") from None
+
+
+def registered_strategies():
+    """Every registered :class:`Strategy`, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+@lru_cache(maxsize=None)
+def api_constant(module, name):
+    """The literal module-level constant ``name`` of the kslim module ``module``, read from its source.
+
+    The config is validated before TensorFlow is imported, and :mod:`kslim.quant` imports it; so the
+    schemas take the API's own constants (``kslim.quant.equalize.RELU6_MODES`` ...) from the source,
+    not from a copy (``tests/test_compressor_registry.py`` checks them against the imported values).
+    """
+    import kslim
+
+    rel = Path(*module.split(".")[1:])
+    root = Path(kslim.__file__).parent
+    path = next(p for p in (root / rel / "__init__.py", (root / rel).with_suffix(".py")) if p.is_file())
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"{module} has no literal constant {name}")
+
+
+def _enum(module, name):
+    return {"enum": list(api_constant(module, name))}
+
+
 
 
 def accuracy(model, x, y, batch_size=256):
@@ -139,7 +320,53 @@ def write_layer_table(before, after, sdir):
     return sdir / "layers.json"
 
 
+@register_strategy("prune", trains=True, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
+        # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
+        "importance_samples": {"type": "integer", "minimum": 1},
+        # one ratio for every prunable group, or {layer: ratio}
+        "ratios": {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]},
+        "flops_reduction": RATIO_SCHEMA,
+        "sensitivity": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "flops_reduction": RATIO_SCHEMA,
+                "max_loss": {"type": "number", "exclusiveMinimum": 0},
+                "ratios": {"type": "array", "items": RATIO_SCHEMA, "minItems": 1},
+                "eval_samples": {"type": "integer", "minimum": 1},
+            },
+            "oneOf": [{"required": ["flops_reduction"]}, {"required": ["max_loss"]}],
+        },
+        "auto": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "flops_reduction": RATIO_SCHEMA,
+                "max_trials": {"type": "integer", "minimum": 1},
+                "init_temperature": {"type": "number", "exclusiveMinimum": 0},
+                "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "eval_samples": {"type": "integer", "minimum": 1},
+            },
+            "required": ["flops_reduction"],
+        },
+        "skip": {"type": "array", "items": {"type": "string"}},
+        "round_to": {"type": "integer", "minimum": 1},
+        "keep_classifier": {"type": "boolean"},
+        "fine_tune": FINE_TUNE_SCHEMA,
+    },
+    "oneOf": [
+        {"required": ["ratios"]}, {"required": ["flops_reduction"]},
+        {"required": ["sensitivity"]}, {"required": ["auto"]},
+    ],
+})
 def run_prune(ctx, p, sdir, prefix):
+    """Filter pruning that physically removes channels (:func:`kslim.prune.make_pruner`): one ``ratios`` for
+    every group or per layer, a ``flops_reduction`` target, ratios from a ``sensitivity`` analysis or
+    searched by ``auto`` (simulated annealing); then ``fine_tune``."""
     import kslim.prune as kp
 
     epochs = _train_settings(ctx, p.get("fine_tune", {}))[0]
@@ -253,8 +480,38 @@ def needs_training(ctx, spec):
     return "reference" in spec and not is_cached(**_reference_args(ctx, spec))
 
 
+@register_strategy("distill", trains=True, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "teacher": MODEL_SCHEMA,
+        "pairs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "teacher": {"type": "string"},
+                    "student": {"type": "string"},
+                    "loss": {"enum": ["soft_label", "l2"]},
+                    "weight": {"type": "number", "minimum": 0},
+                    "temperature": {"type": "number", "exclusiveMinimum": 0},
+                    "adaptor": {"type": "boolean"},
+                },
+                "required": ["teacher", "student", "loss"],
+            },
+        },
+        "hard_weight": {"type": "number", "minimum": 0},
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "soft_weight": {"type": "number", "minimum": 0},
+        "epochs": {"type": "integer", "minimum": 0},
+        "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    },
+    "required": ["teacher"],
+})
 def run_distill(ctx, p, sdir, prefix):
-    """Fine-tune ``ctx.model`` distilled from a frozen teacher; the pairs default to soft labels on logits."""
+    """Fine-tuning of the current model distilled from a frozen ``teacher`` (:class:`kslim.distill.Distiller`);
+    the ``pairs`` default to soft labels on the logits."""
     import keras
 
     from kslim.distill import Distiller, Pair
@@ -292,7 +549,22 @@ def run_distill(ctx, p, sdir, prefix):
 
 
 # ----------------------------------------------------------------------------- quantization
+@register_strategy("quant_aware", trains=True, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+        "activation_quantize_type": _enum("kslim.quant.config", "ACTIVATION_QUANTIZE_TYPES"),
+        "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+        "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+        "skip": {"type": "array", "items": {"type": "string"}},
+        "epochs": {"type": "integer", "minimum": 0},
+        "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    },
+})
 def run_quant_aware(ctx, p, sdir, prefix):
+    """Quantization-aware training (:func:`kslim.quant.quant_aware`) for ``epochs``; ``export`` then gives
+    int8 kernels from the learnt ranges."""
     from kslim.quant import QuantConfig, quant_aware
 
     qcfg = {k: v for k, v in p.items() if k not in ("epochs", "learning_rate", "skip")}
@@ -307,7 +579,20 @@ def run_quant_aware(ctx, p, sdir, prefix):
     ctx.model, ctx.lite, ctx.qat = model, None, True
 
 
+@register_strategy("quant_post_static", keras_output=False, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "algo": _enum("kslim.quant.calibration", "ALGOS"),
+        "batch_nums": {"type": "integer", "minimum": 1},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+        "bias_correction": {"type": "boolean"},
+    },
+})
 def run_quant_post_static(ctx, p, sdir, prefix):
+    """Full-integer post-training quantization (:func:`kslim.quant.quant_post_static`), ``algo`` calibration
+    on ``batch_nums`` x ``batch_size`` training images."""
     from kslim.quant import quant_post_static
 
     batch_size = int(p.get("batch_size", 32))
@@ -320,7 +605,17 @@ def run_quant_post_static(ctx, p, sdir, prefix):
                                  batch_nums=batches, **kwargs)
 
 
+@register_strategy("quant_post_dynamic", keras_output=False, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "dtype": _enum("kslim.quant.dynamic", "DTYPES"),
+        "skip": {"type": "array", "items": {"type": "string"}},
+    },
+})
 def run_quant_post_dynamic(ctx, p, sdir, prefix):
+    """Post-training weight quantization without data (:func:`kslim.quant.quant_post_dynamic`): int8 or
+    float16 weights."""
     from kslim.quant import quant_post_dynamic
 
     kwargs = {"skip": list(p["skip"])} if p.get("skip") else {}
@@ -330,7 +625,18 @@ def run_quant_post_dynamic(ctx, p, sdir, prefix):
 
 
 # ----------------------------------------------------------------------------- export / profile
+@register_strategy("export", keras_output=False, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "quantize": {"enum": [*QUANTIZE_MODES, "none"]},  # kslim.lite.convert's quantize=
+        "inference_input_type": {"enum": ["float32", "int8"]},
+        "inference_output_type": {"enum": ["float32", "int8"]},
+    },
+})
 def run_export(ctx, p, sdir, prefix):
+    """TFLite export (:func:`kslim.lite.convert`): float32, dynamic, float16 or int8 (``quantize``); keeps
+    the ``.tflite`` of a previous post-training quantization."""
     from kslim.lite import convert
 
     quantize = p.get("quantize")
@@ -350,21 +656,27 @@ def run_export(ctx, p, sdir, prefix):
                        inference_output_type=p.get("inference_output_type", "float32"))
 
 
+def _quick_profile(params):
+    from kslim.compressor.config import QUICK
+
+    params["runs"] = min(int(params.get("runs", QUICK["latency_runs"])), QUICK["latency_runs"])
+
+
+@register_strategy("profile", keras_output=False, measured=False, quick=_quick_profile, schema={
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "device": {"enum": ["local"]},
+        "num_threads": {"type": "integer", "minimum": 1},
+        "runs": {"type": "integer", "minimum": 1},
+        "warmup": {"type": "integer", "minimum": 0},
+    },
+})
 def run_profile(ctx, p, sdir, prefix):
+    """Latency profile of the current ``.tflite`` on the host (``num_threads``, ``runs``, ``warmup``)."""
     from kslim.compressor.report import profile_figures
 
     ctx.header(f"latency profile on the host ({int(p.get('num_threads', 1))} thread(s), {int(p.get('runs', 50))} runs)")
     lite = ctx.lite or ctx.float_lite(ctx.model)
     ctx.info["profile"] = profile_figures(lite, num_threads=int(p.get("num_threads", 1)), runs=int(p.get("runs", 50)),
                                           warmup=int(p.get("warmup", 5)))
-
-
-STRATEGY_FUNCTIONS = {
-    "prune": run_prune,
-    "distill": run_distill,
-    "quant_aware": run_quant_aware,
-    "quant_post_static": run_quant_post_static,
-    "quant_post_dynamic": run_quant_post_dynamic,
-    "export": run_export,
-    "profile": run_profile,
-}
