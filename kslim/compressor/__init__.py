@@ -9,11 +9,11 @@ from kslim.compressor.compressor import CompressionResult, Compressor
 from kslim.compressor.config import load_config, quick_config, validate_config
 from kslim.compressor.run_dir import RunDir
 from kslim.compressor.strategies import (
-    Strategy, get_strategy, register_strategy, registered_strategies, unregister_strategy,
+    Strategy, get_strategy, params_schema, register_strategy, registered_strategies, unregister_strategy,
 )
 
 __all__ = ["Compressor", "CompressionResult", "STRATEGIES", "load_config", "quick_config", "validate_config", "RunDir",
-           "Strategy", "get_strategy", "register_strategy", "registered_strategies", "unregister_strategy"]
+           "Strategy", "get_strategy", "params_schema", "register_strategy", "registered_strategies", "unregister_strategy"]
 
 
 def __getattr__(name):

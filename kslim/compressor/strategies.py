@@ -81,8 +81,8 @@ def register_strategy(name, run=None, *, schema, doc=None, trains=False, keras_o
         run: ``run(ctx, params, sdir, prefix)``. It reads ``ctx.model`` (the current Keras model) and
             ``ctx.data`` (:class:`kslim.compressor.data.PipelineData`), writes resumable artefacts into
             ``sdir`` and leaves its result in ``ctx.model`` (and ``ctx.lite = None``) or ``ctx.lite``.
-        schema: the JSON schema of the step's parameters (an ``"object"`` schema; give
-            ``"additionalProperties": False`` so misspelt fields are errors). ``kslim.compressor.config``'s
+        schema: the JSON schema of the step's parameters, an ``"object"`` schema; :func:`params_schema`
+            builds one where a misspelt field is an error. ``kslim.compressor.config``'s
             ``FINE_TUNE_SCHEMA`` and ``RATIO_SCHEMA`` are there to reuse.
         doc: one line for ``--list-strategies`` (default: the first paragraph of ``run``'s docstring).
         trains, keras_output, measured, check, quick: see :class:`Strategy`.
@@ -96,9 +96,10 @@ def register_strategy(name, run=None, *, schema, doc=None, trains=False, keras_o
         KslimTypeError: ``run``, ``check`` or ``quick`` not callable.
 
     Example:
-        >>> from kslim.compressor import get_strategy, register_strategy, unregister_strategy, validate_config
-        >>> @register_strategy("scale_logits", schema={"type": "object", "additionalProperties": False,
-        ...                    "properties": {"factor": {"type": "number", "exclusiveMinimum": 0}}})
+        >>> from kslim.compressor import (get_strategy, params_schema, register_strategy, unregister_strategy,
+        ...                               validate_config)
+        >>> factor = {"type": "number", "exclusiveMinimum": 0}
+        >>> @register_strategy("scale_logits", schema=params_schema({"factor": factor}))
         ... def run_scale_logits(ctx, params, sdir, prefix):
         ...     \"\"\"Multiply the last layer's kernel and bias by ``factor``.\"\"\"
         ...     layer = ctx.model.layers[-1]
@@ -183,10 +184,17 @@ def api_constant(module, name):
     root = Path(kslim.__file__).parent
     path = next(p for p in (root / rel / "__init__.py", (root / rel).with_suffix(".py")) if p.is_file())
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             return ast.literal_eval(node.value)
     raise LookupError(f"{module} has no literal constant {name}")
+
+
+def params_schema(properties, **extra):
+    """The JSON schema of a step's parameters: an object with these ``properties`` and no other field
+    (a misspelt field is an error); ``extra`` adds keywords (``required=[...]``, ``oneOf=[...]``)."""
+    return {"type": "object", "additionalProperties": False, "properties": properties, **extra}
 
 
 def _enum(module, name):
@@ -320,49 +328,44 @@ def write_layer_table(before, after, sdir):
     return sdir / "layers.json"
 
 
-@register_strategy("prune", trains=True, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
-        # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
-        "importance_samples": {"type": "integer", "minimum": 1},
-        # one ratio for every prunable group, or {layer: ratio}
-        "ratios": {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]},
-        "flops_reduction": RATIO_SCHEMA,
-        "sensitivity": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "flops_reduction": RATIO_SCHEMA,
-                "max_loss": {"type": "number", "exclusiveMinimum": 0},
-                "ratios": {"type": "array", "items": RATIO_SCHEMA, "minItems": 1},
-                "eval_samples": {"type": "integer", "minimum": 1},
-            },
-            "oneOf": [{"required": ["flops_reduction"]}, {"required": ["max_loss"]}],
+@register_strategy("prune", trains=True, schema=params_schema({
+    "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
+    # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
+    "importance_samples": {"type": "integer", "minimum": 1},
+    # one ratio for every prunable group, or {layer: ratio}
+    "ratios": {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]},
+    "flops_reduction": RATIO_SCHEMA,
+    "sensitivity": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "flops_reduction": RATIO_SCHEMA,
+            "max_loss": {"type": "number", "exclusiveMinimum": 0},
+            "ratios": {"type": "array", "items": RATIO_SCHEMA, "minItems": 1},
+            "eval_samples": {"type": "integer", "minimum": 1},
         },
-        "auto": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "flops_reduction": RATIO_SCHEMA,
-                "max_trials": {"type": "integer", "minimum": 1},
-                "init_temperature": {"type": "number", "exclusiveMinimum": 0},
-                "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                "eval_samples": {"type": "integer", "minimum": 1},
-            },
-            "required": ["flops_reduction"],
-        },
-        "skip": {"type": "array", "items": {"type": "string"}},
-        "round_to": {"type": "integer", "minimum": 1},
-        "keep_classifier": {"type": "boolean"},
-        "fine_tune": FINE_TUNE_SCHEMA,
+        "oneOf": [{"required": ["flops_reduction"]}, {"required": ["max_loss"]}],
     },
-    "oneOf": [
-        {"required": ["ratios"]}, {"required": ["flops_reduction"]},
-        {"required": ["sensitivity"]}, {"required": ["auto"]},
-    ],
-})
+    "auto": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "flops_reduction": RATIO_SCHEMA,
+            "max_trials": {"type": "integer", "minimum": 1},
+            "init_temperature": {"type": "number", "exclusiveMinimum": 0},
+            "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "eval_samples": {"type": "integer", "minimum": 1},
+        },
+        "required": ["flops_reduction"],
+    },
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "round_to": {"type": "integer", "minimum": 1},
+    "keep_classifier": {"type": "boolean"},
+    "fine_tune": FINE_TUNE_SCHEMA,
+}, oneOf=[
+    {"required": ["ratios"]}, {"required": ["flops_reduction"]},
+    {"required": ["sensitivity"]}, {"required": ["auto"]},
+]))
 def run_prune(ctx, p, sdir, prefix):
     """Filter pruning that physically removes channels (:func:`kslim.prune.make_pruner`): one ``ratios`` for
     every group or per layer, a ``flops_reduction`` target, ratios from a ``sensitivity`` analysis or
@@ -480,35 +483,30 @@ def needs_training(ctx, spec):
     return "reference" in spec and not is_cached(**_reference_args(ctx, spec))
 
 
-@register_strategy("distill", trains=True, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "teacher": MODEL_SCHEMA,
-        "pairs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "teacher": {"type": "string"},
-                    "student": {"type": "string"},
-                    "loss": {"enum": ["soft_label", "l2"]},
-                    "weight": {"type": "number", "minimum": 0},
-                    "temperature": {"type": "number", "exclusiveMinimum": 0},
-                    "adaptor": {"type": "boolean"},
-                },
-                "required": ["teacher", "student", "loss"],
+@register_strategy("distill", trains=True, schema=params_schema({
+    "teacher": MODEL_SCHEMA,
+    "pairs": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "teacher": {"type": "string"},
+                "student": {"type": "string"},
+                "loss": {"enum": ["soft_label", "l2"]},
+                "weight": {"type": "number", "minimum": 0},
+                "temperature": {"type": "number", "exclusiveMinimum": 0},
+                "adaptor": {"type": "boolean"},
             },
+            "required": ["teacher", "student", "loss"],
         },
-        "hard_weight": {"type": "number", "minimum": 0},
-        "temperature": {"type": "number", "exclusiveMinimum": 0},
-        "soft_weight": {"type": "number", "minimum": 0},
-        "epochs": {"type": "integer", "minimum": 0},
-        "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     },
-    "required": ["teacher"],
-})
+    "hard_weight": {"type": "number", "minimum": 0},
+    "temperature": {"type": "number", "exclusiveMinimum": 0},
+    "soft_weight": {"type": "number", "minimum": 0},
+    "epochs": {"type": "integer", "minimum": 0},
+    "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+}, required=["teacher"]))
 def run_distill(ctx, p, sdir, prefix):
     """Fine-tuning of the current model distilled from a frozen ``teacher`` (:class:`kslim.distill.Distiller`);
     the ``pairs`` default to soft labels on the logits."""
@@ -549,19 +547,15 @@ def run_distill(ctx, p, sdir, prefix):
 
 
 # ----------------------------------------------------------------------------- quantization
-@register_strategy("quant_aware", trains=True, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
-        "activation_quantize_type": _enum("kslim.quant.config", "ACTIVATION_QUANTIZE_TYPES"),
-        "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
-        "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
-        "skip": {"type": "array", "items": {"type": "string"}},
-        "epochs": {"type": "integer", "minimum": 0},
-        "learning_rate": {"type": "number", "exclusiveMinimum": 0},
-    },
-})
+@register_strategy("quant_aware", trains=True, schema=params_schema({
+    "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+    "activation_quantize_type": _enum("kslim.quant.config", "ACTIVATION_QUANTIZE_TYPES"),
+    "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+    "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "epochs": {"type": "integer", "minimum": 0},
+    "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+}))
 def run_quant_aware(ctx, p, sdir, prefix):
     """Quantization-aware training (:func:`kslim.quant.quant_aware`) for ``epochs``; ``export`` then gives
     int8 kernels from the learnt ranges."""
@@ -579,17 +573,13 @@ def run_quant_aware(ctx, p, sdir, prefix):
     ctx.model, ctx.lite, ctx.qat = model, None, True
 
 
-@register_strategy("quant_post_static", keras_output=False, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "algo": _enum("kslim.quant.calibration", "ALGOS"),
-        "batch_nums": {"type": "integer", "minimum": 1},
-        "batch_size": {"type": "integer", "minimum": 1},
-        "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
-        "bias_correction": {"type": "boolean"},
-    },
-})
+@register_strategy("quant_post_static", keras_output=False, schema=params_schema({
+    "algo": _enum("kslim.quant.calibration", "ALGOS"),
+    "batch_nums": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+    "bias_correction": {"type": "boolean"},
+}))
 def run_quant_post_static(ctx, p, sdir, prefix):
     """Full-integer post-training quantization (:func:`kslim.quant.quant_post_static`), ``algo`` calibration
     on ``batch_nums`` x ``batch_size`` training images."""
@@ -605,14 +595,10 @@ def run_quant_post_static(ctx, p, sdir, prefix):
                                  batch_nums=batches, **kwargs)
 
 
-@register_strategy("quant_post_dynamic", keras_output=False, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "dtype": _enum("kslim.quant.dynamic", "DTYPES"),
-        "skip": {"type": "array", "items": {"type": "string"}},
-    },
-})
+@register_strategy("quant_post_dynamic", keras_output=False, schema=params_schema({
+    "dtype": _enum("kslim.quant.dynamic", "DTYPES"),
+    "skip": {"type": "array", "items": {"type": "string"}},
+}))
 def run_quant_post_dynamic(ctx, p, sdir, prefix):
     """Post-training weight quantization without data (:func:`kslim.quant.quant_post_dynamic`): int8 or
     float16 weights."""
@@ -624,16 +610,114 @@ def run_quant_post_dynamic(ctx, p, sdir, prefix):
     ctx.lite = quant_post_dynamic(ctx.model, dtype=p.get("dtype", "int8"), **kwargs)
 
 
+# ----------------------------------------------------------------------------- equalize / bias / BatchNorm
+def _batch_settings(p):
+    """``(batches, batch_size)`` of a step that runs the model on some training images (10 x 32 by default,
+    the calibration ``quant_post_static`` uses by default)."""
+    return int(p.get("batches", 10)), int(p.get("batch_size", 32))
+
+
+def _api_args(fn, p, *names):
+    """``{name: value}`` of ``fn``'s parameters ``names``: the step's ``p``, else ``fn``'s own defaults."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {n: p.get(n, params[n].default) for n in names}
+
+
+def _keras_step(ctx, sdir, prefix, name, transform, summary, fine_tune=None):
+    """Run ``transform() -> result`` (a kslim result with ``.model`` and ``.to_dict()``) on the current
+    model, write ``<name>.json`` into the stage folder, optionally fine-tune, and leave the model in
+    ``ctx.model``; ``summary(details) -> dict`` is what the stage's report row shows (``ctx.info``).
+
+    With ``fine_tune`` the transformed model is saved first (``<name>.keras``), so a resumed run
+    continues the fine-tuning from it instead of transforming again.
+    """
+    path, details_path = sdir / f"{name}.keras", sdir / f"{name}.json"
+    if fine_tune is not None and path.is_file() and details_path.is_file():
+        model, details = _load_keras(path, ctx.unsafe), read_json(details_path, f"{name} details")
+    else:
+        result = transform()
+        model, details = result.model, result.to_dict()
+        guarded_write(atomic_write_json, details_path, details)
+        if fine_tune is not None:
+            guarded_write(atomic_save_model, model, path)
+        crash_point(f"{prefix}:{name}")
+    if fine_tune is not None:
+        model, _ = _fine_tune(ctx, model, fine_tune, sdir, prefix)
+    ctx.info.update(summary(details))
+    ctx.model, ctx.lite = model, None
+
+
+@register_strategy("equalize", trains=True, schema=params_schema({
+    "relu6": _enum("kslim.quant.equalize", "RELU6_MODES"),
+    "iterations": {"type": "integer", "minimum": 1},
+    "fine_tune": FINE_TUNE_SCHEMA,  # only when given (relu6: relu changes the float function)
+}))
+def run_equalize(ctx, p, sdir, prefix):
+    """Cross-layer equalization (:func:`kslim.quant.equalize_cross_layer`, data-free): BatchNorm folded,
+    the kernels of consecutive layers rescaled to balanced per-channel ranges, same function (``relu6:
+    relu`` turns the ReLU6 between two layers into a ReLU); before ``bias_correction`` /
+    ``quant_post_static``. Fine-tunes only with ``fine_tune``."""
+    from kslim.quant import equalize_cross_layer
+
+    args = _api_args(equalize_cross_layer, p, "relu6", "iterations")
+    args["iterations"] = int(args["iterations"])
+    ctx.header(f"cross-layer equalization of {describe_model(ctx.model)} ({args['iterations']} sweeps, "
+               f"ReLU6: {args['relu6']})")
+    _keras_step(ctx, sdir, prefix, "equalize", lambda: equalize_cross_layer(ctx.model, **args),
+                lambda d: {"equalized_pairs": len(d["pairs"]), "skipped_pairs": len(d["skipped"]),
+                           "relu6_replaced": list(d["replaced"])},
+                fine_tune=p.get("fine_tune"))
+
+
+@register_strategy("bias_correction", schema=params_schema({
+    "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+    "batches": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+}))
+def run_bias_correction(ctx, p, sdir, prefix):
+    """Bias correction for int8 weight rounding (:func:`kslim.quant.correct_weight_bias`) on ``batches``
+    x ``batch_size`` calibration images: a float model whose biases cancel the mean error of the
+    ``weight_quantize_type`` grid; give the following ``quant_post_static`` the same grid."""
+    from kslim.quant import correct_weight_bias
+
+    batches, batch_size = _batch_settings(p)
+    args = _api_args(correct_weight_bias, p, "weight_quantize_type")
+    calib = ctx.data.calibration(batches * batch_size)
+    ctx.header(f"bias correction of {describe_model(ctx.model)} for {args['weight_quantize_type']} int8 weights, "
+               f"on {len(calib)} calibration images")
+    _keras_step(ctx, sdir, prefix, "bias_correction",
+                lambda: correct_weight_bias(ctx.model, calib, batches=batches, batch_size=batch_size, **args),
+                lambda d: {"corrected_layers": len(d["layers"]), "samples": d["samples"],
+                           "max_bias_shift": max((c["max_shift"] for c in d["layers"]), default=0.0)})
+
+
+@register_strategy("bn_reestimate", schema=params_schema({
+    "batches": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+}))
+def run_bn_reestimate(ctx, p, sdir, prefix):
+    """BatchNormalization re-estimation (:func:`kslim.quant.reestimate_batch_norm`): the moving mean and
+    variance recomputed exactly on ``batches`` x ``batch_size`` training images (after ``prune``); no
+    other weight changes, no training."""
+    from kslim.quant import reestimate_batch_norm
+
+    batches, batch_size = _batch_settings(p)
+    x = ctx.data.calibration(batches * batch_size)
+    ctx.header(f"BatchNorm re-estimation of {describe_model(ctx.model)} on {len(x)} training images")
+    _keras_step(ctx, sdir, prefix, "bn_reestimate",
+                lambda: reestimate_batch_norm(ctx.model, x, batches=batches, batch_size=batch_size),
+                lambda d: {"bn_layers": len(d["layers"]), "samples": d["samples"],
+                           "max_mean_shift": max(d["mean_shift"].values(), default=0.0)})
+
+
 # ----------------------------------------------------------------------------- export / profile
-@register_strategy("export", keras_output=False, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "quantize": {"enum": [*QUANTIZE_MODES, "none"]},  # kslim.lite.convert's quantize=
-        "inference_input_type": {"enum": ["float32", "int8"]},
-        "inference_output_type": {"enum": ["float32", "int8"]},
-    },
-})
+@register_strategy("export", keras_output=False, schema=params_schema({
+    "quantize": {"enum": [*QUANTIZE_MODES, "none"]},  # kslim.lite.convert's quantize=
+    "inference_input_type": {"enum": ["float32", "int8"]},
+    "inference_output_type": {"enum": ["float32", "int8"]},
+}))
 def run_export(ctx, p, sdir, prefix):
     """TFLite export (:func:`kslim.lite.convert`): float32, dynamic, float16 or int8 (``quantize``); keeps
     the ``.tflite`` of a previous post-training quantization."""
@@ -662,16 +746,12 @@ def _quick_profile(params):
     params["runs"] = min(int(params.get("runs", QUICK["latency_runs"])), QUICK["latency_runs"])
 
 
-@register_strategy("profile", keras_output=False, measured=False, quick=_quick_profile, schema={
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "device": {"enum": ["local"]},
-        "num_threads": {"type": "integer", "minimum": 1},
-        "runs": {"type": "integer", "minimum": 1},
-        "warmup": {"type": "integer", "minimum": 0},
-    },
-})
+@register_strategy("profile", keras_output=False, measured=False, quick=_quick_profile, schema=params_schema({
+    "device": {"enum": ["local"]},
+    "num_threads": {"type": "integer", "minimum": 1},
+    "runs": {"type": "integer", "minimum": 1},
+    "warmup": {"type": "integer", "minimum": 0},
+}))
 def run_profile(ctx, p, sdir, prefix):
     """Latency profile of the current ``.tflite`` on the host (``num_threads``, ``runs``, ``warmup``)."""
     from kslim.compressor.report import profile_figures
