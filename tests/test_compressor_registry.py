@@ -205,3 +205,41 @@ def test_a_registered_strategy_validates_and_runs(tmp_path, tiny_model_path, reg
     # the logits doubled: same predictions, so the same accuracy; the stage's model is saved
     assert state["1"]["row"]["accuracy"] == state["base"]["row"]["accuracy"]
     assert (run / "stages" / "01_scale_head" / "model.keras").is_file() and result.final_tflite.is_file()
+
+
+def test_lottery_and_admm_steps(tmp_path, tiny_model_path):
+    """lottery: the kernels keep their shapes with >= sparsity zeros; admm: channels removed."""
+    from kslim._model_io import load_keras_model
+    from kslim.prune.unstructured import prunable_weights
+
+    run = tmp_path / "run"
+    cfg = _run_config(tiny_model_path, [
+        {"lottery": {"sparsity": 0.6, "iterations": 2, "fine_tune": {"epochs": 1}}},
+        {"admm": {"ratios": 0.5, "rho": 0.01, "epochs": 1, "fine_tune": {"epochs": 0}}},
+    ])
+    cfg["data"]["train_limit"], cfg["report"]["latency_runs"] = 128, 1
+    result = Compressor(cfg, out=run, verbose=0).run()
+    stages = _state(run)["stages"]
+    assert [round(r["sparsity"], 2) for r in stages["1"]["row"]["info"]["rounds"]] == [0.37, 0.6]
+    ticket = load_keras_model(run / "stages" / "01_lottery" / "model.keras")
+    base = load_keras_model(run / "stages" / "00_baseline" / "model.keras")
+    for name, w in prunable_weights(ticket).items():
+        assert np.mean(np.asarray(w) == 0) >= 0.59, name
+        assert tuple(w.shape) == tuple(prunable_weights(base)[name].shape)
+    assert (run / "stages" / "01_lottery" / "ckpt" / "lottery.json").is_file()
+    assert stages["2"]["row"]["params"] < stages["1"]["row"]["params"] == stages["base"]["row"]["params"]
+    assert stages["2"]["row"]["info"]["channels_removed"] and len(stages["2"]["row"]["info"]["admm_residual"]) == 1
+    assert (run / "stages" / "02_admm" / "layers.json").is_file() and result.model.count_params() < base.count_params()
+
+
+@pytest.mark.parametrize("step, path, words", [
+    ({"lottery": {"sparsity": 1.0}}, "strategies[0].lottery.sparsity", "maximum"),
+    ({"lottery": {"iterations": 0}}, "strategies[0].lottery.iterations", "minimum"),
+    ({"admm": {"rho": 0.1}}, "strategies[0].admm", "ratios"),
+    ({"admm": {"ratios": 0.5, "rho": 0}}, "strategies[0].admm.rho", "minimum"),
+    ({"admm": {"ratios": 0.5, "update_every": 2}}, "strategies[0].admm", "update_every"),
+])
+def test_bad_fields_of_lottery_and_admm(step, path, words):
+    with pytest.raises(ConfigError) as e:
+        validate_config(_cfg(step))
+    assert e.value.path == path and words in str(e.value), str(e.value)

@@ -262,27 +262,31 @@ def _train_settings(ctx, settings):
             settings.get("batch_size", train.get("batch_size")))
 
 
-def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=True):
+def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=True, callbacks=None, in_place=False):
     """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size).
 
     ``announce`` prints what is trained, for how long and the estimated time (``ctx.header``).
-    Under ``ctx.strategy`` (``distribute:``) a copy of ``model`` is trained, and a plain copy returned.
+    Under ``ctx.strategy`` (``distribute:``) a copy of ``model`` is trained, and a plain copy returned;
+    ``in_place`` trains ``model`` itself without the strategy (for training that holds state on the
+    model's own variables: masks, ADMM penalties). ``callbacks`` are passed to ``fit``.
     """
     from kslim.models import compile_classifier
 
     epochs, lr, bs = _train_settings(ctx, settings)
     if epochs <= 0:
         return model, []
-    model = into_scope(ctx.strategy, model)
-    with scope(ctx.strategy):
+    strategy = None if in_place else ctx.strategy
+    model = into_scope(strategy, model)
+    with scope(strategy):
         compile_classifier(model, learning_rate=lr)  # always a fresh optimizer: a loaded model's may have decayed
         if announce:
             ctx.header(f"fine-tuning {describe_model(model)} {_training_text(ctx, model, epochs, bs)}")
         history = fit_resumable(
             model, lambda seed: ctx.data.train(seed, bs), epochs, sdir / "ckpt" / name, ctx.stage_seed,
-            prefix, verbose=ctx.verbose, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv", note=ctx.note,
+            prefix, verbose=ctx.verbose, callbacks=callbacks, csv_log=ctx.run.logs / f"{sdir.name}_{name}.csv",
+            note=ctx.note,
         )
-    return out_of_scope(ctx.strategy, model), history
+    return out_of_scope(strategy, model), history
 
 
 # ----------------------------------------------------------------------------- prune
@@ -328,12 +332,15 @@ def write_layer_table(before, after, sdir):
     return sdir / "layers.json"
 
 
+#: one ratio for every prunable group, or {layer: ratio}
+_RATIOS = {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]}
+
+
 @register_strategy("prune", trains=True, schema=params_schema({
     "importance": {"enum": importance_names()},  # the registry of kslim.prune.importance
     # training samples the data-driven importances (apoz, mean_activation, taylor, hessian) read
     "importance_samples": {"type": "integer", "minimum": 1},
-    # one ratio for every prunable group, or {layer: ratio}
-    "ratios": {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]},
+    "ratios": _RATIOS,
     "flops_reduction": RATIO_SCHEMA,
     "sensitivity": {
         "type": "object",
@@ -375,14 +382,8 @@ def run_prune(ctx, p, sdir, prefix):
     epochs = _train_settings(ctx, p.get("fine_tune", {}))[0]
     ctx.header(f"{p.get('importance', 'l1').upper()} filter pruning of {describe_model(ctx.model)}: "
                f"{_prune_target(p)}" + (f", then fine-tuning {_epochs(epochs)}" if epochs > 0 else ""))
-    pruned_path = sdir / "pruned.keras"
-    info_path = sdir / "pruned_info.json"  # written before pruned.keras: a resumed run gets it back
-    info = {}
-    if pruned_path.is_file():
-        pruned = _load_keras(pruned_path, ctx.unsafe)
-        if info_path.is_file():
-            info = read_json(info_path, "Pruning info")
-    else:
+    def make():
+        info = {}
         name, measured_on = p.get("importance", "l1"), {}
         if name not in kp.importance_names(data=False):  # apoz, mean_activation, taylor, hessian
             import keras
@@ -436,8 +437,30 @@ def run_prune(ctx, p, sdir, prefix):
                 import shutil
 
                 shutil.copyfile(result.plot_path, ctx.run.plots / f"{sdir.name}_auto_prune.png")
-        info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list))}
-        guarded_write(atomic_write_json, info_path, info)
+        return pruned, {k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list))}
+
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    ctx.info.update(info)
+    ctx.model, ctx.lite = model, None
+
+
+def _in_place_note(ctx, what):
+    if ctx.strategy is not None:
+        ctx.note(f"({what} trains on one device: its state lives on the model's own variables, "
+                 "not under tf.distribute)")
+
+
+def _pruned_stage(ctx, sdir, prefix, make):
+    """``(model, info)`` of a pruning step: ``make() -> (model, info)`` once, saved as ``pruned_info.json``
+    then ``pruned.keras`` (a resumed run picks them up), and the per-layer table of the stage."""
+    pruned_path, info_path = sdir / "pruned.keras", sdir / "pruned_info.json"
+    if pruned_path.is_file():
+        pruned = _load_keras(pruned_path, ctx.unsafe)
+        info = read_json(info_path, "Pruning info") if info_path.is_file() else {}
+    else:
+        pruned, info = make()
+        guarded_write(atomic_write_json, info_path, info)  # before pruned.keras: a resumed run gets it back
         guarded_write(atomic_save_model, pruned, pruned_path)
         crash_point(f"{prefix}:pruned")
     if not (sdir / "layers.json").is_file():
@@ -445,7 +468,80 @@ def run_prune(ctx, p, sdir, prefix):
             write_layer_table(ctx.model, pruned, sdir)
         except Exception as e:  # the table is a report extra; never fail the pruning for it
             ctx.note(f"(per-layer pruning table unavailable: {e})")
-    model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    return pruned, info
+
+
+@register_strategy("lottery", trains=True, schema=params_schema({
+    "sparsity": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "iterations": {"type": "integer", "minimum": 1},
+    "layers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "fine_tune": FINE_TUNE_SCHEMA,  # the training of each round and of the final ticket
+}))
+def run_lottery(ctx, p, sdir, prefix):
+    """Lottery ticket (:func:`kslim.prune.lottery.lottery_ticket`): ``iterations`` rounds of training
+    (``fine_tune``), magnitude pruning of the kernels up to ``sparsity`` and rewinding to the stage's
+    starting weights, then the ticket trained with its mask; zeros in place (same shapes), not fewer
+    channels. Resumable after each round."""
+    from kslim.models import compile_classifier
+    from kslim.prune.lottery import lottery_ticket
+
+    args = _api_args(lottery_ticket, p, "sparsity", "iterations")
+    settings = p.get("fine_tune", {})
+    epochs, _, bs = _train_settings(ctx, settings)
+    model = ctx.model
+    ctx.header(f"lottery ticket of {describe_model(model)}: {args['iterations']} rounds to "
+               f"{100 * float(args['sparsity']):g} % zeros, {_training_text(ctx, model, epochs, bs)} each")
+    _in_place_note(ctx, "lottery")
+    ckpt = sdir / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = ckpt / "lottery.json"
+    rounds_done = len(read_json(state, "Lottery ticket checkpoint").get("rounds", [])) if state.is_file() else 0
+    names = iter(f"round{i}" for i in range(rounds_done + 1, 10 ** 6))
+
+    def train(m, name=None):
+        _fine_tune(ctx, m, settings, sdir, prefix, name=name or next(names), announce=False, in_place=True)
+
+    compile_classifier(model)  # the masks retrace a compiled train step
+    ticket = lottery_ticket(model, train, checkpoint=str(state), layers=p.get("layers"), verbose=0, **args)
+    ticket.train(model, lambda m: train(m, "ticket"))
+    ctx.info.update(sparsity=ticket.sparsity, rounds=[vars(r) for r in ticket.rounds])
+    ctx.model, ctx.lite = model, None
+
+
+@register_strategy("admm", trains=True, schema=params_schema({
+    "ratios": _RATIOS,
+    "rho": {"type": "number", "exclusiveMinimum": 0},
+    "epochs": {"type": "integer", "minimum": 1},  # ADMM training, one Z/U update after each epoch
+    "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "round_to": {"type": "integer", "minimum": 1},
+    "keep_classifier": {"type": "boolean"},
+    "fine_tune": FINE_TUNE_SCHEMA,  # after the channels are removed
+}, required=["ratios"]))
+def run_admm(ctx, p, sdir, prefix):
+    """ADMM filter pruning (:class:`kslim.prune.admm.ADMMPruning`): ``epochs`` of training pulled towards
+    ``ratios`` of zero channels per group (penalty ``rho``, Z/U updated after every epoch), the
+    channels removed, then ``fine_tune``."""
+    from kslim.prune.admm import ADMMPruning
+
+    settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
+    epochs, _, bs = _train_settings(ctx, settings)
+    if epochs < 1:  # train.epochs: 0 and no epochs of its own
+        raise ConfigError("ADMM needs at least 1 epoch of training (train.epochs is 0)", path="admm.epochs")
+    ctx.header(f"ADMM filter pruning of {describe_model(ctx.model)}: {_prune_target(p)}, "
+               f"{_training_text(ctx, ctx.model, epochs, bs)}")
+    _in_place_note(ctx, "ADMM")
+
+    def make():
+        admm = ADMMPruning(ratios=p["ratios"], skip=p.get("skip"),
+                           **_api_args(ADMMPruning.__init__, p, "rho", "keep_classifier", "round_to"))
+        _fine_tune(ctx, ctx.model, settings, sdir, prefix, name="admm", announce=False, callbacks=[admm],
+                   in_place=True)
+        removed = {g.name if hasattr(g, "name") else str(g): int(len(v)) for g, v in admm.plan.items()}
+        return admm.prune(), {"admm_residual": [float(r) for r in admm.history], "channels_removed": removed}
+
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
     ctx.info.update(info)
     ctx.model, ctx.lite = model, None
 
