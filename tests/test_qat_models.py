@@ -495,3 +495,32 @@ def test_save_load_new_layers_safe_mode(tmp_path):
     assert {QuantEmbedding, QuantEinsumDense, QuantConv1D, QuantBatchNormalization, QuantConv2DTranspose} <= kinds
     assert isinstance(loaded.get_layer("decoder"), keras.Model) and isinstance(loaded.get_layer("mha"), keras.Model)
     assert [a.range for a in activation_quantizers(loaded)] == [a.range for a in activation_quantizers(q)]
+
+
+def test_rescaling_preprocessing_becomes_an_int8_depthwise_affine():
+    # the transfer-learning guide's Rescaling(1/127.5, offset=-1) in front of the base model: without a
+    # quantized twin it is a float MUL + ADD in an otherwise int8 model
+    inp = keras.Input((8, 8, 3))
+    x = L.Rescaling(1.0 / 127.5, offset=-1.0, name="pre")(inp)
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(x)
+    out = L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x))
+    m = keras.Model(inp, out)
+    x = _images((8, 8, 3), lo=0.0, hi=255.0)
+    q, lite = _qat_lite(m, x)
+    assert type(q.get_layer("pre")).__name__ == "QuantRescaling" and q.kslim_unquantized == {}
+    assert "DEPTHWISE_CONV_2D" in lite.ops() and "MUL" not in lite.ops() and "ADD" not in lite.ops()
+    _assert_int8(lite, ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])
+    _assert_parity(q, lite, x)
+    # the float maths is Keras' own (the one scale per channel is exact on its int8 grid)
+    pre = q.get_layer("pre")
+    np.testing.assert_allclose(np.asarray(pre(x)), np.asarray(m.get_layer("pre")(x)), atol=1e-5)
+    # per-channel scale/offset of another shape than the channels stays float, with the reason
+    m2 = keras.Sequential([keras.Input((4, 6)), L.Rescaling([1.0, 2.0], name="odd"), L.Dense(2)])
+    assert "odd" in quant_aware(m2).kslim_unquantized
+
+
+def test_einsum_dense_output_keeps_the_known_sequence_length():
+    # Keras' EinsumDense leaves it None; a Flatten after an expanded MultiHeadAttention needs it
+    layer = QuantEinsumDense("abc,cde->abde", output_shape=(None, 2, 4), bias_axes="de")
+    assert layer(keras.Input((5, 8))).shape == (None, 5, 2, 4)
+    assert QuantEinsumDense("abcd,cde->abe", output_shape=(None, 4))(keras.Input((5, 2, 3))).shape == (None, 5, 4)

@@ -24,6 +24,7 @@ ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
 QUANTIZABLE_LAYER_TYPES = (
     "Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense", "EinsumDense",
     "Embedding", "MultiHeadAttention", "BatchNormalization", "LayerNormalization",
+    "Rescaling",
 )
 
 # Layer types with weights that QAT leaves float, and why (shown in errors and in kslim_unquantized).

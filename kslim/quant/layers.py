@@ -29,6 +29,7 @@ Example:
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops as kops
 
@@ -414,6 +415,18 @@ class QuantEinsumDense(_QuantKernelMixin, keras.layers.EinsumDense):
         y = _fully_connected(inputs, n, tf.reshape(kernel, (cin, cout)), bias, out_shape)
         return y if self.activation is None else self.activation(y)
 
+    def compute_output_shape(self, input_shape):
+        """Keras' shape, with each ``None`` of ``output_shape`` taken from the input axis of the same
+        letter: Keras leaves the sequence axis of ``"abc,cde->abde"`` unknown even for a known input
+        length, which MultiHeadAttention hides but its expanded graph (a Flatten after it) does not."""
+        shape = list(super().compute_output_shape(input_shape))
+        lhs, out_spec = self.equation.split("->")
+        in_spec = lhs.split(",")[0]
+        if "." in self.equation or len(out_spec) != len(shape) or len(in_spec) != len(input_shape):
+            return tuple(shape)
+        return tuple(input_shape[in_spec.index(c)] if d is None and c in in_spec else d
+                     for c, d in zip(out_spec, shape))
+
     def get_config(self):
         return self._quant_config(super().get_config())
 
@@ -607,5 +620,54 @@ class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization
         return config
 
 
+def rescaling_vectors(layer, channels):
+    """``(scale, offset)`` of a ``keras.layers.Rescaling`` as float32 vectors of ``channels`` values, or
+    None when they are not a scalar or one value per channel of the last axis."""
+    out = []
+    for v in (layer.scale, layer.offset):
+        a = np.asarray(v, "float32").reshape(-1)
+        if a.size not in (1, channels):
+            return None
+        out.append(np.broadcast_to(a, (channels,)).copy())
+    return tuple(out)
+
+
+@keras.saving.register_keras_serializable(package="kslim")
+class QuantRescaling(_QuantKernelMixin, keras.layers.Rescaling):
+    """``keras.layers.Rescaling`` (``x * scale + offset``) as TFLite runs it in int8: one 1x1 depthwise conv.
+
+    Converted as it is, a Rescaling becomes a float ``MUL`` and ``ADD`` (the input preprocessing of
+    the Keras transfer-learning guide, ``Rescaling(1 / 127.5, offset=-1)``, in front of an otherwise
+    int8 model). Here ``scale`` (a scalar or one value per channel) is the fake-quantized kernel of an
+    int8 ``DEPTHWISE_CONV_2D`` and ``offset`` its bias: per channel a single value is on its own int8
+    grid exactly, so the layer is lossless but for the bias' int32 rounding. Inputs of rank 2 to 4,
+    channels last; the output range is the quantizer ``quant_aware`` puts after the layer.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = QuantRescaling(1 / 127.5, offset=-1.0)
+        >>> x = np.array([[[[0.0, 127.5, 255.0]]]], "float32")
+        >>> np.round(np.asarray(layer(x)), 4).tolist()
+        [[[[-1.0, 0.0, 1.0]]]]
+    """
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel)
+
+    def call(self, inputs):
+        x = tf.cast(inputs, self.compute_dtype)
+        rank, channels = len(x.shape), x.shape[-1]
+        vectors = rescaling_vectors(self, channels) if channels is not None and 2 <= rank <= 4 else None
+        if vectors is None:
+            raise KslimValueError(f"{self.name}: QuantRescaling needs a rank-2..4 input with a known channel count "
+                                  f"and a scalar or per-channel scale/offset, got shape {tuple(x.shape)}.")
+        scale, offset = (tf.constant(v) for v in vectors)
+        return _channel_affine(x, scale, offset, self.weight_bits, self.per_channel)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
 QUANT_LAYERS = (QuantConv1D, QuantConv2D, QuantConv2DTranspose, QuantDepthwiseConv2D, QuantDense, QuantEinsumDense,
-                QuantEmbedding, QuantBatchNormalization, QuantLayerNormalization)
+                QuantEmbedding, QuantBatchNormalization, QuantLayerNormalization, QuantRescaling)

@@ -422,7 +422,7 @@ class _Names:
         return None
 
 
-def _unsupported_setting(layer, rank):
+def _unsupported_setting(layer, rank, channels=None):
     """Why a layer of a quantizable type cannot be quantized with its settings (None if it can)."""
     import keras
 
@@ -444,6 +444,14 @@ def _unsupported_setting(layer, rank):
             return f"BatchNormalization over axis {layer.axis} (not the last one)"
         if not 2 <= rank <= 4:
             return f"BatchNormalization of a rank-{rank} input (kslim quantizes ranks 2 to 4)"
+    if isinstance(layer, keras.layers.Rescaling):
+        from kslim.quant.layers import rescaling_vectors
+
+        if rank is None or not 2 <= rank <= 4 or channels is None:
+            return f"Rescaling of a rank-{rank} input (kslim quantizes ranks 2 to 4 with known channels)"
+        if rescaling_vectors(layer, channels) is None:
+            return (f"Rescaling with scale/offset of shapes {np.shape(layer.scale)}/{np.shape(layer.offset)} "
+                    f"(kslim quantizes a scalar or one value per channel)")
     if getattr(layer, "lora_enabled", False):
         raise ModelError(f"Layer {layer.name!r} has LoRA enabled; merge it before quantizing.")
     return None
@@ -504,8 +512,8 @@ def _select(flat, names, config, plan, quantize):
         if why is not None:
             plan.unquantized[path] = why
             continue
-        rank = len(kg.node_inputs(leaf.node)[0].shape) if kg.node_inputs(leaf.node) else None
-        why = _unsupported_setting(layer, rank)
+        shape = kg.node_inputs(leaf.node)[0].shape if kg.node_inputs(leaf.node) else None
+        why = _unsupported_setting(layer, None if shape is None else len(shape), None if not shape else shape[-1])
         if why is not None:
             plan.unquantized[path] = why
             continue
@@ -618,7 +626,7 @@ def _place_quantizers(flat, config, plan):
 def _split_activations(flat, plan):
     for layer_id, qcls in plan.quantize.items():
         layer = flat.calls[layer_id][0].op
-        if qcls not in ("QuantEmbedding", "QuantBatchNormalization", "QuantLayerNormalization") \
+        if qcls not in ("QuantEmbedding", "QuantBatchNormalization", "QuantLayerNormalization", "QuantRescaling") \
                 and not _has_fusable_activation(layer):
             plan.split.add(layer_id)
 
@@ -868,6 +876,8 @@ class _Rewriter:
 
         s = self.plan.out_quant.get((id(node), i))
         if s is None or not isinstance(tensor, keras.KerasTensor) or not _is_float(tensor):
+            return tensor
+        if 0 in tuple(tensor.shape):  # an empty tensor (keras-hub's unused (0, ...) outputs) has no range
             return tensor
         return self._act_quantizer(scope, op.name, fixed=None if s == "learned" else s)(tensor)
 

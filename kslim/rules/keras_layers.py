@@ -328,6 +328,7 @@ class NoOpRule(LayerRule):
 @register(L.Rescaling)
 class RescalingRule(LayerRule):
     channels = "identity"
+    quant_class = "QuantRescaling"
 
     def channel_kind(self, layer):
         if np.size(layer.scale) != 1 or np.size(layer.offset) != 1:
