@@ -132,6 +132,12 @@ def test_cli_lists_the_registry(registered, capsys):
 
 
 # ----------------------------------------------------------------------------- runs
+def _small(cfg, train_limit=128):
+    """Fewer training images and one latency run: these tests check the steps, not the numbers."""
+    cfg["data"]["train_limit"], cfg["report"]["latency_runs"] = train_limit, 1
+    return cfg
+
+
 def _state(run):
     return json.loads((run / "state.json").read_text())
 
@@ -145,7 +151,7 @@ def test_equalize_bias_correction_then_int8(tmp_path, tiny_model_path):
         {"bias_correction": {"batches": 2, "batch_size": 32}},
         {"quant_post_static": {"algo": "abs_max", "batch_nums": 2, "batch_size": 32}},
     ])
-    result = Compressor(cfg, out=run, verbose=0).run()
+    result = Compressor(_small(cfg), out=run, verbose=0).run()
     assert LiteModel.load(result.final_tflite).precision == "int8"
     stages = _state(run)["stages"]
     eq, bc = stages["1"]["row"]["info"], stages["2"]["row"]["info"]
@@ -162,7 +168,7 @@ def test_bn_reestimate_after_prune_changes_only_the_moving_statistics(tmp_path, 
     run = tmp_path / "run"
     cfg = _run_config(tiny_model_path, [{"prune": {"ratios": 0.5, "fine_tune": {"epochs": 0}}},
                                         {"bn_reestimate": {"batches": 4, "batch_size": 32}}])
-    Compressor(cfg, out=run, verbose=0).run()
+    Compressor(_small(cfg), out=run, verbose=0).run()
     pruned = load_keras_model(run / "stages" / "01_prune" / "model.keras")
     fixed = load_keras_model(run / "stages" / "02_bn_reestimate" / "model.keras")
     bns = [layer.name for layer in pruned.layers if "BatchNormalization" in type(layer).__name__]
@@ -198,8 +204,8 @@ def test_a_registered_strategy_validates_and_runs(tmp_path, tiny_model_path, reg
             validate_config(_cfg({"scale_head": bad}))
         assert e.value.path == path, str(e.value)
     run = tmp_path / "run"
-    result = Compressor(_run_config(tiny_model_path, [{"scale_head": {"factor": 2.0}}, {"export": {}}]),
-                        out=run, verbose=0).run()
+    cfg = _small(_run_config(tiny_model_path, [{"scale_head": {"factor": 2.0}}, {"export": {}}]))
+    result = Compressor(cfg, out=run, verbose=0).run()
     state = _state(run)["stages"]
     assert state["1"]["row"]["info"] == {"scaled": result.model.layers[-1].name}
     # the logits doubled: same predictions, so the same accuracy; the stage's model is saved
@@ -207,8 +213,9 @@ def test_a_registered_strategy_validates_and_runs(tmp_path, tiny_model_path, reg
     assert (run / "stages" / "01_scale_head" / "model.keras").is_file() and result.final_tflite.is_file()
 
 
-def test_lottery_and_admm_steps(tmp_path, tiny_model_path):
-    """lottery: the kernels keep their shapes with >= sparsity zeros; admm: channels removed."""
+def test_lottery_admm_netadapt_steps(tmp_path, tiny_model_path):
+    """lottery: the kernels keep their shapes with >= sparsity zeros; admm: channels removed; netadapt:
+    the MACs budget reached (one run for the three: a run's baseline and latencies cost seconds)."""
     from kslim._model_io import load_keras_model
     from kslim.prune.unstructured import prunable_weights
 
@@ -216,8 +223,10 @@ def test_lottery_and_admm_steps(tmp_path, tiny_model_path):
     cfg = _run_config(tiny_model_path, [
         {"lottery": {"sparsity": 0.6, "iterations": 2, "fine_tune": {"epochs": 1}}},
         {"admm": {"ratios": 0.5, "rho": 0.01, "epochs": 1, "fine_tune": {"epochs": 0}}},
+        {"netadapt": {"latency_reduction": 0.3, "latency": "macs", "step": 0.3, "eval_samples": 64,
+                      "fine_tune": {"epochs": 0}}},
     ])
-    cfg["data"]["train_limit"], cfg["report"]["latency_runs"] = 128, 1
+    _small(cfg, 64)
     result = Compressor(cfg, out=run, verbose=0).run()
     stages = _state(run)["stages"]
     assert [round(r["sparsity"], 2) for r in stages["1"]["row"]["info"]["rounds"]] == [0.37, 0.6]
@@ -229,7 +238,12 @@ def test_lottery_and_admm_steps(tmp_path, tiny_model_path):
     assert (run / "stages" / "01_lottery" / "ckpt" / "lottery.json").is_file()
     assert stages["2"]["row"]["params"] < stages["1"]["row"]["params"] == stages["base"]["row"]["params"]
     assert stages["2"]["row"]["info"]["channels_removed"] and len(stages["2"]["row"]["info"]["admm_residual"]) == 1
-    assert (run / "stages" / "02_admm" / "layers.json").is_file() and result.model.count_params() < base.count_params()
+    assert (run / "stages" / "02_admm" / "layers.json").is_file()
+    info = stages["3"]["row"]["info"]
+    assert info["reached"] and info["latency"] <= 0.7 * info["latency_before"] and info["steps"] >= 1
+    assert stages["3"]["row"]["macs"] <= 0.7 * stages["2"]["row"]["macs"]
+    assert (run / "stages" / "03_netadapt" / "ckpt" / "netadapt" / "netadapt.json").is_file()
+    assert result.model.count_params() < base.count_params()
 
 
 @pytest.mark.parametrize("step, path, words", [
@@ -242,4 +256,16 @@ def test_lottery_and_admm_steps(tmp_path, tiny_model_path):
 def test_bad_fields_of_lottery_and_admm(step, path, words):
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(step))
+    assert e.value.path == path and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("params, path, words", [
+    ({"step": 0.1}, "strategies[0].netadapt.latency_reduction", "budget"),
+    ({"latency": "macs", "max_latency": 2.0}, "strategies[0].netadapt.max_latency", "latency_reduction"),
+    ({"latency_reduction": 0.3, "latency": "flops"}, "strategies[0].netadapt.latency", "macs"),
+    ({"latency_reduction": 0.3, "importance": "taylor"}, "strategies[0].netadapt.importance", "l1"),
+])
+def test_bad_fields_of_netadapt(params, path, words):
+    with pytest.raises(ConfigError) as e:
+        validate_config(_cfg({"netadapt": params}))
     assert e.value.path == path and words in str(e.value), str(e.value)

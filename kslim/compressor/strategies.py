@@ -546,6 +546,81 @@ def run_admm(ctx, p, sdir, prefix):
     ctx.model, ctx.lite = model, None
 
 
+#: what ``netadapt``'s ``latency`` field names: the ``.tflite`` timed on this host, or the MACs (millions) as
+#: a noise-free stand-in (a relative budget only)
+NETADAPT_LATENCIES = ("measure", "macs")
+
+
+def _check_netadapt(p):
+    if "latency_reduction" not in p and "max_latency" not in p:
+        return [("latency_reduction", "netadapt needs a budget: give latency_reduction (share of the starting "
+                                      "latency to remove) and/or max_latency (ms)")]
+    if p.get("latency") == "macs" and "max_latency" in p:
+        return [("max_latency", "is in ms; with latency: macs give latency_reduction instead")]
+    return []
+
+
+@register_strategy("netadapt", trains=True, check=_check_netadapt, schema=params_schema({
+    "latency_reduction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "max_latency": {"type": "number", "exclusiveMinimum": 0},
+    "latency": {"enum": list(NETADAPT_LATENCIES)},
+    "num_threads": {"type": "integer", "minimum": 1},
+    "runs": {"type": "integer", "minimum": 1},
+    "step": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "importance": {"enum": importance_names(data=False)},  # netadapt ranks channels without data
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "keep_classifier": {"type": "boolean"},
+    "round_to": {"type": "integer", "minimum": 1},
+    "max_steps": {"type": "integer", "minimum": 1},
+    "eval_samples": {"type": "integer", "minimum": 1},
+    "candidate_fine_tune": FINE_TUNE_SCHEMA,  # the short fine-tune of every candidate (default: none)
+    "fine_tune": FINE_TUNE_SCHEMA,  # of the result
+}))
+def run_netadapt(ctx, p, sdir, prefix):
+    """NetAdapt (:func:`kslim.prune.netadapt.netadapt`): channels removed ``step`` by step, each time from
+    the group whose pruning keeps the best accuracy on ``eval_samples`` test images, until the
+    latency (``measure``: the ``.tflite`` on this host; ``macs``) meets ``latency_reduction`` /
+    ``max_latency``; then ``fine_tune``. Resumable after every step."""
+    from kslim.prune.netadapt import netadapt
+
+    latency = p.get("latency", "measure")
+    goal = (f"{100 * float(p['latency_reduction']):g} % less latency" if "latency_reduction" in p else
+            f"at most {float(p['max_latency']):g} ms")
+    ctx.header(f"NetAdapt pruning of {describe_model(ctx.model)} to {goal} ({latency})")
+    x, y = ctx.data.eval_arrays(int(p.get("eval_samples", 500)))
+    if latency == "macs":
+        def latency_fn(m):
+            return (_macs(m) or 0) / 1e6
+    else:
+        from kslim.lite import measure_latency
+
+        def latency_fn(m):
+            return measure_latency(m, num_threads=int(p.get("num_threads", 1)), runs=int(p.get("runs", 20)))
+    finetune_fn = None
+    if "candidate_fine_tune" in p:
+        from kslim.models import compile_classifier
+
+        epochs, lr, bs = _train_settings(ctx, p["candidate_fine_tune"])
+
+        def finetune_fn(m):  # short and not checkpointed: each candidate has other shapes
+            compile_classifier(m, learning_rate=lr)
+            if epochs > 0:
+                m.fit(ctx.data.train(ctx.stage_seed, bs), epochs=epochs, verbose=0)
+
+    def make():
+        kwargs = {k: p[k] for k in ("latency_reduction", "max_latency", "step", "importance", "skip",
+                                     "keep_classifier", "round_to", "max_steps") if k in p}
+        res = netadapt(ctx.model, lambda m: accuracy(m, x, y), latency_fn=latency_fn, finetune_fn=finetune_fn,
+                       directory=sdir / "ckpt" / "netadapt", **kwargs)
+        return res.model, {"latency_before": res.latency_before, "latency": res.latency, "budget": res.budget,
+                           "reached": bool(res.reached), "steps": len(res.steps), "latency_unit": latency}
+
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    ctx.info.update(info)
+    ctx.model, ctx.lite = model, None
+
+
 # ----------------------------------------------------------------------------- distill
 def _build_model(ctx, spec, what):
     from kslim.models import pretrained
