@@ -527,7 +527,8 @@ def run_admm(ctx, p, sdir, prefix):
     settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
     epochs, _, bs = _train_settings(ctx, settings)
     if epochs < 1:  # train.epochs: 0 and no epochs of its own
-        raise ConfigError("ADMM needs at least 1 epoch of training (train.epochs is 0)", path="admm.epochs")
+        where = f"strategies[{int(prefix.split(':')[0]) - 1}].admm.epochs"  # prefix: "<stage>:admm"
+        raise ConfigError("ADMM needs at least 1 epoch of training (train.epochs is 0); give epochs", path=where)
     ctx.header(f"ADMM filter pruning of {describe_model(ctx.model)}: {_prune_target(p)}, "
                f"{_training_text(ctx, ctx.model, epochs, bs)}")
     _in_place_note(ctx, "ADMM")
