@@ -524,3 +524,21 @@ def test_einsum_dense_output_keeps_the_known_sequence_length():
     layer = QuantEinsumDense("abc,cde->abde", output_shape=(None, 2, 4), bias_axes="de")
     assert layer(keras.Input((5, 8))).shape == (None, 5, 2, 4)
     assert QuantEinsumDense("abcd,cde->abe", output_shape=(None, 4))(keras.Input((5, 2, 3))).shape == (None, 5, 4)
+
+
+def test_hard_sigmoid_gate_is_int8():
+    # the squeeze-excite gate of MobileNetV3-style blocks (keras-hub's MobileNet): TFLite lowers
+    # hard_sigmoid to ADD + MUL, float unless the relu6(x + 3) in between has a range
+    inp = keras.Input((8, 8, 4))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inp)
+    g = L.Conv2D(8, 1, name="reduce")(L.GlobalAveragePooling2D(keepdims=True)(x))
+    g = L.Activation("hard_sigmoid", name="gate")(g)
+    y = L.Multiply()([x, g])
+    y = L.Dense(3, activation="hard_sigmoid", name="fused")(L.GlobalAveragePooling2D()(y))
+    m = keras.Model(inp, L.Dense(2, name="head")(y))
+    x = _images((8, 8, 4), lo=-1.0, hi=1.0)
+    q, lite = _qat_lite(m, x)
+    _assert_int8(lite, ["CONV_2D", "FULLY_CONNECTED"])
+    _assert_parity(q, lite, x, corr=0.99)
+    # the QAT model still computes hard_sigmoid (up to int8 steps of 6/255 and 1/255)
+    np.testing.assert_allclose(np.asarray(q(x)), np.asarray(m(x)), atol=0.1)

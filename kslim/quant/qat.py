@@ -863,13 +863,27 @@ class _Rewriter:
             x = self._call_layer(dw, path, args, kwargs)
             x = self._act_quantizer(scope, dw.name)(x)
             out = self._call_layer(pw, path, (x,), {})
+        elif isinstance(op, keras.layers.Activation) and _activation_name(op) == "hard_sigmoid" and not kwargs:
+            out = self._hard_sigmoid(scope, op.name, args[0])
         else:
             out = self._call_layer(new, path, args, kwargs)
         if id(op) in self.plan.split:
             out = self._act_quantizer(scope, f"{op.name}_preact")(out)
+            if _activation_name(op) == "hard_sigmoid":
+                return self._hard_sigmoid(scope, f"{op.name}_act", out)
             act = keras.layers.Activation(op.get_config()["activation"], name=f"{op.name}_act")
             out = act(out)
         return out
+
+    def _hard_sigmoid(self, scope, name, x):
+        """``relu6(x + 3) / 6`` (Keras' hard_sigmoid), op by op: TFLite has no hard-sigmoid kernel and
+        lowers it to ADD + MUL, whose intermediate needs a range ([0, 6], after the ReLU6 fused into the
+        ADD) to be int8. The output range is the quantizer put after the activation, as for any other."""
+        import keras
+
+        y = keras.layers.ReLU(6.0, name=f"{name}_relu6")(keras.ops.add(x, 3.0))
+        y = self._act_quantizer(scope, f"{name}_relu6", fixed=(0.0, 6.0))(y)
+        return keras.ops.multiply(y, 1.0 / 6.0)
 
     def _maybe_quantize(self, node, i, tensor, op, scope):
         import keras
