@@ -61,6 +61,7 @@ from kslim.quant.litert import RECIPES, quant_post_litert, tensor_types  # noqa:
 from kslim.quant.equalize import equalize_cross_layer  # noqa: E402
 from kslim.quant.bias_correction import correct_weight_bias  # noqa: E402
 from kslim.quant.bn_reestimate import reestimate_batch_norm  # noqa: E402
+from kslim.quant.adaround import AdaRoundResult, adaround  # noqa: E402
 
 __all__ += [
     "ALGOS",
@@ -76,4 +77,6 @@ __all__ += [
     "equalize_cross_layer",
     "correct_weight_bias",
     "reestimate_batch_norm",
+    "adaround",
+    "AdaRoundResult",
 ]

@@ -94,6 +94,72 @@ def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=Non
     return kernel + tf.stop_gradient(q - kernel)
 
 
+#: stretch of AdaRound's rectified sigmoid ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``
+#: (Louizos et al., 2018; Nagel et al., 2020): it reaches exactly 0 and 1, so a rounding can settle
+ADAROUND_ZETA, ADAROUND_GAMMA = 1.1, -0.1
+
+
+def rectified_sigmoid(v, zeta=ADAROUND_ZETA, gamma=ADAROUND_GAMMA):
+    """AdaRound's soft rounding ``h(V)`` in ``[0, 1]`` (0: round down, 1: round up)."""
+    return tf.clip_by_value(tf.sigmoid(v) * (zeta - gamma) + gamma, 0.0, 1.0)
+
+
+def adaround_grid(kernel, bits=8, per_channel=True, channel_axes=None):
+    """Where AdaRound starts from: ``(scale, floor, v0, anchor)`` for ``kernel`` (float32 tensors).
+
+    ``scale`` is :func:`weight_scale`, ``floor = floor(w / scale)``, ``v0`` the rounding variable with
+    ``rectified_sigmoid(v0) == w / scale - floor`` (the soft kernel starts at the float kernel), and
+    ``anchor`` marks the elements holding ``max|w|`` of their channel (or of the tensor): they keep their
+    nearest code ``+-(2^(bits-1) - 1)``, so that a converter re-deriving ``scale = max|w| / (2^(bits-1)
+    - 1)`` from the rounded kernel finds the same scale and the same integers.
+    """
+    kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
+    _, hi = weight_range(kernel, per_channel, channel_axes)
+    scale = hi / float(2 ** (int(bits) - 1) - 1)
+    codes = kernel / scale
+    floor = tf.floor(codes)
+    v0 = -tf.math.log((ADAROUND_ZETA - ADAROUND_GAMMA) / (codes - floor - ADAROUND_GAMMA) - 1.0)
+    return scale, floor, v0, tf.equal(tf.abs(kernel), hi)
+
+
+def adaround_codes(kernel, floor, v, anchor, bits=8, hard=False):
+    """The codes of an AdaRound kernel: ``floor + h(V)`` (``hard``: ``floor + [V >= 0]``, integers),
+    clipped to ``+-(2^(bits-1) - 1)``, the ``anchor`` elements at their nearest code ``sign(w) * (2^(bits-1)
+    - 1)``. ``floor`` and ``anchor`` as :func:`adaround_grid` gives them for ``kernel``; multiply by its
+    ``scale`` for the weights."""
+    levels = float(2 ** (int(bits) - 1) - 1)
+    up = tf.cast(v >= 0.0, v.dtype) if hard else rectified_sigmoid(v)
+    codes = tf.clip_by_value(floor + up, -levels, levels)
+    return tf.where(anchor, tf.sign(tf.cast(kernel, codes.dtype)) * levels, codes)
+
+
+def nearest_codes(kernel, scale, bits=8):
+    """Round-to-nearest codes of ``kernel`` on ``scale`` (the grid of :func:`fake_quant_weight_rounded`)."""
+    levels = float(2 ** (int(bits) - 1) - 1)
+    return tf.clip_by_value(tf.round(tf.cast(kernel, tf.float32) / scale), -levels, levels)
+
+
+def rounding_regularizer(v, beta):
+    """AdaRound's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every ``h(V)`` is 0 or 1 (a hard rounding)."""
+    return tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * rectified_sigmoid(v) - 1.0), beta))
+
+
+def adaround_beta(step, iterations, beta=(20.0, 2.0), warm_start=0.2):
+    """``(beta, on)`` at ``step`` of ``iterations``: the regulariser is off (``on = 0``) for the first
+    ``warm_start`` fraction of the steps, then ``beta`` decays linearly from ``beta[0]`` to ``beta[1]``
+    (AIMET's ``LinearTempDecay``).
+
+    Example:
+        >>> adaround_beta(0, 100), adaround_beta(20, 100), adaround_beta(60, 100), adaround_beta(100, 100)
+        ((20.0, 0.0), (20.0, 1.0), (11.0, 1.0), (2.0, 1.0))
+    """
+    start = float(warm_start) * int(iterations)
+    if step < start:
+        return float(beta[0]), 0.0
+    rel = (step - start) / max(int(iterations) - start, 1e-12)
+    return float(beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - rel)), 1.0
+
+
 def fixed_output_range(activation):
     """The output range TFLite's int8 kernel of ``activation`` imposes, or None if it has none.
 
