@@ -542,3 +542,36 @@ def test_hard_sigmoid_gate_is_int8():
     _assert_parity(q, lite, x, corr=0.99)
     # the QAT model still computes hard_sigmoid (up to int8 steps of 6/255 and 1/255)
     np.testing.assert_allclose(np.asarray(q(x)), np.asarray(m(x)), atol=0.1)
+
+
+class _AttentionBlock(keras.layers.Layer):
+    """A keras-hub style encoder block: a composite layer whose call() runs a MultiHeadAttention."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.mha = L.MultiHeadAttention(2, dim // 2, name="attention")
+        self.ln = L.LayerNormalization(epsilon=1e-6, name="ln")
+
+    def call(self, x):
+        return self.ln(x + self.mha(x, x))
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+def test_attention_still_quantized_after_the_model_was_pruned():
+    # pruning traces composite layers at fixed shapes, which leaves extra calls on their sublayers: QAT of
+    # the same model afterwards must not take them for the user calling the attention differently
+    from kslim.prune import L1NormFilterPruner
+
+    inp = keras.Input((None, 8))
+    x = _AttentionBlock(8, name="block")(L.Dense(8, name="embed")(inp))
+    x = L.Dense(16, activation="relu", name="fc")(L.GlobalAveragePooling1D()(x))
+    m = keras.Model(inp, L.Dense(2, name="head")(x))
+    before = quant_aware(m).kslim_unquantized
+    L1NormFilterPruner(m).prune(0.3)
+    t = keras.Input(batch_shape=(3, 5, 8))
+    m.get_layer("block").mha(t, t)  # a node at fixed shapes, as kslim's own traces of composites leave
+    after = quant_aware(m).kslim_unquantized
+    assert after == before and not any("attention" in k for k in after), after

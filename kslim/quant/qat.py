@@ -217,8 +217,19 @@ def _expand_attention(layer, node):
 
 
 def _call_signature(node):
+    """Shapes and constants of one call."""
     args, kwargs = kg.node_arguments(node)
     return tuple(tuple(t.shape) for t in _tensor_args(args, kwargs)), repr(kg.node_constants(node))
+
+
+def _same_call(a, b):
+    """Whether two :func:`_call_signature` s can be the same call: equal constants, and shapes equal
+    wherever both know a dimension. kslim's own traces of a composite layer call its sublayers at fixed
+    batch sizes and sequence lengths, which leaves such nodes on them next to the user's ``None`` ones."""
+    if a[1] != b[1] or len(a[0]) != len(b[0]):
+        return False
+    return all(len(x) == len(y) and all(i is None or j is None or i == j for i, j in zip(x, y))
+               for x, y in zip(a[0], b[0]))
 
 
 class _Flat:
@@ -259,9 +270,9 @@ class _Flat:
     def _expansion(self, node):
         op = node.operation
         if id(op) not in self._expanded:
-            signatures = {_call_signature(n) for n in kg.layer_nodes(op)}
+            signatures = [_call_signature(n) for n in kg.layer_nodes(op)]
             try:
-                if len(signatures) > 1:
+                if any(not _same_call(signatures[0], sig) for sig in signatures[1:]):
                     raise kg.NotExpandable("it is called several times with different arguments")
                 self._expanded[id(op)] = _expand_attention(op, node)
             except kg.NotExpandable as e:
