@@ -29,34 +29,10 @@ from kslim.testing.zoo import REPRESENTATIVE, ZOO, sample_inputs
 # Regenerate from a full benchmark run: python scripts/bench_zoo.py && python scripts/bench_zoo.py
 # --expected-table benchmarks/zoo.json
 EXPECTED_FAILURES = {
-    ('hub_mobilenet', 'qat'):
-        ('fail', '6 float compute op(s) left: ADD x3, MUL x3'),
-    ('hub_hgnetv2', 'qat'):
-        ('kslim_error', "ModelError in _config_of: Layer 'encoder/encoder_stage_0/encoder_stage_0_identity_downsample"),
-    ('hub_mit', 'qat'):
-        ('fail', '90 float compute op(s) left: ADD x27, MUL x27, NEG x9, SQUARED_DIFFERENCE x9, MEAN x9, RSQRT'),
-    ('hub_segformer', 'qat'):
-        ('fail', '90 float compute op(s) left: ADD x27, MUL x27, NEG x9, SQUARED_DIFFERENCE x9, MEAN x9, RSQRT'),
-    ('hub_vit', 'qat'):
-        ('fail', '50 float compute op(s) left: ADD x15, MUL x15, NEG x5, SQUARED_DIFFERENCE x5, MEAN x5, RSQRT x5'),
-    ('hub_deit', 'qat'):
-        ('fail', '30 float compute op(s) left: ADD x9, MUL x9, NEG x3, SQUARED_DIFFERENCE x3, MEAN x3, RSQRT x3'),
-    ('hub_swin', 'qat'):
-        ('kslim_error', "ModelError in _config_of: Layer 'stage_0/blocks_0/identity' (Identity) cannot be copied for q"),
-    ('hub_bert', 'qat'):
-        ('fail', '55 float compute op(s) left: ADD x14, MUL x10, FULLY_CONNECTED x4, RESHAPE x4, TRANSPOSE x4,'),
-    ('hub_distilbert', 'qat'):
-        ('fail', '53 float compute op(s) left: ADD x12, MUL x10, FULLY_CONNECTED x4, RESHAPE x4, TRANSPOSE x4,'),
-    ('hub_roberta', 'qat'):
-        ('fail', '53 float compute op(s) left: ADD x12, MUL x10, FULLY_CONNECTED x4, RESHAPE x4, TRANSPOSE x4,'),
-    ('hub_albert', 'qat'):
-        ('fail', '98 float compute op(s) left: ADD x23, MUL x17, FULLY_CONNECTED x8, RESHAPE x8, TRANSPOSE x8,'),
-    ('hub_electra', 'qat'):
-        ('fail', '55 float compute op(s) left: ADD x14, MUL x10, FULLY_CONNECTED x4, RESHAPE x4, TRANSPOSE x4,'),
     ('hub_gpt2', 'prune'):
         ('kslim_error', "ModelError in _require_groups: Nothing to prune in model 'hub_gpt2': none of its 6 channel g"),
     ('hub_gpt2', 'qat'):
-        ('fail', '71 float compute op(s) left: ADD x16, MUL x10, RESHAPE x8, FULLY_CONNECTED x6, SHAPE x5, MEA'),
+        ('fail', '61 float compute op(s) left: ADD x13, RESHAPE x8, MUL x7, FULLY_CONNECTED x6, SHAPE x5, TRAN'),
     ('hub_gpt2', 'flops'):
         ('fail', '1 layer(s) not counted: transformer_layer_0'),
     ('hub_fnet', 'prune'):
@@ -69,16 +45,22 @@ EXPECTED_FAILURES = {
         ('kslim_error', "ConversionError in run_converter: TFLite conversion of 'hub_fnet' failed in layer 'f_net_lay"),
     ('hub_fnet', 'float_convert'):
         ('kslim_error', "ConversionError in run_converter: TFLite conversion of 'hub_fnet' failed in layer 'f_net_lay"),
-    ('io_vit_mha', 'qat'):
-        ('raw_error', 'ValueError in _call_layer: Shapes used to initialize variables must be fully-defined (no `No'),
     ('io_lstm', 'qat'):
         ('fail', '224 float compute op(s) left: ADD x48, LOGISTIC x48, MUL x47, FULLY_CONNECTED x32, TANH x32,'),
     ('io_gru_bidir', 'qat'):
         ('fail', '1093 float compute op(s) left: ADD x256, STRIDED_SLICE x192, MUL x192, FULLY_CONNECTED x128,'),
     ('io_transfer_mobilenetv2', 'qat'):
-        ('fail', '2 float compute op(s) left: MUL x1, ADD x1; .tflite vs Keras QAT correlation 0.934 < 0.95'),
+        ('fail', '.tflite vs Keras QAT correlation 0.934 < 0.95'),
     ('io_transfer_mobilenetv2', 'ptq_static'):
         ('fail', "int8 vs float correlation 0.692 < 0.9 (the TFLite converter's own PTQ on the same samples: 0"),
+}
+
+
+# (entry, check) -> why: checks that kill the process (a segfault in the TFLite converter's native code), so
+# pytest cannot run them in-process; scripts/bench_zoo.py runs every check in a worker and reports them.
+KNOWN_CRASHES = {
+    ('hub_deit', 'qat'): "the TFLite converter segfaults converting DeiT's QAT model (a QuantLayerNormalization "
+                         "as deit_encoder/ln_1; skip=['deit_encoder/ln_1'] converts); not reproduced on a small model",
 }
 
 
@@ -94,7 +76,7 @@ def _results(name):
         import keras
 
         keras.backend.clear_session()
-        _RESULTS[name] = run_checks(name, CHECK_NAMES)
+        _RESULTS[name] = run_checks(name, [c for c in CHECK_NAMES if (name, c) not in KNOWN_CRASHES])
     return _RESULTS[name]
 
 
@@ -114,6 +96,8 @@ def _params():
 def test_zoo(name, check):
     if ZOO[name].needs_keras_hub:
         pytest.importorskip("keras_hub")
+    if (name, check) in KNOWN_CRASHES:
+        pytest.xfail(f"crashes the process: {KNOWN_CRASHES[(name, check)]}")
     results = _results(name)
     if "build" in results:
         pytest.fail(f"zoo entry {name} does not build: {results['build'].detail}\n{results['build'].traceback}")
