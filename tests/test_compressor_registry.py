@@ -213,6 +213,7 @@ def test_a_registered_strategy_validates_and_runs(tmp_path, tiny_model_path, reg
     assert (run / "stages" / "01_scale_head" / "model.keras").is_file() and result.final_tflite.is_file()
 
 
+@pytest.mark.slow  # ~30 s: three training schemes in one pipeline (the default suite keeps their field checks)
 def test_lottery_admm_netadapt_steps(tmp_path, tiny_model_path):
     """lottery: the kernels keep their shapes with >= sparsity zeros; admm: channels removed; netadapt:
     the MACs budget reached (one run for the three: a run's baseline and latencies cost seconds)."""
