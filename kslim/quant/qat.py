@@ -635,10 +635,8 @@ def _place_quantizers(flat, config, plan):
 
 
 def _split_activations(flat, plan):
-    for layer_id, qcls in plan.quantize.items():
-        layer = flat.calls[layer_id][0].op
-        if qcls not in ("QuantEmbedding", "QuantBatchNormalization", "QuantLayerNormalization", "QuantRescaling") \
-                and not _has_fusable_activation(layer):
+    for layer_id in plan.quantize:  # a layer without an activation (Embedding, BN, LN, Rescaling) counts as fusable
+        if not _has_fusable_activation(flat.calls[layer_id][0].op):
             plan.split.add(layer_id)
 
 
