@@ -75,6 +75,13 @@ def fake_quant_weight(kernel, bits=8, per_channel=True):
     return fake_quant(kernel, lo, hi, bits, narrow_range=True)
 
 
+def weight_scale(kernel, bits=8, per_channel=True, channel_axes=None):
+    """``(scale, max|w|)`` of the symmetric weight grid: ``scale = max|w| / (2^(bits-1) - 1)`` per channel
+    (``channel_axes`` as in :func:`weight_range`) or per tensor -- the grid the TFLite converter uses."""
+    _, hi = weight_range(kernel, per_channel, channel_axes)
+    return hi / float(2 ** (int(bits) - 1) - 1), hi
+
+
 def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=None):
     """Same values as :func:`fake_quant_weight`, computed with ``round`` instead of a FakeQuant op.
 
@@ -87,9 +94,8 @@ def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=Non
     the last axis). The gradient is straight-through.
     """
     kernel = tf.convert_to_tensor(kernel)
-    _, hi = weight_range(kernel, per_channel, channel_axes)
+    scale, _ = weight_scale(kernel, bits, per_channel, channel_axes)
     levels = float(2 ** (int(bits) - 1) - 1)
-    scale = hi / levels
     q = tf.clip_by_value(tf.round(tf.stop_gradient(kernel) / scale), -levels, levels) * scale
     return kernel + tf.stop_gradient(q - kernel)
 
@@ -114,8 +120,7 @@ def adaround_grid(kernel, bits=8, per_channel=True, channel_axes=None):
     - 1)`` from the rounded kernel finds the same scale and the same integers.
     """
     kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
-    _, hi = weight_range(kernel, per_channel, channel_axes)
-    scale = hi / float(2 ** (int(bits) - 1) - 1)
+    scale, hi = weight_scale(kernel, bits, per_channel, channel_axes)
     codes = kernel / scale
     floor = tf.floor(codes)
     v0 = -tf.math.log((ADAROUND_ZETA - ADAROUND_GAMMA) / (codes - floor - ADAROUND_GAMMA) - 1.0)
