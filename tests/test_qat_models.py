@@ -325,6 +325,26 @@ def test_transformer_block_with_layer_norm_fully_int8(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(q(x)), rtol=0, atol=1e-6)
 
 
+def test_layer_norm_of_a_constant_row_saturates_like_tflite():
+    """A row with no variance (DeiT's zero-initialised class token): the shifted variance rounds to the
+    zero point, TFLite's int8 RSQRT answers with the top of its range, and so must QAT: before, its ranges
+    became inf/NaN and the converter crashed the process (segfault in LegalizeFakeQuantWithMinMaxVars)."""
+    inp = keras.Input((5, 8))
+    x = L.Dense(8, use_bias=False, name="embed")(inp)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln")(x)
+    model = keras.Model(inp, L.Dense(3, name="head")(L.Flatten()(x)))
+    x = np.random.default_rng(0).normal(size=(32, 5, 8)).astype("float32")
+    x[:, 0, :] = 0.0                                           # a constant token: variance 0
+    q = quant_aware(model)
+    q(x, training=True)
+    ranges = [a.range for a in activation_quantizers(q)]
+    assert all(np.isfinite(r).all() for r in ranges), ranges      # checked before converting: no crash
+    assert np.isfinite(np.asarray(q(x))).all()
+    lite = convert(q, check=False)
+    assert not float_ops(lite)
+    _assert_parity(q, lite, x)
+
+
 def test_layer_norm_over_another_axis_stays_float_and_says_why():
     inp = keras.Input((4, 6))
     y = L.LayerNormalization(axis=1, name="ln")(L.Dense(6, name="d")(inp))

@@ -58,10 +58,7 @@ EXPECTED_FAILURES = {
 
 # (entry, check) -> why: checks that kill the process (a segfault in the TFLite converter's native code), so
 # pytest cannot run them in-process; scripts/bench_zoo.py runs every check in a worker and reports them.
-KNOWN_CRASHES = {
-    ('hub_deit', 'qat'): "the TFLite converter segfaults converting DeiT's QAT model (a QuantLayerNormalization "
-                         "as deit_encoder/ln_1; skip=['deit_encoder/ln_1'] converts); not reproduced on a small model",
-}
+KNOWN_CRASHES = {}   # none left: DeiT's QAT segfault was NaN ranges after a zero-variance LayerNorm row
 
 
 class KnownFailure(AssertionError):

@@ -597,7 +597,17 @@ class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization
         d = q["centered"](x - mean, training=training)
         var = q["variance"](tf.reduce_mean(q["square"](d * d, training=training), axis=-1, keepdims=True),
                             training=training)
-        inv = q["inv_std"](tf.math.rsqrt(q["shifted"](var + self.epsilon, training=training)), training=training)
+        # A row whose variance rounds to the zero point of the "shifted" range (a class token initialised
+        # to zeros, a padded position) makes TFLite's int8 RSQRT answer with the top of its output range;
+        # so does this layer, instead of letting inf (and then NaN) into the learned ranges.
+        shifted = q["shifted"](var + self.epsilon, training=training)
+        inv_q = q["inv_std"]
+        if training and not inv_q.frozen:   # its range is learned from the rows that have a variance
+            inv = ops.saturating_rsqrt(shifted, ops.largest_where(tf.math.rsqrt(tf.maximum(shifted, 1e-30)),
+                                                                  shifted > 0))
+        else:                               # inf is clamped to the top of the range, as TFLite does
+            inv = tf.math.rsqrt(shifted)
+        inv = inv_q(inv, training=training)
         y = q["normalized"]((x if self.rms_scaling else d) * inv, training=training)
         if self.gamma is None and (self.beta is None or self.rms_scaling):
             return kops.cast(y, self.compute_dtype)
