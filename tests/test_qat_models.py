@@ -14,7 +14,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from kslim.errors import ModelError  # noqa: E402
+from kslim.errors import ConversionError, ModelError  # noqa: E402
 from kslim.quant import ActivationQuantizer, activation_quantizers, convert, float_ops, quant_aware  # noqa: E402
 from kslim.quant.layers import (  # noqa: E402
     QuantBatchNormalization,
@@ -343,6 +343,10 @@ def test_layer_norm_of_a_constant_row_saturates_like_tflite():
     lite = convert(q, check=False)
     assert not float_ops(lite)
     _assert_parity(q, lite, x)
+    ln_std = next(s for s in q.get_layer("ln").step_quantizers if "inv_std" in s.name)
+    ln_std.max.assign(np.inf)                                  # a range broken some other way: refused, no crash
+    with pytest.raises(ConversionError, match="inv_std_quant.*non-finite"):
+        convert(q, check=False)
 
 
 def test_layer_norm_over_another_axis_stays_float_and_says_why():

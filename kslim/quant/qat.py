@@ -1026,6 +1026,13 @@ def export_ready(qat_model):
             f"Activation quantizer(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} have no range yet: "
             "train the QAT model (fit) or calibrate it (ActivationQuantizer.set_range) before converting."
         )
+    broken = [f"{q.name} {q.range}" for q in activation_quantizers(qat_model) if not np.isfinite(q.range).all()]
+    if broken:   # the converter would crash the process on them (LegalizeFakeQuantWithMinMaxVars)
+        raise ConversionError(
+            f"Activation quantizer(s) {broken[:5]}{' ...' if len(broken) > 5 else ''} learned a non-finite "
+            "range: the QAT model produced inf/NaN in training (check the inputs and the learning rate), or "
+            "set the range yourself (ActivationQuantizer.set_range) before converting."
+        )
     low = [q for q in activation_quantizers(qat_model) if q.bits < 8]
     saved = [q.bits for q in low]
     splat = _splat_biases(qat_model)
