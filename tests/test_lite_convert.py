@@ -266,3 +266,31 @@ def test_qat_model_without_quantize_converts_to_int8():
     flt = convert(qat, quantize="float32", check=False)  # explicit float stays available
     assert flt.conversion["quantize"] is None
     assert not has_int8_kernels(flt)
+
+
+@pytest.mark.parametrize("length", [6, None])
+def test_fourier_mixing_converts_with_builtin_ops(length):
+    """keras.ops.fft2 (FNet's token mixing) traces to complex ops TFLite has no kernel for; kslim exports it
+    as real DFT matmuls: the float .tflite matches Keras, and full-integer PTQ quantizes the model around it."""
+    import keras
+
+    from kslim.lite import convert
+    from kslim.quant import quant_post_static
+
+    class FourierMix(keras.layers.Layer):   # a layer, as in keras-hub's FNetEncoder: any sequence length
+        def call(self, h):
+            return keras.ops.fft2((h, keras.ops.zeros_like(h)))[0]    # the real part
+
+    inp = keras.Input((length, 8))
+    h = keras.layers.Dense(8, name="embed")(inp)
+    mixed = FourierMix()(h)
+    x = keras.layers.LayerNormalization(name="ln")(keras.layers.Add()([h, mixed]))
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+    data = np.random.default_rng(0).normal(size=(16, 6, 8)).astype("float32")
+    lite = convert(model)
+    assert not any("COMPLEX" in op or "FFT" in op for op in lite.ops())
+    np.testing.assert_allclose(lite.predict(data), np.asarray(model(data)), rtol=0, atol=1e-4)
+    q = quant_post_static(model, data)
+    ref, got = np.asarray(model(data)).ravel(), q.predict(data).ravel()
+    assert np.corrcoef(ref, got)[0, 1] > 0.98
+    assert "FULLY_CONNECTED" in q.ops()

@@ -952,6 +952,29 @@ def expand_composites(model, known=None, reasons=None, _prefix=""):
 
 
 # ------------------------------------------------------------------------------------------ self-check
+@contextlib.contextmanager
+def backend_functions_replaced(replacements):
+    """Within the block, the TensorFlow backend functions named in ``replacements``
+    (``{"math.fft2": fn}``: module of ``keras.src.backend.tensorflow``, then function) are ``fn``.
+
+    Every ``keras.ops`` call resolves its backend function when it runs, so a model traced inside the
+    block (e.g. exported for TFLite) uses ``fn``; the originals are restored on exit.
+    """
+    import importlib
+
+    saved = []
+    try:
+        for dotted, fn in replacements.items():
+            module_name, attr = dotted.rsplit(".", 1)
+            module = importlib.import_module(f"keras.src.backend.tensorflow.{module_name}")
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, fn)
+        yield
+    finally:
+        for module, attr, fn in reversed(saved):
+            setattr(module, attr, fn)
+
+
 def check_keras_internals():
     """Exercise every private Keras access of this module on a tiny nested model; raise if one broke.
 
@@ -984,6 +1007,12 @@ def check_keras_internals():
     probe("Layer._flatten_layers", lambda: sublayers(inner))
     probe("Layer._inbound_nodes", lambda: layer_nodes(m.get_layer("head"))[0])
     probe("rebuild", lambda: rebuild(m, lambda node, path, a, k: node.operation(*a, **k)))
+
+    def _replaced():
+        with backend_functions_replaced({"math.fft2": lambda x: ("replaced", x)}):
+            assert keras.ops.fft2((np.zeros((2, 2)), np.zeros((2, 2))))[0] == "replaced"
+
+    probe("keras.src.backend.tensorflow.math.fft2 (backend_functions_replaced)", _replaced)
     if problems:
         raise RuntimeError(f"kslim does not work with Keras {keras.__version__}: " + "; ".join(problems))
     return keras.__version__
@@ -995,6 +1024,6 @@ __all__ = [
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
     "assert_input_compatibility", "track_variable", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
     "layer_paths", "resolve_path", "rebuild", "HUGE_NEGATIVE_PAD", "replace_infinite_pool_pads", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
-    "expand_composites",
+    "expand_composites", "backend_functions_replaced",
     "check_keras_internals",
 ]

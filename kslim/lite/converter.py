@@ -136,6 +136,66 @@ def _unrolled(rnns):
             r.unroll = u
 
 
+# ---------------------------------------------------------------------------------- Fourier transforms
+# ``keras.ops.fft``/``fft2`` trace to TF's complex FFT ops, which TFLite has no builtin kernel for (FNet's
+# token mixing: "'tf.Complex' op is neither a custom op nor a flex op"). For the export, kslim computes
+# them as what they are, products with the DFT matrix ``F = C - iS`` (``C[j, k] = cos(2 pi jk / n)``,
+# ``S`` the sine): real matmuls, which TFLite runs and full-integer quantization makes int8. O(n^2) per
+# axis instead of O(n log n), exact to float rounding.
+def _dft_matrices(n, dtype):
+    import tensorflow as tf
+
+    if isinstance(n, int):
+        jk = np.outer(np.arange(n), np.arange(n)) % n          # reduced first: exact angles for any n
+        angle = 2.0 * np.pi * jk / n
+        return tf.constant(np.cos(angle), dtype), tf.constant(np.sin(angle), dtype)
+    k = tf.range(n)
+    jk = tf.math.floormod(k[:, None] * k[None, :], n)
+    angle = (2.0 * np.pi) * tf.cast(jk, tf.float32) / tf.cast(n, tf.float32)   # TFLite has no float64
+    return tf.cast(tf.cos(angle), dtype), tf.cast(tf.sin(angle), dtype)
+
+
+def _known_zero(t):
+    """True for an imaginary part that is zeros by construction (``ops.zeros_like(x)``, a zero constant)."""
+    import tensorflow as tf
+
+    op = getattr(t, "op", None)
+    if op is not None and op.type == "ZerosLike":
+        return True
+    value = tf.get_static_value(t)
+    return value is not None and not np.any(value)
+
+
+def _dft_last_axis(re, im):
+    """``(re + i im) @ F`` over the last axis; ``im`` None means zeros."""
+    import tensorflow as tf
+
+    n = re.shape[-1] if re.shape[-1] is not None else tf.shape(re)[-1]
+    c, s = _dft_matrices(n, re.dtype)
+    out_re, out_im = tf.matmul(re, c), -tf.matmul(re, s)
+    if im is not None:
+        out_re, out_im = out_re + tf.matmul(im, s), out_im + tf.matmul(im, c)
+    return out_re, out_im
+
+
+def _dft(x, axes):
+    import tensorflow as tf
+
+    re, im = (tf.convert_to_tensor(t) for t in x)
+    im = None if _known_zero(im) else im
+    for axis in axes:   # -1, then -2 (as the last axis of the transposed tensor)
+        if axis == -2:
+            re = tf.linalg.matrix_transpose(re)
+            im = None if im is None else tf.linalg.matrix_transpose(im)
+        re, im = _dft_last_axis(re, im)
+        if axis == -2:
+            re, im = tf.linalg.matrix_transpose(re), tf.linalg.matrix_transpose(im)
+    return re, im
+
+
+BUILTIN_FOURIER = {"math.fft": lambda x: _dft(x, (-1,)), "math.fft2": lambda x: _dft(x, (-1, -2))}
+
+
 # ---------------------------------------------------------------------------------- the converter
 @contextlib.contextmanager
 def keras_converter(model, quantize=None, fn="convert"):
@@ -195,7 +255,10 @@ def _export(model, inputs, plan, directory):
     specs = [tf.TensorSpec((batch, *s.shape), tf.as_dtype(s.dtype), name=s.name) for s in inputs]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    with captured_output() as log, _unrolled(plan["_unroll"] if plan else []):
+    from kslim.graph import keras_graph as kg
+
+    with captured_output() as log, _unrolled(plan["_unroll"] if plan else []), \
+            kg.backend_functions_replaced(BUILTIN_FOURIER):
         try:
             archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
                                  [inputs.structure(specs)])
