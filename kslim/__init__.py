@@ -83,7 +83,7 @@ _LAZY = {
 }
 
 _SUBMODULES = (
-    "analysis", "graph", "prune", "quant", "distill", "nas", "lite", "compressor", "datasets", "models",
+    "analysis", "graph", "prune", "quant", "distill", "nas", "lite", "compressor", "datasets", "models", "rules",
 )
 
 __all__ = [

@@ -9,6 +9,7 @@ import kslim
 from kslim.analysis import flops
 from kslim.errors import KslimTypeError, KslimValueError, UnsupportedLayerError
 from kslim.prune import FilterPruner, FPGMFilterPruner, L1NormFilterPruner, L2NormFilterPruner, l1_norm
+from kslim.testing.checks import zero_channels
 
 TOL = 1e-4  # float32 re-association of sums over fewer channels
 
@@ -50,17 +51,6 @@ def zoo_model():
     return model
 
 
-def _zero_channels(model, group, channels):
-    """Make ``channels`` of ``group`` exactly zero at every producer output (filters, biases, BN shift)."""
-    for m in group.members:
-        layer = model.get_layer(m.layer_name)
-        w = layer.get_weights()
-        if m.role in ("filter", "bias") or (m.role == "carry" and m.weight_name in ("beta", "moving_mean", "bias")):
-            arr = np.moveaxis(w[m.weight_index], m.axis, 0)
-            arr[m.indices(channels)] = 0.0
-            layer.set_weights(w)
-
-
 @pytest.fixture(scope="module")
 def x16():
     return np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype("float32")
@@ -89,7 +79,7 @@ def test_pruning_zero_filters_is_exact(x16):
     plan = {}
     for g in pruner.groups:
         chans = np.sort(rng.choice(g.size, size=g.size // 2, replace=False))
-        _zero_channels(model, g, chans)
+        zero_channels(model, g, chans)
         plan[g.name] = chans
     reference = model(x16)
     # explicit surgery
@@ -295,8 +285,8 @@ def test_split_group_pruning_is_exact(x16):
     model = keras.Model(inp, out)
     pruner = L1NormFilterPruner(model, keep_classifier=False)
     assert [g.name for g in pruner.graph.groups_for("a")] == ["b", "c"]
-    _zero_channels(model, pruner.graph.group("b"), [1])
-    _zero_channels(model, pruner.graph.group("c"), [0, 3])
+    zero_channels(model, pruner.graph.group("b"), [1])
+    zero_channels(model, pruner.graph.group("c"), [0, 3])
     small = pruner.prune_channels({"b": [1], "c": [0, 3]})
     assert small.get_layer("a").filters == 3 and small.get_layer("d").kernel.shape[2] == 3
     np.testing.assert_allclose(small(x16), model(x16), atol=TOL)
@@ -326,9 +316,9 @@ def test_more_layer_kinds_are_exact():
             layer.set_weights([rng.normal(0, 0.3, w.shape) for w in layer.get_weights()])
     pruner = L1NormFilterPruner(model, keep_classifier=False)
     assert {g.name for g in pruner.groups} == {"shared", "up_conv", "c1d"}
-    _zero_channels(model, pruner.graph.group("shared"), [1, 4])   # relu6(0 + 3) / 6 - 0.5 == 0
-    _zero_channels(model, pruner.graph.group("up_conv"), [0, 2])
-    _zero_channels(model, pruner.graph.group("c1d"), [1])
+    zero_channels(model, pruner.graph.group("shared"), [1, 4])   # relu6(0 + 3) / 6 - 0.5 == 0
+    zero_channels(model, pruner.graph.group("up_conv"), [0, 2])
+    zero_channels(model, pruner.graph.group("c1d"), [1])
     data = {"in1": rng.normal(size=(2, 8, 8, 3)).astype("float32"),
             "in2": rng.normal(size=(2, 8, 8, 3)).astype("float32")}
     small = pruner.prune_channels({"shared": [1, 4], "up_conv": [0, 2], "c1d": [1]})

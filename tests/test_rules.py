@@ -17,6 +17,7 @@ from kslim.analysis import flops
 from kslim.errors import KslimValueError
 from kslim.graph import build_dependency_graph
 from kslim.prune import L1NormFilterPruner
+from kslim.testing.checks import zero_channels
 
 TOL = 1e-4
 RNG = np.random.default_rng(0)
@@ -180,16 +181,6 @@ def _inputs(model):
     return RNG.normal(size=shape).astype("float32")
 
 
-def _zero(graph, group, channels):
-    for m in group.members:
-        layer = graph.layers[m.layer_name]
-        if m.role in ("filter", "bias") or (m.role == "carry" and m.weight_name in ("beta", "moving_mean", "bias")):
-            w = layer.get_weights()
-            arr = np.moveaxis(w[m.weight_index], m.axis, 0)
-            arr[m.indices(channels)] = 0.0
-            layer.set_weights(w)
-
-
 @pytest.mark.parametrize("cls", [c for c in LAYER_CLASSES if c not in ABSTRACT], ids=lambda c: c.__name__)
 def test_rule_contract(cls):
     model = EXAMPLES[cls]()
@@ -212,7 +203,7 @@ def test_rule_contract(cls):
         return
     plan = {g.name: [1] for g in pruner.groups if g.size > 1}
     for name, channels in plan.items():
-        _zero(graph, graph.group(name), channels)
+        zero_channels(graph.layers, graph.group(name), channels)
     want = np.asarray(model(x))
     small = pruner.refresh().prune_channels(plan)
     got = np.asarray(small(x))
@@ -278,3 +269,28 @@ def test_the_worked_example_in_docs_runs():
     path = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_keras_hub_position_embedding_rule_registered_by_class_path():
+    """A rule keyed by class path (kslim never imports keras-hub): the position table is a carry cut with the
+    token embedding's channels, counted as no arithmetic, and exact when the removed channels were zero."""
+    keras_hub = pytest.importorskip("keras_hub")
+    rule = rules.get(keras_hub.layers.PositionEmbedding(sequence_length=8))
+    assert rule.channels == "carry" and rule.shift_weights == ("embeddings",)
+    inp = keras.Input((7,), dtype="int32")
+    tok = L.Embedding(20, 6, name="tokens")(inp)
+    pos = keras_hub.layers.PositionEmbedding(sequence_length=8, name="positions")(tok)
+    x = L.Dense(5, activation="relu", name="ffn")(L.Add()([tok, pos]))
+    model = keras.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(x)))
+    _randomise(model)
+    x = RNG.integers(0, 20, (3, 7)).astype("int32")
+    report = flops(model)
+    assert report.uncounted == [] and report.row("positions").macs == 0
+    graph = build_dependency_graph(model)
+    group = graph.group("tokens")
+    assert group.prunable and {m.layer_name for m in group.members} >= {"tokens", "positions", "ffn"}
+    zero_channels(graph.layers, group, [1, 4])
+    want = np.asarray(model(x))
+    small = L1NormFilterPruner(model, keep_classifier=False).prune_channels({"tokens": [1, 4]})
+    assert tuple(small.get_layer("positions").weights[0].shape) == (8, 4)
+    np.testing.assert_allclose(np.asarray(small(x)), want, atol=TOL, rtol=TOL)

@@ -20,6 +20,7 @@ Example:
 from kslim.rules.base import (CHANNEL_KINDS, LayerRule, OpaqueRule, get, numel, register, registered, unregister,
                               weight_index)
 from kslim.rules import keras_layers  # noqa: E402,F401 - registers the built-in rules
+from kslim.rules import keras_hub_layers  # noqa: E402,F401 - keras-hub layers, by class path (no import)
 
 __all__ = ["LayerRule", "OpaqueRule", "CHANNEL_KINDS", "register", "get", "registered", "unregister", "numel",
            "weight_index"]

@@ -33,6 +33,7 @@ import math
 
 _REGISTRY = {}      # layer class -> LayerRule instance
 _OP_REGISTRY = {}   # keras.ops operation class name -> LayerRule instance
+_PATH_REGISTRY = {}  # "module.ClassName" of a layer class kslim does not import (keras-hub) -> LayerRule
 
 #: the channel kinds the dependency graph understands (None = opaque)
 CHANNEL_KINDS = ("input", "producer", "depthwise", "identity", "spatial", "carry", "merge", "concat",
@@ -63,6 +64,9 @@ class LayerRule:
             (:mod:`kslim.quant.fold`): ``"kernel"`` (kernel's last axis), ``"transpose"`` (a transposed
             conv's output axis -2), ``"depthwise"`` (channel ``c * multiplier + m``), ``"separable"``
             (the pointwise kernel); None: it does not fold.
+        shift_weights: names of a ``"carry"`` layer's weights that are added to their channel (beta,
+            a moving mean, a position table): zeroed with the channel where a test makes pruned
+            channels exactly zero.
     """
 
     channels = None
@@ -72,6 +76,7 @@ class LayerRule:
     quant_class = None
     passthrough = False
     bn_fold = None
+    shift_weights = ("beta", "moving_mean", "bias")
 
     def channel_kind(self, layer):
         """``(kind, reason)`` for this layer instance (a rule may refuse a configuration, e.g. groups>1)."""
@@ -152,7 +157,8 @@ def _as_rule(rule, attributes, name):
             from kslim.errors import KslimValueError
 
             raise KslimValueError(f"register: unknown LayerRule attribute(s) {bad}; known: channels, reason, exact, "
-                                  f"out_config_key, quant_class, passthrough, producer_spec, pruned_config, macs.")
+                                  f"out_config_key, quant_class, passthrough, bn_fold, shift_weights, producer_spec, "
+                                  f"pruned_config, macs.")
         methods = {k: (staticmethod(v) if callable(v) and k in ("producer_spec", "pruned_config", "macs") else v)
                    for k, v in attributes.items()}
         rule = type(f"{name}Rule", (LayerRule,), methods)()
@@ -172,16 +178,16 @@ def register(*layer_classes, rule=None, **attributes):
     Either pass ``rule=`` (a :class:`LayerRule` subclass or instance), or the rule's attributes as
     keywords (``channels="identity"``, ``macs=fn`` ...; functions get ``(layer, ...)`` like the methods,
     without ``self``), or use it as a class decorator: ``@register(MyLayer) class MyRule(LayerRule): ...``.
-    A keras.ops operation is registered by its class name (a string), e.g. ``register("Einsum", ...)``.
+    A keras.ops operation is registered by its class name (a string), e.g. ``register("Einsum", ...)``;
+    a layer class of a library kslim does not import, by its dotted path
+    (``"keras_hub.src.layers.modeling.position_embedding.PositionEmbedding"``, matched against
+    ``cls.__module__ + "." + cls.__qualname__`` along the MRO).
     """
     def do(r):
-        names = [c if isinstance(c, str) else c.__name__ for c in layer_classes]
+        names = [c.rsplit(".", 1)[-1] if isinstance(c, str) else c.__name__ for c in layer_classes]
         r = _as_rule(r, attributes if r is None else {}, names[0] if names else "Layer")
         for cls in layer_classes:
-            if isinstance(cls, str):
-                _OP_REGISTRY[cls] = r
-            else:
-                _REGISTRY[cls] = r
+            _registry_of(cls)[cls] = r
         return r
 
     if rule is None and not attributes:
@@ -193,10 +199,18 @@ def register(*layer_classes, rule=None, **attributes):
     return do(rule)
 
 
+def _registry_of(key):
+    if isinstance(key, str):
+        return _PATH_REGISTRY if "." in key else _OP_REGISTRY
+    return _REGISTRY
+
+
 def get(layer):
     """The rule of ``layer`` (or of a keras.ops operation): the nearest registered class in its MRO."""
     for cls in type(layer).__mro__:
         r = _REGISTRY.get(cls)
+        if r is None and _PATH_REGISTRY:
+            r = _PATH_REGISTRY.get(f"{cls.__module__}.{cls.__qualname__}")
         if r is not None:
             return r
     r = _OP_REGISTRY.get(type(layer).__name__)
@@ -204,14 +218,13 @@ def get(layer):
 
 
 def registered():
-    """``{layer class or op name: rule}`` of every registered rule (for contract tests and docs)."""
-    return {**_REGISTRY, **_OP_REGISTRY}
+    """``{layer class, op name or class path: rule}`` of every registered rule (for contract tests and docs)."""
+    return {**_REGISTRY, **_OP_REGISTRY, **_PATH_REGISTRY}
 
 
 def unregister(layer_class):
     """Remove the rule registered for ``layer_class`` exactly (subclass lookups fall back to parents)."""
-    key = layer_class if isinstance(layer_class, str) else layer_class
-    (_OP_REGISTRY if isinstance(key, str) else _REGISTRY).pop(key, None)
+    _registry_of(layer_class).pop(layer_class, None)
 
 
 __all__ = ["LayerRule", "OpaqueRule", "CHANNEL_KINDS", "register", "get", "registered", "unregister", "numel",

@@ -390,11 +390,19 @@ def _float_ops(lite):
 
 
 # ------------------------------------------------------------------------------------ the checks
-def _zero_channels(pruner, group, channels):
-    """Make ``channels`` of ``group`` exactly zero at every producer output (as tests/test_prune.py does)."""
+def zero_channels(layers, group, channels):
+    """Make ``channels`` of ``group`` exactly zero at every producer output: filters, biases and the
+    shifts of carry layers (each rule's ``shift_weights``: BN beta and mean, a position table ...).
+
+    ``layers``: a model (layers looked up with ``get_layer``) or a ``{name: layer}`` mapping such as a
+    dependency graph's ``layers``. Used by the zero-channel exactness check here and in the tests.
+    """
+    from kslim import rules
+
+    get = layers.get_layer if hasattr(layers, "get_layer") else layers.__getitem__
     for m in group.members:
-        layer = pruner.graph.layers[m.layer_name]
-        if m.role in ("filter", "bias") or (m.role == "carry" and m.weight_name in ("beta", "moving_mean", "bias")):
+        layer = get(m.layer_name)
+        if m.role in ("filter", "bias") or (m.role == "carry" and m.weight_name in rules.get(layer).shift_weights):
             w = layer.weights[m.weight_index]
             arr = np.array(w.numpy())
             view = np.moveaxis(arr, m.axis, 0)
@@ -449,7 +457,7 @@ def check_prune(ctx):
     saved = [np.array(w.numpy()) for w in model.weights]
     try:
         for name, chans in plan.items():
-            _zero_channels(pruner, pruner.graph.group(name), chans)
+            zero_channels(pruner.graph.layers, pruner.graph.group(name), chans)
         zref = outputs(model, x)
         zsmall = pruner.prune_channels(plan)
         zgot = result_outputs(zsmall, x, "L1NormFilterPruner.prune_channels")
@@ -757,4 +765,4 @@ def run_checks(entry, checks=CHECK_NAMES, seed=0, workdir=None, model=None):
 
 
 __all__ = ["CheckResult", "CheckFailed", "Context", "CHECKS", "CHECK_NAMES", "STATUSES", "run_check", "run_checks",
-           "run_tflite", "correlation", "centered_correlation", "argmax_agreement", "calibrate_qat"]
+           "run_tflite", "correlation", "centered_correlation", "argmax_agreement", "calibrate_qat", "zero_channels"]
