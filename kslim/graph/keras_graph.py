@@ -132,6 +132,34 @@ def layer_nodes(layer):
     return list(getattr(layer, "_inbound_nodes", []))
 
 
+def keras_mask(tensor):
+    """The Keras mask a symbolic tensor carries (``Embedding(mask_zero=True)``, ``Masking``), or None."""
+    return getattr(tensor, "_keras_mask", None)
+
+
+def tensor_args(args, kwargs):
+    """The KerasTensors among call arguments, in ``keras.tree.flatten`` order (the order
+    :func:`expand_call` gives its inputs)."""
+    return [a for a in keras.tree.flatten((tuple(args), dict(kwargs))) if isinstance(a, KerasTensor)]
+
+
+def expand_attention(layer, node):
+    """A Functional model (named like ``layer``) running a MultiHeadAttention call op by op.
+
+    The layer is traced with ``return_attention_scores=True``: Keras then takes the explicit path
+    (projections, scaled ``einsum``, ``Softmax``, ``einsum``) instead of one ``dot_product_attention``
+    op, so that every intermediate tensor can get a range. The model's first output is the
+    attention output (the second, the scores, is used only when the call asked for them).
+
+    Raises:
+        NotExpandable: with the reason.
+    """
+    args, kwargs = node_arguments(node)
+    if any(keras_mask(t) is not None for t in tensor_args(args, kwargs)):
+        raise NotExpandable("its inputs carry a Keras mask, which the expansion would drop")
+    return expand_call(layer, args, {**kwargs, "return_attention_scores": True})
+
+
 def producer(tensor):
     """The operation that produced a KerasTensor (an InputLayer for a model input), or None."""
     hist = getattr(tensor, "_keras_history", None)
@@ -1006,6 +1034,8 @@ def check_keras_internals():
                                                                                    keras.KerasTensor((None, 3))))
     probe("Layer._flatten_layers", lambda: sublayers(inner))
     probe("Layer._inbound_nodes", lambda: layer_nodes(m.get_layer("head"))[0])
+    masked = L.Embedding(5, 2, mask_zero=True)(keras.Input((3,), dtype="int32"))
+    probe("KerasTensor._keras_mask", lambda: keras_mask(masked) is not None or 1 / 0)
     probe("rebuild", lambda: rebuild(m, lambda node, path, a, k: node.operation(*a, **k)))
 
     def _replaced():
@@ -1024,6 +1054,6 @@ __all__ = [
     "producer", "input_name", "inputs_struct", "outputs_struct", "fresh_inputs", "run_through_graph",
     "assert_input_compatibility", "track_variable", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
     "layer_paths", "resolve_path", "rebuild", "HUGE_NEGATIVE_PAD", "replace_infinite_pool_pads", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
-    "expand_composites", "backend_functions_replaced",
+    "expand_composites", "backend_functions_replaced", "keras_mask", "tensor_args", "expand_attention",
     "check_keras_internals",
 ]

@@ -185,41 +185,10 @@ class _Leaf:
         return self.node.operation
 
 
-def _tensor_args(args, kwargs):
-    """The KerasTensors among call arguments, in ``keras.tree.flatten`` order (the order
-    :func:`kslim.graph.keras_graph.expand_call` gives its inputs)."""
-    import keras
-
-    return [a for a in keras.tree.flatten((tuple(args), dict(kwargs))) if isinstance(a, kg.KerasTensor)]
-
-
-# TODO(keras_graph): move -- the Keras mask a symbolic tensor carries (private attribute)
-def _keras_mask(tensor):
-    return getattr(tensor, "_keras_mask", None)
-
-
-# TODO(keras_graph): move (into expand_composites) -- MultiHeadAttention expanded on its explicit path
-def _expand_attention(layer, node):
-    """A Functional model (named like ``layer``) running a MultiHeadAttention call op by op.
-
-    The layer is traced with ``return_attention_scores=True``: Keras then takes the explicit path
-    (projections, scaled ``einsum``, ``Softmax``, ``einsum``) instead of one ``dot_product_attention``
-    op, so that every intermediate tensor can get a range. The model's first output is the
-    attention output (the second, the scores, is used only when the call asked for them).
-
-    Raises:
-        kslim.graph.keras_graph.NotExpandable: with the reason.
-    """
-    args, kwargs = kg.node_arguments(node)
-    if any(_keras_mask(t) is not None for t in _tensor_args(args, kwargs)):
-        raise kg.NotExpandable("its inputs carry a Keras mask, which the expansion would drop")
-    return kg.expand_call(layer, args, {**kwargs, "return_attention_scores": True})
-
-
 def _call_signature(node):
     """Shapes and constants of one call."""
     args, kwargs = kg.node_arguments(node)
-    return tuple(tuple(t.shape) for t in _tensor_args(args, kwargs)), repr(kg.node_constants(node))
+    return tuple(tuple(t.shape) for t in kg.tensor_args(args, kwargs)), repr(kg.node_constants(node))
 
 
 def _same_call(a, b):
@@ -274,7 +243,7 @@ class _Flat:
             try:
                 if any(not _same_call(signatures[0], sig) for sig in signatures[1:]):
                     raise kg.NotExpandable("it is called several times with different arguments")
-                self._expanded[id(op)] = _expand_attention(op, node)
+                self._expanded[id(op)] = kg.expand_attention(op, node)
             except kg.NotExpandable as e:
                 self._expanded[id(op)] = e
         sub = self._expanded[id(op)]
@@ -295,7 +264,7 @@ class _Flat:
                 n = len(kg.node_outputs(node))
                 self.expansions[id(node)] = (sub, n)
                 args, kwargs = kg.node_arguments(node)
-                ins = [values[id(t)] for t in _tensor_args(args, kwargs)]
+                ins = [values[id(t)] for t in kg.tensor_args(args, kwargs)]
                 return kg.walk(sub, ins, self._visit, enter=self._enter, prefix=path + "/")[:n]
         leaf = _Leaf(node, path, [values[id(t)] for t in kg.node_inputs(node)],
                      [self._key() for _ in kg.node_outputs(node)])
@@ -846,7 +815,7 @@ class _Rewriter:
         args, kwargs = kg.node_call_args(node, values)
         if id(node) in self.flat.expansions:
             sub, n = self.flat.expansions[id(node)]
-            flat = _tensor_args(args, kwargs)
+            flat = kg.tensor_args(args, kwargs)
             return keras.tree.flatten(self._expanded(op, sub, n, path)(flat if len(flat) > 1 else flat[0]))
         if not kg.is_layer(op):
             outs = keras.tree.flatten(op(*args, **kwargs))  # keras.ops nodes are stateless: reused

@@ -280,9 +280,9 @@ def _input_arrays(model, x):
 
 
 def _tensor_name(t):
-    hist = getattr(t, "_keras_history", None)
-    op = getattr(hist, "operation", None) if hist is not None else None
-    return getattr(op, "name", None) or getattr(t, "name", "input")
+    from kslim.graph import keras_graph as kg
+
+    return getattr(kg.producer(t), "name", None) or getattr(t, "name", "input")
 
 
 def _tflite_name(detail):

@@ -26,7 +26,7 @@ Example:
 
 from dataclasses import dataclass, field
 
-from kslim.graph.keras_graph import all_layers  # noqa: E402 (no TensorFlow at import: keras only)
+from kslim.graph.keras_graph import all_layers, layer_nodes, node_inputs  # noqa: E402 (keras only, no TF)
 import numpy as np
 
 #: image side, classes, vocabulary and sequence length used by the entries
@@ -156,21 +156,13 @@ def _flat_inputs(model):
 def _all_sublayers(layer):
     import keras
 
-    out = []
-    if hasattr(layer, "_flatten_layers"):
-        out = [l for l in all_layers(layer)]
-    return [l for l in out if isinstance(l, keras.layers.Layer)]
+    return [l for l in all_layers(layer) if isinstance(l, keras.layers.Layer)]
 
 
 def _consumers(model, tensor):
     """Layers (at any depth) with a call on ``tensor``."""
-    out = []
-    for layer in _all_sublayers(model):
-        for node in getattr(layer, "_inbound_nodes", []):
-            if any(t is tensor for t in getattr(node, "input_tensors", [])):
-                out.append(layer)
-                break
-    return out
+    return [layer for layer in _all_sublayers(model)
+            if any(any(t is tensor for t in node_inputs(node)) for node in layer_nodes(layer))]
 
 
 def _embedding_limit(model, tensor):
