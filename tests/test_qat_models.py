@@ -349,6 +349,22 @@ def test_layer_norm_of_a_constant_row_saturates_like_tflite():
         convert(q, check=False)
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda: L.Conv1D(4, 3, groups=2, name="layer"), "grouped Conv1D"),
+    (lambda: L.BatchNormalization(axis=1, name="layer"), "not the last one"),
+    (lambda: L.Rescaling(np.ones((6, 4), "float32"), name="layer"), "Rescaling with scale/offset of shapes"),
+])
+def test_settings_a_rule_refuses_stay_float_and_say_why(make, words):
+    """Each layer type's refusal comes from its rule (LayerRule.quant_refusal) and is reported by name."""
+    inp = keras.Input((6, 4))
+    x = make()(L.Dense(4, name="d")(inp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quant_aware(keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(x))))
+    assert words in q.kslim_unquantized["layer"]
+    assert not type(q.get_layer("layer")).__name__.startswith("Quant")
+
+
 def test_layer_norm_over_another_axis_stays_float_and_says_why():
     inp = keras.Input((4, 6))
     y = L.LayerNormalization(axis=1, name="ln")(L.Dense(6, name="d")(inp))

@@ -403,35 +403,15 @@ class _Names:
 
 
 def _unsupported_setting(layer, rank, channels=None):
-    """Why a layer of a quantizable type cannot be quantized with its settings (None if it can)."""
-    import keras
+    """Why a layer of a quantizable type cannot be quantized with its settings (None if it can): the generic
+    refusals here, the layer type's own from its rule (:meth:`kslim.rules.LayerRule.quant_refusal`)."""
+    import kslim.rules
 
-    tname = _kind(layer)
     if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return f"{tname} with data_format={layer.data_format!r}: kslim quantizes channels-last layers only"
-    if tname == "Conv1D" and getattr(layer, "groups", 1) != 1:
-        return "grouped Conv1D (groups > 1): TFLite has no grouped int8 1-D convolution"
-    if tname == "EinsumDense" and "." in layer.equation.split("->")[0].split(",")[1]:
-        return f"EinsumDense kernel with an ellipsis ({layer.equation!r})"
-    if isinstance(layer, keras.layers.LayerNormalization):
-        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-        if rank is None or len(axes) != 1 or axes[0] not in (-1, rank - 1) or not 2 <= rank <= 4:
-            return (f"LayerNormalization over axis {layer.axis} of a rank-{rank} input (kslim quantizes the last "
-                    "axis of ranks 2 to 4)")
-    if isinstance(layer, keras.layers.BatchNormalization):
-        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
-        if rank is None or axis not in (-1, rank - 1):
-            return f"BatchNormalization over axis {layer.axis} (not the last one)"
-        if not 2 <= rank <= 4:
-            return f"BatchNormalization of a rank-{rank} input (kslim quantizes ranks 2 to 4)"
-    if isinstance(layer, keras.layers.Rescaling):
-        from kslim.quant.layers import rescaling_vectors
-
-        if rank is None or not 2 <= rank <= 4 or channels is None:
-            return f"Rescaling of a rank-{rank} input (kslim quantizes ranks 2 to 4 with known channels)"
-        if rescaling_vectors(layer, channels) is None:
-            return (f"Rescaling with scale/offset of shapes {np.shape(layer.scale)}/{np.shape(layer.offset)} "
-                    f"(kslim quantizes a scalar or one value per channel)")
+        return f"{_kind(layer)} with data_format={layer.data_format!r}: kslim quantizes channels-last layers only"
+    reason = kslim.rules.get(layer).quant_refusal(layer, rank, channels)
+    if reason:
+        return reason
     if getattr(layer, "lora_enabled", False):
         raise ModelError(f"Layer {layer.name!r} has LoRA enabled; merge it before quantizing.")
     return None

@@ -86,6 +86,12 @@ class LayerRule:
             return None, "data_format='channels_first'"
         return self.channels, ""
 
+    def quant_refusal(self, layer, rank, channels):
+        """Why :func:`kslim.quant.quant_aware` cannot quantize this layer with its settings (a sentence
+        naming them), or None if it can. ``rank``: the rank of its input (None unknown); ``channels``:
+        the input's last dimension (None unknown). Only asked when :attr:`quant_class` is set."""
+        return None
+
     def producer_spec(self, layer):
         """How a producer's weights index channels.
 
@@ -158,8 +164,9 @@ def _as_rule(rule, attributes, name):
 
             raise KslimValueError(f"register: unknown LayerRule attribute(s) {bad}; known: channels, reason, exact, "
                                   f"out_config_key, quant_class, passthrough, bn_fold, shift_weights, producer_spec, "
-                                  f"pruned_config, macs.")
-        methods = {k: (staticmethod(v) if callable(v) and k in ("producer_spec", "pruned_config", "macs") else v)
+                                  f"pruned_config, macs, quant_refusal.")
+        methods = {k: (staticmethod(v) if callable(v) and k in ("producer_spec", "pruned_config", "macs",
+                                                                 "quant_refusal") else v)
                    for k, v in attributes.items()}
         rule = type(f"{name}Rule", (LayerRule,), methods)()
     elif isinstance(rule, type):

@@ -71,6 +71,11 @@ class Conv1DRule(ConvRule):
     quant_class = "QuantConv1D"
     bn_fold = "kernel"
 
+    def quant_refusal(self, layer, rank, channels):
+        if getattr(layer, "groups", 1) != 1:
+            return "grouped Conv1D (groups > 1): TFLite has no grouped int8 1-D convolution"
+        return None
+
 
 register(L.Conv2D, rule=Conv2DRule)
 register(L.Conv1D, rule=Conv1DRule)
@@ -157,6 +162,11 @@ class EinsumDenseRule(_ProducerRule):
 
     quant_class = "QuantEinsumDense"
 
+    def quant_refusal(self, layer, rank, channels):
+        if "." in layer.equation.split("->")[0].split(",")[1]:
+            return f"EinsumDense kernel with an ellipsis ({layer.equation!r})"
+        return None
+
     def _dense_like(self, layer):
         x_spec, k_spec, out_spec = _einsum_parts(layer)
         x_spec, out_spec = x_spec.replace("...", ""), out_spec.replace("...", "")
@@ -231,6 +241,14 @@ class BatchNormRule(LayerRule):
     channels = "carry"
     quant_class = "QuantBatchNormalization"
 
+    def quant_refusal(self, layer, rank, channels):
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        if rank is None or axis not in (-1, rank - 1):
+            return f"BatchNormalization over axis {layer.axis} (not the last one)"
+        if not 2 <= rank <= 4:
+            return f"BatchNormalization of a rank-{rank} input (kslim quantizes ranks 2 to 4)"
+        return None
+
     def macs(self, layer, inputs, outputs):
         return 0, 2 * numel(outputs[0])   # a scale and a shift per element at inference
 
@@ -243,6 +261,13 @@ class LayerNormRule(BatchNormRule):
 
     exact = False
     quant_class = "QuantLayerNormalization"
+
+    def quant_refusal(self, layer, rank, channels):
+        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+        if rank is None or len(axes) != 1 or axes[0] not in (-1, rank - 1) or not 2 <= rank <= 4:
+            return (f"{type(layer).__name__} over axis {layer.axis} of a rank-{rank} input (kslim quantizes the "
+                    "last axis of ranks 2 to 4)")
+        return None
 
 
 @register(L.GroupNormalization)
@@ -329,6 +354,16 @@ class NoOpRule(LayerRule):
 class RescalingRule(LayerRule):
     channels = "identity"
     quant_class = "QuantRescaling"
+
+    def quant_refusal(self, layer, rank, channels):
+        from kslim.quant.layers import rescaling_vectors
+
+        if rank is None or not 2 <= rank <= 4 or channels is None:
+            return f"Rescaling of a rank-{rank} input (kslim quantizes ranks 2 to 4 with known channels)"
+        if rescaling_vectors(layer, channels) is None:
+            return (f"Rescaling with scale/offset of shapes {np.shape(layer.scale)}/{np.shape(layer.offset)} "
+                    f"(kslim quantizes a scalar or one value per channel)")
+        return None
 
     def channel_kind(self, layer):
         if np.size(layer.scale) != 1 or np.size(layer.offset) != 1:
