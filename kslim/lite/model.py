@@ -20,6 +20,7 @@ import numpy as np
 
 from kslim._io import atomic_write_bytes
 from kslim.errors import KslimFileError, KslimValueError
+from kslim.lite.flatbuffer import add_metadata, read_metadata
 
 TFLITE_MAGIC = b"TFL3"
 IO_METADATA = "kslim_io"
@@ -73,7 +74,7 @@ class LiteModel:
         if output_names and len(output_names) > 1:
             record["outputs"] = list(output_names)
         if record:
-            content = _add_metadata(content, IO_METADATA, json.dumps(record).encode())
+            content = add_metadata(content, IO_METADATA, json.dumps(record).encode())
         return cls(content, source=source)
 
     # ------------------------------------------------------------------ io
@@ -382,35 +383,6 @@ def _all_ops(lite):
     return describe_ops(lite.content if hasattr(lite, "content") else lite, subgraph="all")
 
 
-def read_metadata(content, name):
-    """The bytes of metadata entry ``name`` of a flatbuffer, or None (reads only the table of contents)."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - runner-only installs
-        return None
-    try:
-        model = schema.Model.GetRootAs(content, 0)
-        for i in range(model.MetadataLength()):
-            m = model.Metadata(i)
-            if (m.Name() or b"").decode() == name:
-                return bytes(model.Buffers(m.Buffer()).DataAsNumpy().tobytes())
-    except Exception:  # a foreign or truncated flatbuffer: no metadata
-        return None
-    return None
-
-
-def _add_metadata(content, name, data):
-    """``content`` with metadata entry ``name`` set to ``data`` (object API round trip)."""
-    from kslim.lite.runner import _pack, read_model
-
-    schema, model = read_model(content)
-    buf = schema.BufferT()
-    buf.data = np.frombuffer(data, np.uint8).copy()
-    model.buffers.append(buf)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if (m.name or b"").decode() != name] + [entry]
-    return _pack(schema, model)
 
 
 def _natural(name):

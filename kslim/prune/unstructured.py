@@ -321,7 +321,7 @@ def convert_sparse(model, quantize=None, **options):
 
 def sparse_tensors(lite):
     """Names of the tensors a ``.tflite`` (a LiteModel or its bytes) stores in sparse format."""
-    from kslim.lite.runner import read_model
+    from kslim.lite.flatbuffer import read_model
 
     _, model = read_model(bytes(getattr(lite, "content", lite)))
     return [(t.name or b"").decode() for sg in model.subgraphs for t in (sg.tensors or []) if t.sparsity is not None]

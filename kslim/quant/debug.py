@@ -38,16 +38,8 @@ from kslim.quant.ptq import (
     _quantize_static,
     batch_len,
     layers_in_name,
-    op_code,
-    read_flatbuffer,
-    tensor_name,
 )
-
-
-def _op_names():
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+from kslim.lite.flatbuffer import op_code, op_names, read_flatbuffer, tensor_name
 
 
 def _snr(signal, noise):
@@ -182,7 +174,7 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
     sg = qm.subgraphs[0]
     names = [tensor_name(t) for t in sg.tensors]
     float_names = {tensor_name(t) for t in read_flatbuffer(calibrated).subgraphs[0].tensors}
-    op_names = _op_names()
+    code_names = op_names()
     producers = {}
     rows = []
     weighted = {layer.name for layer in model.layers
@@ -215,7 +207,7 @@ def quant_debug(model, calibration_data, algo="KL", batches=4, batch_size=32, ba
         scale, zp = float(q.scale[0]), int(q.zeroPoint[0])
         rows.append({
             "index": len(rows), "tensor": names[out], "reference": ref, "layers": layers,
-            "weight_layer": weight_layer, "op": op_names.get(code, str(code)), "has_weights": code in _WEIGHT_OPS,
+            "weight_layer": weight_layer, "op": code_names.get(code, str(code)), "has_weights": code in _WEIGHT_OPS,
             "scale": scale, "zero_point": zp, "range": ((-128 - zp) * scale, (127 - zp) * scale),
             "calibrated_range": ranges.get(ref),
             "_inputs": [i for i in op.inputs if i >= 0],

@@ -19,20 +19,15 @@ from kslim.quant.ptq import (
     _DEQUANTIZE,
     _FLOAT32,
     check_skip,
-    op_code,
     ops_of_layers,
-    read_flatbuffer,
-    tensor_name,
-    write_flatbuffer,
 )
+from kslim.lite.flatbuffer import op_code, read_flatbuffer, schema, tensor_name, write_flatbuffer
 
 DTYPES = ("int8", "float16")
 
 
 def _keep_float(model, quantized, float_content, skip):
     """Give the ops of the ``skip`` layers their float32 weights back (see module docstring)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
     qm = read_flatbuffer(quantized)
     fm = read_flatbuffer(float_content)
     qsg, fsg = qm.subgraphs[0], fm.subgraphs[0]
@@ -64,7 +59,7 @@ def _keep_float(model, quantized, float_content, skip):
                     continue
                 f_t = fsg.tensors[f_op.inputs[k]]
                 new_t = copy.deepcopy(f_t)
-                buf = schema.BufferT()
+                buf = schema().BufferT()
                 buf.data = np.asarray(fm.buffers[f_t.buffer].data, np.uint8).copy()
                 qm.buffers.append(buf)
                 new_t.buffer = len(qm.buffers) - 1

@@ -74,7 +74,7 @@ def _rules(recipe):
 def tensor_types(content):
     """Names of the tensor types in a ``.tflite`` (``{"INT8", "INT4", "FLOAT32", ...}``), read from the
     flatbuffer (numpy has no int4: the interpreter reports int4 tensors as int8)."""
-    from kslim.quant.ptq import read_flatbuffer
+    from kslim.lite.flatbuffer import read_flatbuffer
 
     model_t = read_flatbuffer(content)
     return {_TENSOR_TYPES.get(t.type, str(t.type)) for g in model_t.subgraphs for t in g.tensors}

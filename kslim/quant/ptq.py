@@ -11,7 +11,7 @@ computes every activation range itself (``abs_max``, ``avg``, ``hist``, ``KL`` o
    calibration batches, so the statistics are gathered on exactly the tensors that get quantized
    (after BatchNorm folding and activation fusion);
 3. each tensor's min/max is replaced in the flatbuffer by the range kslim's algorithm picked
-   (``tensorflow.lite.tools.flatbuffer_utils`` object API);
+   (the flatbuffer object API of :mod:`kslim.lite.flatbuffer`);
 4. ``tensorflow.lite.python.convert.mlir_quantize`` quantizes with those ranges (per-channel or
    per-tensor weights, int8 or float I/O, optional float ``skip`` layers via its node denylist).
 
@@ -33,17 +33,17 @@ import numpy as np
 from kslim.errors import KslimValueError, UnsupportedLayerError
 from kslim.lite._quiet import captured_output
 from kslim.lite.inputs import model_inputs
-from kslim.lite.runner import builtin_code, make_interpreter
+from kslim.lite.flatbuffer import builtin, op_code, read_flatbuffer, schema, tensor_name, tensor_type, write_flatbuffer
+from kslim.lite.runner import make_interpreter
 from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
 from kslim.quant.config import WEIGHT_QUANTIZE_TYPES
 
 IO_TYPES = ("float32", "int8")
 
-# TFLite builtin operator codes used here (schema BuiltinOperator).
-_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED, _DEQUANTIZE, _QUANTIZE = 3, 4, 9, 6, 114
-_WEIGHT_OPS = (_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED)
-# TensorType codes
-_FLOAT32, _INT32, _INT8 = 0, 2, 9
+# TFLite builtin operator and tensor type codes used here (named from the schema, kslim.lite.flatbuffer)
+_DEQUANTIZE, _QUANTIZE = builtin("DEQUANTIZE"), builtin("QUANTIZE")
+_WEIGHT_OPS = tuple(builtin(n) for n in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+_FLOAT32, _INT32, _INT8 = (tensor_type(n) for n in ("FLOAT32", "INT32", "INT8"))
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -91,27 +91,7 @@ def concat_batches(batches, limit=None):
     return [np.concatenate([b[k] for b in batches], axis=0)[:limit] for k in range(len(batches[0]))]
 
 
-# ---------------------------------------------------------------------------- flatbuffer helpers
-def read_flatbuffer(content):
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-
-
-def write_flatbuffer(model_t):
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t))
-
-
-def tensor_name(t):
-    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-
-
-def op_code(model_t, op):
-    return builtin_code(model_t.operatorCodes[op.opcodeIndex])
-
-
+# ---------------------------------------------------------------------------- layer names in tensors
 def layer_pattern(model, layer_name, names):
     """Regex matching the TF name scopes of Keras layer ``layer_name`` in tensor ``names``.
 
@@ -397,9 +377,7 @@ def correct_bias(quantized, calibrated, x):
             continue
         bias = np.clip(bias - np.round(delta / b_scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
         if users.get(b_t.buffer, 1) > 1:
-            from tensorflow.lite.python import schema_py_generated as schema
-
-            new = schema.BufferT()
+            new = schema().BufferT()
             model_t.buffers.append(new)
             users[b_t.buffer] -= 1
             b_t.buffer = len(model_t.buffers) - 1
