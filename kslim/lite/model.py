@@ -242,10 +242,10 @@ class LiteModel:
             if resized:
                 interp.allocate_tensors()
             for (_, d), c in zip(ins, chunk):
-                interp.set_tensor(d["index"], _quantize(c, d))
+                interp.set_tensor(d["index"], quantize_io(c, d))
             interp.invoke()
             for r, (_, d) in zip(results, outs):
-                r.append(_dequantize(interp.get_tensor(d["index"]), d)[:rows])
+                r.append(dequantize_io(interp.get_tensor(d["index"]), d)[:rows])
         return [np.concatenate(r, axis=0) for r in results]
 
     def evaluate(self, data, batch_size=256):
@@ -403,22 +403,24 @@ def _first_line(e):
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _quantize(x, detail):
+def quantize_io(x, detail):
+    """An array as the interpreter tensor ``detail`` takes it: on its int8/int16 grid
+    (``round(x / scale + zero_point)``, clipped) when the tensor is quantized (token ids and masks are
+    not: their scale is 0), else cast to its dtype."""
     dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        scale, zero = detail["quantization"]
-        if scale:
-            q = np.round(np.asarray(x, np.float32) / scale + zero)
-            info = np.iinfo(dtype)
-            return np.clip(q, info.min, info.max).astype(dtype)
-    return np.asarray(x, dtype=dtype)
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        q = np.round(np.asarray(x, np.float32) / scale + zero)
+        info = np.iinfo(dtype)
+        return np.clip(q, info.min, info.max).astype(dtype)
+    return np.asarray(x).astype(dtype)
 
 
-def _dequantize(y, detail):
-    if np.issubdtype(y.dtype, np.integer):
-        scale, zero = detail["quantization"]
-        if scale:
-            return (y.astype(np.float32) - zero) * scale
+def dequantize_io(y, detail):
+    """An interpreter output as float32: ``(q - zero_point) * scale`` when the tensor is quantized."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype(np.float32) - zero) * scale
     return y.astype(np.float32)
 
 

@@ -180,7 +180,7 @@ class TensorRunner:
         self.shapes = None
 
     def __call__(self, x, wanted=None):
-        from kslim.lite.model import _dequantize, _quantize
+        from kslim.lite.model import dequantize_io, quantize_io
 
         interp = self.interp
         arrays = self.inputs.arrays(x, "calibration batch")
@@ -194,7 +194,7 @@ class TensorRunner:
             self.shapes = shapes
             details = self.lite._signature(interp)[0]  # noqa: SLF001
         for (_, d), a in zip(details, arrays):
-            interp.set_tensor(d["index"], _quantize(a, d))
+            interp.set_tensor(d["index"], quantize_io(a, d))
         interp.invoke()
         out = {}
         for d in interp.get_tensor_details():
@@ -208,7 +208,7 @@ class TensorRunner:
                 continue
             if val is None or val.size == 0:
                 continue
-            out[d["name"]] = _dequantize(val, d)
+            out[d["name"]] = dequantize_io(val, d)
         return out
 
 

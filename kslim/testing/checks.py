@@ -300,6 +300,8 @@ def run_tflite(content, model, x):
     """
     from ai_edge_litert.interpreter import Interpreter
 
+    from kslim.lite.model import dequantize_io, quantize_io
+
     arrays = _input_arrays(model, x)
     interp = Interpreter(model_content=bytes(content), num_threads=1)
     details = interp.get_input_details()
@@ -321,26 +323,10 @@ def run_tflite(content, model, x):
     interp.allocate_tensors()
     for d in interp.get_input_details():
         arr = arrays[by_name[d["index"]]][1]
-        interp.set_tensor(d["index"], _to_input(arr, d))
+        interp.set_tensor(d["index"], quantize_io(arr, d))
     interp.invoke()
-    outs = [_from_output(interp.get_tensor(d["index"]), d) for d in interp.get_output_details()]
+    outs = [dequantize_io(interp.get_tensor(d["index"]), d) for d in interp.get_output_details()]
     return outs
-
-
-def _to_input(arr, detail):
-    dtype = detail["dtype"]
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if np.issubdtype(dtype, np.integer) and scale and np.issubdtype(arr.dtype, np.floating):
-        info = np.iinfo(dtype)
-        return np.clip(np.round(arr / scale + zero), info.min, info.max).astype(dtype)
-    return np.asarray(arr).astype(dtype)
-
-
-def _from_output(y, detail):
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if np.issubdtype(y.dtype, np.integer) and scale:
-        return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)
 
 
 def _pick_output(outs, ref):
