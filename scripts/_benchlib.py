@@ -1,19 +1,15 @@
 """Helpers shared by the benchmark scripts (machine description, data slices, latency)."""
 
 import os
-import platform
-from pathlib import Path
 
 
 def cpu_name():
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU model and its ISA flags relevant to int8/fp kernels (``kslim.lite.devices.cpu_info``), e.g.
+    ``"AMD EPYC 9B14 (avx2 fma avx512f avx512_vnni)"``: every benchmark's machine line carries them."""
+    from kslim.lite.devices import cpu_info
+
+    info = cpu_info()
+    return f"{info['cpu']} ({' '.join(info['isa']) or 'no AVX2/AVX-512/VNNI/AMX flags'})"
 
 
 def load_data(quick):

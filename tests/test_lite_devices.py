@@ -341,3 +341,18 @@ def test_make_interpreter_preserve_all_tensors(lite):
     single.invoke()
     np.testing.assert_allclose(interp.get_tensor(index[dw["name"]]),
                                single.get_tensor(single.get_output_details()[0]["index"]), atol=1e-6)
+
+
+def test_local_device_records_the_cpu_isa_flags():
+    """issue 16: every latency comes with the CPU's int8-relevant ISA flags (VNNI decides int8 speedups)."""
+    from pathlib import Path
+
+    from kslim.lite.devices import ISA_FLAGS, LocalDevice, cpu_info
+
+    d = LocalDevice().describe()
+    assert set(d["isa"]) <= set(ISA_FLAGS) and d["cpu"] == cpu_info()["cpu"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.read_text().splitlines()
+                      if ln.startswith("flags")), [])
+        assert d["isa"] == [f for f in ISA_FLAGS if f in flags]

@@ -97,6 +97,35 @@ class Device:
         return f"{type(self).__name__}({args})"
 
 
+#: the x86 instruction-set flags that decide which int8/fp kernels XNNPACK can use (issue 16: an int8
+#: speedup depends on whether the CPU has int8 dot products, VNNI)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_info():
+    """``{"cpu": model name, "isa": [flags of ISA_FLAGS present]}`` of this host, from /proc/cpuinfo
+    (Linux; elsewhere what ``platform`` knows and no flags).
+
+    Example:
+        >>> sorted(cpu_info())
+        ['cpu', 'isa']
+    """
+    import platform
+
+    name, flags = None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:   # the first processor's lines
+                if line.startswith("model name") and name is None:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and flags is None:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": name or platform.processor() or platform.machine(),
+            "isa": [f for f in ISA_FLAGS if f in (flags or ())]}
+
+
 class LocalDevice(Device):
     """The host CPU, through the LiteRT interpreter in this process.
 
@@ -120,17 +149,9 @@ class LocalDevice(Device):
     def describe(self):
         import platform
 
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
+        info = cpu_info()
         return {"kind": self.kind, "name": platform.node(), "system": f"{platform.system()} {platform.machine()}",
-                "cpu": cpu, "cores": os.cpu_count(), "l2_bytes": _cache_bytes(2), "l3_bytes": _cache_bytes(3),
+                "cpu": info["cpu"], "isa": info["isa"], "cores": os.cpu_count(), "l2_bytes": _cache_bytes(2), "l3_bytes": _cache_bytes(3),
                 "runtime": _litert_version(), "use_xnnpack": self.use_xnnpack}
 
     def benchmark(self, model, num_threads=1, warmup=10, runs=50, use_xnnpack=None, use_gpu=False,
