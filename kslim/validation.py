@@ -20,7 +20,7 @@ from pathlib import Path
 from kslim.errors import KslimFileError, KslimTypeError, KslimValueError
 
 __all__ = ["check_model", "check_output_path", "check_output_dir", "check_ratio", "check_ratios",
-           "renamed", "warn_renamed", "LegacyPair", "REMOVED_IN"]
+           "renamed", "warn_renamed", "LegacyPair", "REMOVED_IN", "api_constant"]
 
 #: the release that drops the old names kept by :func:`renamed` / :func:`warn_renamed`
 REMOVED_IN = "kslim 0.3"
@@ -192,3 +192,27 @@ def check_ratios(values, what="ratios", **bounds):
     if not values:
         raise KslimValueError(f"{what}: the list is empty; give at least one ratio.")
     return [check_ratio(v, what, **bounds) for v in values]
+
+
+@functools.lru_cache(maxsize=None)
+def api_constant(module, name):
+    """The literal module-level constant ``name`` of the kslim module ``module``, read from its source.
+
+    The config schema and the CLI's choices are built before TensorFlow is imported, and
+    :mod:`kslim.quant` imports it; so they take the API's own constants (``kslim.quant.equalize.RELU6_MODES``,
+    ``kslim.quant.calibration.ALGOS`` ...) from the source, not from a copy
+    (``tests/test_compressor_registry.py`` checks them against the imported values).
+    """
+    import ast
+
+    import kslim
+
+    rel = Path(*module.split(".")[1:])
+    root = Path(kslim.__file__).parent
+    path = next(p for p in (root / rel / "__init__.py", (root / rel).with_suffix(".py")) if p.is_file())
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"{module} has no literal constant {name}")

@@ -53,6 +53,9 @@ def test_schema_enums_are_the_api_constants():
     assert props["quant_post_static"]["weight_quantize_type"]["enum"] == list(WEIGHT_QUANTIZE_TYPES)
     assert props["quant_post_static"]["algo"]["enum"] == list(ALGOS)
     assert props["quant_post_dynamic"]["dtype"]["enum"] == list(DTYPES)
+    from kslim.commands.quant import ALGOS as CLI_ALGOS, MODES   # the CLI's choices: the same source
+
+    assert tuple(CLI_ALGOS) == tuple(ALGOS) and MODES[0] == "static"
 
 
 @pytest.mark.parametrize("step, path, words", [

@@ -12,10 +12,8 @@ Every strategy is resumable: it writes its intermediate artefacts into its stage
 them up again when the run is resumed (see :mod:`kslim.compressor.run_dir`).
 """
 
-import ast
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,6 +25,7 @@ from kslim.compressor.distribute import into_scope, out_of_scope, scope
 from kslim.compressor.run_dir import crash_point, guarded_write
 from kslim.compressor.training import fit_resumable
 from kslim.errors import ConfigError, KslimTypeError, KslimValueError
+from kslim.validation import api_constant
 from kslim.lite.converter import QUANTIZE_MODES
 from kslim.prune.importance import importance_names
 
@@ -168,27 +167,6 @@ def get_strategy(name):
 def registered_strategies():
     """Every registered :class:`Strategy`, in registration order."""
     return tuple(_REGISTRY.values())
-
-
-@lru_cache(maxsize=None)
-def api_constant(module, name):
-    """The literal module-level constant ``name`` of the kslim module ``module``, read from its source.
-
-    The config is validated before TensorFlow is imported, and :mod:`kslim.quant` imports it; so the
-    schemas take the API's own constants (``kslim.quant.equalize.RELU6_MODES`` ...) from the source,
-    not from a copy (``tests/test_compressor_registry.py`` checks them against the imported values).
-    """
-    import kslim
-
-    rel = Path(*module.split(".")[1:])
-    root = Path(kslim.__file__).parent
-    path = next(p for p in (root / rel / "__init__.py", (root / rel).with_suffix(".py")) if p.is_file())
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        targets = (node.targets if isinstance(node, ast.Assign) else
-                   [node.target] if isinstance(node, ast.AnnAssign) else [])
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return ast.literal_eval(node.value)
-    raise LookupError(f"{module} has no literal constant {name}")
 
 
 def params_schema(properties, **extra):
