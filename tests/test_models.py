@@ -138,3 +138,49 @@ def test_pretrained_says_it_trains_and_how_long(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == ""
     models.pretrained("vgg", epochs=3, width=0.25, verbose=0)  # progress follows verbose: silent
     assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------------------------------ shipped weights
+SHIPPED = sorted(models.shipped())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_without_training_and_reproduce_their_manifest(name, monkeypatch):
+    """The converged weights in the package (scripts/train_reference.py) load without training and score on
+    all 10,000 test images what their manifest says (to 0.1 pt: Keras vs oneDNN rounding of argmax ties)."""
+    from kslim.datasets import fashion_mnist, preprocess
+    from kslim.errors import DataNotFoundError
+    from kslim.models import zoo
+
+    monkeypatch.setattr(zoo, "train", lambda *a, **k: pytest.fail("pretrained() trained a shipped model"))
+    ref = models.pretrained(name)
+    entry = models.shipped()[name]
+    assert ref.details["file"] == entry["file"] and ref.accuracy == entry["accuracy"]
+    assert ref.details["test_images"] == 10_000 and "scripts/train_reference.py" in ref.details["command"]
+    assert models.pretrained(name, source="shipped").accuracy == entry["accuracy"]
+    try:
+        _, (xt, yt) = fashion_mnist()
+    except DataNotFoundError:
+        pytest.skip("the full Fashion-MNIST test set is not installed (dataset-fashion-mnist)")
+    pred = ref.model.predict(preprocess(xt), batch_size=1000, verbose=0).argmax(-1)
+    assert abs(float((pred == yt).mean()) - entry["accuracy"]) <= 1e-3
+
+
+def test_shipped_weights_exist_only_at_the_default_settings():
+    name = SHIPPED[0] if SHIPPED else "vgg"
+    with pytest.raises(KslimValueError, match="default settings"):
+        models.pretrained(name, source="shipped", width=0.5)
+    assert not models.zoo.is_cached(name, source="shipped", width=0.5)
+
+
+def test_epochs_or_other_settings_still_train(tmp_path, monkeypatch):
+    """Asking for epochs (or a width, a seed) means a trained-here model, as before the weights were shipped."""
+    from kslim.models import zoo
+
+    monkeypatch.setenv("KSLIM_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(zoo, "train", lambda model, **kw: (calls.append(kw), (None, 0.5))[1])
+    for name in SHIPPED:
+        assert models.pretrained(name, epochs=1, verbose=0).details is None
+        assert models.pretrained(name, seed=3, verbose=0).accuracy == 0.5
+    assert len(calls) == 2 * len(SHIPPED)

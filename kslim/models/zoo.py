@@ -16,6 +16,11 @@ from kslim.validation import LegacyPair
 
 REFERENCE_MODELS = {"mobilenet_v1": mobilenet_v1, "resnet": resnet, "vgg": vgg}
 
+#: converged weights shipped in the package (``scripts/train_reference.py`` wrote them; the manifest
+#: holds the command, seed, settings and test accuracies on all 10,000 test images)
+SHIPPED_DIR = Path(__file__).parent / "weights"
+SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"
+
 
 def build(name, **kwargs):
     """Build a reference model by name (``mobilenet_v1``, ``resnet``, ``vgg``); kwargs go to its builder.
@@ -128,8 +133,38 @@ def _cache_entry(name, source, epochs, seed, kwargs):
     return path, settings, normal
 
 
+def shipped():
+    """``{name: manifest entry}`` of the converged reference models shipped with kslim ({} if none).
+
+    Each entry records ``accuracy`` (Keras) and ``tflite_accuracy`` (float ``.tflite``) on the 10,000
+    test images, ``command``, ``seed``, ``epochs_run``, ``best_epoch`` and the training settings.
+    """
+    if not SHIPPED_MANIFEST.is_file():
+        return {}
+    entries = json.loads(SHIPPED_MANIFEST.read_text())
+    return {k: v for k, v in entries.items() if (SHIPPED_DIR / v["file"]).is_file()}
+
+
+def _load_shipped(name, kwargs):
+    entries = shipped()
+    normal = _normalised_kwargs(name, kwargs)
+    if name not in entries or normal:
+        have = ", ".join(sorted(entries)) or "none"
+        what = f"{name!r} with {normal}" if normal and name in entries else repr(name)
+        raise KslimValueError(
+            f"pretrained(source='shipped'): kslim ships converged weights for its reference models at their "
+            f"default settings only ({have}), not for {what}: pass source='small' or 'full' with epochs= to "
+            "train one (cached).")
+    entry = entries[name]
+    model = build(name)
+    model.load_weights(SHIPPED_DIR / entry["file"])
+    return Pretrained(model, float(entry["accuracy"]), dict(entry))
+
+
 def is_cached(name, source="small", epochs=3, seed=0, **kwargs):
     """Whether :func:`pretrained` with these arguments would load a cached model (no training)."""
+    if source == "shipped":
+        return name in shipped() and not _normalised_kwargs(name, kwargs)
     path, _, _ = _cache_entry(name, source, epochs, seed, kwargs)
     return path.is_file() and path.with_suffix(".json").is_file()
 
@@ -140,21 +175,28 @@ def _train_size(source):
 
 @dataclass(frozen=True)
 class Pretrained(LegacyPair):
-    """What :func:`pretrained` returns: the trained ``model`` and its test ``accuracy`` (top-1)."""
+    """What :func:`pretrained` returns: the trained ``model``, its test ``accuracy`` (top-1) and, for the
+    shipped converged models, their manifest entry (``details``: command, seed, epochs, .tflite accuracy)."""
 
     model: Any
     accuracy: float
+    details: Any = None
 
     def _pair(self):
         return self.model, self.accuracy
 
 
-def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None, **kwargs):
-    """A reference model trained on Fashion-MNIST, cached by its settings: a :class:`Pretrained`
-    (``.model``, ``.accuracy``).
+def pretrained(name, source=None, epochs=None, seed=0, verbose=1, progress=None, **kwargs):
+    """A reference model trained on Fashion-MNIST: a :class:`Pretrained` (``.model``, ``.accuracy``).
 
-    The first call trains (a few minutes on 2 cores) and saves ``.keras`` + ``.json`` in
-    :func:`cache_dir`; later calls load them. Before training it prints what it trains and roughly
+    ``source="shipped"`` loads the converged weights kslim ships (trained on the full set by
+    ``scripts/train_reference.py``, see :func:`shipped`; nothing is trained). ``source="small"`` or
+    ``"full"`` trains for ``epochs`` (default 3) on the bundled subset or the full set, cached by its
+    settings. Without ``source``: the shipped weights when kslim ships them for these settings and no
+    ``epochs`` is given, else ``"small"``.
+
+    Training happens on the first call only (a few minutes on 2 cores) and saves ``.keras`` + ``.json``
+    in :func:`cache_dir`; later calls load them. Before training it prints what it trains and roughly
     how long it will take (``progress``, default ``verbose > 0``); ``verbose`` is Keras' ``fit`` verbosity.
     Arguments equal to the builder's defaults (``width=1.0``) give the same cache entry as leaving
     them out.
@@ -164,6 +206,13 @@ def pretrained(name, source="small", epochs=3, seed=0, verbose=1, progress=None,
     from kslim import _progress
     from kslim._io import atomic_save_model, atomic_write_json
 
+    if source is None:
+        entry = shipped().get(name)
+        source = ("shipped" if epochs is None and entry is not None and int(seed) == int(entry["seed"])
+                  and not _normalised_kwargs(name, kwargs) else "small")
+    if source == "shipped":
+        return _load_shipped(name, kwargs)
+    epochs = 3 if epochs is None else epochs
     path, settings, kwargs = _cache_entry(name, source, epochs, seed, kwargs)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
