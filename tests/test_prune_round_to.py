@@ -17,7 +17,7 @@ def _ragged_penalty(model):
 
 
 def test_the_multiple_that_runs_fastest_is_chosen_at_the_same_macs_target():
-    model = kslim.models.vgg(width=0.5)
+    model = kslim.models.vgg(width=0.25)
     choice = suggest_round_to(model, 0.4, candidates=[1, 8], latency_fn=_ragged_penalty)
     assert isinstance(choice, RoundToChoice) and choice.round_to == 8
     assert [r["round_to"] for r in choice.rows] == [1, 8]
@@ -27,6 +27,7 @@ def test_the_multiple_that_runs_fastest_is_chosen_at_the_same_macs_target():
     assert choice.speedup() == choice.latency_before / choice.rows[1]["latency_ms"]
 
 
+@pytest.mark.slow
 def test_measured_on_this_host_by_default():
     model = kslim.models.vgg(width=0.25)
     choice = suggest_round_to(model, 0.3, candidates=[1, 4])

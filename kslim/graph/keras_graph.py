@@ -979,7 +979,7 @@ def expand_composites(model, known=None, reasons=None, _prefix=""):
     return rebuild(model, leaf_fn)
 
 
-# ------------------------------------------------------------------------------------------ self-check
+# ------------------------------------------------------------------------------------------ backend swaps
 @contextlib.contextmanager
 def backend_functions_replaced(replacements):
     """Within the block, the TensorFlow backend functions named in ``replacements``
@@ -1003,6 +1003,7 @@ def backend_functions_replaced(replacements):
             setattr(module, attr, fn)
 
 
+# ------------------------------------------------------------------------------------------ self-check
 def check_keras_internals():
     """Exercise every private Keras access of this module on a tiny nested model; raise if one broke.
 

@@ -211,6 +211,9 @@ def pretrained(name, source=None, epochs=None, seed=0, verbose=1, progress=None,
         source = ("shipped" if epochs is None and entry is not None and int(seed) == int(entry["seed"])
                   and not _normalised_kwargs(name, kwargs) else "small")
     if source == "shipped":
+        if epochs is not None:
+            raise KslimValueError(f"pretrained({name!r}, source='shipped'): the shipped weights are trained already; "
+                                  "drop epochs=, or pass source='small'/'full' to train for that many epochs.")
         return _load_shipped(name, kwargs)
     epochs = 3 if epochs is None else epochs
     path, settings, kwargs = _cache_entry(name, source, epochs, seed, kwargs)

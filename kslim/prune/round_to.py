@@ -12,7 +12,7 @@ for a device without running there.
 Example:
     >>> import kslim
     >>> from kslim.prune.round_to import suggest_round_to
-    >>> m = kslim.models.vgg(width=0.5)
+    >>> m = kslim.models.vgg(width=0.25)
     >>> macs = lambda mm: kslim.flops(mm).macs / 1e6   # a stand-in latency (ms) proportional to MACs
     >>> choice = suggest_round_to(m, 0.5, candidates=(1, 8), latency_fn=macs)
     >>> [r["round_to"] for r in choice.rows], choice.round_to in (1, 8)

@@ -603,8 +603,7 @@ class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization
         shifted = q["shifted"](var + self.epsilon, training=training)
         inv_q = q["inv_std"]
         if training and not inv_q.frozen:   # its range is learned from the rows that have a variance
-            inv = ops.saturating_rsqrt(shifted, ops.largest_where(tf.math.rsqrt(tf.maximum(shifted, 1e-30)),
-                                                                  shifted > 0))
+            inv = ops.saturating_rsqrt(shifted)
         else:                               # inf is clamped to the top of the range, as TFLite does
             inv = tf.math.rsqrt(shifted)
         inv = inv_q(inv, training=training)

@@ -189,26 +189,26 @@ FIXED_OUTPUT_RANGES = {
 }
 
 
-def saturating_rsqrt(x, ceiling):
+def saturating_rsqrt(x, ceiling=None):
     """``rsqrt(x)`` as TFLite's int8 RSQRT computes it on a quantized input: where ``x`` is 0 (a
     variance that rounded to the zero point) the result is ``ceiling`` (the kernel answers with the top
     of its output range) instead of ``inf``, which would poison every range learned after it.
+    ``ceiling=None``: the largest result over the positive entries (no gradient through it), so a range
+    learned from the output is the range of the entries that have a value.
 
     Example:
         >>> import numpy as np
         >>> np.asarray(saturating_rsqrt(tf.constant([0.0, 0.25]), 9.0)).tolist()
         [9.0, 2.0]
+        >>> np.asarray(saturating_rsqrt(tf.constant([0.0, 0.25, 1.0]))).tolist()
+        [2.0, 2.0, 1.0]
     """
     x = tf.convert_to_tensor(x)
     positive = x > 0
     r = tf.math.rsqrt(tf.where(positive, x, tf.ones_like(x)))
+    if ceiling is None:
+        ceiling = tf.stop_gradient(tf.reduce_max(tf.where(positive, r, tf.zeros_like(r))))
     return tf.where(positive, r, tf.cast(ceiling, r.dtype) * tf.ones_like(r))
-
-
-def largest_where(x, mask):
-    """The largest entry of ``x`` where ``mask`` holds (0 where it nowhere does); no gradient."""
-    x = tf.stop_gradient(tf.convert_to_tensor(x))
-    return tf.reduce_max(tf.where(mask, x, tf.zeros_like(x)))
 
 
 def batch_range(x, symmetric=False):
