@@ -151,8 +151,8 @@ class LocalDevice(Device):
 
         info = cpu_info()
         return {"kind": self.kind, "name": platform.node(), "system": f"{platform.system()} {platform.machine()}",
-                "cpu": info["cpu"], "isa": info["isa"], "cores": os.cpu_count(), "l2_bytes": _cache_bytes(2), "l3_bytes": _cache_bytes(3),
-                "runtime": _litert_version(), "use_xnnpack": self.use_xnnpack}
+                "cpu": info["cpu"], "isa": info["isa"], "cores": os.cpu_count(), "l2_bytes": _cache_bytes(2),
+                "l3_bytes": _cache_bytes(3), "runtime": _litert_version(), "use_xnnpack": self.use_xnnpack}
 
     def benchmark(self, model, num_threads=1, warmup=10, runs=50, use_xnnpack=None, use_gpu=False,
                   op_profiling=False):

@@ -383,8 +383,6 @@ def _all_ops(lite):
     return describe_ops(lite.content if hasattr(lite, "content") else lite, subgraph="all")
 
 
-
-
 def _natural(name):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 

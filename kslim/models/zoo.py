@@ -164,7 +164,8 @@ def _load_shipped(name, kwargs):
 def is_cached(name, source="small", epochs=3, seed=0, **kwargs):
     """Whether :func:`pretrained` with these arguments would load a cached model (no training)."""
     if source == "shipped":
-        return name in shipped() and not _normalised_kwargs(name, kwargs)
+        entry = shipped().get(name)
+        return entry is not None and int(seed) == int(entry["seed"]) and not _normalised_kwargs(name, kwargs)
     path, _, _ = _cache_entry(name, source, epochs, seed, kwargs)
     return path.is_file() and path.with_suffix(".json").is_file()
 
@@ -207,9 +208,7 @@ def pretrained(name, source=None, epochs=None, seed=0, verbose=1, progress=None,
     from kslim._io import atomic_save_model, atomic_write_json
 
     if source is None:
-        entry = shipped().get(name)
-        source = ("shipped" if epochs is None and entry is not None and int(seed) == int(entry["seed"])
-                  and not _normalised_kwargs(name, kwargs) else "small")
+        source = "shipped" if epochs is None and is_cached(name, "shipped", seed=seed, **kwargs) else "small"
     if source == "shipped":
         if epochs is not None:
             raise KslimValueError(f"pretrained({name!r}, source='shipped'): the shipped weights are trained already; "
