@@ -331,7 +331,7 @@ def test_activation_quantizer_modes():
     ({"activation_bits": 1}, "activation_bits"),
     ({"weight_quantize_type": "range_abs_max"}, "weight_quantize_type"),
     ({"activation_quantize_type": "max"}, "activation_quantize_type"),
-    ({"quantizable_layer_type": ["LSTM"]}, "quantizable_layer_type"),
+    ({"quantizable_layer_type": ["ConvLSTM2D"]}, "quantizable_layer_type"),
     ({"moving_rate": 1.5}, "moving_rate"),
 ])
 def test_bad_config(kw, field):

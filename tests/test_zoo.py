@@ -37,10 +37,8 @@ EXPECTED_FAILURES = {
         ('fail', '1 layer(s) not counted: transformer_layer_0'),
     ('hub_fnet', 'qat'):
         ('fail', '50 float compute op(s) left: ADD x11, MUL x7, FULLY_CONNECTED x4, MEAN x4, RESHAPE x4, SHAPE'),
-    ('io_lstm', 'qat'):
-        ('fail', '224 float compute op(s) left: ADD x48, LOGISTIC x48, MUL x47, FULLY_CONNECTED x32, TANH x32,'),
     ('io_gru_bidir', 'qat'):
-        ('fail', '1093 float compute op(s) left: ADD x256, STRIDED_SLICE x192, MUL x192, FULLY_CONNECTED x128,'),
+        ('fail', '.tflite vs Keras QAT correlation 0.940 < 0.95'),
     ('io_transfer_mobilenetv2', 'qat'):
         ('fail', '.tflite vs Keras QAT correlation 0.934 < 0.95'),
     ('io_transfer_mobilenetv2', 'ptq_static'):

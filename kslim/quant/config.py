@@ -24,7 +24,7 @@ ACTIVATION_QUANTIZE_TYPES = ("abs_max", "moving_average_abs_max")
 QUANTIZABLE_LAYER_TYPES = (
     "Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense", "EinsumDense",
     "Embedding", "MultiHeadAttention", "BatchNormalization", "LayerNormalization",
-    "Rescaling",
+    "Rescaling", "LSTM", "GRU", "SimpleRNN", "Bidirectional",
 )
 
 # Layer types with weights that QAT leaves float, and why (shown in errors and in kslim_unquantized).
@@ -35,11 +35,7 @@ NOT_QUANTIZABLE = {
     "SeparableConv1D": "kslim has no quantized SeparableConv1D yet: its weights stay float",
     "GroupNormalization": "kslim has no quantized GroupNormalization yet: its mean/variance ops stay float",
     "RMSNormalization": "kslim has no quantized RMSNormalization yet: its statistics stay float",
-    "LSTM": "recurrent layer: kslim does not quantize recurrences",
-    "GRU": "recurrent layer: kslim does not quantize recurrences",
-    "SimpleRNN": "recurrent layer: kslim does not quantize recurrences",
-    "Bidirectional": "recurrent layer: kslim does not quantize recurrences",
-    "ConvLSTM2D": "recurrent layer: kslim does not quantize recurrences",
+    "ConvLSTM2D": "recurrent layer: kslim unrolls LSTM, GRU and SimpleRNN only (of a fixed sequence length)",
 }
 
 # Layers whose output has the range of their input (TFLite requires the same scale on both sides):

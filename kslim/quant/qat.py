@@ -10,7 +10,10 @@ weights are copied), nested models included:
   conv (what TFLite runs anyway) with an activation quantizer between them. A ``MultiHeadAttention`` is
   expanded into a nested model of the same name holding its projections (``QuantEinsumDense``) and its
   attention ops, each with its own range, so that it converts to int8 FULLY_CONNECTED / BATCH_MATMUL /
-  SOFTMAX;
+  SOFTMAX. An LSTM, GRU or SimpleRNN of fixed sequence length (alone or in a ``Bidirectional``) is
+  unrolled into a nested model of the same name (:mod:`kslim.graph.unroll`: its input and recurrent
+  projections as Dense layers, each step's gates as element-wise layers), so that it converts to int8
+  ops instead of a float loop;
 * a BatchNormalization right after a quantized conv/dense (SeparableConv2D's pointwise conv,
   Conv1D, Conv2DTranspose and Dense included) is folded into it (see :mod:`kslim.quant.fold`); one
   that cannot be folded (after an activation, a pooling, an Add ...) becomes a
@@ -45,8 +48,8 @@ every depth).
 Layers QAT leaves float are listed, with the reason, in the returned model's ``kslim_unquantized``
 attribute (``{path: reason}``), and in a warning for those kslim could not quantize (not those
 ``skip`` & co. asked for): layer types without a quantized twin (Conv3D: TFLite has no int8
-CONV_3D; LSTM, GroupNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
-attention and composite layers that could not be expanded.
+CONV_3D; ConvLSTM2D, GroupNormalization ...), unsupported settings (channels-first, grouped 1-D conv ...),
+attention, recurrent (no fixed length, masked ...) and composite layers that could not be expanded.
 
 The result trains with ``fit`` like any Keras model, saves as ``.keras``, and
 :func:`convert` turns it into a TFLite model with int8 kernels (per-channel scales), int32 biases and
@@ -75,7 +78,7 @@ from kslim.errors import ConversionError, ModelError, UnsupportedLayerError
 from kslim.validation import check_model
 from kslim.graph import keras_graph as kg
 from kslim.quant import ops
-from kslim.quant.config import NOT_QUANTIZABLE, QuantConfig
+from kslim.quant.config import NOT_QUANTIZABLE, QUANTIZABLE_LAYER_TYPES, QuantConfig
 from kslim.quant.fold import can_fold, fold_kind, folded_weights
 
 # quantized ops into which TFLite fuses a following ReLU / ReLU6 (TRANSPOSE_CONV does not: checked)
@@ -210,7 +213,7 @@ class _Flat:
     """
 
     def __init__(self, model, expand=None):
-        self.expand = expand                 # expand(layer, path) -> True if an attention layer is expanded
+        self.expand = expand                 # expand(layer, path) -> True to ask the rule's quant_expansion
         self.leaves, self.producer, self.consumers = [], {}, {}
         self.calls = {}                      # id(operation) -> [_Leaf]
         self.paths = {}                      # path -> leaf operation (first path of each)
@@ -243,7 +246,9 @@ class _Flat:
             try:
                 if any(not _same_call(signatures[0], sig) for sig in signatures[1:]):
                     raise kg.NotExpandable("it is called several times with different arguments")
-                self._expanded[id(op)] = kg.expand_attention(op, node)
+                import kslim.rules
+
+                self._expanded[id(op)] = kslim.rules.get(op).quant_expansion(op, node)
             except kg.NotExpandable as e:
                 self._expanded[id(op)] = e
         sub = self._expanded[id(op)]
@@ -258,7 +263,7 @@ class _Flat:
             try:
                 sub = self._expansion(node)
             except kg.NotExpandable as e:
-                self.not_expanded[path] = f"attention layer not expanded: {e}"
+                self.not_expanded[path] = f"{type(op).__name__} not expanded: {e}"
             else:
                 self.graphs.setdefault(path, op)
                 n = len(kg.node_outputs(node))
@@ -447,7 +452,9 @@ def _select(flat, names, config, plan, quantize):
         why = names.skipped(path)
         twin = _twin(layer)
         if twin is None:
-            if layer.weights:
+            if layer.weights and tname in QUANTIZABLE_LAYER_TYPES and tname not in config.quantizable_layer_type:
+                plan.unquantized.setdefault(path, why or f"quantizable_layer_type excludes {tname}")
+            elif layer.weights:
                 plan.unquantized.setdefault(path, why or NOT_QUANTIZABLE.get(
                     tname, f"kslim has no quantized version of {tname}: its weights stay float"))
             continue
@@ -591,13 +598,13 @@ def _split_activations(flat, plan):
 
 def _plan(model, config, quantize=True):
     """(flat graph, plan, resolved names) of the rewrite of ``model``."""
-    import keras
+    import kslim.rules
 
     names = _Names(config, model)
 
-    def expand(op, path):
-        return (quantize and type(op) is keras.layers.MultiHeadAttention
-                and "MultiHeadAttention" in config.quantizable_layer_type and names.skipped(path) is None)
+    def expand(op, path):  # the rule's quant_expansion is asked (it may refuse with the reason)
+        return (quantize and type(kslim.rules.get(op)).quant_expansion is not kslim.rules.LayerRule.quant_expansion
+                and type(op).__name__ in config.quantizable_layer_type and names.skipped(path) is None)
 
     flat = _Flat(model, expand=expand)
     names.finish(flat)

@@ -14,7 +14,9 @@ A :class:`LayerRule` says, for one Keras layer class (and its subclasses, looked
 * which weight axes its channels index (:meth:`LayerRule.producer_spec`) and how its config changes
   when output channels are removed (:meth:`LayerRule.pruned_config`, used by pruning surgery);
 * its multiply-accumulates (:meth:`LayerRule.macs`, used by :func:`kslim.analysis.flops`);
-* its quantization-aware twin (:attr:`LayerRule.quant_class`, used by :func:`kslim.quant.quant_aware`).
+* its quantization-aware twin (:attr:`LayerRule.quant_class`, used by :func:`kslim.quant.quant_aware`),
+  or the graph of parts QAT quantizes one by one instead (:meth:`LayerRule.quant_expansion`: attention
+  and recurrent layers).
 
 Users teach kslim their own layer with one call (see :func:`register`)::
 
@@ -92,6 +94,14 @@ class LayerRule:
         the input's last dimension (None unknown). Only asked when :attr:`quant_class` is set."""
         return None
 
+    def quant_expansion(self, layer, node):
+        """A Functional model (named like ``layer``) computing the call at ``node`` from layers and
+        ``keras.ops`` that :func:`kslim.quant.quant_aware` quantizes one by one in place of the layer, or
+        None (the default) when the layer is quantized as a unit (:attr:`quant_class`) or stays float.
+        Raises :class:`kslim.graph.keras_graph.NotExpandable` with the reason when this call cannot be
+        expanded. Asked only for layers whose class name is in ``QuantConfig.quantizable_layer_type``."""
+        return None
+
     def producer_spec(self, layer):
         """How a producer's weights index channels.
 
@@ -164,9 +174,9 @@ def _as_rule(rule, attributes, name):
 
             raise KslimValueError(f"register: unknown LayerRule attribute(s) {bad}; known: channels, reason, exact, "
                                   f"out_config_key, quant_class, passthrough, bn_fold, shift_weights, producer_spec, "
-                                  f"pruned_config, macs, quant_refusal.")
+                                  f"pruned_config, macs, quant_refusal, quant_expansion.")
         methods = {k: (staticmethod(v) if callable(v) and k in ("producer_spec", "pruned_config", "macs",
-                                                                 "quant_refusal") else v)
+                                                                 "quant_refusal", "quant_expansion") else v)
                    for k, v in attributes.items()}
         rule = type(f"{name}Rule", (LayerRule,), methods)()
     elif isinstance(rule, type):

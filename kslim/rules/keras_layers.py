@@ -531,6 +531,14 @@ class MultiHeadAttentionRule(LayerRule):
     reason = "MultiHeadAttention"
     quant_class = "QuantMultiHeadAttention"
 
+    def quant_expansion(self, layer, node):
+        """Its projections and attention ops (:func:`kslim.graph.keras_graph.expand_attention`)."""
+        from kslim.graph import keras_graph as kg
+
+        if type(layer) is not L.MultiHeadAttention:
+            raise kg.NotExpandable(f"{type(layer).__name__} is a subclass of MultiHeadAttention")
+        return kg.expand_attention(layer, node)
+
     def pruned_config(self, layer, config, n_out_removed, node=None, args=None):
         if n_out_removed:
             d_out = int(node.outputs[0].shape[-1]) if node is not None else None
@@ -568,6 +576,12 @@ def _recurrent(gates):
 
         out_config_key = "units"
         quant_class = None
+
+        def quant_expansion(self, layer, node):
+            """Unrolled over its fixed number of steps (:func:`kslim.graph.unroll.unroll`)."""
+            from kslim.graph.unroll import unroll
+
+            return unroll(layer, node)
 
         def channel_kind(self, layer):
             kind, reason = super().channel_kind(layer)
@@ -626,6 +640,12 @@ class BidirectionalRule(WrapperRule):
     """Forward and backward units pruned together (see ``h_bidirectional`` in kslim/graph/builder.py)."""
 
     channels = "bidirectional"
+
+    def quant_expansion(self, layer, node):
+        """Both directions unrolled over the fixed number of steps (:func:`kslim.graph.unroll.unroll`)."""
+        from kslim.graph.unroll import unroll
+
+        return unroll(layer, node)
 
     def channel_kind(self, layer):
         from kslim.rules.base import get
