@@ -3,7 +3,9 @@
 The contract (one example model per registered layer class): the dependency graph builds; every
 prunable group is pruned by one channel and, when the group is exact, zeroing that channel first leaves
 the outputs unchanged (approximate groups - LayerNormalization - stay within a loose tolerance); the
-pruned model has fewer parameters; ``flops`` counts the layer (not in ``uncounted``).
+pruned model has fewer parameters; ``flops`` counts the layer (not in ``uncounted``). A rule that names
+a quantized twin or a QAT expansion gets its layer quantized, and the QAT model converts to an int8
+``.tflite`` with no float compute op and parity with the Keras QAT model (``test_rule_contract_qat``).
 """
 
 import keras
@@ -169,8 +171,9 @@ def test_every_registered_layer_class_has_a_contract_example():
 def _randomise(model):
     for layer in model.layers:
         if layer.weights:
-            layer.set_weights([RNG.normal(0, 0.5, w.shape).astype(w.dtype) if w.dtype != "int64" else w.numpy()
-                               for w in layer.weights])
+            layer.set_weights([w.numpy() if w.dtype == "int64" else np.abs(RNG.normal(0, 0.5, w.shape)).astype(w.dtype)
+                               + 0.1 if "variance" in w.path else RNG.normal(0, 0.5, w.shape).astype(w.dtype)
+                               for w in layer.weights])  # a variance stays positive
 
 
 def _inputs(model):
@@ -294,3 +297,46 @@ def test_keras_hub_position_embedding_rule_registered_by_class_path():
     small = L1NormFilterPruner(model, keep_classifier=False).prune_channels({"tokens": [1, 4]})
     assert tuple(small.get_layer("positions").weights[0].shape) == (8, 4)
     np.testing.assert_allclose(np.asarray(small(x)), want, atol=TOL, rtol=TOL)
+
+
+# ------------------------------------------------------------------------------------------ QAT contract
+def _claims_quantization(cls):
+    rule = rules.registered()[cls]
+    return rule.quant_class is not None or type(rule).quant_expansion is not rules.LayerRule.quant_expansion
+
+
+QAT_CLASSES = [c for c in LAYER_CLASSES if c in EXAMPLES and _claims_quantization(c)]
+#: classes that share a rule with a quantized twin that does not cover them yet: left float, saying so
+NO_TWIN_YET = {L.DepthwiseConv1D: "kslim has no quantized DepthwiseConv1D yet",
+               getattr(L, "RMSNormalization", None): "kslim has no quantized RMSNormalization yet"}
+#: representative rules whose QAT conversion runs in the default suite; the others in -m slow
+QAT_DEFAULT = {L.Conv2D, L.Dense, L.BatchNormalization}   # recurrent: io_lstm in test_zoo.py, tests/test_unroll.py
+
+
+@pytest.mark.parametrize("cls", [pytest.param(c, marks=[] if c in QAT_DEFAULT else [pytest.mark.slow])
+                                 for c in QAT_CLASSES], ids=lambda c: c.__name__)
+def test_rule_contract_qat(cls):
+    """A rule that names a quantized twin or an expansion gets its layer quantized (nothing left float, no
+    reason needed), and the QAT model converts to an int8 .tflite with no float compute op that computes
+    what the Keras QAT model simulates."""
+    from kslim.quant import convert, float_ops, quant_aware
+    from kslim.testing.checks import QAT_MIN_CORR, calibrate_qat, centered_correlation
+
+    model = EXAMPLES[cls]()
+    if not issubclass(cls, (L.RNN, L.Bidirectional)):
+        # (recurrent layers keep Keras' orthogonal/glorot init: on N(0, 0.5) weights the recurrence amplifies
+        # the odd one-step rounding differences of TFLite's integer kernels well past any parity bound)
+        _randomise(model)
+    if cls in NO_TWIN_YET:   # a twin added for it makes this fail: move the class out of NO_TWIN_YET
+        with pytest.warns(UserWarning, match="float"):
+            q = quant_aware(model)
+        assert list(q.kslim_unquantized) == ["layer"] and NO_TWIN_YET[cls] in q.kslim_unquantized["layer"]
+        return
+    q = quant_aware(model)
+    assert q.kslim_unquantized == {}, f"{cls.__name__}: left float: {q.kslim_unquantized}"
+    x = np.concatenate([_inputs(model) for _ in range(16)])
+    calibrate_qat(q, x)
+    lite = convert(q)
+    assert float_ops(lite) == [], f"{cls.__name__}: float ops {float_ops(lite)}"
+    want, got = np.asarray(q(x, training=False)), lite.predict(x)
+    assert centered_correlation(want, got) >= QAT_MIN_CORR

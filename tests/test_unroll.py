@@ -102,12 +102,12 @@ def test_recurrent_qat_tflite_matches_the_keras_qat_model():
 
 
 def test_an_unrolled_qat_model_trains_saves_and_loads(tmp_path):
-    model = keras.Sequential([keras.Input((4, FEATURES)), L.Bidirectional(L.GRU(3), name="bigru"),
+    model = keras.Sequential([keras.Input((3, FEATURES)), L.Bidirectional(L.GRU(3), name="bigru"),
                               L.Dense(2, name="logits")])
     q = quant_aware(model)
     assert isinstance(q.get_layer("bigru"), keras.Model) and q.kslim_unquantized == {}
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(16, 4, FEATURES)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+    x, y = rng.normal(size=(16, 3, FEATURES)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
     before = q.get_layer("bigru").get_layer("forward_recurrent_kernel").get_weights()[0].copy()
     q.compile(optimizer="adam", loss="mse")
     q.fit(x, y, epochs=1, batch_size=8, verbose=0)   # the shared recurrent kernel learns
