@@ -216,7 +216,52 @@ def test_static_bad_options(tiny):
 
 
 def test_all_algos_listed():
-    assert ALGOS == ("abs_max", "avg", "hist", "KL", "mse")
+    from kslim.quant.calibration import calibrator_names
+
+    assert ALGOS == ("abs_max", "avg", "hist", "KL", "mse") == calibrator_names()
+
+
+def test_a_registered_calibrator_is_used_by_quant_post_static(tiny, static_models):
+    from kslim.quant import quant_post_static
+    from kslim.quant.calibration import calibrator_names, register_calibrator, unregister_calibrator
+
+    model, x = tiny
+    seen = []
+
+    def median_of_maxima(obs, **options):   # a user's algorithm: the median of the batch maxima
+        seen.append(obs.name)
+        return float(np.median(obs.batch_abs_max))
+
+    register_calibrator("median_max", median_of_maxima)
+    try:
+        assert calibrator_names()[-1] == "median_max"
+        lite = quant_post_static(model, x, algo="median_max", batch_size=32)
+    finally:
+        unregister_calibrator("median_max")
+    assert seen and lite.calibration["algo"] == "median_max"
+    inp = next(n for n in lite.activation_ranges if n.startswith("serving_default"))
+    # three batches; the outlier pixel (30) is in one of them: the median of the maxima clips it
+    assert lite.activation_ranges[inp][1] < 2.0 and static_models["abs_max"].activation_ranges[inp][1] == 30.0
+    assert "median_max" not in calibrator_names()
+    with pytest.raises(KslimValueError, match="register_calibrator"):
+        quant_post_static(model, x, algo="median_max")
+
+
+def test_register_calibrator_validates():
+    from kslim.quant.calibration import register_calibrator, unregister_calibrator
+
+    with pytest.raises(KslimValueError, match="built-in"):
+        register_calibrator("KL", lambda obs, **kw: 1.0)
+    with pytest.raises(KslimValueError, match="callable"):
+        register_calibrator("bad", 3.0)
+    register_calibrator("negative", lambda obs, **kw: float("nan"))
+    try:
+        with pytest.raises(KslimValueError, match="finite"):
+            calibrate_range([np.ones(4)], algo="negative", name="t")
+    finally:
+        unregister_calibrator("negative")
+    with pytest.raises(KslimValueError, match="built in"):
+        unregister_calibrator("mse")
 
 
 # ----------------------------------------------------------------------------- dynamic / float16

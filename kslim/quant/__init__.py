@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 # Post-training quantization (static with kslim calibration, dynamic/float16) and the debug report.
-from kslim.quant.calibration import ALGOS, TensorObserver, calibrate_range  # noqa: E402
+from kslim.quant.calibration import ALGOS, TensorObserver, calibrate_range, register_calibrator  # noqa: E402
 from kslim.quant.debug import QuantDebugReport, quant_debug  # noqa: E402
 from kslim.quant.dynamic import quant_post_dynamic  # noqa: E402
 from kslim.quant.ptq import quant_post_static  # noqa: E402
@@ -67,6 +67,7 @@ __all__ += [
     "ALGOS",
     "TensorObserver",
     "calibrate_range",
+    "register_calibrator",
     "QuantDebugReport",
     "quant_debug",
     "quant_post_dynamic",

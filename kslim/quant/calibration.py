@@ -16,6 +16,11 @@ The threshold is then mapped onto TFLite's asymmetric int8 grid by :meth:`Tensor
 ``lo = max(min(x), -T)``, ``hi = min(max(x), T)``, widened to contain 0 (TFLite requires 0 to be
 exactly representable), so the tensor's scale is ``(hi - lo) / 255``.
 
+The algorithms are a registry (:func:`register_calibrator`): a user's own algorithm is a function of a
+:class:`TensorObserver` returning ``T``, registered once by name and then accepted wherever ``algo`` is
+(:func:`kslim.quant.quant_post_static`, :func:`calibrate_range`). ``ALGOS`` lists the built-in ones, the
+choices of the CLI's ``--algo`` and of the YAML schema (read before TensorFlow is imported).
+
 Exact zeros (ReLU outputs are mostly zeros) are exactly representable whatever the range, so they
 are left out of the histograms: they would otherwise dominate ``hist``/``KL``/``mse`` without
 telling anything about where to clip.
@@ -30,21 +35,81 @@ Example:
     True
     >>> obs.threshold("KL") < obs.threshold("abs_max")
     True
+
+A user's algorithm (here: 90 % of the largest value), registered by name:
+
+    >>> _ = register_calibrator("abs_max_90", lambda obs, **kw: 0.9 * obs.abs_max)
+    >>> calibrate_range([np.array([-1.0, 0.5, 2.0])], algo="abs_max_90")
+    (-1.0, 1.8)
+    >>> unregister_calibrator("abs_max_90")
 """
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from kslim.errors import KslimValueError
 
+#: the built-in algorithms (a literal: the CLI and the YAML schema read it from the source)
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
-HISTOGRAM_ALGOS = ("hist", "KL", "mse")
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A registered calibration algorithm: ``threshold(observer, hist_percent=...) -> T`` on ``|x|``;
+    ``histogram``: it reads ``observer.hist``/``observer.edges`` (the second calibration pass runs)."""
+
+    name: str
+    threshold: Callable
+    histogram: bool = False
+
+
+_CALIBRATORS = {}
+
+
+def register_calibrator(name, threshold, histogram=False):
+    """Register ``threshold(observer, **options) -> T`` (a :class:`TensorObserver`; options: ``hist_percent``)
+    as calibration algorithm ``name``; ``histogram=True`` when it reads the histogram. Returns the
+    :class:`Calibrator`. A built-in name cannot be replaced."""
+    if not isinstance(name, str) or not name:
+        raise KslimValueError(f"register_calibrator: name must be a non-empty string, got {name!r}.")
+    if name in ALGOS and name in _CALIBRATORS:
+        raise KslimValueError(f"register_calibrator: {name!r} is a built-in calibration algorithm; pick another name.")
+    if not callable(threshold):
+        raise KslimValueError(f"register_calibrator: threshold for {name!r} must be callable, got {threshold!r}.")
+    _CALIBRATORS[name] = Calibrator(name, threshold, bool(histogram))
+    return _CALIBRATORS[name]
+
+
+def unregister_calibrator(name):
+    """Remove a user's calibration algorithm (the built-in ones stay)."""
+    if name in ALGOS:
+        raise KslimValueError(f"unregister_calibrator: {name!r} is built in.")
+    _CALIBRATORS.pop(name, None)
+
+
+def calibrator_names():
+    """Registered algorithm names: the built-in ones (:data:`ALGOS`) first, then the user's."""
+    return tuple(_CALIBRATORS)
+
+
+def calibrator(algo):
+    """The :class:`Calibrator` registered as ``algo``, else raise listing the allowed ones."""
+    if algo not in _CALIBRATORS:
+        raise KslimValueError(f"Unknown calibration algo {algo!r}; allowed: {', '.join(_CALIBRATORS)} "
+                              f"(or register your own with kslim.quant.calibration.register_calibrator).")
+    return _CALIBRATORS[algo]
 
 
 def check_algo(algo):
-    """Return ``algo`` if it is a known calibration algorithm, else raise listing the allowed ones."""
-    if algo not in ALGOS:
-        raise KslimValueError(f"Unknown calibration algo {algo!r}; allowed: {', '.join(ALGOS)}.")
-    return algo
+    """Return ``algo`` if it is a registered calibration algorithm, else raise listing the allowed ones."""
+    return calibrator(algo).name
+
+
+def needs_histogram(algo):
+    """Whether ``algo`` reads the histogram of ``|x|`` (a second pass over the calibration data)."""
+    return calibrator(algo).histogram
 
 
 def hist_threshold(hist, edges, percent=0.9999):
@@ -201,25 +266,26 @@ class TensorObserver:
             h, _ = np.histogram(np.minimum(a, self.edges[-1]), bins=self.edges)
             self.hist += h
 
+    @property
+    def levels(self):
+        """Quantization steps on ``[0, T]``: 128 for a signed tensor, 255 for a non-negative one."""
+        return 128 if self.signed else 255
+
     def threshold(self, algo="KL", hist_percent=0.9999):
-        """The clipping threshold on ``|x|`` chosen by ``algo``."""
-        check_algo(algo)
+        """The clipping threshold on ``|x|`` chosen by ``algo`` (a registered calibrator)."""
+        cal = calibrator(algo)
         if not self.batch_abs_max:
             raise KslimValueError(f"Tensor {self.name!r} saw no calibration data.")
-        if algo == "abs_max":
-            return self.abs_max
-        if algo == "avg":
-            return float(np.mean(self.batch_abs_max))
-        if self.hist is None:
-            raise KslimValueError(f"algo {algo!r} needs the histogram pass (update_hist) for {self.name!r}.")
-        if self.hist.sum() == 0:  # all zeros
-            return self.abs_max
-        levels = 128 if self.signed else 255
-        if algo == "hist":
-            return hist_threshold(self.hist, self.edges, hist_percent)
-        if algo == "KL":
-            return kl_threshold(self.hist, self.edges, levels)
-        return mse_threshold(self.hist, self.edges, levels)
+        if cal.histogram:
+            if self.hist is None:
+                raise KslimValueError(f"algo {algo!r} needs the histogram pass (update_hist) for {self.name!r}.")
+            if self.hist.sum() == 0:  # all zeros
+                return self.abs_max
+        t = float(cal.threshold(self, hist_percent=hist_percent))
+        if not np.isfinite(t) or t < 0:
+            raise KslimValueError(f"Calibration algo {algo!r} returned threshold {t!r} for tensor {self.name!r}; "
+                                  f"it must be a finite number >= 0.")
+        return t
 
     def range(self, algo="KL", hist_percent=0.9999):
         """``(lo, hi)`` to enforce on TFLite's asymmetric int8 grid: ``[-T, T]`` ∩ ``[min, max]`` ∪ {0}."""
@@ -246,7 +312,17 @@ def calibrate_range(batches, algo="KL", bins=2048, hist_percent=0.9999, name="te
     obs = TensorObserver(name, bins)
     for b in batches:
         obs.update_range(b)
-    if algo in HISTOGRAM_ALGOS:
+    if needs_histogram(algo):
         for b in batches:
             obs.update_hist(b)
     return obs.range(algo, hist_percent)
+
+
+for _name, _fn, _hist in (
+        ("abs_max", lambda obs, **kw: obs.abs_max, False),
+        ("avg", lambda obs, **kw: float(np.mean(obs.batch_abs_max)), False),
+        ("hist", lambda obs, hist_percent=0.9999, **kw: hist_threshold(obs.hist, obs.edges, hist_percent), True),
+        ("KL", lambda obs, **kw: kl_threshold(obs.hist, obs.edges, obs.levels), True),
+        ("mse", lambda obs, **kw: mse_threshold(obs.hist, obs.edges, obs.levels), True)):
+    register_calibrator(_name, _fn, histogram=_hist)
+assert calibrator_names() == ALGOS

@@ -35,7 +35,7 @@ from kslim.lite._quiet import captured_output
 from kslim.lite.inputs import model_inputs
 from kslim.lite.flatbuffer import builtin, op_code, read_flatbuffer, schema, tensor_name, tensor_type, write_flatbuffer
 from kslim.lite.runner import make_interpreter
-from kslim.quant.calibration import HISTOGRAM_ALGOS, TensorObserver, check_algo
+from kslim.quant.calibration import TensorObserver, check_algo, needs_histogram
 from kslim.quant.config import WEIGHT_QUANTIZE_TYPES
 
 IO_TYPES = ("float32", "int8")
@@ -257,7 +257,7 @@ def collect_statistics(calibrated, batches, algo="KL", bins=2048):
     for b in batches:
         for n, v in run(b, names).items():
             observers[n].update_range(v)
-    if algo in HISTOGRAM_ALGOS:
+    if needs_histogram(algo):
         for b in batches:
             for n, v in run(b, names).items():
                 observers[n].update_hist(v)
@@ -452,8 +452,8 @@ def quant_post_static(model, calibration_data, algo="KL", batch_nums=None, batch
             the model's input order, or a dict keyed by input name, for multi-input models),
             ``tf.data`` (batches or ``(inputs, labels)``), an iterable of batches or a callable
             returning one. A few hundred samples are plenty.
-        algo: activation calibration: ``"abs_max"``, ``"avg"``, ``"hist"``, ``"KL"`` or ``"mse"``
-            (see :mod:`kslim.quant.calibration`).
+        algo: activation calibration: ``"abs_max"``, ``"avg"``, ``"hist"``, ``"KL"``, ``"mse"`` or one's
+            own, registered with :func:`kslim.quant.calibration.register_calibrator`.
         batch_nums: use at most this many batches (``None``: all the data).
         batch_size: samples per calibration batch (``avg`` averages per-batch maxima).
         hist_percent: percentile kept by ``algo="hist"``.
