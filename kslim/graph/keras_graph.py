@@ -899,6 +899,13 @@ def _sample(t, rng):
     return rng.standard_normal(shape).astype(dtype if "float" in dtype else "float32")
 
 
+def same_outputs(layer, sub, node, tol=1e-4):
+    """Whether ``sub`` (an expansion of ``layer``'s call at ``node``) computes what the layer computes,
+    on a random batch shaped like the call's tensors."""
+    args, kwargs = node_arguments(node)
+    return _same_outputs(layer, sub, args, kwargs, tensor_args(args, kwargs), tol)
+
+
 def _same_outputs(layer, sub, args, kwargs, tensors, tol=1e-4):
     rng = np.random.default_rng(0)
     samples = {id(t): _sample(t, rng) for t in tensors}
@@ -1056,5 +1063,5 @@ __all__ = [
     "assert_input_compatibility", "track_variable", "attention_parts", "attention_inputs", "layer_calls", "sublayers", "all_layers", "seed_generators", "own_weights", "walk", "leaf_layers",
     "layer_paths", "resolve_path", "rebuild", "HUGE_NEGATIVE_PAD", "replace_infinite_pool_pads", "NotExpandable", "IdentityCall", "IDENTITY_AT_INFERENCE", "expandable", "expand", "expand_call",
     "expand_composites", "backend_functions_replaced", "keras_mask", "tensor_args", "expand_attention",
-    "check_keras_internals",
+    "same_outputs", "check_keras_internals",
 ]
