@@ -101,6 +101,7 @@ def test_recurrent_qat_tflite_matches_the_keras_qat_model():
     assert np.corrcoef((got - got.mean(0)).ravel(), (want - want.mean(0)).ravel())[0, 1] > QAT_MIN_CORR
 
 
+@pytest.mark.slow   # ~6 s (default suite budget); io_lstm's QAT model converts in tests/test_zoo.py
 def test_an_unrolled_qat_model_trains_saves_and_loads(tmp_path):
     model = keras.Sequential([keras.Input((3, FEATURES)), L.Bidirectional(L.GRU(3), name="bigru"),
                               L.Dense(2, name="logits")])
