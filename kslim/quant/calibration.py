@@ -325,4 +325,4 @@ for _name, _fn, _hist in (
         ("KL", lambda obs, **kw: kl_threshold(obs.hist, obs.edges, obs.levels), True),
         ("mse", lambda obs, **kw: mse_threshold(obs.hist, obs.edges, obs.levels), True)):
     register_calibrator(_name, _fn, histogram=_hist)
-assert calibrator_names() == ALGOS
+del _name, _fn, _hist

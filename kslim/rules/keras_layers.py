@@ -565,6 +565,14 @@ class MultiHeadAttentionRule(LayerRule):
         return proj + attention, biases + 2 * heads * t_q * t_k
 
 
+def _unrolled(rule, layer, node):
+    """``LayerRule.quant_expansion`` of a recurrent layer (and of a Bidirectional of them): unrolled over its
+    fixed number of steps (:func:`kslim.graph.unroll.unroll`)."""
+    from kslim.graph.unroll import unroll
+
+    return unroll(layer, node)
+
+
 def _recurrent(gates):
     class RecurrentRule(_ProducerRule):
         """An RNN layer produces ``units`` channels; its kernels hold one column block per gate.
@@ -577,11 +585,7 @@ def _recurrent(gates):
         out_config_key = "units"
         quant_class = None
 
-        def quant_expansion(self, layer, node):
-            """Unrolled over its fixed number of steps (:func:`kslim.graph.unroll.unroll`)."""
-            from kslim.graph.unroll import unroll
-
-            return unroll(layer, node)
+        quant_expansion = _unrolled
 
         def channel_kind(self, layer):
             kind, reason = super().channel_kind(layer)
@@ -641,11 +645,7 @@ class BidirectionalRule(WrapperRule):
 
     channels = "bidirectional"
 
-    def quant_expansion(self, layer, node):
-        """Both directions unrolled over the fixed number of steps (:func:`kslim.graph.unroll.unroll`)."""
-        from kslim.graph.unroll import unroll
-
-        return unroll(layer, node)
+    quant_expansion = _unrolled
 
     def channel_kind(self, layer):
         from kslim.rules.base import get
