@@ -60,3 +60,65 @@ def test_per_layer_rules_mix_recipes(model_and_data):
         quant_post_litert(m, "int16x8")
     with pytest.raises(KslimValueError, match="unknown recipe 'int3'"):
         quant_post_litert(m, "int3")
+
+
+def _tensor_scales(content):
+    """{tensor name: (type name, scale, zero point)} of the activation tensors of a .tflite."""
+    from kslim.lite.flatbuffer import read_flatbuffer, tensor_name
+    from kslim.quant.litert import _TENSOR_TYPES
+
+    model_t = read_flatbuffer(content)
+    out = {}
+    for t in model_t.subgraphs[0].tensors:
+        q = t.quantization
+        if q is not None and q.scale is not None and len(q.scale) == 1:
+            out[tensor_name(t)] = (_TENSOR_TYPES.get(t.type), float(q.scale[0]), int(q.zeroPoint[0]))
+    return out
+
+
+def test_kslim_algo_writes_its_ranges_into_the_litert_model(model_and_data):
+    """algo= replaces the quantizer's min/max with kslim's calibration: a calibrator clipping at half
+    the largest value halves the scale of every inner int8 activation (outputs keep abs_max)."""
+    from kslim.quant.calibration import register_calibrator, unregister_calibrator
+
+    m, x = model_and_data
+    own = quant_post_litert(m, "int8", calibration_data=x)
+    absmax = quant_post_litert(m, "int8", calibration_data=x, algo="abs_max")
+    register_calibrator("half_abs_max", lambda obs, **kw: 0.5 * obs.abs_max)
+    try:
+        half = quant_post_litert(m, "int8", calibration_data=x, algo="half_abs_max")
+    finally:
+        unregister_calibrator("half_abs_max")
+    assert absmax.conversion["algo"] == "abs_max" and own.conversion["algo"] is None
+    s_own, s_abs, s_half = (_tensor_scales(v.content) for v in (own, absmax, half))
+    relu = next(n for n in s_abs if "conv" in n and "Relu" in n)
+    lo, hi = absmax.activation_ranges[relu]
+    assert lo == 0.0 and s_abs[relu][0] == "INT8"
+    assert s_abs[relu][1] == pytest.approx(hi / 255, rel=1e-5)
+    # LiteRT's own min/max is a moving average of per-sample ranges (qsv_utils.moving_average_update):
+    # never above the maximum over all samples
+    assert s_own[relu][1] <= s_abs[relu][1] * (1 + 1e-6)
+    assert s_half[relu][1] == pytest.approx(0.5 * s_abs[relu][1], rel=1e-5)
+    out = next(n for n in s_abs if n.startswith("StatefulPartitionedCall"))
+    assert s_half[out][1] == pytest.approx(s_abs[out][1], rel=1e-5)  # the graph output keeps abs_max
+    ref = np.asarray(m(x))
+    assert np.corrcoef(absmax.predict(x).ravel(), ref.ravel())[0, 1] > 0.99
+
+
+def test_kslim_algo_on_int16_activations_and_mixed_rules(model_and_data):
+    """int16x8 with kslim's ranges: symmetric int16 grid (zero point 0, scale T / 32767); in a mixed
+    recipe each tensor is calibrated at its own width."""
+    m, x = model_and_data
+    lite = quant_post_litert(m, "int16x8", calibration_data=x, algo="mse")
+    scales = _tensor_scales(lite.content)
+    relu = next(n for n in scales if "conv" in n and "Relu" in n)
+    kind, scale, zp = scales[relu]
+    lo, hi = lite.activation_ranges[relu]
+    assert kind == "INT16" and zp == 0 and scale == pytest.approx(max(-lo, hi) / 32767, rel=1e-4)
+    ref = np.asarray(m(x))
+    assert np.abs(lite.predict(x) - ref).max() / np.abs(ref).max() < 0.05
+    mixed = quant_post_litert(m, [(".*", "int8"), (".*conv.*", "int16x8")], calibration_data=x, algo="KL")
+    kinds = {n: v[0] for n, v in _tensor_scales(mixed.content).items()}
+    assert kinds[relu] == "INT16" and "INT8" in {kinds[n] for n in kinds if "fc" in n}
+    with pytest.raises(KslimValueError, match="Unknown calibration algo 'nope'"):
+        quant_post_litert(m, "int8", calibration_data=x, algo="nope")

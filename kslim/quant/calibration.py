@@ -53,6 +53,8 @@ from kslim.errors import KslimValueError
 
 #: the built-in algorithms (a literal: the CLI and the YAML schema read it from the source)
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
+#: activation widths a calibrated tensor can have in a TFLite model (int8, or int16 in int16x8 models)
+ACTIVATION_BITS = (8, 16)
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,18 @@ class TensorObserver:
     Args:
         name: the tensor's name, used in error messages.
         bins: histogram bins.
+        bits: the integer width the tensor is quantized to: 8 (TFLite's asymmetric int8) or 16
+            (int16 activations, symmetric with zero point 0); it sets :attr:`levels`.
     """
 
-    def __init__(self, name="tensor", bins=2048):
+    def __init__(self, name="tensor", bins=2048, bits=8):
         if int(bins) < 16:
             raise KslimValueError(f"bins must be >= 16, got {bins!r}.")
+        if bits not in ACTIVATION_BITS:
+            raise KslimValueError(f"Activation bits of tensor {name!r} must be one of {ACTIVATION_BITS}, got {bits!r}.")
         self.name = name
         self.bins = int(bins)
+        self.bits = int(bits)
         self.min = np.inf
         self.max = -np.inf
         self.batch_abs_max = []
@@ -268,7 +275,10 @@ class TensorObserver:
 
     @property
     def levels(self):
-        """Quantization steps on ``[0, T]``: 128 for a signed tensor, 255 for a non-negative one."""
+        """Quantization steps on ``[0, T]``: at 8 bits 128 for a signed tensor, 255 for a non-negative
+        one (asymmetric grid); at 16 bits 32768 whatever the sign (symmetric grid, zero point 0)."""
+        if self.bits == 16:
+            return 32768
         return 128 if self.signed else 255
 
     def threshold(self, algo="KL", hist_percent=0.9999):

@@ -32,6 +32,10 @@ Example:
     ['INT16', 'INT8']
 """
 
+import re
+
+import numpy as np
+
 from kslim.errors import ConversionError, KslimTypeError, KslimValueError
 
 #: recipe name -> ai_edge_quantizer.recipe function name
@@ -80,7 +84,37 @@ def tensor_types(content):
     return {_TENSOR_TYPES.get(t.type, str(t.type)) for g in model_t.subgraphs for t in g.tensors}
 
 
-def quant_post_litert(model, recipe="int8", calibration_data=None, num_calibration_samples=200, check=True):
+def _static_bits(rules, name):
+    """Activation width of tensor ``name`` under ``rules`` (the last rule whose regex matches wins, as
+    in the quantizer), or None when no static recipe covers it."""
+    bits = None
+    for pattern, recipe in rules:
+        if re.search(pattern, name):
+            bits = {"int8": 8, "int16x8": 16}.get(recipe)
+    return bits
+
+
+def _kslim_ranges(float_content, qsvs, rules, batches, algo, hist_percent, bins):
+    """kslim's calibration of the activation tensors the quantizer calibrated: ``{name: (lo, hi)}``.
+
+    Each tensor is observed at the width its rule gives it (8 or 16 bits); the graph outputs keep
+    ``abs_max``, as in :func:`kslim.quant.quant_post_static`.
+    """
+    from kslim.lite.flatbuffer import read_flatbuffer, tensor_name
+    from kslim.quant.ptq import collect_statistics, graph_outputs
+
+    model_t = read_flatbuffer(float_content)
+    constant = {tensor_name(t) for t in model_t.subgraphs[0].tensors
+                if t.buffer and model_t.buffers[t.buffer].data is not None and len(model_t.buffers[t.buffer].data)}
+    bits = {n: _static_bits(rules, n) for n in qsvs if n not in constant}
+    bits = {n: b for n, b in bits.items() if b is not None}
+    observers = collect_statistics(float_content, batches, algo, bins, bits=bits)
+    outputs = graph_outputs(float_content)
+    return {n: o.range("abs_max" if n in outputs else algo, hist_percent) for n, o in observers.items()}
+
+
+def quant_post_litert(model, recipe="int8", calibration_data=None, num_calibration_samples=200, algo=None,
+                      batch_size=32, hist_percent=0.9999, bins=2048, check=True):
     """Quantize ``model`` with LiteRT's quantizer; returns a :class:`kslim.lite.LiteModel`.
 
     Args:
@@ -93,37 +127,69 @@ def quant_post_litert(model, recipe="int8", calibration_data=None, num_calibrati
         calibration_data: inputs for the static recipes (``int8``, ``int16x8``), as for
             :func:`kslim.lite.convert`'s ``representative_data``.
         num_calibration_samples: at most this many calibration samples.
+        algo: ``None`` keeps the quantizer's own min/max ranges; a kslim calibration algorithm
+            (``"abs_max"``, ``"avg"``, ``"hist"``, ``"KL"``, ``"mse"`` or a registered one, see
+            :mod:`kslim.quant.calibration`) replaces the range of every activation tensor with kslim's,
+            computed on the same samples at the tensor's width (8 or 16 bits). This is how kslim's
+            calibration reaches int16x8 and mixed recipes: the converter's own int16x8 quantizer
+            calibrates by itself and takes no ranges.
+        batch_size: samples per calibration batch (``avg`` averages per-batch maxima).
+        hist_percent, bins: as in :func:`kslim.quant.quant_post_static`.
         check: run it against the Keras model on the calibration inputs (``lite.parity``).
 
+    Returns:
+        A :class:`kslim.lite.LiteModel`; ``lite.conversion`` records the recipe and ``algo``, and with
+        ``algo`` set ``lite.activation_ranges`` maps each tensor to the ``(lo, hi)`` written.
+
     Raises:
-        KslimValueError: unknown recipe, a static recipe without calibration data, the quantizer missing.
+        KslimValueError: unknown recipe or algo, a static recipe without calibration data, the quantizer
+            missing.
         ConversionError: the quantizer refused the model (its message, one line).
     """
-    from kslim.lite.converter import _representative, convert, parity
+    from kslim.lite.converter import convert, parity
     from kslim.lite.inputs import model_inputs
     from kslim.lite.model import LiteModel
+    from kslim.quant.calibration import check_algo
+    from kslim.quant.ptq import calibration_batches, concat_batches
 
     rules = _rules(recipe)
+    if algo is not None:
+        check_algo(algo)
+    if int(num_calibration_samples) < 1:
+        raise KslimValueError(f"quant_post_litert(): num_calibration_samples must be >= 1, got {num_calibration_samples!r}.")
     quantizer, recipes = _quantizer()
     entries = []
     for pattern, name in rules:
         for entry in getattr(recipes, RECIPES[name])():
             entries.append({**entry, "regex": pattern})
+    static = any(n in ("int8", "int16x8") for _, n in rules)
+    inputs = model_inputs(model, "quant_post_litert")
+    batches = None
+    if static:
+        if calibration_data is None:
+            raise KslimValueError(f"quant_post_litert(): recipe {sorted({n for _, n in rules if n in ('int8', 'int16x8')})} "
+                                  "computes in integers: pass calibration_data= (a few hundred training inputs).")
+        batches = calibration_batches(calibration_data, inputs, batch_size,
+                                      -(-int(num_calibration_samples) // int(batch_size)))
+        flat = concat_batches(batches, int(num_calibration_samples))
+        batches = [[a[s:s + int(batch_size)] for a in flat] for s in range(0, len(flat[0]), int(batch_size))]
     float_lite = convert(model, check=False)
+    ranges = None
     try:
         q = quantizer.Quantizer(bytes(float_lite.content), entries)
         calibration = None
         if q.need_calibration:
-            if calibration_data is None:
-                static = sorted({n for _, n in rules if n in ("int8", "int16x8")})
-                raise KslimValueError(f"quant_post_litert(): recipe {static} computes in integers: pass "
-                                      "calibration_data= (a few hundred training inputs).")
-            samples = list(_representative(calibration_data, model_inputs(model, "quant_post_litert"),
-                                           num_calibration_samples)())
             from kslim.lite.runner import make_interpreter
 
+            samples = [{s.name: a[i:i + 1] for s, a in zip(inputs, flat)} for i in range(len(flat[0]))]
             key = next(iter(make_interpreter(float_lite.content).get_signature_list()), "serving_default")
             calibration = q.calibrate({key: samples})
+            if algo is not None:
+                ranges = _kslim_ranges(float_lite.content, calibration, rules, batches, algo, hist_percent, bins)
+                for name, (lo, hi) in ranges.items():
+                    qsv = calibration[name]
+                    qsv["min"] = np.full_like(np.asarray(qsv["min"], np.float32), lo)
+                    qsv["max"] = np.full_like(np.asarray(qsv["max"], np.float32), hi)
         result = q.quantize(calibration, enable_progress_report=False)
     except (KslimValueError, KslimTypeError):
         raise
@@ -132,9 +198,13 @@ def quant_post_litert(model, recipe="int8", calibration_data=None, num_calibrati
         raise ConversionError(f"LiteRT's quantizer refused {model.name!r} with recipe {rules}: "
                               f"{type(e).__name__}: {msg[0] if msg else ''}") from e
     lite = LiteModel(bytes(result.quantized_model))
-    lite.conversion = {"quantize": "litert", "recipe": [list(r) for r in rules], "backend": "ai-edge-quantizer"}
+    lite.conversion = {"quantize": "litert", "recipe": [list(r) for r in rules], "backend": "ai-edge-quantizer",
+                       "algo": algo if static else None}
+    if ranges is not None:
+        lite.activation_ranges = ranges
     if check:
-        lite.parity = parity(model, lite, calibration_data, quantized=any(n in ("int8", "int16x8") for _, n in rules))
+        data = (flat if len(flat) > 1 else flat[0]) if static else calibration_data
+        lite.parity = parity(model, lite, data, quantized=static)
     return lite
 
 

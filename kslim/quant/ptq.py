@@ -244,15 +244,20 @@ def calibrate_only(model, samples, verbose=False, fn="quant_post_static"):
     return keras_lite_model(content, model).content  # multi-input: records the Keras input order
 
 
-def collect_statistics(calibrated, batches, algo="KL", bins=2048):
-    """Observe every tensor carrying min/max in ``calibrated`` over ``batches``; ``{name: TensorObserver}``."""
-    model_t = read_flatbuffer(calibrated)
-    sg = model_t.subgraphs[0]
-    names = {
-        tensor_name(t) for t in sg.tensors
-        if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)
-    }
-    observers = {n: TensorObserver(n, bins) for n in names}
+def collect_statistics(calibrated, batches, algo="KL", bins=2048, bits=None):
+    """Observe tensors of a float ``.tflite`` over ``batches``; ``{name: TensorObserver}``.
+
+    ``bits``: ``{tensor name: 8 or 16}`` of the tensors to observe (at the width each is quantized to);
+    by default every tensor carrying min/max in ``calibrated`` (the converter's calibrated model), at 8 bits.
+    """
+    if bits is None:
+        sg = read_flatbuffer(calibrated).subgraphs[0]
+        bits = {
+            tensor_name(t): 8 for t in sg.tensors
+            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)
+        }
+    names = set(bits)
+    observers = {n: TensorObserver(n, bins, b) for n, b in bits.items()}
     run = TensorRunner(calibrated)
     for b in batches:
         for n, v in run(b, names).items():
