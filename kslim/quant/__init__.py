@@ -81,3 +81,8 @@ __all__ += [
     "adaround",
     "AdaRoundResult",
 ]
+
+# Accuracy-aware PTQ auto-tuning (algorithm x per-layer int16/float fallback, keras-tuner, resumable).
+from kslim.quant.auto import AccuracyGoalNotMet, AutoQuantResult, quant_post_auto  # noqa: E402
+
+__all__ += ["quant_post_auto", "AutoQuantResult", "AccuracyGoalNotMet"]
