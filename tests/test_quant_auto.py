@@ -68,12 +68,21 @@ def test_resumes_without_repeating_a_trial(outlier_case, tmp_path):
         first = quant_post_auto(m, xc, accuracy, max_trials=2, **kw)
     assert first.reason == "max_trials" and not first.met and len(first.trials) == 2
     assert len(calls) == 1 + 2  # the float reference, then one per trial
+
+    def interrupted(lite):  # Ctrl-C during the next trial's evaluation
+        if calls:
+            raise KeyboardInterrupt
+        return accuracy(lite)
+
+    del calls[:]
+    with pytest.raises(KeyboardInterrupt):
+        quant_post_auto(m, xc, interrupted, **kw)
     del calls[:]
     res = quant_post_auto(m, xc, accuracy, **kw)
     assert res.met and list(res.fallback) == ["wide"]
     assert _configs(res)[:2] == _configs(first)
     assert len(set(_configs(res))) == len(res.trials)  # no configuration quantized twice
-    assert len(calls) == 1 + len(res.trials) - 2  # only the new trials were evaluated
+    assert len(calls) == 1 + len(res.trials) - 2  # only the new trials (the interrupted one again) were evaluated
     assert [t["seconds"] is None for t in res.trials[:2]] == [True, True]
     del calls[:]
     again = quant_post_auto(m, xc, accuracy, **kw)  # nothing left to try: the choice is rebuilt, not re-tuned
@@ -93,7 +102,7 @@ def test_directory_of_another_model_is_refused(outlier_case, tmp_path):
 
 def test_goal_not_met_returns_best_or_raises(outlier_case, tmp_path):
     m, xc, accuracy, _ = outlier_case
-    kw = dict(max_drop=0.0, algos=["abs_max", "avg"], fallback=())
+    kw = dict(max_drop=0.0, algos=["abs_max", "avg"], fallback=(), batch_nums=2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         res = quant_post_auto(m, xc, accuracy, directory=tmp_path / "a", **kw)
