@@ -59,3 +59,13 @@ def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40):
         for name, s in samples.items():
             out[name][key] = float(np.median(s)) / 1e3
     return out
+
+
+def log_targets(targets, t0, log):
+    """Print each target verdict (``{"what", "value", "target", "met"}``) and the wall time since ``t0``."""
+    import time
+
+    log("\ntargets:")
+    for t in targets:
+        log(f"  {t['what']}: {t['value']} (target {t['target']}) -> {'met' if t['met'] else 'MISSED'}")
+    log(f"wall time {time.time() - t0:.0f}s")

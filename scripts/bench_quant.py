@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_ms  # noqa: E402
+from _benchlib import cpu_name, latency_ms, log_targets  # noqa: E402
 from bench import fmt  # noqa: E402
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 TARGETS = {"qat_pt": -0.2, "ptq_pt": -0.5, "dynamic_pt": -0.3, "dynamic_bytes": -0.74}
@@ -287,10 +287,7 @@ def report(args, results, pending, yte, t0, log):
         "biases stay float32 (hence a little less than -75 %); its hybrid kernels quantize activations on "
         "the fly: slower than float32 XNNPACK on the depthwise-heavy MobileNet, faster on the ResNet.",
     ]
-    log("\ntargets:")
-    for t in targets:
-        log(f"  {t['what']}: {t['value']} (target {t['target']}) -> {'met' if t['met'] else 'MISSED'}")
-    log(f"wall time {time.time() - t0:.0f}s")
+    log_targets(targets, t0, log)
     if not args.quick:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -122,3 +122,16 @@ def test_kslim_algo_on_int16_activations_and_mixed_rules(model_and_data):
     assert kinds[relu] == "INT16" and "INT8" in {kinds[n] for n in kinds if "fc" in n}
     with pytest.raises(KslimValueError, match="Unknown calibration algo 'nope'"):
         quant_post_litert(m, "int8", calibration_data=x, algo="nope")
+
+
+def test_int8x4_has_int4_weights_and_int8_activations(model_and_data):
+    m, x = model_and_data
+    lite = quant_post_litert(m, "int8x4", calibration_data=x, algo="abs_max")
+    types = {n: v[0] for n, v in _tensor_scales(lite.content).items()}
+    relu = next(n for n in types if "conv" in n and "Relu" in n)
+    assert types[relu] == "INT8" and "INT4" in tensor_types(lite.content) and not lite.float_ops
+    int8 = quant_post_litert(m, "int8", calibration_data=x, algo="abs_max")
+    n_weights = sum(int(np.prod(w.shape)) for w in m.weights)
+    assert int8.size - lite.size > 0.4 * n_weights
+    ref = np.asarray(m(x))
+    assert np.corrcoef(lite.predict(x).ravel(), ref.ravel())[0, 1] > 0.95
