@@ -64,15 +64,15 @@ def test_per_layer_rules_mix_recipes(model_and_data):
 
 def _tensor_scales(content):
     """{tensor name: (type name, scale, zero point)} of the activation tensors of a .tflite."""
-    from kslim.lite.flatbuffer import read_flatbuffer, tensor_name
-    from kslim.quant.litert import _TENSOR_TYPES
+    from kslim.lite.flatbuffer import read_flatbuffer, tensor_name, tensor_type_names
 
+    types = tensor_type_names()
     model_t = read_flatbuffer(content)
     out = {}
     for t in model_t.subgraphs[0].tensors:
         q = t.quantization
         if q is not None and q.scale is not None and len(q.scale) == 1:
-            out[tensor_name(t)] = (_TENSOR_TYPES.get(t.type), float(q.scale[0]), int(q.zeroPoint[0]))
+            out[tensor_name(t)] = (types.get(t.type), float(q.scale[0]), int(q.zeroPoint[0]))
     return out
 
 

@@ -91,9 +91,10 @@ def test_latency_budget_buys_int16_where_it_helps(two_dense):
     m, x = two_dense
 
     def latency(lite):  # deterministic stand-in for a device: 1 ms + 0.1 ms per int16 tensor
-        from kslim.lite.flatbuffer import read_flatbuffer
+        from kslim.lite.flatbuffer import read_flatbuffer, tensor_type
 
-        return 1.0 + 0.1 * sum(t.type == 7 for t in read_flatbuffer(lite.content).subgraphs[0].tensors)
+        int16 = tensor_type("INT16")
+        return 1.0 + 0.1 * sum(t.type == int16 for t in read_flatbuffer(lite.content).subgraphs[0].tensors)
 
     res = quant_post_mixed(m, x, latency_budget=1.25, latency_fn=latency)
     assert res.base_latency_ms == 1.0 and res.latency_budget_ms == pytest.approx(1.25)

@@ -57,6 +57,11 @@ def tensor_type(name):
     return int(getattr(_schema().TensorType, name))
 
 
+def tensor_type_names():
+    """``{TensorType number: name}`` (``9: "INT8"``, ``17: "INT4"``)."""
+    return _enum_names(_schema().TensorType)
+
+
 def read_metadata(content, name):
     """The bytes of metadata entry ``name`` of a flatbuffer, or None (reads only the table of contents)."""
     try:

@@ -54,8 +54,6 @@ RECIPES = {
 #: the static recipes (calibrated, integer compute) -> activation bits
 STATIC_RECIPES = {"int8": 8, "int16x8": 16, "int8x4": 8}
 
-#: flatbuffer TensorType codes (tflite schema) -> names
-_TENSOR_TYPES = {0: "FLOAT32", 1: "FLOAT16", 2: "INT32", 3: "UINT8", 4: "INT64", 7: "INT16", 9: "INT8", 17: "INT4"}
 
 
 def _quantizer():
@@ -95,10 +93,10 @@ def _rules(recipe):
 def tensor_types(content):
     """Names of the tensor types in a ``.tflite`` (``{"INT8", "INT4", "FLOAT32", ...}``), read from the
     flatbuffer (numpy has no int4: the interpreter reports int4 tensors as int8)."""
-    from kslim.lite.flatbuffer import read_flatbuffer
+    from kslim.lite.flatbuffer import read_flatbuffer, tensor_type_names
 
-    model_t = read_flatbuffer(content)
-    return {_TENSOR_TYPES.get(t.type, str(t.type)) for g in model_t.subgraphs for t in g.tensors}
+    names = tensor_type_names()
+    return {names.get(t.type, str(t.type)) for g in read_flatbuffer(content).subgraphs for t in g.tensors}
 
 
 def _static_bits(rules, name):
