@@ -62,7 +62,7 @@ def test_stops_within_max_drop_on_a_case_that_needs_a_fallback(outlier_case, tmp
 
 def test_resumes_without_repeating_a_trial(outlier_case, tmp_path):
     m, xc, accuracy, calls = outlier_case
-    kw = dict(max_drop=0.03, algos=["abs_max", "KL"], directory=tmp_path)
+    kw = dict(max_drop=0.03, algos=["abs_max", "KL"], fallback=("float",), directory=tmp_path)
     del calls[:]
     with pytest.warns(UserWarning, match="no configuration within max_drop"):
         first = quant_post_auto(m, xc, accuracy, max_trials=2, **kw)
@@ -109,8 +109,8 @@ def test_goal_not_met_returns_best_or_raises(outlier_case, tmp_path):
     assert not res.met and res.reason == "exhausted" and res.fallback == {} and res.sensitivity is None
     assert res.metric == max(t["metric"] for t in res.trials)
     assert any("no configuration within max_drop=0" in str(x.message) for x in w)
-    with pytest.raises(AccuracyGoalNotMet, match="no configuration within") as e:
-        quant_post_auto(m, xc, accuracy, directory=tmp_path / "b", raise_on_fail=True, **kw)
+    with pytest.raises(AccuracyGoalNotMet, match="no configuration within") as e:  # (the finished search, resumed)
+        quant_post_auto(m, xc, accuracy, directory=tmp_path / "a", raise_on_fail=True, **kw)
     assert not e.value.result.met and len(e.value.result.trials) == 2
 
 
@@ -190,3 +190,44 @@ def test_relative_drop_and_int16_pair_fallback(tmp_path):
     from kslim.quant import tensor_types
 
     assert {"INT16", "INT8"} <= tensor_types(res.lite.content)
+
+
+# ----------------------------------------------------------------------------- the pipeline step
+def test_pipeline_step_schema():
+    from kslim.compressor import get_strategy, validate_config
+    from kslim.errors import ConfigError
+    from kslim.quant.auto import FALLBACK_KINDS
+
+    props = get_strategy("quant_post_auto").schema["properties"]
+    assert props["algos"]["items"]["enum"] == list(ALGOS) and props["fallback"]["items"]["enum"] == list(FALLBACK_KINDS)
+    base = {"model": {"reference": "vgg"}}
+    validate_config({**base, "strategies": [{"quant_post_auto": {"max_drop": 0.01, "fallback": ["float"]}}]})
+    for params, field in (({"max_drop": -1}, "max_drop"), ({"fallback": ["bf16"]}, "fallback"),
+                          ({"algos": []}, "algos"), ({"max_dorp": 0.1}, "quant_post_auto")):
+        with pytest.raises(ConfigError) as e:
+            validate_config({**base, "strategies": [{"quant_post_auto": params}]})
+        assert field in e.value.path
+
+
+@pytest.mark.slow  # a whole Compressor run (~5 s): the default suite checks the step's schema only
+def test_pipeline_step_runs(tmp_path):
+    import keras
+
+    from kslim.compressor import Compressor
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    m.save(tmp_path / "tiny.keras")
+    cfg = {"name": "auto", "model": {"path": str(tmp_path / "tiny.keras")},
+           "data": {"source": "small", "train_limit": 64, "test_limit": 64, "batch_size": 32},
+           "report": {"latency_runs": 1},
+           "strategies": [{"quant_post_auto": {"max_drop": 1.0, "algos": ["abs_max"], "batch_nums": 2,
+                                               "eval_samples": 64}}]}
+    run = tmp_path / "run"
+    result = Compressor(cfg, out=run, verbose=0).run()
+    state = json.loads((run / "state.json").read_text())
+    info = state["stages"]["1"]["row"]["info"]
+    assert info["met"] and info["algo"] == "abs_max" and info["fallback"] == {} and info["trials"] == 1
+    assert result.final_tflite is not None
+    assert (run / "stages").is_dir() and list(run.glob("stages/*/quant_post_auto/quant_post_auto.json"))

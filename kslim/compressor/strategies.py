@@ -760,6 +760,49 @@ def run_quant_post_dynamic(ctx, p, sdir, prefix):
     ctx.lite = quant_post_dynamic(ctx.model, dtype=p.get("dtype", "int8"), **kwargs)
 
 
+@register_strategy("quant_post_auto", keras_output=False, schema=params_schema({
+    "max_drop": {"type": "number", "minimum": 0},
+    "relative": {"type": "boolean"},
+    "algos": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _enum("kslim.quant.calibration", "ALGOS")},
+    "fallback": {"type": "array", "uniqueItems": True, "items": _enum("kslim.quant.auto", "FALLBACK_KINDS")},
+    "max_fallback_layers": {"type": "integer", "minimum": 1},
+    "max_trials": {"type": "integer", "minimum": 1},
+    "batch_nums": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
+    "eval_samples": {"type": "integer", "minimum": 1},
+    "raise_on_fail": {"type": "boolean"},
+}))
+def run_quant_post_auto(ctx, p, sdir, prefix):
+    """Accuracy-aware int8 post-training quantization (:func:`kslim.quant.quant_post_auto`): calibration
+    algorithm x per-layer int16/float fallback until the ``.tflite`` loses at most ``max_drop`` top-1
+    accuracy on ``eval_samples`` test images; the search lives in the stage folder (a resumed run reuses
+    its finished trials)."""
+    from kslim.quant import quant_post_auto
+
+    batch_size = int(p.get("batch_size", 32))
+    batches = int(p.get("batch_nums", 10))
+    args = _api_args(quant_post_auto, p, "max_drop", "relative", "max_fallback_layers", "max_trials",
+                     "weight_quantize_type", "raise_on_fail")
+    for name in ("algos", "fallback"):
+        if name in p:
+            args[name] = list(p[name])
+    calib = ctx.data.calibration(batch_size * batches)
+    x, y = ctx.data.eval_arrays(int(p.get("eval_samples", 500)))
+    y = np.asarray(y).reshape(-1)
+    ctx.header(f"accuracy-aware int8 quantization of {describe_model(ctx.model)}: at most {args['max_drop']:g} "
+               f"accuracy lost on {len(x)} test images, {len(calib)} calibration images")
+
+    def lite_accuracy(lite):
+        return float(np.mean(np.argmax(lite.predict(x), axis=-1) == y))
+
+    res = quant_post_auto(ctx.model, calib, lite_accuracy, batch_size=batch_size, batch_nums=batches,
+                          directory=sdir, project_name="quant_post_auto", **args)
+    ctx.lite = res.lite
+    ctx.info.update(met=res.met, algo=res.algo, fallback=res.fallback, backend=res.backend,
+                    float_accuracy=res.float_metric, drop=res.drop, trials=len(res.trials))
+
+
 # ----------------------------------------------------------------------------- equalize / bias / BatchNorm
 def _batch_settings(p):
     """``(batches, batch_size)`` of a step that runs the model on some training images (10 x 32 by default,
