@@ -368,6 +368,7 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
     from kslim.lite.inputs import model_inputs
     from kslim.nas.oracle import _last_line
     from kslim.quant.debug import quant_debug
+    from kslim.quant import litert
     from kslim.quant.litert import quant_post_litert
     from kslim.quant.ptq import calibration_batches, concat_batches, ops_of_layers, quant_post_static
 
@@ -410,6 +411,8 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
         return drop_of(score) <= float(max_drop) + 1e-12
 
     litert_algo = "algo" in inspect.signature(quant_post_litert).parameters
+    session_class = getattr(litert, "LiteRTSession", None) if litert_algo else None
+    sessions = {}
 
     def quantize(values):
         algo, fb = values["algo"], decode_fallback(values["fallback"])
@@ -420,9 +423,14 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
         for name in fb:
             # LiteRT matches a rule against the op's scope: its output tensor names, each followed by ";"
             rules.append(("^(?:" + "|".join(re.escape(n) for n in layer_outputs[name]) + ");", "int16x8"))
-        kwargs = {"algo": algo} if litert_algo else {}
-        return quant_post_litert(model, rules, data, num_calibration_samples=min(n_samples, 1000),
-                                 check=False, **kwargs)
+        if session_class is None:
+            kwargs = {"algo": algo} if litert_algo else {}
+            return quant_post_litert(model, rules, data, num_calibration_samples=min(n_samples, 1000),
+                                     check=False, **kwargs)
+        if algo not in sessions:  # converted and calibrated once per algorithm, for every int16 trial
+            sessions[algo] = session_class(model, data, num_calibration_samples=min(n_samples, 1000), algo=algo,
+                                           batch_size=batch_size, fn="quant_post_auto")
+        return sessions[algo].quantize(rules, check=False)
 
     def rank(algo):
         report = quant_debug(model, data, algo=algo, batch_size=batch_size, weight_quantize_type=weight_quantize_type)
