@@ -697,11 +697,25 @@ def run_distill(ctx, p, sdir, prefix):
 
 
 # ----------------------------------------------------------------------------- quantization
-@register_strategy("quant_aware", trains=True, schema=params_schema({
+def _check_quant_aware(p):
+    """The bit widths each quantizer takes (``kslim.quant.lowbit.BITS``, read without TensorFlow)."""
+    bits = api_constant("kslim.quant.lowbit", "BITS")
+    out = []
+    for i, kind in enumerate(("weight", "activation")):
+        algo, b = p.get(f"{kind}_quantizer", "default"), p.get(f"{kind}_bits", 8)
+        lo, hi = bits.get(algo, ((2, 8), (2, 8)))[i]
+        if not lo <= b <= hi:
+            out.append((f"{kind}_bits", f"must be in {lo}..{hi} with {kind}_quantizer {algo!r}, got {b}"))
+    return out
+
+
+@register_strategy("quant_aware", trains=True, check=_check_quant_aware, schema=params_schema({
     "weight_quantize_type": _enum("kslim.quant.config", "WEIGHT_QUANTIZE_TYPES"),
     "activation_quantize_type": _enum("kslim.quant.config", "ACTIVATION_QUANTIZE_TYPES"),
-    "weight_bits": {"type": "integer", "minimum": 2, "maximum": 8},
-    "activation_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+    "weight_quantizer": _enum("kslim.quant.lowbit", "QUANTIZERS"),
+    "activation_quantizer": _enum("kslim.quant.lowbit", "QUANTIZERS"),
+    "weight_bits": {"type": "integer", "minimum": 1, "maximum": 8},       # 1: bnn only (QuantConfig checks)
+    "activation_bits": {"type": "integer", "minimum": 1, "maximum": 8},
     "skip": {"type": "array", "items": {"type": "string"}},
     "epochs": {"type": "integer", "minimum": 0},
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},

@@ -7,6 +7,11 @@ QAT::
     qat.compile(...); qat.fit(train_ds, epochs=1)
     lite = convert(qat, inference_input_type="int8")     # kslim.lite.LiteModel, int8 kernels
 
+Low-bit QAT (:mod:`kslim.quant.lowbit`): ``QuantConfig(weight_quantizer="lsq", activation_quantizer="lsq",
+weight_bits=4)`` learns the step sizes (LSQ); ``"dorefa"`` and ``"bnn"`` (``weight_bits=1``) are NNI's
+other two; the ``.tflite`` stores their kernels exactly on int8 kernels, and
+:func:`~kslim.quant.lowbit.lowbit_size_bytes` states the size at the trained bit widths.
+
 See :mod:`kslim.quant.qat` for the graph rewrite, :mod:`kslim.quant.fold` for BatchNormalization
 folding and :mod:`kslim.quant.layers` for the layers (``ActivationQuantizer`` ...).
 """
@@ -27,6 +32,8 @@ from kslim.quant.layers import (
     QuantEmbedding,
 )
 from kslim.quant.fold import fold_batch_norm
+from kslim.quant import lowbit, ops  # noqa: F401  (the low-bit quantizer registry, the maths)
+from kslim.quant.lowbit import QUANTIZERS, lowbit_size_bytes
 from kslim.lite.model import float_ops  # the one list of float compute ops (LiteModel.float_ops)
 from kslim.quant.qat import activation_quantizers, convert, is_quantized, quant_aware
 
@@ -45,6 +52,8 @@ __all__ = [
     "QuantEinsumDense",
     "QuantEmbedding",
     "activation_quantizers",
+    "QUANTIZERS",
+    "lowbit_size_bytes",
     "convert",
     "float_ops",
     "fold_batch_norm",

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from kslim.errors import ConfigError, KslimValueError
-from kslim.quant import ops
+from kslim.quant import lowbit, ops
 from kslim.validation import renamed, warn_renamed
 
 WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
@@ -72,8 +72,13 @@ class QuantConfig:
         activation_quantize_type: ``"moving_average_abs_max"`` (EMA of the batch ranges during
             training, frozen at inference; default) or ``"abs_max"`` (range of the current batch during
             training; the last one is kept for inference and export).
-        weight_bits, activation_bits: 2..8 (default 8). Below 8 bits the values are simulated on the
-            ``bits`` grid and stored in int8 kernels.
+        weight_bits, activation_bits: 2..8 (default 8); 1 with the ``"bnn"`` quantizer (and only
+            then), 2..7 for DoReFa weights. Below 8 bits the values are simulated on the ``bits`` grid
+            and stored in int8 kernels.
+        weight_quantizer, activation_quantizer: the QAT algorithm, one of
+            :data:`kslim.quant.lowbit.QUANTIZERS`: ``"default"`` (kslim's range quantizers above),
+            ``"lsq"`` (learned step size), ``"dorefa"``, ``"bnn"`` (binary); see
+            :mod:`kslim.quant.lowbit` for each one's maths and what the ``.tflite`` holds.
         moving_rate: EMA decay of ``moving_average_abs_max`` (default 0.9).
         quantizable_layer_type: layer class names to quantize, a subset of
             :data:`QUANTIZABLE_LAYER_TYPES` (default: all of them: Conv1D, Conv2D, Conv2DTranspose,
@@ -104,6 +109,8 @@ class QuantConfig:
     activation_quantize_type: str = "moving_average_abs_max"
     weight_bits: int = 8
     activation_bits: int = 8
+    weight_quantizer: str = "default"
+    activation_quantizer: str = "default"
     moving_rate: float = 0.9
     quantizable_layer_type: tuple = QUANTIZABLE_LAYER_TYPES
     skip: tuple = ()
@@ -117,9 +124,13 @@ class QuantConfig:
     def __post_init__(self):
         self._check_choice("weight_quantize_type", WEIGHT_QUANTIZE_TYPES)
         self._check_choice("activation_quantize_type", ACTIVATION_QUANTIZE_TYPES)
-        for name in ("weight_bits", "activation_bits"):
+        self._check_choice("weight_quantizer", lowbit.QUANTIZERS)
+        self._check_choice("activation_quantizer", lowbit.QUANTIZERS)
+        for kind in ("weight", "activation"):
+            name, algo = f"{kind}_bits", lowbit.get(getattr(self, f"{kind}_quantizer"))
             try:
-                setattr(self, name, check_bits(getattr(self, name), name))
+                setattr(self, name, algo.check_bits(getattr(self, name), name, kind) if algo.name != "default"
+                        else check_bits(getattr(self, name), name))
             except KslimValueError as e:  # same rule as the layers; ConfigError with the field as path
                 raise ConfigError(str(e).removeprefix(f"{name} "), path=name) from None
         try:
@@ -162,6 +173,13 @@ class QuantConfig:
             if not isinstance(item, str) or not item:
                 raise ConfigError(f"must be a list of non-empty strings, got item {item!r}.", path=name)
         return v
+
+    @property
+    def fallback_bits(self):
+        """``(weight, activation)`` bits of the default quantizers put where the chosen low-bit ones do
+        not apply (layers without a low-bit twin, model inputs/outputs): the configured bits, or 8
+        where those are 1 (BNN)."""
+        return tuple(b if b >= ops.MIN_BITS else ops.MAX_BITS for b in (self.weight_bits, self.activation_bits))
 
     @property
     def per_channel(self):

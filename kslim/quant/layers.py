@@ -34,7 +34,7 @@ import tensorflow as tf
 from keras import ops as kops
 
 from kslim.errors import KslimValueError
-from kslim.quant import ops
+from kslim.quant import lowbit, ops
 from kslim.quant.config import ACTIVATION_QUANTIZE_TYPES, check_bits
 
 
@@ -42,6 +42,19 @@ def _check_choice(value, allowed, field):
     if value not in allowed:
         raise KslimValueError(f"{field} must be one of {list(allowed)}, got {value!r}.")
     return value
+
+
+def _algorithm(name, bits, kind):
+    """``(quantizer name, bits)`` checked: a registered name (:mod:`kslim.quant.lowbit`) and bits it takes."""
+    field = f"{kind}_quantizer" if kind == "weight" else "quantizer"
+    algo = lowbit.get(_check_choice(name, lowbit.registered(), field))
+    bits_field = "weight_bits" if kind == "weight" else "bits"
+    return algo.name, (check_bits(bits, bits_field) if algo.name == "default" else
+                       algo.check_bits(bits, bits_field, kind))
+
+
+#: the range of a BNN activation's output: int8 codes -128..127 of scale 1/127, +-1 exact, zero point 0
+BINARY_RANGE = (-128.0 / 127.0, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="kslim")
@@ -55,12 +68,23 @@ class ActivationQuantizer(keras.layers.Layer):
     In inference (``training=False``) and once frozen (:meth:`set_range`), the stored range is used
     and never updated; this is the range the TFLite converter bakes into the int8 tensor.
 
+    Quantizers (``quantizer``, :mod:`kslim.quant.lowbit`): ``"default"`` (the modes above);
+    ``"lsq"``: a trainable ``step`` (LSQ, Esser et al. 2020), initialised from the first training batch
+    to ``2 mean|x| / sqrt(Qp)``, unsigned codes ``0..2^bits-1`` if that batch has no negative value,
+    else signed ``-2^(bits-1)..2^(bits-1)-1``; gradient scale ``1 / sqrt(N Qp)``, ``N`` the values per
+    example; ``min``/``max`` follow the step (``Qn step``, ``Qp step``: the same grid as a FakeQuant
+    over them, so inference and export use the stored range); ``"dorefa"``: the fixed range ``[0, 1]``
+    (clip, then ``bits``; DoReFa-Net, Zhou et al. 2016); ``"bnn"`` (``bits=1``): the input on its
+    learned 8-bit range like ``"default"``, then ``+1`` where it is ``>= 0``, else ``-1`` (straight-through
+    gradient with hard-tanh clipping), on :data:`BINARY_RANGE`.
+
     Args:
-        bits: 2..8.
-        mode: ``"abs_max"`` or ``"moving_average_abs_max"``.
+        bits: 2..8 (1 for ``"bnn"``).
+        mode: ``"abs_max"`` or ``"moving_average_abs_max"`` (how a default/bnn range is learned).
         momentum: EMA decay of ``"moving_average_abs_max"`` (0 <= momentum < 1).
         symmetric: use ``[-a, a]`` with ``a = max|x|`` instead of ``[min(x), max(x)]``.
         frozen: never update the range (set by :meth:`set_range`).
+        quantizer: ``"default"``, ``"lsq"``, ``"dorefa"`` or ``"bnn"``.
 
     Weights (non-trainable): ``min``, ``max`` (the range) and ``count`` (number of updates, 0 means
     the range was never set: converting such a model is refused by :func:`kslim.quant.convert`).
@@ -74,26 +98,49 @@ class ActivationQuantizer(keras.layers.Layer):
     """
 
     def __init__(self, bits=8, mode="moving_average_abs_max", momentum=0.9, symmetric=False, frozen=False,
-                 **kwargs):
+                 quantizer="default", **kwargs):
         super().__init__(**kwargs)
-        self.bits = check_bits(bits, "bits")
+        self.quantizer, self.bits = _algorithm(quantizer, bits, "activation")
         self.mode = _check_choice(mode, ACTIVATION_QUANTIZE_TYPES, "mode")
         momentum = float(momentum)
         if not 0.0 <= momentum < 1.0:
             raise KslimValueError(f"momentum must be in [0, 1), got {momentum}.")
         self.momentum = momentum
         self.symmetric = bool(symmetric)
-        self.frozen = bool(frozen)
+        self.frozen = bool(frozen) or self.quantizer == "dorefa"
         self.supports_masking = True
 
     def build(self, input_shape):
+        dorefa = self.quantizer == "dorefa"   # DoReFa's fixed [0, 1]
         self.min = self.add_weight(name="min", shape=(), initializer="zeros", trainable=False)
-        self.max = self.add_weight(name="max", shape=(), initializer="zeros", trainable=False)
-        self.count = self.add_weight(name="count", shape=(), initializer="zeros", trainable=False)
+        self.max = self.add_weight(name="max", shape=(), initializer="ones" if dorefa else "zeros", trainable=False)
+        self.count = self.add_weight(name="count", shape=(), initializer="ones" if dorefa else "zeros",
+                                     trainable=False)
+        if self.quantizer == "lsq":
+            self.step = self.add_weight(name="step", shape=(), initializer="ones", trainable=True)
+            self.signed = self.add_weight(name="signed", shape=(), initializer="zeros", trainable=False)
         self.built = True
+
+    def _lsq(self, x):
+        """LSQ in training: the step (and the signedness) initialised on the first batch, then learned."""
+        first = self.count <= 0
+        signed = tf.where(first, tf.cast(tf.reduce_min(tf.stop_gradient(x)) < 0, tf.float32), self.signed)
+        half = float(2 ** (self.bits - 1))
+        qn, qp = -signed * half, float(2 ** self.bits - 1) - signed * half
+        step = tf.where(first, ops.lsq_init_step(x, qp), ops.lsq_step(self.step))
+        n = math.prod(int(d) for d in x.shape[1:]) if all(d is not None for d in x.shape[1:]) else 1
+        y = ops.lsq_quantize(x, step, qn, qp, ops.lsq_gradient_scale(n, 1.0) / tf.sqrt(qp))
+        self.step.assign(tf.stop_gradient(step))
+        self.signed.assign(signed)
+        self.min.assign(tf.stop_gradient(qn * step))   # the range at this step (inference reads the step)
+        self.max.assign(tf.stop_gradient(qp * step))
+        self.count.assign(self.count + 1.0)
+        return y
 
     def call(self, inputs, training=None):
         inputs = tf.convert_to_tensor(inputs)
+        if training and not self.frozen and self.quantizer == "lsq":
+            return self._lsq(inputs)
         if training and not self.frozen:
             lo, hi = ops.batch_range(inputs, self.symmetric)
             if self.mode == "moving_average_abs_max":
@@ -103,12 +150,24 @@ class ActivationQuantizer(keras.layers.Layer):
             self.max.assign(hi)
             self.count.assign(self.count + 1.0)
         else:
-            lo, hi = tf.convert_to_tensor(self.min), tf.convert_to_tensor(self.max)
+            lo, hi = self._stored_range()
         lo, hi = ops.ensure_valid_range(lo, hi)
-        return ops.fake_quant(inputs, lo, hi, self.bits, narrow_range=False)
+        if self.quantizer != "bnn":
+            return ops.fake_quant(inputs, lo, hi, self.bits, narrow_range=False)
+        x = ops.fake_quant(inputs, lo, hi, 8, narrow_range=False)  # its input, an int8 tensor in the .tflite
+        # int8 GREATER_EQUAL + SELECT in the .tflite; in training the straight-through sign
+        b = ops.sign_ste(x) if training else tf.where(x >= 0, 1.0, -1.0)
+        return ops.fake_quant(b, *BINARY_RANGE, 8, narrow_range=False)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def _stored_range(self):
+        """``(min, max)`` tensors used in inference: LSQ's follow its (trained) step, ``(Qn step, Qp step)``."""
+        if self.quantizer == "lsq" and not self.frozen:
+            half, step = float(2 ** (self.bits - 1)), ops.lsq_step(self.step)
+            return -self.signed * half * step, (float(2 ** self.bits - 1) - self.signed * half) * step
+        return tf.convert_to_tensor(self.min), tf.convert_to_tensor(self.max)
 
     def set_range(self, lo, hi):
         """Set the range to ``[lo, hi]`` (widened to include 0) and freeze it (no more updates).
@@ -140,7 +199,7 @@ class ActivationQuantizer(keras.layers.Layer):
         """The stored range as a ``(min, max)`` pair of Python floats (``(0.0, 0.0)`` before building)."""
         if not self.built:
             return 0.0, 0.0
-        return float(kops.convert_to_numpy(self.min)), float(kops.convert_to_numpy(self.max))
+        return tuple(float(kops.convert_to_numpy(v)) for v in self._stored_range())
 
     @property
     def calibrated(self):
@@ -152,20 +211,81 @@ class ActivationQuantizer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(bits=self.bits, mode=self.mode, momentum=self.momentum, symmetric=self.symmetric,
-                      frozen=self.frozen)
+                      frozen=self.frozen, quantizer=self.quantizer)
         return config
 
 
 class _QuantKernelMixin:
-    """Shared arguments of the quantized layers: ``weight_bits`` and ``per_channel``."""
+    """Shared arguments of the quantized layers: ``weight_bits``, ``per_channel`` and, for the layers
+    with :attr:`LOWBIT` (Conv1D, Conv2D, DepthwiseConv2D, Dense), ``weight_quantizer``: ``"lsq"``,
+    ``"dorefa"``, ``"bnn"`` (:mod:`kslim.quant.lowbit`) instead of the default ``max|w|`` grid. LSQ
+    adds a trainable weight ``step`` (one per output channel if ``per_channel``), initialised to
+    ``2 mean|w| / sqrt(Qp)`` when the layer is built and whenever :meth:`set_weights` is given the float
+    layer's weights (kernel, bias)."""
 
-    def _init_quant(self, weight_bits, per_channel):
-        self.weight_bits = check_bits(weight_bits, "weight_bits")
+    LOWBIT = False   # whether the layer takes a low-bit weight_quantizer
+
+    def _init_quant(self, weight_bits, per_channel, weight_quantizer="default"):
+        self.weight_quantizer, self.weight_bits = _algorithm(weight_quantizer, weight_bits, "weight")
         self.per_channel = bool(per_channel)
 
     def _quant_config(self, config):
         config.update(weight_bits=self.weight_bits, per_channel=self.per_channel)
+        if self.LOWBIT:
+            config.update(weight_quantizer=self.weight_quantizer)
         return config
+
+    def _kernel_channels_last(self, kernel):
+        """The kernel in the layout it is quantized in (output channels last)."""
+        return kernel
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.LOWBIT and lowbit.get(self.weight_quantizer).learned_step:
+            k = self._kernel_channels_last(self.kernel)
+            self.step = self.add_weight(name="step", shape=(int(k.shape[-1]),) if self.per_channel else (),
+                                        initializer="ones", trainable=True)
+            self.reset_step()
+
+    def reset_step(self):
+        """Set LSQ's step to its initial value ``2 mean|w| / sqrt(Qp)`` for the current kernel."""
+        k = self._kernel_channels_last(tf.convert_to_tensor(self.kernel))
+        self.step.assign(ops.lsq_init_step(k, ops.symmetric_levels(self.weight_bits), self.per_channel))
+
+    def set_weights(self, weights):
+        """Also takes the weights of the float layer (all but ``step``): LSQ's step is then initialised
+        from the new kernel."""
+        step = getattr(self, "step", None)
+        own = [v for v in self.weights if v is not step]
+        if step is not None and len(weights) == len(own):
+            for v, w in zip(own, weights):
+                v.assign(w)
+            self.reset_step()
+            return
+        super().set_weights(weights)
+
+    def save_own_variables(self, store):
+        """Keras' conv/dense save only kernel and bias: LSQ's step is stored after them."""
+        super().save_own_variables(store)
+        if getattr(self, "step", None) is not None and self.built and \
+                len(store.keys()) < len(self._trainable_variables + self._non_trainable_variables):
+            store[str(len(store.keys()))] = self.step
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if getattr(self, "step", None) is not None and self.built:
+            self.step.assign(store[str(len(store.keys()) - 1)])
+
+    def _lowbit_kernel(self, kernel, rounded=False):
+        """``kernel`` (output channels last) quantized by the layer's ``weight_quantizer``, on a grid the
+        converter keeps: an 8-bit FakeQuant of the algorithm's step (:func:`kslim.quant.ops.on_int8_grid`),
+        or with ``rounded`` and per channel the int8 grid of each channel's ``max|w|``
+        (:func:`kslim.quant.ops.fake_quant_weight_rounded`, for the Dense kernels the converter re-quantizes)."""
+        values, step = lowbit.get(self.weight_quantizer).weight(kernel, self.weight_bits, self.per_channel,
+                                                                getattr(self, "step", None))
+        if rounded and self.per_channel:
+            return ops.fake_quant_weight_rounded(values, 8, per_channel=True)
+        return ops.on_int8_grid(values, step, self.per_channel)
 
     def quantized_kernel(self):
         """The kernel as the int8 model will see it (fake-quantized), as a tensor."""
@@ -192,11 +312,15 @@ class QuantConv2D(_QuantKernelMixin, keras.layers.Conv2D):
         TensorShape([1, 6, 6, 4])
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+    LOWBIT = True
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
+        self._init_quant(weight_bits, per_channel, weight_quantizer)
 
     def _fake_quant_kernel(self, kernel):
+        if self.weight_quantizer != "default":
+            return self._lowbit_kernel(kernel)
         return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
 
     def convolution_op(self, inputs, kernel):
@@ -214,15 +338,23 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, keras.layers.DepthwiseConv2D):
     layout ``(1, kh, kw, C * M)``), by reshaping it to ``(kh, kw, C * M)`` around the per-channel op.
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+    LOWBIT = True
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
+        self._init_quant(weight_bits, per_channel, weight_quantizer)
+
+    def _kernel_channels_last(self, kernel):
+        kh, kw, c, m = kernel.shape
+        return tf.reshape(kernel, (kh, kw, c * m))
 
     def _fake_quant_kernel(self, kernel):
-        kh, kw, c, m = kernel.shape
-        flat = tf.reshape(kernel, (kh, kw, c * m))
-        flat = ops.fake_quant_weight(flat, self.weight_bits, self.per_channel)
-        return tf.reshape(flat, (kh, kw, c, m))
+        flat = self._kernel_channels_last(kernel)
+        if self.weight_quantizer != "default":
+            flat = self._lowbit_kernel(flat)
+        else:
+            flat = ops.fake_quant_weight(flat, self.weight_bits, self.per_channel)
+        return tf.reshape(flat, kernel.shape)
 
     def call(self, inputs):
         outputs = kops.depthwise_conv(
@@ -272,11 +404,15 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
     op is used.
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+    LOWBIT = True
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
+        self._init_quant(weight_bits, per_channel, weight_quantizer)
 
     def _fake_quant_kernel(self, kernel):
+        if self.weight_quantizer != "default":
+            return self._lowbit_kernel(kernel, rounded=True)
         if self.per_channel:
             return ops.fake_quant_weight_rounded(kernel, self.weight_bits, per_channel=True)
         return ops.fake_quant_weight(kernel, self.weight_bits, per_channel=False)
@@ -304,11 +440,15 @@ class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
         TensorShape([1, 10, 4])
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+    LOWBIT = True
+
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
+        self._init_quant(weight_bits, per_channel, weight_quantizer)
 
     def _fake_quant_kernel(self, kernel):
+        if self.weight_quantizer != "default":
+            return self._lowbit_kernel(kernel)
         return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
 
     def call(self, inputs):

@@ -100,6 +100,129 @@ def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=Non
     return kernel + tf.stop_gradient(q - kernel)
 
 
+
+# ------------------------------------------------------------------ low-bit QAT (LSQ, DoReFa, BNN)
+# The layers in kslim.quant.layers call these for ``weight_quantizer`` / ``activation_quantizer``
+# ``"lsq"``, ``"dorefa"``, ``"bnn"`` (kslim.quant.lowbit is the registry of those names). Each weight
+# function returns ``(values, step)``: ``values`` are integer codes times ``step`` (|code| <= 127), so
+# :func:`on_int8_grid` hands them to the converter without changing a bit.
+
+def round_ste(x):
+    """``round(x)`` with a straight-through gradient (identity)."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def scale_gradient(x, g):
+    """The value of ``x`` with its gradient multiplied by ``g`` (LSQ's ``grad_scale``)."""
+    return x * g + tf.stop_gradient(x - x * g)
+
+
+def sign_ste(x):
+    """Binarization of BNN (Courbariaux/Hubara et al., 2016): ``+1`` where ``x >= 0``, else ``-1``; the
+    gradient is the straight-through estimator with hard-tanh clipping, ``1`` where ``|x| <= 1``, else 0.
+
+    Example:
+        >>> import numpy as np
+        >>> x = tf.constant([-2.0, -0.5, 0.0, 0.5, 2.0])
+        >>> with tf.GradientTape() as tape:
+        ...     tape.watch(x)
+        ...     y = sign_ste(x)
+        >>> np.asarray(y).tolist(), np.asarray(tape.gradient(y, x)).tolist()
+        ([-1.0, -1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 0.0])
+    """
+    clipped = tf.clip_by_value(x, -1.0, 1.0)
+    return clipped + tf.stop_gradient(tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x)) - clipped)
+
+
+def symmetric_levels(bits):
+    """``Qp = 2^(bits-1) - 1``: the codes of a symmetric ``bits`` grid are ``-Qp..Qp`` (TFLite's narrow range)."""
+    return float(2 ** (int(bits) - 1) - 1)
+
+
+def _reduce(x, fn, per_channel):
+    """``fn`` (``tf.reduce_max``/``reduce_mean``) of ``x`` per last-axis channel or over the tensor."""
+    axes = list(range(len(x.shape) - 1))
+    return fn(x, axis=axes) if per_channel and axes else (x if per_channel else fn(x))
+
+
+def lsq_init_step(x, qp, per_channel=False):
+    """LSQ's initial step ``2 * mean(|x|) / sqrt(Qp)`` (Esser et al., 2020), per last-axis channel or
+    per tensor; no gradient."""
+    m = _reduce(tf.abs(tf.stop_gradient(tf.convert_to_tensor(x))), tf.reduce_mean, per_channel)
+    return tf.maximum(2.0 * m / tf.sqrt(tf.cast(qp, tf.float32)), _EPS)
+
+
+def lsq_gradient_scale(n, qp):
+    """LSQ's gradient scale ``g = 1 / sqrt(N * Qp)``, ``N`` the number of values sharing one step."""
+    return 1.0 / ((float(n) * float(qp)) ** 0.5)
+
+
+def lsq_step(step):
+    """The step LSQ uses for a learned ``step`` variable: ``max(|step|, eps)`` (an optimizer may push a
+    small step through zero; its magnitude is kept, and the grid never collapses)."""
+    return tf.maximum(tf.abs(tf.convert_to_tensor(step)), _EPS)
+
+
+def lsq_quantize(x, step, qn, qp, g):
+    """LSQ: ``round(clip(x / s, qn, qp)) * s`` with ``s`` the learned ``step`` (its gradient scaled by
+    ``g``), round straight-through. The gradient w.r.t. ``s`` is the paper's: ``-x/s + round(x/s)``
+    inside the range, ``qn`` / ``qp`` below / above it; w.r.t. ``x``, 1 inside, 0 outside.
+    ``step`` (through :func:`lsq_step`) broadcasts against ``x`` (a vector: one step per last-axis channel)."""
+    s = scale_gradient(lsq_step(step), g)
+    return round_ste(tf.clip_by_value(x / s, qn, qp)) * s
+
+
+def lsq_weight(kernel, step, bits, per_channel=True):
+    """LSQ weights on the symmetric grid ``-Qp..Qp`` (``Qp = 2^(bits-1) - 1``): ``(values, step)``.
+
+    ``N`` of the gradient scale is the number of weights per step (per channel or per kernel). The
+    paper's extra negative code ``-2^(bits-1)`` is not used, so that the grid is TFLite's symmetric one
+    and an 8-bit LSQ kernel is exactly an int8 kernel.
+    """
+    kernel = tf.convert_to_tensor(kernel)
+    qp = symmetric_levels(bits)
+    n = int(kernel.shape.num_elements()) // (int(kernel.shape[-1]) if per_channel else 1)
+    return lsq_quantize(kernel, step, -qp, qp, lsq_gradient_scale(n, qp)), lsq_step(step)
+
+
+def dorefa_weight(kernel, bits, per_channel=True):
+    """DoReFa weights (Zhou et al., 2016): ``2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1``,
+    ``quantize_k(u) = round((2^k - 1) u) / (2^k - 1)`` (round straight-through), times ``max|w|``.
+
+    The paper's weights lie in ``[-1, 1]`` because every conv of its nets is followed by a
+    BatchNormalization that absorbs the scale; kslim folds BatchNormalization into the kernels, so the
+    result is multiplied by ``max|w|`` (no gradient) of the channel (``per_channel``) or the kernel,
+    where the maxima are also taken. The ``2^k`` levels are the odd codes ``-(2^k - 1)..2^k - 1`` of
+    ``step = max|w| / (2^k - 1)`` (there is no zero level): ``(values, step)``.
+    """
+    kernel = tf.convert_to_tensor(kernel)
+    n = float(2 ** int(bits) - 1)
+    t = tf.tanh(kernel)
+    u = t / (2.0 * tf.maximum(_reduce(tf.abs(t), tf.reduce_max, per_channel), _EPS)) + 0.5
+    a = tf.maximum(_reduce(tf.abs(tf.stop_gradient(kernel)), tf.reduce_max, per_channel), _EPS)
+    return (2.0 * round_ste(u * n) / n - 1.0) * a, a / n
+
+
+def bnn_weight(kernel, per_channel=True):
+    """Binary weights ``alpha * sign(w)`` with ``alpha = mean|w|`` per channel or per kernel (XNOR-Net's
+    scale, Rastegari et al. 2016; BNN's plain ``+-1`` would lose the scale of the BatchNormalization
+    kslim folds into the kernel), :func:`sign_ste` on ``w / alpha``: ``(values, alpha)``."""
+    kernel = tf.convert_to_tensor(kernel)
+    alpha = tf.maximum(_reduce(tf.abs(tf.stop_gradient(kernel)), tf.reduce_mean, per_channel), _EPS)
+    return sign_ste(kernel / alpha) * alpha, alpha
+
+
+def on_int8_grid(values, step, per_channel=True):
+    """Hand a kernel whose ``values`` are integer codes (|code| <= 127) times ``step`` to the TFLite
+    converter unchanged: a symmetric 8-bit FakeQuant over ``+-127 * step`` (per last-axis channel or per
+    tensor), whose grid is ``step`` itself -- the int8 kernel of the ``.tflite`` holds the codes. The
+    gradient passes straight through (the step gets none from here)."""
+    hi = 127.0 * tf.stop_gradient(tf.convert_to_tensor(step))
+    if per_channel:
+        return fake_quant_per_channel(values, -hi, hi, 8, narrow_range=True)
+    return fake_quant(values, -hi, hi, 8, narrow_range=True)
+
+
 #: stretch of AdaRound's rectified sigmoid ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``
 #: (Louizos et al., 2018; Nagel et al., 2020): it reaches exactly 0 and 1, so a rounding can settle
 ADAROUND_ZETA, ADAROUND_GAMMA = 1.1, -0.1

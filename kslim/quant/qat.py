@@ -298,7 +298,7 @@ class _Plan:
     folded: dict = field(default_factory=dict)         # id(bn) -> producer layer
     fold_into: dict = field(default_factory=dict)      # id(producer) -> bn layer
     split: set = field(default_factory=set)            # id(layer) whose activation is split out
-    out_quant: dict = field(default_factory=dict)      # (id(node), i) -> "learned" or a fixed (lo, hi)
+    out_quant: dict = field(default_factory=dict)      # (id(node), i) -> "learned", "output" or a fixed (lo, hi)
     quantize_inputs: set = field(default_factory=set)  # indices of the model inputs that get a quantizer
     unquantized: dict = field(default_factory=dict)    # path -> reason
 
@@ -559,7 +559,7 @@ def _place_quantizers(flat, config, plan):
                                           for c in flat.consumers.get(key, []))
 
     def spec(leaf, i):
-        """What the i-th output of this call needs: None, "learned" or a fixed (lo, hi)."""
+        """What the i-th output of this call needs: None, "learned", "output" (a model output) or a fixed (lo, hi)."""
         key = leaf.outputs[i]
         op = leaf.op
         if not _is_float(kg.node_outputs(leaf.node)[i]) or id(op) in plan.fold_into:
@@ -574,7 +574,7 @@ def _place_quantizers(flat, config, plan):
         if fixed is not None:
             return fixed
         if is_output(key):
-            return "learned"
+            return "output"    # learned, by the default quantizer for DoReFa/BNN activations
         cons = effective_consumers(key)
         fusing = tname in _FUSING_TYPES and (tname == "Add" or id(owner) in plan.quantize)
         if fusing and _is_plain(owner) and len(cons) == 1 and _is_fusable_activation(cons[0].op):
@@ -677,7 +677,11 @@ class _Rewriter:
             qcls = plan.quantize.get(id(layer))
             bn = plan.fold_into.get(id(layer))
             weights = folded_weights(layer, bn) if bn is not None else layer.get_weights()
-            quant_args = dict(weight_bits=config.weight_bits, per_channel=config.per_channel)
+            quant_args = dict(weight_bits=config.weight_bits, per_channel=config.per_channel,
+                              weight_quantizer=config.weight_quantizer)
+            if qcls is not None and qcls != "separable" and not getattr(qlayers, qcls).LOWBIT:
+                # layers without a low-bit twin keep the default quantizer
+                quant_args = dict(weight_bits=config.fallback_bits[0], per_channel=config.per_channel)
             if qcls == "separable":
                 dw_cfg = {k: cfg[k] for k in ("kernel_size", "strides", "padding", "data_format", "dilation_rate",
                                               "depth_multiplier")}
@@ -699,7 +703,7 @@ class _Rewriter:
                 cls = getattr(qlayers, qcls)
                 over.update(quant_args)
                 if getattr(cls, "takes_activation_config", False):
-                    over.update(activation_bits=config.activation_bits, momentum=config.moving_rate,
+                    over.update(activation_bits=config.fallback_bits[1], momentum=config.moving_rate,
                                 activation_mode=config.activation_quantize_type)
             new = _from_config(cls, {**cfg, **over}, layer, path)
             self.new[id(layer)] = new
@@ -719,7 +723,10 @@ class _Rewriter:
                 ) from e
         return out
 
-    def _act_quantizer(self, scope, base, fixed=None):
+    def _act_quantizer(self, scope, base, fixed=None, edge=False):
+        """The quantizer of one tensor: ``fixed`` range, or learned by ``config.activation_quantizer``
+        (DoReFa's [0, 1] and BNN's sign are not put on the model's inputs and outputs (``edge``), which
+        get the default quantizer, as the papers keep the first and last layers' inputs and outputs)."""
         from kslim.quant.layers import ActivationQuantizer
 
         used = self.quant_names.setdefault(id(scope), set())
@@ -733,8 +740,12 @@ class _Rewriter:
             q = ActivationQuantizer(bits=8, mode=c.activation_quantize_type, momentum=c.moving_rate, name=name)
             q.set_range(*fixed)
             return q
-        return ActivationQuantizer(bits=c.activation_bits, mode=c.activation_quantize_type, momentum=c.moving_rate,
-                                   symmetric=c.activation_symmetric, name=name)
+        algo = c.activation_quantizer
+        if edge and algo in ("dorefa", "bnn"):
+            algo = "default"
+        bits = c.fallback_bits[1] if algo == "default" else c.activation_bits
+        return ActivationQuantizer(bits=bits, mode=c.activation_quantize_type, momentum=c.moving_rate,
+                                   symmetric=c.activation_symmetric, quantizer=algo, name=name)
 
     # -------------------------------------------------------------- graphs
     def build(self):
@@ -745,7 +756,7 @@ class _Rewriter:
         flat_in = keras.tree.flatten(new_inputs)
         scope = object()
         self._reserve(scope, model)
-        start = [self._act_quantizer(scope, kg.input_name(t))(x) if i in plan.quantize_inputs else x
+        start = [self._act_quantizer(scope, kg.input_name(t), edge=True)(x) if i in plan.quantize_inputs else x
                  for i, (t, x) in enumerate(zip(self.flat.input_tensors, flat_in))]
         outs = self._graph(model, start, scope)
         return keras.Model(new_inputs, keras.tree.pack_sequence_as(kg.outputs_struct(model), outs), name=model.name)
@@ -858,7 +869,8 @@ class _Rewriter:
             return tensor
         if 0 in tuple(tensor.shape):  # an empty tensor (keras-hub's unused (0, ...) outputs) has no range
             return tensor
-        return self._act_quantizer(scope, op.name, fixed=None if s == "learned" else s)(tensor)
+        fixed = None if s in ("learned", "output") else s
+        return self._act_quantizer(scope, op.name, fixed=fixed, edge=s == "output")(tensor)
 
 
 def rewrite(model, config, quantize=True):
