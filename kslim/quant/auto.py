@@ -29,7 +29,8 @@ Notes:
       precision its producer writes (the converter quantizes the input of a float op that comes from
       an int8 op, LiteRT re-quantizes an int8 tensor read by an int16 op), so an outlier range *between*
       two quantized layers needs both to fall back, which happens when ``k`` reaches both. An
-      outlier in the graph input is fixed by the first layer alone.
+      outlier in the graph input is fixed by the first layer's ``"float"`` fallback alone (the
+      converter keeps float inputs), not by ``"int16"``: LiteRT's models take int8 inputs.
     * Without an ``algo=`` parameter on :func:`kslim.quant.quant_post_litert`, the int16
       configurations are calibrated by LiteRT's own min/max (``AutoQuantResult.algo`` then says
       ``"litert-minmax"``); int16 kernels are LiteRT's reference kernels, much slower than int8.
@@ -128,13 +129,12 @@ class AutoQuantResult:
                  f"({self.reason}, {len(self.trials)} trials): algo={self.algo}, fallback: {fb}, "
                  f"backend={self.backend}; metric {self.metric:.4f} vs float {self.float_metric:.4f} "
                  f"(drop {self.drop:.4f})"]
-        lines.append(f"{'trial':<6} {'algo':<14} {'fallback':<40} {'metric':>8} {'drop':>8}  met")
+        lines.append(f"{'trial':<6} {'algo':<14} {'fallback':<44} {'metric':>8} {'drop':>8}  met")
         for t in self.trials:
-            fbs = ",".join(f"{k}={v}" for k, v in t["fallback"].items()) or "-"
             metric = "failed" if t["metric"] is None else f"{t['metric']:.4f}"
             drop = "" if t["drop"] is None else f"{t['drop']:.4f}"
-            lines.append(f"{t['trial_id']:<6} {t['algo']:<14} {fbs[:40]:<40} {metric:>8} {drop:>8}  "
-                         f"{'yes' if t['met'] else 'no'}")
+            lines.append(f"{t['trial_id']:<6} {t['algo']:<14} {_describe(t['fallback'], 44):<44} {metric:>8} "
+                         f"{drop:>8}  {'yes' if t['met'] else 'no'}")
         return "\n".join(lines)
 
     def __str__(self):
@@ -149,6 +149,15 @@ class AutoQuantResult:
 
 
 # ------------------------------------------------------------------------------------------- values
+def _describe(fallback, width):
+    """``"float x3: conv1, conv2, ..."`` in at most ``width`` characters (``"-"``: no fallback)."""
+    if not fallback:
+        return "-"
+    kinds = sorted(set(fallback.values()))
+    text = f"{'/'.join(kinds)} x{len(fallback)}: " + ", ".join(fallback)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def encode_fallback(fallback):
     """``{layer: kind}`` -> the trial value ``"layer=kind;..."`` (insertion order kept)."""
     return ";".join(f"{k}={v}" for k, v in fallback.items())
