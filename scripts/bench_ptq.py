@@ -42,6 +42,49 @@ TARGETS = {"int8": -0.3, "int4_adaround": -1.0}
 NOISE_PT = 0.3  # binomial standard error of a ~92 % accuracy on 10,000 images is 0.27 pt
 
 
+#: row groups (``--only``): the variants' ``backend`` / ``extra`` decide the group
+GROUPS = ("calibration", "recipes", "rounding", "mixed")
+
+
+def group_of(backend, recipe, extra):
+    if backend == "mixed":
+        return "mixed"
+    if extra:
+        return "rounding"
+    if recipe.startswith("int8") and "weight_only" not in recipe and recipe != "int8x4" or backend == "float":
+        return "calibration"
+    return "recipes"
+
+
+def mixed_rows(model, calib, args):
+    """quant_post_mixed at three size budgets (int4 weights where they hurt least; the layer measurements
+    made once) and one latency budget (int16 activations where they help most)."""
+    from kslim.quant.mixed import quant_post_mixed
+
+    state = {}
+
+    def sized(fraction):
+        def build():
+            res = quant_post_mixed(model, calib, size_budget=fraction, algo=args.best_algo,
+                                   options=state.get("options"))
+            state["options"] = res.options
+            return _annotated(res)
+        return build
+
+    rows = [("mixed", "int8 + int8x4", args.best_algo, f"size <= {f:.2f} x int8", sized(f)) for f in (0.9, 0.8, 0.7)]
+    rows.append(("mixed", "int8 + int16x8", args.best_algo, "latency <= 1.50 x int8",
+                 lambda: _annotated(quant_post_mixed(model, calib, latency_budget=1.5, algo=args.best_algo))))
+    return rows
+
+
+def _annotated(res):
+    lite = res.lite
+    lite.mixed = {"moved": len(res.choices), "met": res.met, "size_budget": res.size_budget_bytes,
+                  "latency_budget_ms": res.latency_budget_ms, "latency_ms": res.latency_ms,
+                  "predicted_bytes": res.predicted_bytes, "choices": res.choices}
+    return lite
+
+
 def variants(model, calib, args):
     """``[(backend, recipe, algo, extra, build)]``: every row of one model, ``build()`` -> LiteModel."""
     from kslim.lite import convert
@@ -61,6 +104,8 @@ def variants(model, calib, args):
     for a in (None, "mse"):
         rows.append(("litert", "int16x8", a or "-", "",
                      lambda a=a: quant_post_litert(model, "int16x8", calib, len(calib), algo=a, check=False)))
+    rows.append(("litert", "int8x4", args.best_algo, "",
+                 lambda: quant_post_litert(model, "int8x4", calib, len(calib), algo=args.best_algo, check=False)))
     for r in ("int8_weight_only", "int4_weight_only", "dynamic_int8"):
         rows.append(("litert", r, "-", "", lambda r=r: quant_post_litert(model, r, check=False)))
     rows.append(("converter", "dynamic_int8", "-", "", lambda: quant_post_dynamic(model, check=False)))
@@ -82,7 +127,9 @@ def variants(model, calib, args):
     rows.append(("converter", "int8 per-tensor w", best, "CLE + bias_correction",
                  lambda: quant_post_static(equalize_cross_layer(model, relu6="relu").model, calib, algo=best,
                                            weight_quantize_type="abs_max", bias_correction=True, check=False)))
-    return rows
+    rows += mixed_rows(model, calib, args)
+    only = set(args.only.split(",")) if args.only else None
+    return [r for r in rows if r[0] == "float" or only is None or group_of(r[0], r[1], r[3]) in only]
 
 
 def bench_model(name, args, calib, test, log):
@@ -111,9 +158,10 @@ def bench_model(name, args, calib, test, log):
         from kslim.quant import tensor_types
 
         rows.append({"model": name, "backend": backend, "recipe": recipe, "algo": algo, "extra": extra,
+                     "group": group_of(backend, recipe, extra),
                      "accuracy": acc, "bytes": int(lite.size), "quantize_seconds": round(seconds, 1),
                      "eval_seconds": round(time.time() - t1, 1), "float_ops": sorted(lite.float_ops),
-                     "tensor_types": sorted(tensor_types(lite.content))})
+                     "tensor_types": sorted(tensor_types(lite.content)), "mixed": getattr(lite, "mixed", None)})
         lites[len(rows) - 1] = lite
         log(f"  {name} {key}: top-1 {100 * acc:.2f} %, {lite.size} B, {seconds:.0f}s + eval {time.time() - t1:.0f}s")
     lat = latency_ms({i: m for i, m in lites.items()}, threads=(1,), rounds=args.rounds, runs=args.runs)
@@ -129,7 +177,7 @@ def bench_model(name, args, calib, test, log):
 def check_targets(res):
     rows = [r for r in res["rows"] if r["backend"] != "float"]
     out = []
-    int8 = [r for r in rows if r["recipe"].startswith("int8") and "weight_only" not in r["recipe"]]
+    int8 = [r for r in rows if r["recipe"] in ("int8", "int8 per-tensor w")]  # full int8, weights and activations
     if int8:
         b = max(int8, key=lambda r: r["delta_pt"])
         out.append({"what": f"{res['model']}: best int8 PTQ vs float", "target": f">= {TARGETS['int8']} pt",
@@ -153,7 +201,7 @@ def write_markdown(result, path):
     lines = [
         "## PTQ backends (`scripts/bench_ptq.py`)",
         "",
-        f"Command: `{result['command']}`  ",
+        "Command: " + ", then ".join(f"`{c}`" for c in result.get("commands", [result["command"]])) + "  ",
         f"Date: {result['date']}  ",
         f"Machine: {result['platform']}, {result['cpu']}, {result.get('cores', '?')} cores, load average "
         f"(1/5/15 min) {result.get('load_average', '?')} at the end of the run  ",
@@ -167,7 +215,11 @@ def write_markdown(result, path):
     ]
     for res in result["models"]:
         for r in res["rows"]:
-            lines.append(f"| {r['model']} | {r['backend']} | {r['recipe']} | {r['algo']} | {r['extra'] or ''} | "
+            extra = r["extra"] or ""
+            if r.get("mixed"):
+                m = r["mixed"]
+                extra += f": {m['moved']} layers moved, budget {'met' if m['met'] else 'missed'} (measured)"
+            lines.append(f"| {r['model']} | {r['backend']} | {r['recipe']} | {r['algo']} | {extra} | "
                          f"{100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f} | {r['bytes']} | "
                          f"{100 * (r['bytes_ratio'] - 1):+.1f} % | {r['latency_ms']:.3f} | "
                          f"{r['speedup']:.2f}x | {r['quantize_seconds']:.1f} |")
@@ -203,8 +255,12 @@ def main(argv=None):
     p.add_argument("--adaround-iterations", type=int, default=500)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=40)
+    p.add_argument("--only", default=None, metavar="GROUPS",
+                   help=f"comma list of row groups to (re)measure, merged into the saved ptq.json: {', '.join(GROUPS)}")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
     args = p.parse_args(argv)
+    if args.only and not set(args.only.split(",")) <= set(GROUPS):
+        p.error(f"--only: groups are {', '.join(GROUPS)}")
 
     import numpy as np
 
@@ -238,10 +294,35 @@ def main(argv=None):
     return 0
 
 
+def _group(row):
+    return row.get("group") or group_of(row["backend"], row["recipe"], row["extra"])
+
+
+def merged(saved, new, only):
+    """``saved`` with the row groups in ``only`` replaced by ``new``'s (per model; each row keeps the
+    speed-up against the float row of its own run, whose date it carries)."""
+    models = {m["model"]: m for m in saved["models"]}
+    for res in new["models"]:
+        for r in res["rows"]:
+            r["run"] = new["date"]
+        old = models.get(res["model"], {"rows": [], "failed": {}})
+        rows = [r for r in res["rows"] if r["group"] == "calibration" and r["backend"] == "float"]
+        for g in GROUPS:
+            src = res["rows"] if g in only else old["rows"]
+            rows += [r for r in src if _group(r) == g and r["backend"] != "float"]
+        failed = {k: v for k, v in old.get("failed", {}).items() if k not in res["failed"]}
+        models[res["model"]] = {"model": res["model"], "rows": rows, "failed": {**failed, **res["failed"]}}
+    out = {**saved, "models": list(models.values())}
+    out["commands"] = list(dict.fromkeys([*saved.get("commands", [saved["command"]]), new["command"]]))
+    out["targets"] = [t for res in out["models"] for t in check_targets(res)]
+    return out
+
+
 def report(args, results, pending, data, test_samples, t0, log):
     targets = [t for res in results for t in check_targets(res)]
     result = {
-        "command": "nice -n 10 python scripts/bench_ptq.py" + (" --quick" if args.quick else ""),
+        "command": "nice -n 10 python scripts/bench_ptq.py" + (" --quick" if args.quick else "")
+                   + (f" --only {args.only}" if args.only else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count(),
         "load_average": [round(x, 1) for x in os.getloadavg()], "data": data, "test_samples": test_samples,
@@ -250,6 +331,10 @@ def report(args, results, pending, data, test_samples, t0, log):
     }
     if pending:
         result["notes"].append(f"partial run: {', '.join(pending)} not measured yet when this was written.")
+    saved_path = Path(args.out) / "ptq.json"
+    if args.only and not args.quick and saved_path.is_file():
+        result = merged(json.loads(saved_path.read_text()), result, set(args.only.split(",")))
+        targets = result["targets"]
     log_targets(targets, t0, log)
     if not args.quick:
         from kslim._io import atomic_write_json

@@ -80,3 +80,26 @@ def test_cli_errors(model_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["quantize", str(model_path), "--algo", "entropy"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_quantize_with_litert_recipe_and_mixed_budget(model_path, tmp_path, capsys):
+    """--recipe goes through LiteRT's quantizer with kslim's --algo ranges; --size-budget chooses int4
+    weights per layer and says what it moved; converter-only flags are refused before any work."""
+    pytest.importorskip("ai_edge_quantizer")
+    from kslim.lite import LiteModel
+    from kslim.quant import tensor_types
+
+    rc = main(["quantize", str(model_path), "--recipe", "int16x8", "--algo", "mse", "--calib", "small",
+               "--batches", "1", "--batch-size", "16"])
+    assert rc == 0 and "LiteRT quantizer recipe int16x8, algo=mse" in capsys.readouterr().out
+    assert "INT16" in tensor_types(LiteModel.load(model_path.with_name("tiny_int16x8.tflite")).content)
+    out = tmp_path / "mixed.tflite"
+    rc = main(["quantize", str(model_path), "-o", str(out), "--size-budget", "0.99", "--calib", "small",
+               "--batches", "1", "--batch-size", "16"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "met: True" in text and "mixed precision" in text
+    assert "INT4" in tensor_types(LiteModel.load(out).content)
+    assert main(["quantize", str(model_path), "--recipe", "int8", "--per-tensor"]) == 1
+    assert "--per-tensor belongs to the converter path" in capsys.readouterr().err
+    assert main(["quantize", str(model_path), "--recipe", "int8", "--size-budget", "0.5"]) == 1
+    assert "exclude each other" in capsys.readouterr().err

@@ -210,7 +210,8 @@ def _budget(value, base, field, unit):
 
 
 def quant_post_mixed(model, calibration_data, size_budget=None, latency_budget=None, recipes=None, base="int8",
-                     layers=None, algo=None, num_calibration_samples=256, latency_fn=None, resolution=200):
+                     layers=None, algo=None, num_calibration_samples=256, latency_fn=None, resolution=200,
+                     options=None):
     """Choose a LiteRT recipe per layer under a size and/or latency budget, export and measure it.
 
     Args:
@@ -230,6 +231,9 @@ def quant_post_mixed(model, calibration_data, size_budget=None, latency_budget=N
         latency_fn: ``latency_fn(lite_model) -> ms`` (default :func:`kslim.lite.measure_latency` on this
             CPU; a :class:`kslim.lite.LatencyPredictor`'s ``predict`` or a device's timing works too).
         resolution: steps per budget in the knapsack.
+        options: the :attr:`MixedPrecisionResult.options` of an earlier call on the same model, data and
+            settings, to try another budget without measuring every layer again (they must cover the
+            budgets given: latency deltas for a latency budget).
 
     Returns:
         :class:`MixedPrecisionResult` (``met=False`` with the closest plan when no choice holds the budget).
@@ -282,12 +286,18 @@ def quant_post_mixed(model, calibration_data, size_budget=None, latency_budget=N
     size_b = _budget(size_budget, float(base_lite.size), "size_budget", "bytes")
     lat_b = _budget(latency_budget, base_latency, "latency_budget", "ms") if latency_budget is not None else None
 
-    options = []
-    for name, recipe in itertools.product(targets, recipes):
-        lite = build([(".*", base), (patterns[name], recipe)])
-        options.append(LayerOption(
-            name, recipe, output_error(reference, lite, samples) - base_error, int(lite.size) - int(base_lite.size),
-            latency_fn(lite) - base_latency if lat_b is not None else None))
+    if options is None:
+        options = []
+        for name, recipe in itertools.product(targets, recipes):
+            lite = build([(".*", base), (patterns[name], recipe)])
+            options.append(LayerOption(
+                name, recipe, output_error(reference, lite, samples) - base_error,
+                int(lite.size) - int(base_lite.size), latency_fn(lite) - base_latency if lat_b is not None else None))
+    else:
+        options = [o for o in options if o.layer in targets and o.recipe in recipes]
+        if lat_b is not None and any(o.latency_delta_ms is None for o in options):
+            raise KslimValueError("quant_post_mixed(options=...): these options were measured without a latency "
+                                  "budget (no latency deltas); measure them again with latency_budget= set.")
 
     def costs(opt):
         return tuple(c for c, b in ((opt.bytes_delta, size_b), (opt.latency_delta_ms, lat_b)) if b is not None)
