@@ -128,6 +128,8 @@ def test_eval_fn_errors_propagate(outlier_case, tmp_path):
         quant_post_auto(m, xc, broken, algos=["abs_max"], directory=tmp_path)
     with pytest.raises(KslimTypeError, match="eval_fn must return a number"):
         quant_post_auto(m, xc, lambda lite: "high", algos=["abs_max"], directory=tmp_path / "b")
+    with pytest.raises(KslimValueError, match="relative drop is undefined"):
+        quant_post_auto(m, xc, lambda lite: 0.0, relative=True, directory=tmp_path / "c")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -411,6 +411,9 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
         layer_outputs[name] = [names[op.outputs[0]] for op in ops]
 
     float_metric = _metric(eval_fn, float_lite, "the float .tflite")
+    if relative and float_metric == 0:
+        raise KslimValueError("quant_post_auto(relative=True): eval_fn is 0 on the float .tflite, a relative drop "
+                              "is undefined; use relative=False.")
 
     def drop_of(score):
         d = float_metric - score
@@ -423,7 +426,20 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
     session_class = getattr(litert, "LiteRTSession", None) if litert_algo else None
     sessions = {}
 
+    def quiet():
+        """keras-tuner's "Reloading ..." and LiteRT's calibration progress bar, silenced unless ``verbose``
+        (only around kslim's own calls: what ``eval_fn`` prints is left alone)."""
+        stack = contextlib.ExitStack()
+        if not verbose:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        return stack
+
     def quantize(values):
+        with quiet():
+            return _quantize(values)
+
+    def _quantize(values):
         algo, fb = values["algo"], decode_fallback(values["fallback"])
         if _backend(fb) == "converter":
             return quant_post_static(model, data, algo=algo, batch_size=batch_size,
@@ -441,8 +457,16 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
                                            batch_size=batch_size, fn="quant_post_auto")
         return sessions[algo].quantize(rules, check=False)
 
+    notes = []  # warnings of the search, issued after it
+
     def rank(algo):
-        report = quant_debug(model, data, algo=algo, batch_size=batch_size, weight_quantize_type=weight_quantize_type)
+        try:
+            with quiet():
+                report = quant_debug(model, data, algo=algo, batch_size=batch_size,
+                                     weight_quantize_type=weight_quantize_type)
+        except KslimError as e:  # no per-layer errors: graph order
+            notes.append(f"quant_post_auto: quant_debug failed ({e}); fallback layers taken in graph order.")
+            return list(layer_outputs)
         rows = sorted((r for r in report.rows if r["has_weights"] and r["weight_layer"] in layer_outputs),
                       key=lambda r: (-r["snr_drop_db"], r["index"]))
         order = []
@@ -455,7 +479,6 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
     budget = len(algos) + len(kinds) * n_fallback
     if max_trials is not None:
         budget = min(budget, max_trials)
-
 
     oracle = _make_oracle(budget, algos, kinds, max_fallback_layers, meets, rank)
     kept = {}  # trial_id -> (LiteModel, seconds) of this run's trials
@@ -477,20 +500,18 @@ def quant_post_auto(model, calibration_data, eval_fn, max_drop=0.01, *, algos=No
             kept[trial.trial_id] = (lite, time.perf_counter() - start)
             return {"score": score}
 
-    quiet = contextlib.ExitStack()
-    if not verbose:  # keras-tuner's "Reloading ..." and LiteRT's calibration progress bar
-        quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    with quiet:
+    with quiet():
         tuner = AutoQuantTuner(oracle, directory=str(directory), project_name=project_name, overwrite=overwrite)
-        atomic_write_json(project_dir / _STATE_FILE, {"fingerprint": fingerprint, "settings": settings})
-        try:
-            tuner.search(verbose=verbose)
-        except kt_errors.FatalError:
-            if "error" in fatal:
-                raise fatal["error"] from None
-            raise
-        what, found = oracle.walk()
+    atomic_write_json(project_dir / _STATE_FILE, {"fingerprint": fingerprint, "settings": settings})
+    try:
+        tuner.search(verbose=verbose)
+    except kt_errors.FatalError:
+        if "error" in fatal:
+            raise fatal["error"] from None
+        raise
+    what, found = oracle.walk()
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     reason = {"next": "max_trials"}.get(what, what)
 
     trials = []
