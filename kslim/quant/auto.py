@@ -159,13 +159,13 @@ def _describe(fallback, width):
 
 
 def encode_fallback(fallback):
-    """``{layer: kind}`` -> the trial value ``"layer=kind;..."`` (insertion order kept)."""
-    return ";".join(f"{k}={v}" for k, v in fallback.items())
+    """``{layer: kind}`` -> the trial value, ``'[["layer", "kind"], ...]'`` (JSON, order kept; ``""``: none)."""
+    return json.dumps([[k, v] for k, v in fallback.items()]) if fallback else ""
 
 
 def decode_fallback(text):
     """Inverse of :func:`encode_fallback`."""
-    return dict(item.rsplit("=", 1) for item in text.split(";")) if text else {}
+    return dict(json.loads(text)) if text else {}
 
 
 def _key(values):
