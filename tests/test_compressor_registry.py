@@ -53,6 +53,14 @@ def test_schema_enums_are_the_api_constants():
     assert props["quant_post_static"]["weight_quantize_type"]["enum"] == list(WEIGHT_QUANTIZE_TYPES)
     assert props["quant_post_static"]["algo"]["enum"] == list(ALGOS)
     assert props["quant_post_dynamic"]["dtype"]["enum"] == list(DTYPES)
+    from kslim.quant.litert import RECIPES
+    from kslim.quant.mixed import MIXED_RECIPES
+
+    assert props["quant_post_litert"]["recipe"]["enum"] == list(RECIPES)
+    assert props["quant_post_mixed"]["recipes"]["items"]["enum"] == list(MIXED_RECIPES)
+    from kslim.commands.quant import RECIPES as CLI_RECIPES
+
+    assert tuple(CLI_RECIPES) == tuple(RECIPES)
     from kslim.commands.quant import ALGOS as CLI_ALGOS, MODES   # the CLI's choices: the same source
 
     assert tuple(CLI_ALGOS) == tuple(ALGOS) and MODES[0] == "static"
@@ -69,6 +77,13 @@ def test_schema_enums_are_the_api_constants():
     ({"bias_correction": {"batches": 0}}, "strategies[0].bias_correction.batches", "minimum"),
     ({"bn_reestimate": {"batch_size": 0}}, "strategies[0].bn_reestimate.batch_size", "minimum"),
     ({"bn_reestimate": {"fine_tune": {}}}, "strategies[0].bn_reestimate", "fine_tune"),
+    ({"quant_post_litert": {"recipe": "int3"}}, "strategies[0].quant_post_litert.recipe", "int16x8"),
+    ({"quant_post_litert": {"rules": [[".*", "int3"]]}}, "strategies[0].quant_post_litert.rules[0][1]", "int8x4"),
+    ({"quant_post_litert": {"recipe": "int8", "rules": [[".*", "int8"]]}}, "strategies[0].quant_post_litert.rules", "not both"),
+    ({"quant_post_mixed": {}}, "strategies[0].quant_post_mixed.size_budget", "latency_budget"),
+    ({"quant_post_mixed": {"size_budget": 0}}, "strategies[0].quant_post_mixed.size_budget", "0"),
+    ({"quant_post_mixed": {"size_budget": 0.8, "recipes": ["int4"]}}, "strategies[0].quant_post_mixed.recipes[0]",
+     "int8x4"),
 ])
 def test_bad_fields_of_the_new_steps_name_the_field(step, path, words):
     with pytest.raises(ConfigError) as e:
@@ -163,6 +178,25 @@ def test_equalize_bias_correction_then_int8(tmp_path, tiny_model_path):
     assert (run / "stages" / "02_bias_correction" / "model.keras").is_file()
     # equalization keeps the function (BatchNorm folded): same accuracy as the baseline
     assert abs(stages["1"]["row"]["accuracy"] - stages["base"]["row"]["accuracy"]) <= 0.02
+
+
+def test_litert_rules_and_mixed_precision_steps(tmp_path, tiny_model_path):
+    pytest.importorskip("ai_edge_quantizer")
+    from kslim.lite import LiteModel
+    from kslim.quant import tensor_types
+
+    run = tmp_path / "run"
+    cfg = _run_config(tiny_model_path, [
+        {"quant_post_litert": {"rules": [[".*", "int8"], ["conv", "int16x8"]], "algo": "mse", "batch_nums": 2}},
+        {"quant_post_mixed": {"size_budget": 0.9, "batch_nums": 2}},
+    ])
+    result = Compressor(_small(cfg), out=run, verbose=0).run()
+    stages = _state(run)["stages"]
+    litert = LiteModel.load(next((run / "stages" / "01_quant_post_litert").glob("*.tflite")))
+    assert {"INT16", "INT8"} <= tensor_types(litert.content)
+    info = stages["2"]["row"]["info"]
+    assert info["met"] and info["size_bytes"] <= 0.9 * info["base_bytes"] and info["choices"]
+    assert "INT4" in tensor_types(LiteModel.load(result.final_tflite).content)
 
 
 def test_bn_reestimate_after_prune_changes_only_the_moving_statistics(tmp_path, tiny_model_path):

@@ -714,6 +714,7 @@ def _check_quant_aware(p):
     "activation_quantize_type": _enum("kslim.quant.config", "ACTIVATION_QUANTIZE_TYPES"),
     "weight_quantizer": _enum("kslim.quant.lowbit", "QUANTIZERS"),
     "activation_quantizer": _enum("kslim.quant.lowbit", "QUANTIZERS"),
+    "lsq_init": _enum("kslim.quant.lowbit", "LSQ_INITS"),
     "weight_bits": {"type": "integer", "minimum": 1, "maximum": 8},       # 1: bnn only (QuantConfig checks)
     "activation_bits": {"type": "integer", "minimum": 1, "maximum": 8},
     "skip": {"type": "array", "items": {"type": "string"}},
@@ -772,6 +773,76 @@ def run_quant_post_dynamic(ctx, p, sdir, prefix):
     ctx.header(f"post-training {p.get('dtype', 'int8')} weight quantization of {describe_model(ctx.model)} "
                "(no data needed)")
     ctx.lite = quant_post_dynamic(ctx.model, dtype=p.get("dtype", "int8"), **kwargs)
+
+
+def _check_litert(p):
+    if "recipe" in p and "rules" in p:
+        return [("rules", "give recipe (one for the whole model) or rules (per layer), not both")]
+    return []
+
+
+def _check_mixed(p):
+    if "size_budget" not in p and "latency_budget" not in p:
+        return [("size_budget", "quant_post_mixed needs a budget: give size_budget (bytes, or a fraction of the "
+                                "int8 model) and/or latency_budget (ms, or a multiple)")]
+    return []
+
+
+@register_strategy("quant_post_litert", keras_output=False, check=_check_litert, schema=params_schema({
+    "recipe": _enum("kslim.quant.litert", "RECIPES"),
+    "rules": {"type": "array", "minItems": 1, "items": {
+        "type": "array", "minItems": 2, "maxItems": 2,
+        "prefixItems": [{"type": "string"}, _enum("kslim.quant.litert", "RECIPES")]}},
+    "algo": _enum("kslim.quant.calibration", "ALGOS"),
+    "batch_nums": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+}))
+def run_quant_post_litert(ctx, p, sdir, prefix):
+    """Post-training quantization with LiteRT's own quantizer (:func:`kslim.quant.quant_post_litert`):
+    one ``recipe`` (default int8) or per-layer ``rules`` (``[[regex, recipe], ...]``, later rules win); the
+    static recipes are calibrated on ``batch_nums`` x ``batch_size`` training images, with kslim's ``algo``
+    ranges when given (else LiteRT's own min/max)."""
+    from kslim.quant import quant_post_litert
+    from kslim.quant.litert import STATIC_RECIPES
+
+    recipe = [tuple(r) for r in p["rules"]] if "rules" in p else p.get("recipe", "int8")
+    names = {recipe} if isinstance(recipe, str) else {r for _, r in recipe}
+    batch_size, batches = int(p.get("batch_size", 32)), int(p.get("batch_nums", 10))
+    calib = ctx.data.calibration(batch_size * batches) if names & set(STATIC_RECIPES) else None
+    ctx.header(f"LiteRT-quantizer {', '.join(sorted(names))} quantization of {describe_model(ctx.model)}"
+               + (f", {p.get('algo', 'its own min/max')} calibration on {len(calib)} training images"
+                  if calib is not None else " (no data needed)"))
+    ctx.lite = quant_post_litert(ctx.model, recipe, calib, batch_size * batches, algo=p.get("algo"),
+                                 batch_size=batch_size)
+
+
+@register_strategy("quant_post_mixed", keras_output=False, check=_check_mixed, schema=params_schema({
+    "size_budget": {"type": "number", "exclusiveMinimum": 0},
+    "latency_budget": {"type": "number", "exclusiveMinimum": 0},
+    "recipes": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _enum("kslim.quant.mixed", "MIXED_RECIPES")},
+    "base": _enum("kslim.quant.mixed", "MIXED_RECIPES"),
+    "algo": _enum("kslim.quant.calibration", "ALGOS"),
+    "batch_nums": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+}))
+def run_quant_post_mixed(ctx, p, sdir, prefix):
+    """Mixed-precision post-training quantization (:func:`kslim.quant.quant_post_mixed`): a recipe per
+    layer (int4 weights, int16 activations) chosen under ``size_budget`` (bytes, or a fraction of the int8
+    model) and/or ``latency_budget`` (ms on this CPU, or a multiple), measured on the exported file."""
+    from kslim.quant.mixed import quant_post_mixed
+
+    batch_size, batches = int(p.get("batch_size", 32)), int(p.get("batch_nums", 8))
+    calib = ctx.data.calibration(batch_size * batches)
+    budgets = ", ".join(f"{k} {p[k]:g}" for k in ("size_budget", "latency_budget") if k in p)
+    ctx.header(f"mixed-precision quantization of {describe_model(ctx.model)} under {budgets}, "
+               f"{len(calib)} calibration images")
+    args = {k: p[k] for k in ("size_budget", "latency_budget", "base", "algo") if k in p}
+    if "recipes" in p:
+        args["recipes"] = list(p["recipes"])
+    res = quant_post_mixed(ctx.model, calib, num_calibration_samples=len(calib), **args)
+    ctx.lite = res.lite
+    ctx.info.update(met=res.met, choices=res.choices, size_bytes=res.size_bytes, base_bytes=res.base_bytes,
+                    latency_ms=res.latency_ms, error=res.error, base_error=res.base_error)
 
 
 @register_strategy("quant_post_auto", keras_output=False, schema=params_schema({
