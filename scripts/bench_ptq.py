@@ -47,7 +47,7 @@ GROUPS = ("calibration", "recipes", "rounding", "mixed")
 
 
 def group_of(backend, recipe, extra):
-    if backend == "mixed":
+    if backend == "mixed" or recipe == "int8x4":  # int8x4: the all-int4 end of the mixed rows
         return "mixed"
     if extra:
         return "rounding"
@@ -149,7 +149,9 @@ def bench_model(name, args, calib, test, log):
         try:
             lite = build()
         except Exception as e:  # noqa: BLE001 -- a row that fails is reported, the others still run
-            failed[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            # a tf.function error starts with "in user code:"; its last line says what went wrong
+            failed[key] = f"{type(e).__name__}: {' ... '.join(dict.fromkeys([lines[0], lines[-1]]))[:300] if lines else ''}"
             log(f"  {name} {key}: FAILED {failed[key]}")
             continue
         seconds = time.time() - t0

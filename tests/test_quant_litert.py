@@ -135,3 +135,11 @@ def test_int8x4_has_int4_weights_and_int8_activations(model_and_data):
     assert int8.size - lite.size > 0.4 * n_weights
     ref = np.asarray(m(x))
     assert np.corrcoef(lite.predict(x).ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_float32_rule_keeps_a_layer_float(model_and_data):
+    m, x = model_and_data
+    lite = quant_post_litert(m, [(".*", "int8"), ("conv", "float32")], calibration_data=x)
+    assert [op for op, _ in lite.float_ops] == ["CONV_2D"]  # the rest int8: FULLY_CONNECTED, MEAN
+    ref = np.asarray(m(x))
+    assert np.abs(lite.predict(x) - ref).max() / np.abs(ref).max() < 0.08

@@ -114,4 +114,4 @@ def test_bad_arguments_fail_before_any_work(two_dense):
     with pytest.raises(KslimValueError, match="size_budget must be a positive number"):
         quant_post_mixed(m, x, size_budget=-1)
     with pytest.raises(KslimValueError, match="base must be one of"):
-        quant_post_mixed(m, x, size_budget=0.8, base="float32")
+        quant_post_mixed(m, x, size_budget=0.8, base="int4")

@@ -18,6 +18,7 @@ name                what it stores / computes                          speed on 
 ``dynamic_int8``    int8 weights, activations quantized on the fly     fast on big GEMMs
 ``dynamic_int4``    int4 weights, activations quantized on the fly     depends on the kernels
 ``int4_blockwise``  int4 weights in blocks of 32 (Dense), dynamic      depends on the kernels
+``float32``         not quantized (a rule's layers stay float)         float speed
 =================== ================================================== ==========================
 
 (The speed column is what LiteRT's kernels do, measured for MobileNetV1 in BENCHMARKS.md; every
@@ -44,6 +45,7 @@ RECIPES = {
     "int8": "static_wi8_ai8",
     "int16x8": "static_wi8_ai16",
     "int8x4": "static_wi4_ai8",  # no such function in the quantizer: built by _entries
+    "float32": "no_quantize",  # built by _entries: the rule's ops are left float
     "int8_weight_only": "weight_only_wi8_afp32",
     "int4_weight_only": "weight_only_wi4_afp32",
     "dynamic_int8": "dynamic_wi8_afp32",
@@ -70,6 +72,9 @@ def _entries(recipes, name):
     fn = getattr(recipes, RECIPES[name], None)
     if fn is not None:
         return fn()
+    if name == "float32":
+        return [{"regex": ".*", "operation": recipes.TFLOperationName.ALL_SUPPORTED,
+                 "algorithm_key": recipes.AlgorithmName.NO_QUANTIZE}]
     manager = recipes.recipe_manager.RecipeManager()  # int8x4: static int8 activations, int4 weights
     manager.add_static_config(regex=".*", operation_name=recipes.TFLOperationName.ALL_SUPPORTED,
                               activation_num_bits=8, weight_num_bits=4,

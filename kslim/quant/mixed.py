@@ -2,7 +2,7 @@
 
 Each Conv/Dense/DepthwiseConv layer takes one of a few LiteRT recipes (:mod:`kslim.quant.litert`):
 ``"int8"`` (int8 weights and activations), ``"int8x4"`` (int4 weights, int8 activations) or
-``"int16x8"`` (int8 weights, int16 activations). As in AIMET's automatic mixed precision and HAWQ:
+``"int16x8"`` (int8 weights, int16 activations), or ``"float32"`` (left float, when asked for). As in AIMET's automatic mixed precision and HAWQ:
 
 1. **Sensitivity.** For every layer and every candidate recipe, the model is quantized with that layer
    alone moved off the base recipe, and the error of its output against the float Keras model is
@@ -44,8 +44,8 @@ import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
 
-#: the recipes a layer can take (names of :data:`kslim.quant.litert.RECIPES` with integer compute)
-MIXED_RECIPES = ("int8", "int8x4", "int16x8")
+#: the recipes a layer can take (names of :data:`kslim.quant.litert.RECIPES`): integer compute, or float
+MIXED_RECIPES = ("int8", "int8x4", "int16x8", "float32")
 _WEIGHT_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
 _OUTPUT = r"^StatefulPartitionedCall(_\d+)?:0(;|$)"  # the output of a single-output model (LiteRT adds a ";")
 
