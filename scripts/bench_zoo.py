@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402  (machine description; imports nothing heavy)
 
-TARGETS = {"prune": 0.90, "qat": 0.85, "ptq_static": 0.95}
+TARGETS = {"prune": 0.90, "qat": 0.85, "ptq_static": 0.95, "ptq_litert": 0.95}  # ptq_litert: ptq_static's bar
 ANCHOR = ("No peer publishes such a table. Issue 13's targets: prune works on >= 90 % of the zoo, QAT reaches an "
           "int8 `.tflite` with no float compute op on >= 85 %, PTQ static on >= 95 %; every remaining case is a "
           "kslim error naming the layer and the reason, never a raw exception (target 0).")
@@ -214,7 +214,7 @@ def target_lines(t):
     lines = []
     names = {"prune": "prune works",
              "qat": "QAT -> int8 .tflite with no float compute op and parity with the Keras QAT model",
-             "ptq_static": "PTQ static"}
+             "ptq_static": "PTQ static", "ptq_litert": "PTQ static through LiteRT's quantizer (kslim KL ranges)"}
     for check, label in names.items():
         if check in t:
             v = t[check]

@@ -58,12 +58,19 @@ class KnownFailure(AssertionError):
 _RESULTS = {}
 
 
-def _results(name):
+#: measured by scripts/bench_zoo.py; here only under -m slow (the default suite's budget)
+SLOW_CHECKS = ("ptq_litert",)
+
+
+def _results(name, check=None):
     if name not in _RESULTS:
         import keras
 
         keras.backend.clear_session()
-        _RESULTS[name] = run_checks(name, [c for c in CHECK_NAMES if (name, c) not in KNOWN_CRASHES])
+        _RESULTS[name] = run_checks(name, [c for c in CHECK_NAMES
+                                           if (name, c) not in KNOWN_CRASHES and c not in SLOW_CHECKS])
+    if check is not None and check not in _RESULTS[name] and "build" not in _RESULTS[name]:
+        _RESULTS[name].update(run_checks(name, [check]))
     return _RESULTS[name]
 
 
@@ -71,7 +78,7 @@ def _params():
     params = []
     for name in ZOO:
         for check in CHECK_NAMES:
-            marks = [] if name in REPRESENTATIVE else [pytest.mark.slow]
+            marks = [] if name in REPRESENTATIVE and check not in SLOW_CHECKS else [pytest.mark.slow]
             known = EXPECTED_FAILURES.get((name, check))
             if known is not None:
                 marks.append(pytest.mark.xfail(strict=True, raises=KnownFailure, reason=f"{known[0]}: {known[1]}"))
@@ -85,7 +92,7 @@ def test_zoo(name, check):
         pytest.importorskip("keras_hub")
     if (name, check) in KNOWN_CRASHES:
         pytest.xfail(f"crashes the process: {KNOWN_CRASHES[(name, check)]}")
-    results = _results(name)
+    results = _results(name, check)
     if "build" in results:
         pytest.fail(f"zoo entry {name} does not build: {results['build'].detail}\n{results['build'].traceback}")
     r = results[check]

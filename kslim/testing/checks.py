@@ -39,6 +39,9 @@ calibration: 32 other samples, seed 1):
     and its outputs correlate with the float Keras model's >= ``PTQ_MIN_CORR`` (float ops left inside
     are recorded in ``data``, not failed; on a failure ``data`` also has the correlation the TFLite
     converter's own PTQ reaches on the same samples, for reference).
+``ptq_litert``
+    ``quant_post_litert(model, "int8", calibration, algo="KL")`` (LiteRT's quantizer with kslim's ranges):
+    the same criteria as ``ptq_static`` -- the robustness side of comparing the two PTQ backends.
 ``ptq_dynamic``
     ``quant_post_dynamic(model)``: runs, correlation with the float model >= ``DYNAMIC_MIN_CORR``.
 ``float_convert``
@@ -70,7 +73,8 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("ok", "kslim_error", "raw_error", "fail", "skipped")
-CHECK_NAMES = ("prune", "keras_roundtrip", "qat", "ptq_static", "ptq_dynamic", "float_convert", "flops")
+CHECK_NAMES = ("prune", "keras_roundtrip", "qat", "ptq_static", "ptq_dynamic", "float_convert", "flops",
+               "ptq_litert")
 
 PRUNE_RATIO = 0.3
 EXACT_TOL = 1e-4        # zero-channel exactness: float32 re-association of sums over fewer channels
@@ -563,16 +567,28 @@ def check_qat(ctx):
 
 def check_ptq_static(ctx):
     """quant_post_static with 32 calibration samples: int8 kernels, runs, correlates with float."""
-    from kslim.lite.converter import has_int8_kernels
     from kslim.quant import quant_post_static
 
-    lite = quant_post_static(ctx.model, ctx.calib)
+    return _check_full_int8(ctx, quant_post_static(ctx.model, ctx.calib), "quant_post_static")
+
+
+def check_ptq_litert(ctx):
+    """quant_post_litert (int8, kslim's KL ranges) with the same samples: the criteria of ptq_static."""
+    from kslim.quant import quant_post_litert
+
+    n = len(_input_arrays(ctx.model, ctx.calib)[0][1])
+    return _check_full_int8(ctx, quant_post_litert(ctx.model, "int8", ctx.calib, n, algo="KL"), "quant_post_litert")
+
+
+def _check_full_int8(ctx, lite, fn):
+    from kslim.lite.converter import has_int8_kernels
+
     data = {"float_ops": _float_ops(lite), "ops": _op_histogram(lite), "bytes": lite.size}
     data["int8"] = bool(has_int8_kernels(lite.content))
     ref, got = compare_lite(lite.content, ctx.model, ctx.x)
     data.update(_quant_metrics(ref, got))
     if not data["int8"]:
-        raise CheckFailed("quant_post_static returned a model without int8 kernels", **data)
+        raise CheckFailed(f"{fn} returned a model without int8 kernels", **data)
     if data["correlation"] < PTQ_MIN_CORR:
         ref_corr = _converter_ptq_correlation(ctx)
         data["converter_ptq_correlation"] = ref_corr
@@ -655,6 +671,7 @@ CHECKS = {
     "keras_roundtrip": check_keras_roundtrip,
     "qat": check_qat,
     "ptq_static": check_ptq_static,
+    "ptq_litert": check_ptq_litert,
     "ptq_dynamic": check_ptq_dynamic,
     "float_convert": check_float_convert,
     "flops": check_flops,
