@@ -10,6 +10,7 @@ table                 script                               writes
 ====================  ===================================  ==========================================
 ``prune``             scripts/bench_prune.py               benchmarks/prune.{json,md}
 ``quant``             scripts/bench_quant.py               benchmarks/quant.{json,md}
+``ptq``               scripts/bench_ptq.py                 benchmarks/ptq.{json,md}
 ``peers``             scripts/bench_peers_tfmot.py         benchmarks/peers_tfmot.{json,md}
 ``distill``           scripts/bench_distill.py             benchmarks/distill.{json,md}
 ``combined``          scripts/bench_combined.py            benchmarks/combined.{json,md}
@@ -22,7 +23,7 @@ table                 script                               writes
 then ``scripts/render_benchmarks.py`` assembles ``BENCHMARKS.md`` from the fragments (machine,
 date, commands, and what failed). Usage::
 
-    nice -n 10 python scripts/bench.py                        # every table, full (~80 min on 2 idle cores)
+    nice -n 10 python scripts/bench.py                        # every table, full (sum of EXPECTED_MIN, ~2 h on 2 idle cores)
     nice -n 10 python scripts/bench.py --tables prune peers   # some tables, then render
     python scripts/bench.py --quick                           # smoke run of every script (CI), ~15-20 min
     python scripts/bench.py --render-only                     # re-render BENCHMARKS.md from the fragments
@@ -56,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # table -> (script, its fragment stem(s), extra args of the full run, extra args of the quick run)
 TABLES = {  # in the order of a full run
     "quant": ("bench_quant.py", ("quant",), [], []),
+    "ptq": ("bench_ptq.py", ("ptq",), [], []),
     "distill": ("bench_distill.py", ("distill",), [], []),
     "cost": ("bench_cost.py", ("cost",), [], []),
     "nas": ("bench_nas.py", ("nas",), [], []),
@@ -66,7 +68,7 @@ TABLES = {  # in the order of a full run
     "zoo": ("bench_zoo.py", ("zoo",), [], []),
 }
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
-EXPECTED_MIN = {"prune": 14, "quant": 4, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
+EXPECTED_MIN = {"prune": 14, "quant": 4, "ptq": 35, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
                 "latency": 4, "cost": 2, "zoo": 12}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

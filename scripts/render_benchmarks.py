@@ -33,12 +33,14 @@ SECTIONS = [
      "71.04 % -> 70.84 % (-0.20 pt).",
      "Structured (filter) pruning by kslim, with the unstructured tfmot peer at the same weight sparsity. "
      "The simulated-annealing ('auto') pruning row is in table 5 (`auto_prune`)."),
-    ("2", "Quantization", ["quant", "peers"], [("quant", None), ("peers_tfmot", "quant")],
+    ("2", "Quantization", ["quant", "peers", "ptq"], [("quant", None), ("peers_tfmot", "quant"), ("ptq", None)],
      "tfmot QAT guide (`g3doc/guide/quantization/training.md`): MobileNetV1 224 on ImageNet 71.03 % float -> "
      "71.06 % int8 QAT; PaddleSlim model zoo (`docs/en/model_zoo_en.md`): MobileNetV1 70.99 % -> quant_post "
      "70.18 % (-0.81 pt), quant_aware 70.60 % (-0.39 pt), 17 MB -> 4.4 MB.",
      "Every variant measured on its `.tflite`; the tfmot `quantize_model` peer on the same architecture "
-     "rebuilt in tf_keras with the same weights and epochs."),
+     "rebuilt in tf_keras with the same weights and epochs. The PTQ-backends table (`scripts/bench_ptq.py`) starts "
+     "from the shipped converged nets and measures on all 10,000 test images: the converter path vs LiteRT's "
+     "quantizer per calibration algorithm, int16x8, int4 weights, AdaRound, CLE, bias correction, mixed precision."),
     ("3", "Distillation", ["distill"], [("distill", None)],
      "PaddleSlim model zoo: MobileNetV1 distilled from ResNet50 on ImageNet 70.91 % -> 71.97 % (+1.06 pt).",
      "Student trained from scratch vs distilled, same epochs / data order / seeds; then QAT."),
@@ -148,7 +150,8 @@ def render(bench_dir, quick=False, date=None, machine=None):
                      + (" -- **above the core count: the machine was shared, latency figures are noisy**"
                         if load and m.get("cores") and load[0] > m["cores"] else ""))
     lines += [
-        "- Reproduce every table: `nice -n 10 python scripts/bench.py` (about 80 min on 2 idle cores); one table: "
+        f"- Reproduce every table: `nice -n 10 python scripts/bench.py` (about {sum(bench.EXPECTED_MIN.values())} min "
+        "on 2 idle cores, the sum of `scripts/bench.py`'s per-table estimates); one table: "
         "`python scripts/bench.py --tables <name>` with name in " + ", ".join(f"`{t}`" for t in bench.TABLES)
         + "; smoke version (CI): `python scripts/bench.py --quick`.",
         "- Each fragment below repeats the exact command, date and load of its own run.",
