@@ -95,3 +95,9 @@ __all__ += [
 from kslim.quant.auto import AccuracyGoalNotMet, AutoQuantResult, quant_post_auto  # noqa: E402
 
 __all__ += ["quant_post_auto", "AutoQuantResult", "AccuracyGoalNotMet"]
+
+# Mixed precision: a LiteRT recipe per layer (int4 weights / int16 activations) under a size or latency budget.
+from kslim.quant.litert import LiteRTSession  # noqa: E402
+from kslim.quant.mixed import MixedPrecisionResult, quant_post_mixed  # noqa: E402
+
+__all__ += ["quant_post_mixed", "MixedPrecisionResult", "LiteRTSession"]

@@ -21,8 +21,15 @@ name                what it stores / computes                          speed on 
 ``float32``         not quantized (a rule's layers stay float)         float speed
 =================== ================================================== ==========================
 
-(The speed column is what LiteRT's kernels do, measured for MobileNetV1 in BENCHMARKS.md; every
-recipe's ``.tflite`` runs in ai-edge-litert.)
+(The speed column is what LiteRT's kernels do, measured on both reference nets in BENCHMARKS.md's
+PTQ-backends table, ``scripts/bench_ptq.py``; every recipe's ``.tflite`` runs in ai-edge-litert.)
+
+kslim's calibration reaches this backend too: ``algo=`` replaces the quantizer's own ranges (a moving
+average of per-sample min/max) with kslim's (:mod:`kslim.quant.calibration`), each tensor at its width.
+Measured against the converter path (:func:`kslim.quant.quant_post_static`) on the shipped nets, the
+int8 models are as accurate and as fast, so the converter path stays kslim's default for full int8 (its
+``skip``, ``bias_correction`` and int8 I/O build on it) and this backend serves the recipes the converter
+lacks: int16x8 with kslim's ranges, int4 weights, per-layer mixes (:func:`kslim.quant.quant_post_mixed`).
 
 Example:
     >>> import keras, numpy as np
