@@ -66,6 +66,23 @@ def test_schema_enums_are_the_api_constants():
     assert tuple(CLI_ALGOS) == tuple(ALGOS) and MODES[0] == "static"
 
 
+@pytest.mark.slow  # ~20 s: a search and ADMM training in a pipeline (the default suite keeps the field checks)
+def test_auto_compress_step(tmp_path, tiny_model_path):
+    """The FLOPs target reached in rounds of search + ADMM, each round's search saved in the stage folder."""
+    run = tmp_path / "run"
+    cfg = _run_config(tiny_model_path, [{"auto_compress": {
+        "flops_reduction": 0.4, "rounds": 2, "max_trials": 3, "eval_samples": 64, "epochs": 1,
+        "fine_tune": {"epochs": 0}}}])
+    _small(cfg, 64)
+    result = Compressor(cfg, out=run, verbose=0).run()
+    stages = _state(run)["stages"]
+    info = stages["1"]["row"]["info"]
+    assert info["flops_reduction"] >= 0.4 - 0.05 and len(info["rounds"]) == 2, info
+    assert stages["1"]["row"]["macs"] < stages["base"]["row"]["macs"]
+    assert (run / "stages" / "01_auto_compress" / "ckpt" / "auto_compress" / "round1").is_dir()
+    assert result.model.count_params() < stages["base"]["row"]["params"]
+
+
 @pytest.mark.parametrize("step, path, words", [
     ({"equalize": {"relu6": "clip"}}, "strategies[0].equalize.relu6", "'skip', 'relu'"),
     ({"equalize": {"iterations": 0}}, "strategies[0].equalize.iterations", "minimum"),
@@ -77,6 +94,10 @@ def test_schema_enums_are_the_api_constants():
     ({"bias_correction": {"batches": 0}}, "strategies[0].bias_correction.batches", "minimum"),
     ({"bn_reestimate": {"batch_size": 0}}, "strategies[0].bn_reestimate.batch_size", "minimum"),
     ({"bn_reestimate": {"fine_tune": {}}}, "strategies[0].bn_reestimate", "fine_tune"),
+    ({"auto_compress": {}}, "strategies[0].auto_compress", "flops_reduction"),
+    ({"auto_compress": {"flops_reduction": 1.5}}, "strategies[0].auto_compress.flops_reduction", "maximum"),
+    ({"auto_compress": {"flops_reduction": 0.5, "importance": "taylor"}}, "strategies[0].auto_compress.importance",
+     "fpgm"),
     ({"quant_post_litert": {"recipe": "int3"}}, "strategies[0].quant_post_litert.recipe", "int16x8"),
     ({"quant_post_litert": {"rules": [[".*", "int3"]]}}, "strategies[0].quant_post_litert.rules[0][1]", "int8x4"),
     ({"quant_post_litert": {"recipe": "int8", "rules": [[".*", "int8"]]}}, "strategies[0].quant_post_litert.rules", "not both"),

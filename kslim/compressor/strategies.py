@@ -525,6 +525,62 @@ def run_admm(ctx, p, sdir, prefix):
     ctx.model, ctx.lite = model, None
 
 
+@register_strategy("auto_compress", trains=True, schema=params_schema({
+    "flops_reduction": RATIO_SCHEMA,
+    "rounds": {"type": "integer", "minimum": 1},
+    "max_trials": {"type": "integer", "minimum": 1},
+    "eval_samples": {"type": "integer", "minimum": 1},
+    "rho": {"type": "number", "exclusiveMinimum": 0},
+    "epochs": {"type": "integer", "minimum": 1},  # ADMM training of each round
+    "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    "importance": {"enum": importance_names(data=False)},  # the searched candidates are pruned one-shot
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "round_to": {"type": "integer", "minimum": 1},
+    "keep_classifier": {"type": "boolean"},
+    "init_temperature": {"type": "number", "exclusiveMinimum": 0},
+    "reduce_rate": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "fine_tune": FINE_TUNE_SCHEMA,  # after the last round
+}, required=["flops_reduction"]))
+def run_auto_compress(ctx, p, sdir, prefix):
+    """AutoCompress (:func:`kslim.nas.auto_compress`, NNI's AutoCompressPruner): ``rounds`` rounds of a
+    simulated-annealing search of per-group ratios (candidates scored by accuracy on ``eval_samples``
+    test images after one-shot pruning) then ADMM training (``epochs``) towards them and channel
+    removal, until ``flops_reduction`` of the FLOPs is gone; then ``fine_tune``. The searches live in
+    the stage folder (a resumed run reuses their trials; the ADMM rounds run again)."""
+    from kslim.nas import auto_compress
+
+    settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
+    epochs, _, bs = _train_settings(ctx, settings)
+    if epochs < 1:
+        where = f"strategies[{int(prefix.split(':')[0]) - 1}].auto_compress.epochs"
+        raise ConfigError("AutoCompress's ADMM rounds need at least 1 epoch of training (train.epochs is 0); "
+                          "give epochs", path=where)
+    args = _api_args(auto_compress, p, "rounds", "max_trials", "rho", "importance", "keep_classifier", "round_to")
+    x, y = ctx.data.eval_arrays(int(p.get("eval_samples", 500)))
+    ctx.header(f"AutoCompress of {describe_model(ctx.model)}: {100 * float(p['flops_reduction']):g} % of the FLOPs "
+               f"in {args['rounds']} rounds of search ({args['max_trials']} candidates scored on {len(x)} test "
+               f"images) + ADMM ({_training_text(ctx, ctx.model, epochs, bs)} per round)")
+    _in_place_note(ctx, "ADMM")
+    rounds = iter(range(1, 10 ** 6))
+
+    def train(model, callbacks):
+        _fine_tune(ctx, model, settings, sdir, prefix, name=f"admm_round{next(rounds)}", announce=False,
+                   callbacks=callbacks, in_place=True)
+
+    def make():
+        res = auto_compress(ctx.model, lambda m: accuracy(m, x, y), train, float(p["flops_reduction"]),
+                            skip=p.get("skip"), seed=ctx.stage_seed, directory=str(sdir / "ckpt"),
+                            project_name="auto_compress",
+                            **{k: float(p[k]) for k in ("init_temperature", "reduce_rate") if k in p}, **args)
+        rows = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, dict, type(None)))} for r in res.rounds]
+        return res.model, {"flops_reduction": float(res.flops_reduction), "rounds": rows}
+
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    ctx.info.update(info)
+    ctx.model, ctx.lite = model, None
+
+
 #: what ``netadapt``'s ``latency`` field names: the ``.tflite`` timed on this host, or the MACs (millions) as
 #: a noise-free stand-in (a relative budget only)
 NETADAPT_LATENCIES = ("measure", "macs")
