@@ -569,3 +569,23 @@ def test_prune_stage_with_a_data_driven_importance(tmp_path, tiny_model_path, na
     before = ctx.model.count_params()
     strategies.run_prune(ctx, cfg["strategies"][0]["prune"], run.stage_dir(1, "prune"), "1:prune")
     assert ctx.model.count_params() < before
+
+
+def test_reference_model_without_pretrain_epochs_starts_from_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    """{reference: mobilenet_v1} loads kslim's converged weights (nothing is trained, the header says so);
+    with pretrain_epochs it would train on the data instead (vgg has no shipped weights)."""
+    import kslim.models.zoo as zoo
+    from kslim.compressor import Compressor
+    from kslim.compressor.strategies import _reference_args
+
+    monkeypatch.setattr(zoo, "train", lambda *a, **k: pytest.fail("the shipped reference model was retrained"))
+    cfg = {"name": "shipped", "model": {"reference": "mobilenet_v1"}, "strategies": [{"export": {}}],
+           "data": {"source": "small", "train_limit": 64, "test_limit": 500}, "report": {"latency_runs": 1}}
+    result = Compressor(cfg, out=tmp_path / "run", verbose=1).run()
+    assert "kslim's shipped weights" in capsys.readouterr().out
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["stages"]["base"]["row"]["accuracy"] > 0.88  # 92.84 % on the full test set
+    assert result.final_tflite.is_file()
+    ctx = type("Ctx", (), {"config": {"seed": 0, "data": {"source": "small"}}})()
+    assert _reference_args(ctx, {"reference": "mobilenet_v1", "pretrain_epochs": 2})["source"] == "small"
+    assert _reference_args(ctx, {"reference": "vgg"})["epochs"] == 3

@@ -174,8 +174,15 @@ class Compressor:
             ctx.model = _load_keras(base_path, self.unsafe)
         else:
             spec = config["model"]
-            ctx.note(f"baseline: {'reference model ' + spec['reference'] if 'reference' in spec else spec['path']}"
-                     f", evaluated on {len(y_eval):,} test images", indent=False)
+            from kslim.compressor.strategies import _reference_args
+
+            what = spec.get("path")
+            if "reference" in spec:
+                shipped = _reference_args(ctx, spec)["source"] == "shipped"
+                what = f"reference model {spec['reference']}" + (
+                    " (kslim's shipped weights, trained on the full Fashion-MNIST training set)" if shipped else
+                    f" ({int(spec.get('pretrain_epochs', 3))} epochs of training on the data, cached)")
+            ctx.note(f"baseline: {what}, evaluated on {len(y_eval):,} test images", indent=False)
             ctx.model = _build_model(ctx, spec, "model")
             guarded_write(atomic_save_model, ctx.model, base_path)
             row = self._measure(ctx, "baseline", base_path, base_dir, x_eval, y_eval)

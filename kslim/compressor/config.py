@@ -7,7 +7,8 @@ A config names the model, the data, the fine-tuning settings and an ordered list
     model:
       reference: mobilenet_v1      # or  path: my_model.keras
       width: 1.0
-      pretrain_epochs: 3           # reference models are trained (and cached) first
+      # pretrain_epochs: 3         # without it: the shipped converged weights (mobilenet_v1, resnet);
+                                   # with it (or for vgg): trained on the data first, then cached
     data:
       source: small                # small (bundled subset) | full | hook
       # hook: my_data.py:load      # a function returning (train, test): tf.data or (x, y) numpy
@@ -55,7 +56,8 @@ FINE_TUNE_SCHEMA = {
     },
 }
 
-#: a model: a reference model of the zoo (trained and cached first) or a ``.keras`` file
+#: a model: a reference model of the zoo (its shipped weights, or ``pretrain_epochs`` of training, cached) or
+#: a ``.keras`` file
 MODEL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,

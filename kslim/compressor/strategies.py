@@ -673,8 +673,14 @@ def _build_model(ctx, spec, what):
 
 
 def _reference_args(ctx, spec):
-    """The :func:`kslim.models.pretrained` arguments of a ``{reference: ...}`` model spec."""
+    """The :func:`kslim.models.pretrained` arguments of a ``{reference: ...}`` model spec: the weights
+    kslim ships (converged on the full training set) when the spec gives no ``pretrain_epochs`` and
+    kslim ships them for its settings, else ``pretrain_epochs`` (default 3) of training on the data."""
+    from kslim.models.zoo import is_cached
+
     kwargs = {"width": spec["width"]} if "width" in spec else {}
+    if "pretrain_epochs" not in spec and is_cached(spec["reference"], "shipped", seed=ctx.config["seed"], **kwargs):
+        return dict(name=spec["reference"], source="shipped", epochs=None, seed=ctx.config["seed"], **kwargs)
     source = ctx.config["data"].get("source", "small")
     if source == "hook":
         source = "small"
