@@ -589,3 +589,30 @@ def test_reference_model_without_pretrain_epochs_starts_from_the_shipped_weights
     ctx = type("Ctx", (), {"config": {"seed": 0, "data": {"source": "small"}}})()
     assert _reference_args(ctx, {"reference": "mobilenet_v1", "pretrain_epochs": 2})["source"] == "small"
     assert _reference_args(ctx, {"reference": "vgg"})["epochs"] == 3
+
+
+def test_distill_pairs_take_every_builtin_loss(tmp_path, tiny_model_path):
+    """The YAML pair losses are kslim.distill's built-ins: dkd on the logits (with alpha/beta) and fsp
+    between two pairs of layers run in the pipeline's distill step."""
+    import keras
+
+    import kslim.compressor.strategies as strategies
+    from kslim.compressor import RunDir
+    from kslim.compressor.compressor import _Context
+    from kslim.compressor.data import PipelineData
+
+    model = strategies._load_keras(tiny_model_path)
+    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    same = next((a, b) for a, b in zip(convs, convs[1:])
+                if model.get_layer(a).output.shape[1:3] == model.get_layer(b).output.shape[1:3])
+    logits = model.layers[-1].name
+    cfg = validate_config(_run_config(tiny_model_path, [{"distill": {"teacher": {"path": str(tiny_model_path)},
+                                                                     "epochs": 1, "pairs": [
+        {"teacher": logits, "student": logits, "loss": "dkd", "alpha": 1.0, "beta": 2.0, "temperature": 2.0},
+        {"teacher": list(same), "student": list(same), "loss": "fsp", "weight": 0.1}]}}]))
+    cfg["data"]["train_limit"] = 64
+    run = RunDir(tmp_path / "run")
+    ctx = _Context(cfg, PipelineData(cfg["data"]), run, tmp_path, 0)
+    ctx.model = model
+    strategies.run_distill(ctx, cfg["strategies"][0]["distill"], run.stage_dir(1, "distill"), "1:distill")
+    assert ctx.model.count_params() == model.count_params()

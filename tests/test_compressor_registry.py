@@ -53,8 +53,12 @@ def test_schema_enums_are_the_api_constants():
     assert props["quant_post_static"]["weight_quantize_type"]["enum"] == list(WEIGHT_QUANTIZE_TYPES)
     assert props["quant_post_static"]["algo"]["enum"] == list(ALGOS)
     assert props["quant_post_dynamic"]["dtype"]["enum"] == list(DTYPES)
+    from kslim.distill.losses import BUILTIN_LOSSES
     from kslim.quant.litert import RECIPES
     from kslim.quant.mixed import MIXED_RECIPES
+
+    pair = props["distill"]["pairs"]["items"]["properties"]
+    assert pair["loss"]["enum"] == list(BUILTIN_LOSSES)
 
     assert props["quant_post_litert"]["recipe"]["enum"] == list(RECIPES)
     assert props["quant_post_mixed"]["recipes"]["items"]["enum"] == list(MIXED_RECIPES)
@@ -94,6 +98,13 @@ def test_auto_compress_step(tmp_path, tiny_model_path):
     ({"bias_correction": {"batches": 0}}, "strategies[0].bias_correction.batches", "minimum"),
     ({"bn_reestimate": {"batch_size": 0}}, "strategies[0].bn_reestimate.batch_size", "minimum"),
     ({"bn_reestimate": {"fine_tune": {}}}, "strategies[0].bn_reestimate", "fine_tune"),
+    ({"distill": {"teacher": {"reference": "vgg"}, "pairs": [{"teacher": "a", "student": "b", "loss": "kd"}]}},
+     "strategies[0].distill.pairs[0].loss", "dkd"),
+    ({"distill": {"teacher": {"reference": "vgg"}, "pairs": [{"teacher": "a", "student": "b", "loss": "fsp"}]}},
+     "strategies[0].distill.pairs[0].teacher", "two layer names"),
+    ({"distill": {"teacher": {"reference": "vgg"}, "pairs": [{"teacher": "a", "student": "b", "loss": "l2",
+                                                             "alpha": 1.0}]}},
+     "strategies[0].distill.pairs[0].alpha", "option of dkd"),
     ({"auto_compress": {}}, "strategies[0].auto_compress", "flops_reduction"),
     ({"auto_compress": {"flops_reduction": 1.5}}, "strategies[0].auto_compress.flops_reduction", "maximum"),
     ({"auto_compress": {"flops_reduction": 0.5, "importance": "taylor"}}, "strategies[0].auto_compress.importance",

@@ -695,7 +695,29 @@ def needs_training(ctx, spec):
     return "reference" in spec and not is_cached(**_reference_args(ctx, spec))
 
 
-@register_strategy("distill", trains=True, schema=params_schema({
+#: a distillation pair's layer: a name or path, or two of them (fsp)
+_PAIR_SIDE = {"oneOf": [{"type": "string", "minLength": 1},
+                        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2}]}
+
+
+def _check_distill(p):
+    """Per pair: the loss's own options only, and two layers per side for fsp (one for the others)."""
+    out = []
+    for i, pair in enumerate(p.get("pairs", [])):
+        loss = pair.get("loss")
+        for k in ("temperature", "alpha", "beta"):
+            if k in pair and loss not in ({"temperature": ("soft_label", "dkd")}.get(k, ("dkd",))):
+                out.append((f"pairs[{i}].{k}", f"is an option of {'soft_label and dkd' if k == 'temperature' else 'dkd'}, "
+                                              f"not of loss {loss!r}"))
+        for side in ("teacher", "student"):
+            two = isinstance(pair.get(side), list)
+            if side in pair and two != (loss == "fsp"):
+                out.append((f"pairs[{i}].{side}", "fsp takes two layer names per side ([a, b])" if loss == "fsp" else
+                            f"loss {loss!r} takes one layer name per side"))
+    return out
+
+
+@register_strategy("distill", trains=True, check=_check_distill, schema=params_schema({
     "teacher": MODEL_SCHEMA,
     "pairs": {
         "type": "array",
@@ -703,11 +725,13 @@ def needs_training(ctx, spec):
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "teacher": {"type": "string"},
-                "student": {"type": "string"},
-                "loss": {"enum": ["soft_label", "l2"]},
+                "teacher": _PAIR_SIDE,
+                "student": _PAIR_SIDE,
+                "loss": _enum("kslim.distill.losses", "LOSS_NAMES"),
                 "weight": {"type": "number", "minimum": 0},
-                "temperature": {"type": "number", "exclusiveMinimum": 0},
+                "temperature": {"type": "number", "exclusiveMinimum": 0},  # soft_label, dkd
+                "alpha": {"type": "number", "minimum": 0},  # dkd: target-class term
+                "beta": {"type": "number", "minimum": 0},  # dkd: non-target term
                 "adaptor": {"type": "boolean"},
             },
             "required": ["teacher", "student", "loss"],
@@ -738,8 +762,10 @@ def run_distill(ctx, p, sdir, prefix):
     temperature = float(p.get("temperature", 4.0))
     pairs = []
     for pair in p.get("pairs", []):
-        kwargs = {"temperature": float(pair.get("temperature", temperature))} if pair["loss"] == "soft_label" else {}
-        pairs.append(Pair(pair["teacher"], pair["student"], pair["loss"], weight=float(pair.get("weight", 1.0)),
+        kwargs = {"temperature": float(pair.get("temperature", temperature))} if pair["loss"] in ("soft_label", "dkd") else {}
+        kwargs.update({k: float(pair[k]) for k in ("alpha", "beta") if k in pair})
+        side = {k: tuple(pair[k]) if isinstance(pair[k], list) else pair[k] for k in ("teacher", "student")}
+        pairs.append(Pair(side["teacher"], side["student"], pair["loss"], weight=float(pair.get("weight", 1.0)),
                           adaptor="auto" if pair.get("adaptor") else False, **kwargs))
     if not pairs:
         pairs = [Pair(None, None, "soft_label", weight=float(p.get("soft_weight", 1.0)), temperature=temperature)]

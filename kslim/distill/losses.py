@@ -361,11 +361,13 @@ class DKDLoss(keras.losses.Loss):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
 
 
+#: the built-in loss names (a literal: the YAML schema reads it from the source, before TensorFlow)
+LOSS_NAMES = ("soft_label", "l2", "fsp", "attention", "dkd")
 # name -> (class, number of tensors per side)
-BUILTIN_LOSSES = {"soft_label": (SoftLabelLoss, 1), "l2": (L2Loss, 1), "fsp": (FSPLoss, 2),
-                  "attention": (AttentionLoss, 1), "dkd": (DKDLoss, 1)}
+BUILTIN_LOSSES = dict(zip(LOSS_NAMES, ((SoftLabelLoss, 1), (L2Loss, 1), (FSPLoss, 2), (AttentionLoss, 1),
+                                       (DKDLoss, 1))))
 
 __all__ = [
     "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix", "attention_loss", "attention_map", "dkd_loss",
-    "SoftLabelLoss", "L2Loss", "FSPLoss", "AttentionLoss", "DKDLoss", "BUILTIN_LOSSES",
+    "SoftLabelLoss", "L2Loss", "FSPLoss", "AttentionLoss", "DKDLoss", "BUILTIN_LOSSES", "LOSS_NAMES",
 ]
