@@ -26,12 +26,13 @@ def load_data(quick):
     return (xtr, ytr), (xte, yte)
 
 
-def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40):
+def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40, stats=False):
     """Median batch-1 latency (ms) of each ``.tflite`` per thread count, rounds interleaved across models.
 
     ``models``: ``{name: bytes or LiteModel}``. ``threads`` entries of ``None`` mean all cores
     (``os.cpu_count()``). Returns ``{name: {"1": ms, "all": ms}}``. Runs through ai-edge-litert with
-    XNNPACK (the default); inputs are random (seed 0), int8 inputs quantized.
+    XNNPACK (the default); inputs are random (seed 0), int8 inputs quantized. ``stats=True``: each figure is
+    ``{"median", "p10", "p90"}`` of every timed run instead of the median alone.
     """
     import numpy as np
 
@@ -57,7 +58,9 @@ def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40):
             for name, it in interps.items():
                 samples[name].extend(time_invokes(it, runs).tolist())
         for name, s in samples.items():
-            out[name][key] = float(np.median(s)) / 1e3
+            s = np.asarray(s, float) / 1e3
+            out[name][key] = ({"median": float(np.median(s)), "p10": float(np.percentile(s, 10)),
+                               "p90": float(np.percentile(s, 90))} if stats else float(np.median(s)))
     return out
 
 

@@ -16,6 +16,7 @@ table                 script                               writes
 ``combined``          scripts/bench_combined.py            benchmarks/combined.{json,md}
 ``nas``               scripts/bench_nas.py                 benchmarks/nas.{json,md} (+ .png)
 ``latency``           scripts/bench_latency.py             benchmarks/latency.{json,md}
+``latency224``        scripts/bench_latency224.py          benchmarks/latency224.{json,md}
 ``cost``              scripts/bench_cost.py                benchmarks/cost.{json,md}
 ``zoo``               scripts/bench_zoo.py                 benchmarks/zoo.{json,md}
 ====================  ===================================  ==========================================
@@ -63,13 +64,14 @@ TABLES = {  # in the order of a full run
     "nas": ("bench_nas.py", ("nas",), [], []),
     "prune": ("bench_prune.py", ("prune",), [], []),
     "latency": ("bench_latency.py", ("latency",), [], []),
+    "latency224": ("bench_latency224.py", ("latency224",), [], []),
     "peers": ("bench_peers_tfmot.py", ("peers_tfmot",), [], []),
     "combined": ("bench_combined.py", ("combined",), [], []),
     "zoo": ("bench_zoo.py", ("zoo",), [], []),
 }
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
 EXPECTED_MIN = {"prune": 14, "quant": 4, "ptq": 35, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
-                "latency": 4, "cost": 2, "zoo": 12}
+                "latency": 4, "latency224": 16, "cost": 2, "zoo": 12}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name  # noqa: E402

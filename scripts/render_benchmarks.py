@@ -65,6 +65,12 @@ SECTIONS = [
      "an int8 `.tflite` with no float compute op on >= 85 %, PTQ static on >= 95 %, raw exceptions 0.",
      "Architectures kslim did not write (tiny keras-hub backbones and keras.io-style nets, random weights) "
      "through every kslim entry point, as a new user would call them (`scripts/bench_zoo.py`)."),
+    ("9", "Real-resolution latency", ["latency224"], [("latency224", None)],
+     "tfmot's QAT guide (`g3doc/guide/quantization/training.md`): '1.5-4x CPU latency improvements' from int8. "
+     "Issue 16 asks for speed-ups at 224x224, where kernels rather than interpreter overhead dominate, with "
+     "their spread and the host's load.",
+     "keras.applications MobileNetV2 and ResNet50 at 224x224: pruning (-50/-70 % MACs, round_to 1/8), int8 PTQ/QAT, "
+     "float16, dynamic (`scripts/bench_latency224.py`)."),
 ]
 
 

@@ -1,0 +1,201 @@
+"""Real-resolution latency: pruning and quantization speed-ups of keras.applications MobileNetV2 and
+ResNet50 at 224x224, measured on their ``.tflite`` through ai-edge-litert (XNNPACK, batch 1).
+
+Random weights (``weights=None``: nothing can be downloaded, and weights do not change the speed of
+these kernels). Per model: float32; filter pruning to -50 % and -70 % MACs (kslim L1, ``round_to`` 1
+and 8: the channel multiple changes what XNNPACK's kernels do with the leftovers); int8 PTQ
+(``quant_post_static``, 16 random calibration images: a speed figure, not an accuracy one); int8 QAT
+(``quant_aware`` + ``convert``, no training); float16 and dynamic-range weights
+(``quant_post_dynamic``). Latencies: 1 thread and all cores, every model of a net timed in interleaved
+rounds; each figure is the median with its p10-p90 spread, next to the host's load average before and
+after and the CPU's ISA flags. A speed-up whose spread overlaps 1.0 is not a speed-up.
+
+    python scripts/bench_latency224.py --quick          # smoke run (MobileNetV2 at 96x96, a few models)
+    nice -n 10 python scripts/bench_latency224.py       # full run, writes benchmarks/latency224.{json,md}
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+from _benchlib import cpu_name, latency_ms  # noqa: E402
+
+NETS = ("mobilenet_v2", "resnet50")
+
+
+def build(name, size):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
+    return app(weights=None, input_shape=(size, size, 3), classes=1000)
+
+
+def variants(model, size, quick):
+    """``[(variant, build)]`` -- ``build() -> LiteModel``."""
+    import numpy as np
+
+    from kslim.analysis import flops
+    from kslim.lite import convert
+    from kslim.prune import make_pruner
+    from kslim.quant import convert as qat_convert
+    from kslim.quant import quant_aware, quant_post_dynamic, quant_post_static
+
+    macs = flops(model).macs
+    calib = np.random.default_rng(0).random((16 if not quick else 4, size, size, 3), dtype=np.float32)
+
+    def pruned(reduction, round_to):
+        def make():
+            res = make_pruner(model, importance="l1", round_to=round_to).prune_to_flops(reduction)
+            lite = convert(res.model, check=False)
+            lite.macs_ratio = flops(res.model).macs / macs
+            return lite
+        return make
+
+    rows = [("float32", lambda: convert(model, check=False))]
+    for reduction in ((0.5,) if quick else (0.5, 0.7)):
+        for round_to in ((8,) if quick else (1, 8)):
+            rows.append((f"pruned -{100 * reduction:.0f} % MACs, round_to {round_to}", pruned(reduction, round_to)))
+    rows += [
+        ("int8 PTQ", lambda: quant_post_static(model, calib, algo="abs_max", check=False)),
+        ("float16 weights", lambda: quant_post_dynamic(model, dtype="float16", check=False)),
+        ("dynamic int8 weights", lambda: quant_post_dynamic(model, check=False)),
+    ]
+    if not quick:
+        rows.append(("int8 QAT (untrained)", lambda: qat_convert(quant_aware(model))))
+        rows.append(("pruned -50 % MACs + int8 PTQ", lambda: quant_post_static(
+            make_pruner(model, importance="l1", round_to=8).prune_to_flops(0.5).model, calib, algo="abs_max",
+            check=False)))
+    return rows
+
+
+def bench_net(name, args, log):
+    from kslim.analysis import flops
+
+    size = 96 if args.quick else 224
+    model = build(name, size)
+    lites, rows = {}, []
+    for variant, make in variants(model, size, args.quick):
+        t0 = time.time()
+        try:
+            lite = make()
+        except Exception as e:  # noqa: BLE001 -- a variant that fails is reported, the others still run
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            rows.append({"net": name, "variant": variant, "error": f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]})
+            log(f"  {name} {variant}: FAILED {rows[-1]['error']}")
+            continue
+        lites[variant] = lite
+        rows.append({"net": name, "variant": variant, "bytes": int(lite.size), "precision": lite.precision,
+                     "macs_ratio": getattr(lite, "macs_ratio", None), "build_seconds": round(time.time() - t0, 1)})
+        log(f"  {name} {variant}: {lite.size:,} B, built in {time.time() - t0:.0f}s")
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    lat = latency_ms(lites, (1, None), args.warmup, args.rounds, args.runs, stats=True)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    base = lat.get("float32", {})
+    for r in rows:
+        if r["variant"] in lat:
+            r["latency"] = lat[r["variant"]]
+            for key, v in r["latency"].items():
+                b = base.get(key)
+                if b:
+                    # speed-up and its spread: the float median over the variant's p90 .. p10
+                    v["speedup"] = b["median"] / v["median"]
+                    v["speedup_lo"], v["speedup_hi"] = b["median"] / v["p90"], b["median"] / v["p10"]
+            log(f"  {name} {r['variant']}: " + ", ".join(
+                f"{k} thread(s) {v['median']:.1f} ms (p10-p90 {v['p10']:.1f}-{v['p90']:.1f})"
+                for k, v in r["latency"].items()))
+    return {"net": name, "input": [size, size, 3], "macs": int(flops(model).macs), "rows": rows,
+            "load_before": load_before, "load_after": load_after}
+
+
+def write_markdown(result, path):
+    from kslim._io import atomic_write_text
+
+    lines = [
+        "## Real-resolution latency (`scripts/bench_latency224.py`)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']}  ",
+        f"Machine: {result['platform']}, {result['cpu']}, {result['cores']} cores  ",
+        "keras.applications nets with random weights (`weights=None`), batch 1, ai-edge-litert with XNNPACK; "
+        f"median of {result['rounds']} interleaved rounds x {result['runs']} runs, p10-p90 in brackets; "
+        "speed-up = float32 median / variant median (bracket: against the variant's p90 and p10). "
+        "MACs are kslim's count of the Keras model.",
+        "",
+    ]
+    for res in result["models"]:
+        lines += [f"**{res['net']}** ({'x'.join(map(str, res['input']))}, {res['macs'] / 1e6:,.0f} M MACs; load average "
+                  f"before {res['load_before']}, after {res['load_after']})", "",
+                  "| variant | MACs vs float | bytes | 1 thread (ms) | speed-up | all cores (ms) | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in res["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
+                continue
+            cells = []
+            for key in ("1", "all"):
+                v = r.get("latency", {}).get(key)
+                if v is None:
+                    cells += ["", ""]
+                    continue
+                cells.append(f"{v['median']:.1f} ({v['p10']:.1f}-{v['p90']:.1f})")
+                cells.append(f"{v['speedup']:.2f}x ({v['speedup_lo']:.2f}-{v['speedup_hi']:.2f})"
+                             if "speedup" in v else "")
+            macs = f"{100 * r['macs_ratio']:.0f} %" if r.get("macs_ratio") else ""
+            lines.append(f"| {r['variant']} | {macs} | {r['bytes']:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: MobileNetV2 at 96x96, fewer variants")
+    p.add_argument("--nets", default=",".join(NETS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default=str(ROOT / "benchmarks"))
+    args = p.parse_args(argv)
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    if not set(nets) <= set(NETS):
+        p.error(f"--nets: choose from {', '.join(NETS)}")
+    if args.quick:
+        nets, args.rounds, args.runs = ["mobilenet_v2"], 2, 3
+
+    def log(msg):
+        print(msg, flush=True)
+
+    t0 = time.time()
+    results = []
+    for name in nets:
+        log(f"{name}:")
+        results.append(bench_net(name, args, log))
+        result = {
+            "command": "nice -n 10 python scripts/bench_latency224.py" + (" --quick" if args.quick else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count(), "rounds": args.rounds,
+            "runs": args.runs, "models": results, "wall_seconds": round(time.time() - t0),
+        }
+        if not args.quick:
+            from kslim._io import atomic_write_json
+
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "latency224.json", result)
+            write_markdown(result, out / "latency224.md")
+            log(f"wrote {out / 'latency224.json'} and {out / 'latency224.md'}")
+    log(f"wall time {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
