@@ -71,6 +71,7 @@ def test_registry_is_the_literal_the_schema_reads():
     (dict(activation_quantizer="bnn", activation_bits=2), "activation_bits"),
     (dict(weight_bits=1), "weight_bits"),                           # 1 bit only for bnn
     (dict(weight_quantizer="dorefa", weight_bits=8), "weight_bits"),  # 2^8 odd codes do not fit int8
+    (dict(weight_quantizer="lsq", weight_bits=4, lsq_init="minmax"), "lsq_init"),
 ])
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ConfigError) as e:
@@ -151,6 +152,26 @@ def test_lsq_layer_step_init_gradient_and_fit():
     assert image.range == pytest.approx((0.0, 255 * float(image.step.numpy())), rel=1e-6)
 
 
+def test_lsq_init_methods():
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(0, 0.2, (3, 3, 4, 6)).astype("float32")
+    flat = kernel.reshape(-1, 6)
+
+    def err(step):
+        return ((np.clip(np.round(flat / step), -7, 7) * step - flat) ** 2).sum(0)
+
+    steps = {}
+    for init in ("paper", "max", "mse"):
+        layer = QuantConv2D(6, 3, weight_quantizer="lsq", weight_bits=4, lsq_init=init)
+        layer.build((None, 8, 8, 4))
+        layer.set_weights([kernel, np.zeros(6, "float32")])
+        steps[init] = layer.step.numpy()
+        assert layer.get_config()["lsq_init"] == init
+    np.testing.assert_allclose(steps["max"], np.abs(flat).max(0) / 7, rtol=1e-6)
+    assert np.all(err(steps["mse"]) <= err(steps["max"]) + 1e-9)
+    assert np.all(err(steps["mse"]) <= err(steps["paper"]) + 1e-9)
+
+
 def test_dorefa_weights_on_the_k_bit_grid():
     rng = np.random.default_rng(0)
     kernel = rng.normal(0, 0.3, (3, 3, 2, 5)).astype("float32")
@@ -162,8 +183,8 @@ def test_dorefa_weights_on_the_k_bit_grid():
     codes = k / (a / 7)                    # 2^3 - 1 = 7: odd codes -7..7, no zero level
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)
     assert set(np.unique(np.round(codes)).astype(int)) <= {-7, -5, -3, -1, 1, 3, 5, 7}
-    # the paper's formula: 2 quantize_k(tanh(w) / (2 max|tanh w|) + 1/2) - 1, times max|w| per channel
-    t = np.tanh(kernel.reshape(-1, 5))
+    # the paper's formula on w / max|w|: 2 quantize_k(tanh(v) / (2 max|tanh v|) + 1/2) - 1, times max|w|
+    t = np.tanh(kernel.reshape(-1, 5) / a)
     ref = (2 * np.round((t / (2 * np.abs(t).max(0)) + 0.5) * 7) / 7 - 1) * a
     np.testing.assert_allclose(k, ref, atol=1e-5)
     aq = ActivationQuantizer(bits=2, quantizer="dorefa")
@@ -205,6 +226,18 @@ def _kernels(lite):
     return out
 
 
+def _tensor_types(lite):
+    """The tensor types the flatbuffer declares (TFLite's analyzer), e.g. {"INT4", "INT8", ...}."""
+    import contextlib
+    import io
+    import re
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tf.lite.experimental.Analyzer.analyze(model_content=lite.content)
+    return set(re.findall(r"type:(\w+)", buf.getvalue()))
+
+
 def _as_tflite_layout(op, k):
     return {"CONV_2D": lambda: np.transpose(k, (3, 0, 1, 2)), "FULLY_CONNECTED": lambda: k.T,
             "DEPTHWISE_CONV_2D": lambda: k.reshape(1, k.shape[0], k.shape[1], -1)}[op]()
@@ -228,6 +261,8 @@ def test_lowbit_exports_int8_with_parity_and_round_trips(kw, conv_codes, tmp_pat
         np.testing.assert_allclose(codes * np.reshape(scales, shape), k, rtol=0, atol=1e-6 * np.abs(k).max())
         if op != "FULLY_CONNECTED":   # per-channel Dense: the converter's int8 grid of each unit's max|w|
             assert set(np.unique(codes).astype(int)) <= conv_codes, op
+    types = _tensor_types(lite)
+    assert ("INT4" in types) == (kw["weight_quantizer"] in ("lsq", "bnn")), types   # codes up to +-7: INT4
     ref, got = q.predict(x, verbose=0), lite.predict(x)
     out_q = q.get_layer("logits_quant")
     step = (out_q.range[1] - out_q.range[0]) / 255
@@ -258,3 +293,48 @@ def test_lowbit_size_bytes():
     assert lowbit_size_bytes(q) == 8 * 16 / 8 + 16 * 4       # 1-bit kernel + float32 bias
     q4 = quant_aware(m, weight_quantizer="lsq", weight_bits=4)
     assert lowbit_size_bytes(q4) == 8 * 16 / 2 + 16 * 4 + 16 * 4  # 4-bit kernel, bias, one step per unit
+
+
+# ------------------------------------------------------------------------------------------ benchmark script
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_lowbit.py"
+    spec = importlib.util.spec_from_file_location("_bench_lowbit_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_script_arguments_and_tables(tmp_path):
+    bench = _bench_module()
+    full, quick = bench.parse_args([]), bench.parse_args(["--quick"])
+    assert full.images == 20480 and quick.images == 2048 and full.rows == list(bench.ROWS)
+    for cfg in bench.ROWS.values():   # every row is a valid QuantConfig
+        assert cfg is None or QuantConfig(**cfg)
+    rows = [{"variant": "float32", "accuracy": 0.93, "delta_pt": 0.0, "tflite_bytes": 10, "lowbit_bytes": 40.0,
+             "seconds": 0.0},
+            {"variant": "lsq_w4", "accuracy": 0.925, "delta_pt": -0.5, "tflite_bytes": 5, "lowbit_bytes": 5.0,
+             "seconds": 3.0, "argmax_agreement": 0.99, "max_conv_code": 7},
+            {"variant": "bnn_w1", "failed": "ValueError: x"}]
+    targets = bench.check_targets({"rows": rows})
+    assert targets[0]["met"] and "lsq_w4" in targets[0]["what"]
+    result = {"command": "c", "date": "d", "platform": "p", "cpu": "c", "cores": 2, "load_average": [1, 1, 1],
+              "data": "data", "images": 2048, "lr": 1e-4, "test_samples": 500, "rows": rows, "targets": targets,
+              "notes": ["n"]}
+    bench.write_markdown(result, tmp_path / "lowbit.md")
+    text = (tmp_path / "lowbit.md").read_text()
+    assert "| lsq_w4 | 92.50 | -0.50 |" in text and "failed: ValueError" in text and "2,048 training images" in text
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    import subprocess
+    import sys
+
+    bench = _bench_module()
+    out = subprocess.run([sys.executable, bench.__file__, "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "lsq_w4:" in out.stdout and "FAILED" not in out.stdout

@@ -9,7 +9,7 @@ QAT::
 
 Low-bit QAT (:mod:`kslim.quant.lowbit`): ``QuantConfig(weight_quantizer="lsq", activation_quantizer="lsq",
 weight_bits=4)`` learns the step sizes (LSQ); ``"dorefa"`` and ``"bnn"`` (``weight_bits=1``) are NNI's
-other two; the ``.tflite`` stores their kernels exactly on int8 kernels, and
+other two; the ``.tflite`` stores their kernels exactly (INT4 for codes up to +-7, else int8), and
 :func:`~kslim.quant.lowbit.lowbit_size_bytes` states the size at the trained bit widths.
 
 See :mod:`kslim.quant.qat` for the graph rewrite, :mod:`kslim.quant.fold` for BatchNormalization

@@ -79,6 +79,9 @@ class QuantConfig:
             :data:`kslim.quant.lowbit.QUANTIZERS`: ``"default"`` (kslim's range quantizers above),
             ``"lsq"`` (learned step size), ``"dorefa"``, ``"bnn"`` (binary); see
             :mod:`kslim.quant.lowbit` for each one's maths and what the ``.tflite`` holds.
+        lsq_init: how LSQ initialises the weight steps, one of :data:`kslim.quant.lowbit.LSQ_INITS`:
+            ``"paper"`` (``2 mean|w| / sqrt(Qp)``, default), ``"max"`` (``max|w| / Qp``), ``"mse"`` (the
+            least-squares step); see :func:`kslim.quant.ops.lsq_init_step`.
         moving_rate: EMA decay of ``moving_average_abs_max`` (default 0.9).
         quantizable_layer_type: layer class names to quantize, a subset of
             :data:`QUANTIZABLE_LAYER_TYPES` (default: all of them: Conv1D, Conv2D, Conv2DTranspose,
@@ -111,6 +114,7 @@ class QuantConfig:
     activation_bits: int = 8
     weight_quantizer: str = "default"
     activation_quantizer: str = "default"
+    lsq_init: str = "paper"
     moving_rate: float = 0.9
     quantizable_layer_type: tuple = QUANTIZABLE_LAYER_TYPES
     skip: tuple = ()
@@ -126,6 +130,7 @@ class QuantConfig:
         self._check_choice("activation_quantize_type", ACTIVATION_QUANTIZE_TYPES)
         self._check_choice("weight_quantizer", lowbit.QUANTIZERS)
         self._check_choice("activation_quantizer", lowbit.QUANTIZERS)
+        self._check_choice("lsq_init", lowbit.LSQ_INITS)
         for kind in ("weight", "activation"):
             name, algo = f"{kind}_bits", lowbit.get(getattr(self, f"{kind}_quantizer"))
             try:

@@ -221,18 +221,20 @@ class _QuantKernelMixin:
     ``"dorefa"``, ``"bnn"`` (:mod:`kslim.quant.lowbit`) instead of the default ``max|w|`` grid. LSQ
     adds a trainable weight ``step`` (one per output channel if ``per_channel``), initialised to
     ``2 mean|w| / sqrt(Qp)`` when the layer is built and whenever :meth:`set_weights` is given the float
-    layer's weights (kernel, bias)."""
+    layer's weights (kernel, bias), by ``lsq_init`` (:func:`kslim.quant.ops.lsq_init_step`: ``"paper"``,
+    ``"max"`` or ``"mse"``)."""
 
     LOWBIT = False   # whether the layer takes a low-bit weight_quantizer
 
-    def _init_quant(self, weight_bits, per_channel, weight_quantizer="default"):
+    def _init_quant(self, weight_bits, per_channel, weight_quantizer="default", lsq_init="paper"):
         self.weight_quantizer, self.weight_bits = _algorithm(weight_quantizer, weight_bits, "weight")
         self.per_channel = bool(per_channel)
+        self.lsq_init = _check_choice(lsq_init, lowbit.LSQ_INITS, "lsq_init")
 
     def _quant_config(self, config):
         config.update(weight_bits=self.weight_bits, per_channel=self.per_channel)
         if self.LOWBIT:
-            config.update(weight_quantizer=self.weight_quantizer)
+            config.update(weight_quantizer=self.weight_quantizer, lsq_init=self.lsq_init)
         return config
 
     def _kernel_channels_last(self, kernel):
@@ -248,9 +250,10 @@ class _QuantKernelMixin:
             self.reset_step()
 
     def reset_step(self):
-        """Set LSQ's step to its initial value ``2 mean|w| / sqrt(Qp)`` for the current kernel."""
+        """Set LSQ's step to its initial value (``lsq_init``) for the current kernel."""
         k = self._kernel_channels_last(tf.convert_to_tensor(self.kernel))
-        self.step.assign(ops.lsq_init_step(k, ops.symmetric_levels(self.weight_bits), self.per_channel))
+        self.step.assign(ops.lsq_init_step(k, ops.symmetric_levels(self.weight_bits), self.per_channel,
+                                           self.lsq_init))
 
     def set_weights(self, weights):
         """Also takes the weights of the float layer (all but ``step``): LSQ's step is then initialised
@@ -278,14 +281,14 @@ class _QuantKernelMixin:
 
     def _lowbit_kernel(self, kernel, rounded=False):
         """``kernel`` (output channels last) quantized by the layer's ``weight_quantizer``, on a grid the
-        converter keeps: an 8-bit FakeQuant of the algorithm's step (:func:`kslim.quant.ops.on_int8_grid`),
+        converter keeps: a FakeQuant of the algorithm's step and code bits (:func:`kslim.quant.ops.on_code_grid`),
         or with ``rounded`` and per channel the int8 grid of each channel's ``max|w|``
         (:func:`kslim.quant.ops.fake_quant_weight_rounded`, for the Dense kernels the converter re-quantizes)."""
-        values, step = lowbit.get(self.weight_quantizer).weight(kernel, self.weight_bits, self.per_channel,
-                                                                getattr(self, "step", None))
+        algo = lowbit.get(self.weight_quantizer)
+        values, step = algo.weight(kernel, self.weight_bits, self.per_channel, getattr(self, "step", None))
         if rounded and self.per_channel:
             return ops.fake_quant_weight_rounded(values, 8, per_channel=True)
-        return ops.on_int8_grid(values, step, self.per_channel)
+        return ops.on_code_grid(values, step, algo.code_bits(self.weight_bits), self.per_channel)
 
     def quantized_kernel(self):
         """The kernel as the int8 model will see it (fake-quantized), as a tensor."""
@@ -314,9 +317,10 @@ class QuantConv2D(_QuantKernelMixin, keras.layers.Conv2D):
 
     LOWBIT = True
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
+                 lsq_init="paper", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer)
+        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def _fake_quant_kernel(self, kernel):
         if self.weight_quantizer != "default":
@@ -340,9 +344,10 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, keras.layers.DepthwiseConv2D):
 
     LOWBIT = True
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
+                 lsq_init="paper", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer)
+        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def _kernel_channels_last(self, kernel):
         kh, kw, c, m = kernel.shape
@@ -406,9 +411,10 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
 
     LOWBIT = True
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
+                 lsq_init="paper", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer)
+        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def _fake_quant_kernel(self, kernel):
         if self.weight_quantizer != "default":
@@ -442,9 +448,10 @@ class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
 
     LOWBIT = True
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default", **kwargs):
+    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
+                 lsq_init="paper", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer)
+        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def _fake_quant_kernel(self, kernel):
         if self.weight_quantizer != "default":

@@ -11,22 +11,27 @@ name       weights                                             activations
 default    symmetric ``max|w|`` grid (``weight_quantize_type``)  learned ``[min, max]`` (EMA / batch)
 lsq        learned step per channel or per kernel (Esser et    learned step per tensor, initialised
            al., 2020): ``g = 1/sqrt(N Qp)``, init ``2 mean|w|   from the first training batch; signed
-           / sqrt(Qp)``; codes ``-Qp..Qp``                      if that batch has negatives
-dorefa     ``tanh`` normalised to [0, 1], k bits, back to       clipped to [0, 1], k bits (Zhou et
-           [-1, 1] (Zhou et al., 2016), times ``max|w|``        al., 2016); model inputs and outputs
+           / sqrt(Qp)`` (``lsq_init="paper"``; ``"max"`` and    if that batch has negatives
+           ``"mse"`` start from a calibrated grid, for
+           fine-tuning a trained model); codes ``-Qp..Qp``
+dorefa     ``tanh(w / max|w|)`` normalised to [0, 1], k bits,   clipped to [0, 1], k bits (Zhou et
+           back to [-1, 1] (Zhou et al., 2016), ``* max|w|``    al., 2016); model inputs and outputs
                                                                keep the default learned range
 bnn        ``alpha * sign(w)``, ``alpha = mean|w|`` (needs       ``sign`` of the (8-bit) input, +-1;
            ``weight_bits=1``)                                  needs ``activation_bits=1``; model
                                                                inputs and outputs keep the default
 =========  ==================================================  =====================================
 
-What the ``.tflite`` holds (:func:`kslim.quant.convert`): TFLite has int8 kernels, so every low-bit
-kernel is stored on an int8 kernel, exactly (the Keras QAT model and the ``.tflite`` agree):
+What the ``.tflite`` holds (:func:`kslim.quant.convert`): TFLite computes in int8, so every low-bit
+kernel is stored exactly, on an INT4 or int8 tensor (the Keras QAT model and the ``.tflite`` agree):
 
 * Conv2D, Conv1D, DepthwiseConv2D (and SeparableConv2D's two convs) and per-tensor Dense keep the
-  integer codes of the low-bit grid in their int8 kernel, scale = the step: LSQ ``-Qp..Qp``
-  (``-7..7`` at 4 bits: the codes fit int4), DoReFa the odd codes ``-(2^k-1)..2^k-1`` (``+-15`` at 4
-  bits: 16 levels, but not TFLite's symmetric int4 grid), BNN ``+-1``;
+  integer codes of the low-bit grid in their kernel, scale = the step, through a FakeQuant of
+  :meth:`Quantizer.code_bits` (:func:`kslim.quant.ops.on_code_grid`): codes up to +-7 are stored by
+  the converter as a packed **INT4** tensor (as it does for kslim's default 4-bit conv kernels), larger
+  ones as int8: LSQ ``-Qp..Qp`` (INT4 up to 4 bits), DoReFa the odd codes ``-(2^k-1)..2^k-1`` (INT4 at
+  2 bits; ``+-15`` at 4 bits, 16 levels but not a symmetric 4-bit grid: int8), BNN ``+-1`` (INT4: TFLite
+  has no 1-bit tensors);
 * a Dense kernel quantized per channel cannot carry a per-channel FakeQuant through the converter (see
   :func:`kslim.quant.ops.fake_quant_weight_rounded`): the converter re-quantizes it on the int8 grid of
   each unit's ``max|w|``. The layer computes that re-rounding itself in training, so the ``.tflite``
@@ -36,8 +41,8 @@ kernel is stored on an int8 kernel, exactly (the Keras QAT model and the ``.tfli
   8-bit grid of their range (TFLite has no sub-8-bit activation kernels), as kslim's default; a BNN
   activation is ``GREATER_EQUAL`` + ``SELECT`` with int8 tensors, its output ``+-1`` exact.
 
-So nothing below 8 bits is smaller in the file: :func:`lowbit_size_bytes` states the size the
-trained weights need at their own bit width (1 bit per binary weight).
+So only the kernels stored as INT4 are smaller in the file; :func:`lowbit_size_bytes` states the size
+the trained weights need at their own bit width (1 bit per binary weight).
 
 Layers without a low-bit twin (Conv2DTranspose, EinsumDense, Embedding, the normalisations, Rescaling)
 keep kslim's default quantizer at ``weight_bits`` (8 bits when ``weight_bits`` is 1).
@@ -56,6 +61,8 @@ from kslim.errors import KslimValueError
 
 #: the registered quantizer names, a literal (the YAML schema reads it without importing TensorFlow)
 QUANTIZERS = ("default", "lsq", "dorefa", "bnn")
+#: how LSQ initialises a weight step (:func:`kslim.quant.ops.lsq_init_step`); "paper" is the default
+LSQ_INITS = ("paper", "max", "mse")
 #: ``name: ((weight bits lo, hi), (activation bits lo, hi))`` each takes, a literal (the YAML check reads it)
 BITS = {"default": ((2, 8), (2, 8)), "lsq": ((2, 8), (2, 8)), "dorefa": ((2, 7), (2, 8)), "bnn": ((1, 1), (1, 1))}
 
@@ -83,6 +90,14 @@ class Quantizer:
         if self.name == "bnn":
             return ops.bnn_weight(kernel, per_channel)
         raise KslimValueError(f"quantizer {self.name!r} has no low-bit weight function.")
+
+    def code_bits(self, bits):
+        """Bits of the kernel that holds this algorithm's weight codes at ``bits`` in the ``.tflite``: 4
+        (the converter's packed INT4) when the largest code is at most 7, else 8. The largest code is LSQ's
+        ``2^(bits-1) - 1``, DoReFa's ``2^bits - 1`` (odd codes), BNN's 1. (The converter puts a 2- or
+        3-bit FakeQuant on its 4-bit grid anyway, rescaling the codes.)"""
+        top = {"dorefa": 2 ** int(bits) - 1, "bnn": 1}.get(self.name, 2 ** (int(bits) - 1) - 1)
+        return 4 if top <= 7 else 8
 
     def check_bits(self, bits, field, kind):
         """``bits`` as int, or :class:`~kslim.errors.KslimValueError` naming ``field`` if this algorithm
@@ -125,8 +140,9 @@ def get(name):
 def lowbit_size_bytes(qat_model):
     """Bytes the weights of a QAT model need at their own bit widths: every quantized kernel at its
     ``weight_bits`` (1 bit per binary weight), every other parameter (biases, steps, per-channel scales,
-    float layers; activation ranges excluded) at 32 bits. The ``.tflite`` stores the kernels on int8
-    (see the module docstring); this is the size a packed low-bit format would need.
+    float layers; activation ranges excluded) at 32 bits. The ``.tflite`` stores 4-bit conv kernels as
+    INT4 and the others on int8 (see the module docstring); this is the size a packed low-bit format
+    would need.
 
     Example:
         >>> import keras

@@ -21,6 +21,7 @@ Example:
     [0.5, 2.0]
 """
 
+import numpy as np
 import tensorflow as tf
 
 MIN_BITS = 2
@@ -105,7 +106,7 @@ def fake_quant_weight_rounded(kernel, bits=8, per_channel=True, channel_axes=Non
 # The layers in kslim.quant.layers call these for ``weight_quantizer`` / ``activation_quantizer``
 # ``"lsq"``, ``"dorefa"``, ``"bnn"`` (kslim.quant.lowbit is the registry of those names). Each weight
 # function returns ``(values, step)``: ``values`` are integer codes times ``step`` (|code| <= 127), so
-# :func:`on_int8_grid` hands them to the converter without changing a bit.
+# :func:`on_code_grid` hands them to the converter without changing a bit.
 
 def round_ste(x):
     """``round(x)`` with a straight-through gradient (identity)."""
@@ -145,11 +146,34 @@ def _reduce(x, fn, per_channel):
     return fn(x, axis=axes) if per_channel and axes else (x if per_channel else fn(x))
 
 
-def lsq_init_step(x, qp, per_channel=False):
-    """LSQ's initial step ``2 * mean(|x|) / sqrt(Qp)`` (Esser et al., 2020), per last-axis channel or
-    per tensor; no gradient."""
-    m = _reduce(tf.abs(tf.stop_gradient(tf.convert_to_tensor(x))), tf.reduce_mean, per_channel)
-    return tf.maximum(2.0 * m / tf.sqrt(tf.cast(qp, tf.float32)), _EPS)
+def lsq_init_step(x, qp, per_channel=False, method="paper"):
+    """LSQ's initial step, per last-axis channel or per tensor; no gradient.
+
+    ``method``: ``"paper"``: ``2 * mean(|x|) / sqrt(Qp)`` (Esser et al., 2020); ``"max"``: ``max|x| / Qp``
+    (the default grid: nothing clipped); ``"mse"``: the step among ``f * max|x| / Qp``, ``f`` in
+    ``0.20, 0.22, ..., 1.0``, with the least squared error of the symmetric ``-Qp..Qp`` grid (the range
+    learning init of AIMET / LSQ+ for a model that is already trained). Weights use ``method``;
+    activations the paper's.
+
+    Example:
+        >>> w = tf.constant([[0.1, -0.2], [0.4, 0.05], [-1.0, 0.1]])
+        >>> [[round(float(v), 4) for v in lsq_init_step(w, 7.0, True, m)] for m in ("paper", "max", "mse")]
+        [[0.378, 0.0882], [0.1429, 0.0286], [0.14, 0.0274]]
+    """
+    x = tf.abs(tf.stop_gradient(tf.convert_to_tensor(x, tf.float32)))
+    if method == "paper":
+        return tf.maximum(2.0 * _reduce(x, tf.reduce_mean, per_channel) / tf.sqrt(tf.cast(qp, tf.float32)), _EPS)
+    top = tf.maximum(_reduce(x, tf.reduce_max, per_channel), _EPS) / float(qp)
+    if method == "max":
+        return top
+    best, best_err = top, None
+    for f in np.linspace(0.2, 1.0, 41):
+        q = tf.clip_by_value(tf.round(x / (f * top)), 0.0, float(qp)) * (f * top)
+        err = _reduce(tf.square(q - x), tf.reduce_sum, per_channel)
+        better = err < best_err if best_err is not None else tf.ones_like(err, tf.bool)
+        best = tf.where(better, f * top, best)
+        best_err = err if best_err is None else tf.minimum(err, best_err)
+    return best
 
 
 def lsq_gradient_scale(n, qp):
@@ -186,20 +210,22 @@ def lsq_weight(kernel, step, bits, per_channel=True):
 
 
 def dorefa_weight(kernel, bits, per_channel=True):
-    """DoReFa weights (Zhou et al., 2016): ``2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1``,
-    ``quantize_k(u) = round((2^k - 1) u) / (2^k - 1)`` (round straight-through), times ``max|w|``.
+    """DoReFa weights (Zhou et al., 2016): ``2 * quantize_k(tanh(v) / (2 max|tanh(v)|) + 1/2) - 1``,
+    ``quantize_k(u) = round((2^k - 1) u) / (2^k - 1)`` (round straight-through), times ``a = max|w|``,
+    with ``v = w / a``.
 
-    The paper's weights lie in ``[-1, 1]`` because every conv of its nets is followed by a
-    BatchNormalization that absorbs the scale; kslim folds BatchNormalization into the kernels, so the
-    result is multiplied by ``max|w|`` (no gradient) of the channel (``per_channel``) or the kernel,
-    where the maxima are also taken. The ``2^k`` levels are the odd codes ``-(2^k - 1)..2^k - 1`` of
-    ``step = max|w| / (2^k - 1)`` (there is no zero level): ``(values, step)``.
+    The paper's weights are free of scale because every conv of its nets is followed by a
+    BatchNormalization; kslim folds BatchNormalization into the kernels, whose weights then reach
+    several units (``tanh`` would flatten them all to +-1). So the kernel is normalised by its ``max|w|``
+    (no gradient; per channel with ``per_channel``, where the maxima are also taken) before ``tanh`` and
+    the result scaled back. The ``2^k`` levels are the odd codes ``-(2^k - 1)..2^k - 1`` of
+    ``step = a / (2^k - 1)`` (there is no zero level): ``(values, step)``.
     """
     kernel = tf.convert_to_tensor(kernel)
     n = float(2 ** int(bits) - 1)
-    t = tf.tanh(kernel)
-    u = t / (2.0 * tf.maximum(_reduce(tf.abs(t), tf.reduce_max, per_channel), _EPS)) + 0.5
     a = tf.maximum(_reduce(tf.abs(tf.stop_gradient(kernel)), tf.reduce_max, per_channel), _EPS)
+    t = tf.tanh(kernel / a)
+    u = t / (2.0 * tf.maximum(_reduce(tf.abs(t), tf.reduce_max, per_channel), _EPS)) + 0.5
     return (2.0 * round_ste(u * n) / n - 1.0) * a, a / n
 
 
@@ -212,15 +238,16 @@ def bnn_weight(kernel, per_channel=True):
     return sign_ste(kernel / alpha) * alpha, alpha
 
 
-def on_int8_grid(values, step, per_channel=True):
-    """Hand a kernel whose ``values`` are integer codes (|code| <= 127) times ``step`` to the TFLite
-    converter unchanged: a symmetric 8-bit FakeQuant over ``+-127 * step`` (per last-axis channel or per
-    tensor), whose grid is ``step`` itself -- the int8 kernel of the ``.tflite`` holds the codes. The
-    gradient passes straight through (the step gets none from here)."""
-    hi = 127.0 * tf.stop_gradient(tf.convert_to_tensor(step))
+def on_code_grid(values, step, code_bits=8, per_channel=True):
+    """Hand a kernel whose ``values`` are integer codes times ``step``, ``|code| <= 2^(code_bits-1) - 1``,
+    to the TFLite converter unchanged: a symmetric ``code_bits`` FakeQuant (narrow range) over ``+-Qp *
+    step`` (per last-axis channel or per tensor), whose grid is ``step`` itself -- the kernel of the
+    ``.tflite`` holds the codes (the converter stores a 4-bit one as a packed INT4 tensor, others as
+    int8). The gradient passes straight through (the step gets none from here)."""
+    hi = symmetric_levels(code_bits) * tf.stop_gradient(tf.convert_to_tensor(step))
     if per_channel:
-        return fake_quant_per_channel(values, -hi, hi, 8, narrow_range=True)
-    return fake_quant(values, -hi, hi, 8, narrow_range=True)
+        return fake_quant_per_channel(values, -hi, hi, code_bits, narrow_range=True)
+    return fake_quant(values, -hi, hi, code_bits, narrow_range=True)
 
 
 #: stretch of AdaRound's rectified sigmoid ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``

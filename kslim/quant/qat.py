@@ -678,7 +678,7 @@ class _Rewriter:
             bn = plan.fold_into.get(id(layer))
             weights = folded_weights(layer, bn) if bn is not None else layer.get_weights()
             quant_args = dict(weight_bits=config.weight_bits, per_channel=config.per_channel,
-                              weight_quantizer=config.weight_quantizer)
+                              weight_quantizer=config.weight_quantizer, lsq_init=config.lsq_init)
             if qcls is not None and qcls != "separable" and not getattr(qlayers, qcls).LOWBIT:
                 # layers without a low-bit twin keep the default quantizer
                 quant_args = dict(weight_bits=config.fallback_bits[0], per_channel=config.per_channel)
