@@ -947,7 +947,9 @@ def convert(qat_model, inference_input_type="float32", inference_output_type=Non
     (e.g. codes -7..7 for 4 bits); Dense kernels quantized per channel are re-quantized by the
     converter on the 8-bit grid of the same range (the ``weight_bits`` levels stay distinct but are
     rounded to it); activations below 8 bits are exported on the 8-bit grid of their learned range,
-    because TFLite has no sub-8-bit activation kernels.
+    because TFLite has no sub-8-bit activation kernels. The low-bit quantizers (``weight_quantizer``
+    ``"lsq"``, ``"dorefa"``, ``"bnn"``) export their kernels exactly, per-channel Dense included (codes up
+    to +-7 as packed INT4 tensors, others int8); see :mod:`kslim.quant.lowbit`.
 
     Args:
         qat_model: a model returned by :func:`quant_aware` whose activation quantizers have a range
