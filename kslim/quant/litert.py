@@ -159,7 +159,11 @@ class LiteRTSession:
             batches = calibration_batches(calibration_data, self.inputs, bs, -(-num_calibration_samples // bs))
             self.flat = concat_batches(batches, num_calibration_samples)
             self.batches = [[a[i:i + bs] for a in self.flat] for i in range(0, len(self.flat[0]), bs)]
-        self.float_lite = convert(model, check=False)
+        # a -inf pad before a max pool (keras-hub's ResNetV2 stem) would wreck its int8 tensor's range, as in
+        # the converter's int8 path: made an edge pad first (the max pool's result is unchanged, exactly)
+        from kslim.graph.keras_graph import replace_infinite_pool_pads
+
+        self.float_lite = convert(replace_infinite_pool_pads(model)[0], check=False)
         self._qsvs = self._observers = self._outputs = None
 
     @property
