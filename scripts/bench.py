@@ -11,6 +11,7 @@ table                 script                               writes
 ``prune``             scripts/bench_prune.py               benchmarks/prune.{json,md}
 ``quant``             scripts/bench_quant.py               benchmarks/quant.{json,md}
 ``ptq``               scripts/bench_ptq.py                 benchmarks/ptq.{json,md}
+``lowbit``            scripts/bench_lowbit.py              benchmarks/lowbit.{json,md}
 ``peers``             scripts/bench_peers_tfmot.py         benchmarks/peers_tfmot.{json,md}
 ``distill``           scripts/bench_distill.py             benchmarks/distill.{json,md}
 ``combined``          scripts/bench_combined.py            benchmarks/combined.{json,md}
@@ -59,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {  # in the order of a full run
     "quant": ("bench_quant.py", ("quant",), [], []),
     "ptq": ("bench_ptq.py", ("ptq",), [], []),
+    "lowbit": ("bench_lowbit.py", ("lowbit",), [], []),
     "distill": ("bench_distill.py", ("distill",), [], []),
     "cost": ("bench_cost.py", ("cost",), [], []),
     "nas": ("bench_nas.py", ("nas",), [], []),
@@ -70,7 +72,7 @@ TABLES = {  # in the order of a full run
     "zoo": ("bench_zoo.py", ("zoo",), [], []),
 }
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
-EXPECTED_MIN = {"prune": 14, "quant": 4, "ptq": 35, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
+EXPECTED_MIN = {"prune": 14, "quant": 4, "ptq": 35, "lowbit": 20, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
                 "latency": 4, "latency224": 16, "cost": 2, "zoo": 12}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -33,7 +33,8 @@ SECTIONS = [
      "71.04 % -> 70.84 % (-0.20 pt).",
      "Structured (filter) pruning by kslim, with the unstructured tfmot peer at the same weight sparsity. "
      "The simulated-annealing ('auto') pruning row is in table 5 (`auto_prune`)."),
-    ("2", "Quantization", ["quant", "peers", "ptq"], [("quant", None), ("peers_tfmot", "quant"), ("ptq", None)],
+    ("2", "Quantization", ["quant", "peers", "ptq", "lowbit"],
+     [("quant", None), ("peers_tfmot", "quant"), ("ptq", None), ("lowbit", None)],
      "tfmot QAT guide (`g3doc/guide/quantization/training.md`): MobileNetV1 224 on ImageNet 71.03 % float -> "
      "71.06 % int8 QAT; PaddleSlim model zoo (`docs/en/model_zoo_en.md`): MobileNetV1 70.99 % -> quant_post "
      "70.18 % (-0.81 pt), quant_aware 70.60 % (-0.39 pt), 17 MB -> 4.4 MB.",
