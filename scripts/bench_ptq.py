@@ -43,12 +43,24 @@ NOISE_PT = 0.3  # binomial standard error of a ~92 % accuracy on 10,000 images i
 
 
 #: row groups (``--only``): the variants' ``backend`` / ``extra`` decide the group
-GROUPS = ("calibration", "recipes", "rounding", "mixed")
+GROUPS = ("calibration", "recipes", "rounding", "mixed", "peers")
+
+
+def _failure(e):
+    """One line for a failed row: a tf.function error's last line, a converter error without its MLIR location."""
+    import re
+
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    text = re.sub(r"<unknown>:0: error: loc\(.*\)\)\):\s*", "", text)
+    return f"{type(e).__name__}: {text}"[:300]
 
 
 def group_of(backend, recipe, extra):
     if backend == "mixed" or recipe == "int8x4":  # int8x4: the all-int4 end of the mixed rows
         return "mixed"
+    if backend == "keras":
+        return "peers"
     if extra:
         return "rounding"
     if recipe.startswith("int8") and "weight_only" not in recipe and recipe != "int8x4" or backend == "float":
@@ -75,6 +87,23 @@ def mixed_rows(model, calib, args):
     rows.append(("mixed", "int8 + int16x8", args.best_algo, "latency <= 1.50 x int8",
                  lambda: _annotated(quant_post_mixed(model, calib, latency_budget=1.5, algo=args.best_algo))))
     return rows
+
+
+def _keras_quantize(model):
+    """Keras 3's own ``model.quantize("int8")`` on a copy, exported with ``model.export(format="litert")``."""
+    import tempfile
+
+    import keras
+
+    from kslim.lite.model import LiteModel
+
+    q = keras.models.clone_model(model)
+    q.set_weights(model.get_weights())
+    q.quantize("int8")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.tflite"
+        q.export(str(path), format="litert")
+        return LiteModel(path.read_bytes())
 
 
 def _annotated(res):
@@ -128,6 +157,7 @@ def variants(model, calib, args):
                  lambda: quant_post_static(equalize_cross_layer(model, relu6="relu").model, calib, algo=best,
                                            weight_quantize_type="abs_max", bias_correction=True, check=False)))
     rows += mixed_rows(model, calib, args)
+    rows.append(("keras", "int8", "-", "model.quantize", lambda: _keras_quantize(model)))
     only = set(args.only.split(",")) if args.only else None
     return [r for r in rows if r[0] == "float" or only is None or group_of(r[0], r[1], r[3]) in only]
 
@@ -150,9 +180,7 @@ def bench_model(name, args, calib, test, log):
         try:
             lite = build()
         except Exception as e:  # noqa: BLE001 -- a row that fails is reported, the others still run
-            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-            # a tf.function error starts with "in user code:"; its last line says what went wrong
-            failed[key] = f"{type(e).__name__}: {' ... '.join(dict.fromkeys([lines[0], lines[-1]]))[:300] if lines else ''}"
+            failed[key] = _failure(e)
             log(f"  {name} {key}: FAILED {failed[key]}")
             continue
         seconds = time.time() - t0
@@ -182,7 +210,8 @@ def bench_model(name, args, calib, test, log):
 def check_targets(res):
     rows = [r for r in res["rows"] if r["backend"] != "float"]
     out = []
-    int8 = [r for r in rows if r["recipe"] in ("int8", "int8 per-tensor w")]  # full int8, weights and activations
+    int8 = [r for r in rows if r["recipe"] in ("int8", "int8 per-tensor w")  # kslim's full int8 (not a peer)
+            and r["backend"] in ("converter", "litert")]
     if int8:
         b = max(int8, key=lambda r: r["delta_pt"])
         out.append({"what": f"{res['model']}: best int8 PTQ vs float", "target": f">= {TARGETS['int8']} pt",
@@ -240,6 +269,9 @@ def write_markdown(result, path):
 
 
 NOTES = [
+    "Peers: LiteRT's quantizer is the `litert` rows; `keras int8 model.quantize` is Keras 3's own "
+    "`model.quantize(\"int8\")` exported with `model.export(format=\"litert\")`; Sony's MCT is not a row: it "
+    "disables its TensorFlow support on TensorFlow >= 2.16 (this run: TensorFlow 2.21).",
     "`litert ... algo -`: LiteRT's quantizer with its own calibration (min/max as a moving average of "
     "per-sample ranges); `litert ... <algo>`: the same quantizer with kslim's ranges written into its "
     "calibration result (`quant_post_litert(algo=...)`); `converter <algo>`: `quant_post_static`.",
