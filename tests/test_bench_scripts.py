@@ -212,3 +212,27 @@ def test_peer_fragment_has_both_sections_and_reports_failure(render):
     assert "0.7988" in parts["quant"] and "1.25x" in parts["quant"]
     for part in ("prune", "quant"):
         assert "FAILED" in parts[part] and "ImportError: no tfmot" in parts[part]
+
+
+def test_ptq_only_run_replaces_its_groups_and_supersedes_old_failures():
+    """bench_ptq --only G: the saved rows of other groups stay, G's rows come from the new run, and a
+    failure the new run measured successfully disappears."""
+    mod = _load("bench_ptq")
+
+    def row(backend, recipe, algo="-", extra="", acc=0.9):
+        return {"backend": backend, "recipe": recipe, "algo": algo, "extra": extra, "accuracy": acc,
+                "delta_pt": 0.0, "group": mod.group_of(backend, recipe, extra)}
+
+    saved = {"command": "full", "date": "d0", "models": [{"model": "m", "rows": [
+        row("float", "float32"), row("converter", "int8", "KL"), row("converter", "int8", "mse", "adaround 5 it")],
+        "failed": {"litert int4_weight_only adaround 5 it": "TypeError: in user code:"}}]}
+    new = {"command": "full --only rounding", "date": "d1", "models": [{"model": "m", "rows": [
+        row("float", "float32", acc=0.91), row("converter", "int8", "mse", "adaround 5 it", 0.8),
+        row("litert", "int4_weight_only", "-", "adaround 5 it", 0.7)], "failed": {}}]}
+    out = mod.merged(saved, new, {"rounding"})
+    rows = out["models"][0]["rows"]
+    assert [(r["backend"], r["extra"]) for r in rows] == [
+        ("float", ""), ("converter", ""), ("converter", "adaround 5 it"), ("litert", "adaround 5 it")]
+    assert rows[0]["accuracy"] == 0.91 and rows[2]["accuracy"] == 0.8 and rows[2]["run"] == "d1"
+    assert out["models"][0]["failed"] == {} and out["commands"] == ["full", "full --only rounding"]
+    assert mod.group_of("keras", "int8", "model.quantize") == "peers" and mod.group_of("litert", "int8x4", "") == "mixed"
