@@ -72,3 +72,17 @@ def log_targets(targets, t0, log):
     for t in targets:
         log(f"  {t['what']}: {t['value']} (target {t['target']}) -> {'met' if t['met'] else 'MISSED'}")
     log(f"wall time {time.time() - t0:.0f}s")
+
+
+def write_fragment(out, stem, result, write_markdown, log=print):
+    """Write ``out/<stem>.json`` (every figure) and ``out/<stem>.md`` (``write_markdown(result, path)``),
+    each atomically, and say so."""
+    from pathlib import Path
+
+    from kslim._io import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    write_markdown(result, out / f"{stem}.md")
+    log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from _benchlib import cpu_name, latency_ms  # noqa: E402
+from _benchlib import cpu_name, latency_ms, write_fragment  # noqa: E402
 
 NETS = ("mobilenet_v2", "resnet50")
 
@@ -186,13 +186,7 @@ def main(argv=None):
             "runs": args.runs, "models": results, "wall_seconds": round(time.time() - t0),
         }
         if not args.quick:
-            from kslim._io import atomic_write_json
-
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "latency224.json", result)
-            write_markdown(result, out / "latency224.md")
-            log(f"wrote {out / 'latency224.json'} and {out / 'latency224.md'}")
+            write_fragment(args.out, "latency224", result, write_markdown, log)
     log(f"wall time {time.time() - t0:.0f}s")
     return 0
 

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, log_targets  # noqa: E402
+from _benchlib import cpu_name, log_targets, write_fragment  # noqa: E402
 
 #: row -> QuantConfig overrides (None: no quantization)
 ROWS = {
@@ -270,13 +270,7 @@ def main(argv=None):
     }
     log_targets(targets, t0, log)
     if not args.quick:
-        from kslim._io import atomic_write_json
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "lowbit.json", result)
-        write_markdown(result, out / "lowbit.md")
-        log(f"wrote {out / 'lowbit.json'} and {out / 'lowbit.md'}")
+        write_fragment(args.out, "lowbit", result, write_markdown, log)
     return 0
 
 

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from _benchlib import cpu_name, latency_ms, log_targets  # noqa: E402
+from _benchlib import cpu_name, latency_ms, log_targets, write_fragment  # noqa: E402
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 #: the issue's goals, in points of top-1 vs the float .tflite
@@ -392,13 +392,7 @@ def report(args, results, pending, data, test_samples, t0, log):
         targets = result["targets"]
     log_targets(targets, t0, log)
     if not args.quick:
-        from kslim._io import atomic_write_json
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "ptq.json", result)
-        write_markdown(result, out / "ptq.md")
-        log(f"wrote {out / 'ptq.json'} and {out / 'ptq.md'}")
+        write_fragment(args.out, "ptq", result, write_markdown, log)
 
 
 if __name__ == "__main__":

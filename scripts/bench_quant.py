@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_ms, log_targets  # noqa: E402
+from _benchlib import cpu_name, latency_ms, log_targets, write_fragment  # noqa: E402
 from bench import fmt  # noqa: E402
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 TARGETS = {"qat_pt": -0.2, "ptq_pt": -0.5, "dynamic_pt": -0.3, "dynamic_bytes": -0.74}
@@ -289,14 +289,8 @@ def report(args, results, pending, yte, t0, log):
     ]
     log_targets(targets, t0, log)
     if not args.quick:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         sys.path.insert(0, str(ROOT))
-        from kslim._io import atomic_write_json
-
-        atomic_write_json(out / "quant.json", result)
-        write_markdown(result, out / "quant.md")
-        log(f"wrote {out / 'quant.json'} and {out / 'quant.md'}")
+        write_fragment(args.out, "quant", result, write_markdown, log)
 
 
 if __name__ == "__main__":

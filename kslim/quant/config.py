@@ -73,8 +73,9 @@ class QuantConfig:
             training, frozen at inference; default) or ``"abs_max"`` (range of the current batch during
             training; the last one is kept for inference and export).
         weight_bits, activation_bits: 2..8 (default 8); 1 with the ``"bnn"`` quantizer (and only
-            then), 2..7 for DoReFa weights. Below 8 bits the values are simulated on the ``bits`` grid
-            and stored in int8 kernels.
+            then), 2..7 for DoReFa weights. Below 8 bits the values are simulated on the ``bits`` grid;
+            in the ``.tflite`` the converter stores conv/depthwise kernels whose codes fit +-7 as packed
+            INT4 tensors and the others on int8 kernels (the trained values exactly, either way).
         weight_quantizer, activation_quantizer: the QAT algorithm, one of
             :data:`kslim.quant.lowbit.QUANTIZERS`: ``"default"`` (kslim's range quantizers above),
             ``"lsq"`` (learned step size), ``"dorefa"``, ``"bnn"`` (binary); see
