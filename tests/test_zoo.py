@@ -43,6 +43,8 @@ EXPECTED_FAILURES = {
         ('fail', '.tflite vs Keras QAT correlation 0.934 < 0.95'),
     ('io_transfer_mobilenetv2', 'ptq_static'):
         ('fail', "int8 vs float correlation 0.692 < 0.9 (the TFLite converter's own PTQ on the same samples: 0"),
+    ('io_transfer_mobilenetv2', 'ptq_litert'):
+        ('fail', "int8 vs float correlation 0.721 < 0.9 (the TFLite converter's own PTQ on the same samples: 0"),
 }
 
 
