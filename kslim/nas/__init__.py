@@ -33,3 +33,7 @@ __all__ = [
     "load_history", "pareto_front", "plot_history", "auto_prune", "AutoPruneResult", "auto_compress",
     "AutoCompressResult",
 ]
+
+from kslim.nas.amc import AMCResult, amc_prune  # noqa: E402  (AMC, NNI's AMCPruner)
+
+__all__ += ["amc_prune", "AMCResult"]
