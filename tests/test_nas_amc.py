@@ -44,9 +44,16 @@ def test_prefers_pruning_the_redundant_layer():
     m = _model()
     res = amc_prune(m, _keeps("c1"), flops_reduction=0.3, episodes=12, warmup=6, **FAST)
     assert res.ratios["c1"] > res.ratios["c2"]
-    # the agent's own (post-warm-up) episodes also put more of the cut on c1
-    learned = [h["ratios"] for h in res.history if not h["warmup"]]
-    assert np.mean([r["c1"] - r["c2"] for r in learned]) > 0
+
+
+def test_agent_learns():
+    """After the random warm-up the agent's own episodes put the cut on c1 (measured: late - warm-up score
+    +0.09/+0.20/+0.14 for seeds 0/1/2; c1 - c2 ratio over the last 10 episodes +0.34/+0.63/+0.49)."""
+    res = amc_prune(_model(), _keeps("c1"), flops_reduction=0.3, episodes=30, warmup=10, lr_actor=1e-3,
+                    updates=40, noise=0.2, **FAST)
+    h = res.history
+    assert np.mean([x["score"] for x in h[-10:]]) > np.mean([x["score"] for x in h[:10]]) + 0.05
+    assert np.mean([x["ratios"]["c1"] - x["ratios"]["c2"] for x in h[-10:]]) > 0.2
 
 
 def test_same_seed_same_search_and_resume(tmp_path):
@@ -89,6 +96,8 @@ def test_latency_budget():
     (dict(flops_reduction=0.5, action_max=1.0), KslimValueError, "action_max"),
     (dict(flops_reduction=0.5, reward="acc"), KslimValueError, "reward"),
     (dict(flops_reduction=0.5, tau=0), KslimValueError, "tau"),
+    (dict(flops_reduction=0.5, discount=1.5), KslimValueError, "discount"),
+    (dict(flops_reduction=0.5, updates=0), KslimValueError, "updates"),
     (dict(max_latency=3.0), KslimTypeError, "latency_fn"),
     (dict(flops_reduction=0.95, action_max=0.5), InfeasibleConstraintError, "not reachable"),
 ])

@@ -283,7 +283,7 @@ def _load(directory, agent):
 def amc_prune(model, eval_fn, flops_reduction=None, *, episodes=100, warmup=None, importance=None, pruner=None,
               action_max=0.8, latency_fn=None, max_latency=None, reward="score", hidden=300, lr_actor=1e-4,
               lr_critic=1e-3, tau=0.01, discount=1.0, batch_size=64, replay_size=None, noise=0.5,
-              noise_decay=0.95, baseline_alpha=0.5, seed=0, directory=None, overwrite=False, verbose=0,
+              noise_decay=0.95, baseline_alpha=0.5, updates=None, seed=0, directory=None, overwrite=False, verbose=0,
               **pruner_options):
     """Search per-group pruning ratios with AMC's DDPG agent; return the best pruned model.
 
@@ -308,6 +308,7 @@ def amc_prune(model, eval_fn, flops_reduction=None, *, episodes=100, warmup=None
             (the paper's ``-(1 - score) * log(FLOPs)``, for scores in [0, 1]).
         hidden, lr_actor, lr_critic, tau, discount, batch_size, replay_size, noise, noise_decay,
         baseline_alpha: DDPG settings (``replay_size`` transitions, default ``100 x`` the groups).
+        updates: gradient steps per episode after the warm-up (default: one per group, as AMC).
         seed: seeds the networks, the noise and the replay sampling: same seed, same search.
         directory: a folder checkpointed after every episode; calling again with it continues the
             search (``overwrite=True`` starts over). None: no checkpoint.
@@ -356,10 +357,13 @@ def amc_prune(model, eval_fn, flops_reduction=None, *, episodes=100, warmup=None
         replay_size = _check_int(replay_size, "replay_size", 1)
     for what, v in (("lr_actor", lr_actor), ("lr_critic", lr_critic), ("noise", noise)):
         _check_positive(v, what)
-    for what, v in (("tau", tau), ("discount", discount), ("noise_decay", noise_decay),
+    discount = check_ratio(discount, "amc_prune(): discount", high_open=False)
+    for what, v in (("tau", tau), ("noise_decay", noise_decay),
                     ("baseline_alpha", baseline_alpha)):
         _check_positive(v, what, high=1.0)
     seed = _check_int(seed, "seed", 0)
+    if updates is not None:
+        updates = _check_int(updates, "updates", 1)
     if directory is not None:
         from kslim.validation import check_output_dir
 
@@ -434,7 +438,7 @@ def amc_prune(model, eval_fn, flops_reduction=None, *, episodes=100, warmup=None
         for k in buf:
             del buf[k][:-capacity]
         if ep >= warmup and len(buf["r"]) >= batch_size:
-            for _ in range(n):
+            for _ in range(updates or n):
                 idx = rng.choice(len(buf["r"]), size=batch_size, replace=False)
                 batch = {k: np.stack([buf[k][i] for i in idx]) for k in buf}
                 mean = float(batch["r"].mean())
