@@ -143,3 +143,14 @@ def test_float32_rule_keeps_a_layer_float(model_and_data):
     assert [op for op, _ in lite.float_ops] == ["CONV_2D"]  # the rest int8: FULLY_CONNECTED, MEAN
     ref = np.asarray(m(x))
     assert np.abs(lite.predict(x) - ref).max() / np.abs(ref).max() < 0.08
+
+
+def test_bad_calibration_settings_fail_before_converting(model_and_data, monkeypatch):
+    import kslim.lite.converter as converter
+
+    m, x = model_and_data
+    monkeypatch.setattr(converter, "convert", lambda *a, **k: pytest.fail("converted before checking"))
+    for kwargs, words in (({"algo": "hist", "hist_percent": 1.5}, "hist_percent"), ({"algo": "KL", "bins": 4}, "bins"),
+                          ({"num_calibration_samples": 0}, "num_calibration_samples")):
+        with pytest.raises(KslimValueError, match=words):
+            quant_post_litert(m, "int8", calibration_data=x, **kwargs)

@@ -64,7 +64,6 @@ RECIPES = {
 STATIC_RECIPES = {"int8": 8, "int16x8": 16, "int8x4": 8}
 
 
-
 def _quantizer():
     try:
         from ai_edge_quantizer import quantizer, recipe
@@ -145,6 +144,10 @@ class LiteRTSession:
 
         if algo is not None:
             check_algo(algo)
+            if not 0.0 < float(hist_percent) <= 1.0:
+                raise KslimValueError(f"{fn}(): hist_percent must be in (0, 1], got {hist_percent!r}.")
+            if int(bins) < 16:
+                raise KslimValueError(f"{fn}(): bins must be >= 16, got {bins!r}.")
         if isinstance(num_calibration_samples, bool) or not isinstance(num_calibration_samples, int) \
                 or num_calibration_samples < 1:
             raise KslimValueError(f"{fn}(): num_calibration_samples must be an integer >= 1, "
