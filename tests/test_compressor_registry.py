@@ -87,6 +87,20 @@ def test_auto_compress_step(tmp_path, tiny_model_path):
     assert result.model.count_params() < stages["base"]["row"]["params"]
 
 
+@pytest.mark.slow  # a few AMC episodes in a pipeline (the default suite keeps the field checks)
+def test_amc_step(tmp_path, tiny_model_path):
+    """The FLOPs target met by the AMC step, the agent checkpointed in the stage folder."""
+    run = tmp_path / "run"
+    cfg = _run_config(tiny_model_path, [{"amc": {"flops_reduction": 0.4, "episodes": 3, "warmup": 2,
+                                                 "eval_samples": 64, "fine_tune": {"epochs": 0}}}])
+    _small(cfg, 64)
+    Compressor(cfg, out=run, verbose=0).run()
+    stages = _state(run)["stages"]
+    info = stages["1"]["row"]["info"]
+    assert info["flops_reduction"] >= 0.4 and stages["1"]["row"]["macs"] < stages["base"]["row"]["macs"], info
+    assert (run / "stages" / "01_amc" / "ckpt" / "amc" / "amc_state.json").is_file()
+
+
 @pytest.mark.parametrize("step, path, words", [
     ({"equalize": {"relu6": "clip"}}, "strategies[0].equalize.relu6", "'skip', 'relu'"),
     ({"equalize": {"iterations": 0}}, "strategies[0].equalize.iterations", "minimum"),
@@ -109,6 +123,10 @@ def test_auto_compress_step(tmp_path, tiny_model_path):
     ({"auto_compress": {"flops_reduction": 1.5}}, "strategies[0].auto_compress.flops_reduction", "maximum"),
     ({"auto_compress": {"flops_reduction": 0.5, "importance": "taylor"}}, "strategies[0].auto_compress.importance",
      "fpgm"),
+    ({"amc": {}}, "strategies[0].amc", "flops_reduction"),
+    ({"amc": {"flops_reduction": 0.5, "episodes": 0}}, "strategies[0].amc.episodes", "minimum"),
+    ({"amc": {"flops_reduction": 0.5, "action_max": 1}}, "strategies[0].amc.action_max", "maximum"),
+    ({"amc": {"flops_reduction": 0.5, "importance": "taylor"}}, "strategies[0].amc.importance", "fpgm"),
     ({"quant_post_litert": {"recipe": "int3"}}, "strategies[0].quant_post_litert.recipe", "int16x8"),
     ({"quant_post_litert": {"rules": [[".*", "int3"]]}}, "strategies[0].quant_post_litert.rules[0][1]", "int8x4"),
     ({"quant_post_litert": {"recipe": "int8", "rules": [[".*", "int8"]]}}, "strategies[0].quant_post_litert.rules", "not both"),

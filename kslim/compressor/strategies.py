@@ -581,6 +581,44 @@ def run_auto_compress(ctx, p, sdir, prefix):
     ctx.model, ctx.lite = model, None
 
 
+@register_strategy("amc", trains=True, schema=params_schema({
+    "flops_reduction": RATIO_SCHEMA,
+    "episodes": {"type": "integer", "minimum": 1},
+    "warmup": {"type": "integer", "minimum": 0},
+    "eval_samples": {"type": "integer", "minimum": 1},
+    "action_max": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "importance": {"enum": importance_names(data=False)},  # every episode is pruned one-shot
+    "skip": {"type": "array", "items": {"type": "string"}},
+    "round_to": {"type": "integer", "minimum": 1},
+    "keep_classifier": {"type": "boolean"},
+    "fine_tune": FINE_TUNE_SCHEMA,
+}, required=["flops_reduction"]))
+def run_amc(ctx, p, sdir, prefix):
+    """AMC (:func:`kslim.nas.amc_prune`, NNI's AMCPruner): a DDPG agent picks per-group ratios over
+    ``episodes`` (the first ``warmup`` random), each episode meeting ``flops_reduction`` and scored by
+    the accuracy on ``eval_samples`` test images after one-shot pruning; the best is kept, then
+    ``fine_tune``. The agent is checkpointed in the stage folder after every episode (a resumed run
+    continues it)."""
+    from kslim.nas import amc_prune
+
+    args = _api_args(amc_prune, p, "episodes", "warmup", "action_max", "importance")
+    x, y = ctx.data.eval_arrays(int(p.get("eval_samples", 500)))
+    ctx.header(f"AMC search of {describe_model(ctx.model)}: {100 * float(p['flops_reduction']):g} % of the FLOPs, "
+               f"{args['episodes']} episodes scored on {len(x)} test images")
+
+    def make():
+        res = amc_prune(ctx.model, lambda m: accuracy(m, x, y), float(p["flops_reduction"]), skip=p.get("skip"),
+                        keep_classifier=p.get("keep_classifier", True), round_to=int(p.get("round_to", 1)),
+                        seed=ctx.stage_seed, directory=str(sdir / "ckpt" / "amc"), **args)
+        return res.model, {"flops_reduction": float(res.flops_reduction), "score": float(res.score),
+                           "ratios": res.ratios, "best_episode": res.best_episode}
+
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    ctx.info.update(info)
+    ctx.model, ctx.lite = model, None
+
+
 #: what ``netadapt``'s ``latency`` field names: the ``.tflite`` timed on this host, or the MACs (millions) as
 #: a noise-free stand-in (a relative budget only)
 NETADAPT_LATENCIES = ("measure", "macs")
