@@ -62,6 +62,13 @@ _RESULTS = {}
 
 #: measured by scripts/bench_zoo.py; here only under -m slow (the default suite's budget)
 SLOW_CHECKS = ("ptq_litert",)
+#: (entry, check) pairs of REPRESENTATIVE entries also left to -m slow: io_lstm's QAT converts a ~650-op
+#: unrolled graph (~16 s); tests/test_unroll.py covers the unrolled QAT of every recurrent layer by default
+SLOW_PAIRS = {("io_lstm", "qat")}
+
+
+def _slow(name, check):
+    return check in SLOW_CHECKS or (name, check) in SLOW_PAIRS
 
 
 def _results(name, check=None):
@@ -70,7 +77,7 @@ def _results(name, check=None):
 
         keras.backend.clear_session()
         _RESULTS[name] = run_checks(name, [c for c in CHECK_NAMES
-                                           if (name, c) not in KNOWN_CRASHES and c not in SLOW_CHECKS])
+                                           if (name, c) not in KNOWN_CRASHES and not _slow(name, c)])
     if check is not None and check not in _RESULTS[name] and "build" not in _RESULTS[name]:
         _RESULTS[name].update(run_checks(name, [check]))
     return _RESULTS[name]
@@ -80,7 +87,7 @@ def _params():
     params = []
     for name in ZOO:
         for check in CHECK_NAMES:
-            marks = [] if name in REPRESENTATIVE and check not in SLOW_CHECKS else [pytest.mark.slow]
+            marks = [] if name in REPRESENTATIVE and not _slow(name, check) else [pytest.mark.slow]
             known = EXPECTED_FAILURES.get((name, check))
             if known is not None:
                 marks.append(pytest.mark.xfail(strict=True, raises=KnownFailure, reason=f"{known[0]}: {known[1]}"))
