@@ -26,6 +26,22 @@ def load_data(quick):
     return (xtr, ytr), (xte, yte)
 
 
+def load_full(quick):
+    """Fashion-MNIST as shuffled (seed 0) float32 NHWC ``(train, test)``: the full 60k/10k set (Debian's
+    ``dataset-fashion-mnist``), or with ``quick`` the bundled subset's 10k train / 500 test images."""
+    import numpy as np
+
+    from kslim.datasets import fashion_mnist, fashion_mnist_small, preprocess
+
+    if quick:
+        (xtr, ytr), (xte, yte) = fashion_mnist_small()
+        xte, yte = xte[:500], yte[:500]
+    else:
+        (xtr, ytr), (xte, yte) = fashion_mnist()
+    perm = np.random.default_rng(0).permutation(len(xtr))
+    return (preprocess(xtr)[perm], ytr.astype(np.int32)[perm]), (preprocess(xte), yte.astype(np.int32))
+
+
 def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40, stats=False):
     """Median batch-1 latency (ms) of each ``.tflite`` per thread count, rounds interleaved across models.
 

@@ -20,7 +20,12 @@ table                 script                               writes
 ``latency224``        scripts/bench_latency224.py          benchmarks/latency224.{json,md}
 ``cost``              scripts/bench_cost.py                benchmarks/cost.{json,md}
 ``zoo``               scripts/bench_zoo.py                 benchmarks/zoo.{json,md}
+``prune_methods``     scripts/bench_prune_methods.py       benchmarks/prune_methods.{json,md} (on request)
 ====================  ===================================  ==========================================
+
+``prune_methods`` (every importance, ranking and scheme at -50/-70 % MACs, 3 seeds, both nets) takes hours
+on 2 cores: it is not part of ``all``; run it with ``--tables prune_methods`` or its script in pieces
+(``--only``/``--models``/``--seeds`` merge into the saved table).
 
 then ``scripts/render_benchmarks.py`` assembles ``BENCHMARKS.md`` from the fragments (machine,
 date, commands, and what failed). Usage::
@@ -70,10 +75,14 @@ TABLES = {  # in the order of a full run
     "peers": ("bench_peers_tfmot.py", ("peers_tfmot",), [], []),
     "combined": ("bench_combined.py", ("combined",), [], []),
     "zoo": ("bench_zoo.py", ("zoo",), [], []),
+    "prune_methods": ("bench_prune_methods.py", ("prune_methods",), ["--seeds", "0,1,2"], ["--models", "mobilenet_v1"]),
 }
+#: tables run only when named (hours of compute): not part of --tables all
+ON_REQUEST = ("prune_methods",)
 # rough wall time of the full run of each table on 2 idle cores (minutes), for the progress log
 EXPECTED_MIN = {"prune": 14, "quant": 4, "ptq": 35, "lowbit": 20, "peers": 14, "distill": 7, "combined": 15, "nas": 10,
-                "latency": 4, "latency224": 16, "cost": 2, "zoo": 12}
+                "latency": 4, "latency224": 16, "cost": 2, "zoo": 12,
+                "prune_methods": 240}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name  # noqa: E402
@@ -278,7 +287,8 @@ def parse_args(argv=None):
     p.add_argument("--no-render", action="store_true", help="run the tables but do not render BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=None, help="per-table time limit (minutes)")
     args = p.parse_args(argv)
-    args.tables = list(TABLES) if "all" in args.tables else list(dict.fromkeys(args.tables))
+    args.tables = ([t for t in TABLES if t not in ON_REQUEST] if "all" in args.tables
+                   else list(dict.fromkeys(args.tables)))
     return args
 
 

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, load_full, log_targets, write_fragment  # noqa: E402
 
 #: row -> QuantConfig overrides (None: no quantization)
 ROWS = {
@@ -222,21 +222,13 @@ def main(argv=None):
         result["targets"] = check_targets(result)
         write_markdown(result, path.with_suffix(".md"))
         return 0
-    import numpy as np
-
-    from kslim.datasets import fashion_mnist, fashion_mnist_small, preprocess
-
+    train, test = load_full(args.quick)
+    xtr, yte = train[0], test[1]
     if args.quick:
-        (xtr, ytr), (xte, yte) = fashion_mnist_small()
-        xte, yte = xte[:500], yte[:500]
         data = "bundled Fashion-MNIST subset (smoke run), `pretrained('mobilenet_v1', epochs=1, width=0.25)`"
     else:
-        (xtr, ytr), (xte, yte) = fashion_mnist()
         data = ("Fashion-MNIST (Debian's `dataset-fashion-mnist`: 60,000 train / 10,000 test); the shipped "
                 "converged reference `kslim.models.pretrained('mobilenet_v1')`")
-    perm = np.random.default_rng(0).permutation(len(xtr))
-    train = (preprocess(xtr)[perm], ytr.astype(np.int32)[perm])
-    test = (preprocess(xte), yte.astype(np.int32))
 
     def log(msg):
         print(msg, flush=True)

@@ -25,7 +25,8 @@ import bench  # noqa: E402  (machine description; imports nothing heavy)
 
 # (number, title, table key of scripts/bench.py, fragments as (stem, section or None), anchor, blurb)
 SECTIONS = [
-    ("1", "Pruning", ["prune", "peers", "nas"], [("prune", None), ("peers_tfmot", "prune")],
+    ("1", "Pruning", ["prune", "peers", "nas", "prune_methods"],
+     [("prune", None), ("peers_tfmot", "prune"), ("prune_methods", None)],
      "PaddleSlim model zoo (PaddlePaddle/models `PaddleSlim/docs/model_zoo.md`), MobileNetV1 on ImageNet, "
      "120 fine-tune epochs: baseline 70.91 % top-1; uniform filter pruning -50 % FLOPs 69.83 % (-1.08 pt, "
      "model -47 %), -70 % FLOPs 66.57 % (-4.34 pt); sensitivity-based one-shot -50 % FLOPs 68.68 % (-2.23 pt, "
@@ -157,7 +158,7 @@ def render(bench_dir, quick=False, date=None, machine=None):
                      + (" -- **above the core count: the machine was shared, latency figures are noisy**"
                         if load and m.get("cores") and load[0] > m["cores"] else ""))
     lines += [
-        f"- Reproduce every table: `nice -n 10 python scripts/bench.py` (about {sum(bench.EXPECTED_MIN.values())} min "
+        f"- Reproduce every table: `nice -n 10 python scripts/bench.py` (about {sum(v for k, v in bench.EXPECTED_MIN.items() if k not in bench.ON_REQUEST)} min "
         "on 2 idle cores, the sum of `scripts/bench.py`'s per-table estimates); one table: "
         "`python scripts/bench.py --tables <name>` with name in " + ", ".join(f"`{t}`" for t in bench.TABLES)
         + "; smoke version (CI): `python scripts/bench.py --quick`.",

@@ -32,7 +32,8 @@ def render():
 # ------------------------------------------------------------------------------------ bench.py
 def test_tables_default_all_in_order(bench):
     args = bench.parse_args([])
-    assert args.tables == list(bench.TABLES)
+    assert args.tables == [t for t in bench.TABLES if t not in bench.ON_REQUEST]
+    assert bench.parse_args(["--tables", "prune_methods"]).tables == ["prune_methods"]
     assert not args.quick and not args.render_only
 
 
@@ -236,3 +237,36 @@ def test_ptq_only_run_replaces_its_groups_and_supersedes_old_failures():
     assert rows[0]["accuracy"] == 0.91 and rows[2]["accuracy"] == 0.8 and rows[2]["run"] == "d1"
     assert out["models"][0]["failed"] == {} and out["commands"] == ["full", "full --only rounding"]
     assert mod.group_of("keras", "int8", "model.quantize") == "peers" and mod.group_of("litert", "int8x4", "") == "mixed"
+
+
+# ------------------------------------------------------------------------------------ bench_prune_methods.py
+def _pm_row(model, seed, group, method, target, acc):
+    return {"model": model, "seed": seed, "group": group, "method": method, "target": target, "tflite_acc": acc,
+            "macs": 1_000_000, "params": 100, "tflite_bytes": 400, "latency_ms": 0.1}
+
+
+def test_prune_methods_table_drops_are_per_seed_and_latency_rows_are_not_candidates(tmp_path):
+    pm = _load("bench_prune_methods")
+    rows = [_pm_row("m", s, "baseline", "baseline + fine-tune", 0, base) for s, base in ((0, 0.90), (1, 0.92))]
+    rows += [_pm_row("m", 0, "criteria", "l1, local", 50, 0.89), _pm_row("m", 1, "criteria", "l1, local", 50, 0.90),
+             _pm_row("m", 0, "criteria", "l1, local", 70, 0.80),
+             _pm_row("m", 0, "latency", "NetAdapt (l1) to that latency", 50, 0.95)]
+    summ = {(s["method"], s["target"]): s for s in pm.summary(rows)}
+    l1 = summ[("l1, local", 50)]
+    assert l1["seeds"] == [0, 1] and l1["drop_pt"] == pytest.approx(1.5)  # (1 + 2) / 2 against each seed's own base
+    assert l1["drop_sd"] == pytest.approx(0.7071, abs=1e-3) and summ[("l1, local", 70)]["drop_sd"] is None
+    targets = pm.check_targets(rows)
+    assert [t["met"] for t in targets] == [False, False]  # NetAdapt's -5 pt row is at equal latency, not MACs
+    assert "l1, local" in targets[0]["what"] and targets[0]["value"] == "+1.50 pt"
+    # a re-run of one (model, seed, method, target) replaces its row, others stay
+    again = pm.merged(rows, [_pm_row("m", 0, "criteria", "l1, local", 50, 0.90)])
+    assert len(again) == len(rows) and {r["tflite_acc"] for r in again if r["method"] == "l1, local" and
+                                        r["seed"] == 0 and r["target"] == 50} == {0.90}
+    result = {"rows": rows, "targets": targets, "command": "c", "date": "d", "platform": "p", "cpu": "c",
+              "cores": 2, "load_average": [0, 0, 0], "data": "data", "notes": ["n"]}
+    pm.write_markdown(result, tmp_path / "pm.md")
+    text = (tmp_path / "pm.md").read_text()
+    assert "| criteria | l1, local | -50 % | 0,1 |" in text and "**MISSED**" in text
+    with pytest.raises(SystemExit):
+        pm.parse_args(["--only", "criteria,bogus"])
+    assert pm.parse_args(["--quick"]).ft_images == 1024 and pm.parse_args([]).targets == [50, 70]
