@@ -417,16 +417,22 @@ def run_prune(ctx, p, sdir, prefix):
                 shutil.copyfile(result.plot_path, ctx.run.plots / f"{sdir.name}_auto_prune.png")
         return pruned, {k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list))}
 
-    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
-    model, history = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update(info)
-    ctx.model, ctx.lite = model, None
+    _prune_then_fine_tune(ctx, sdir, prefix, make, p)
 
 
 def _in_place_note(ctx, what):
     if ctx.strategy is not None:
         ctx.note(f"({what} trains on one device: its state lives on the model's own variables, "
                  "not under tf.distribute)")
+
+
+def _prune_then_fine_tune(ctx, sdir, prefix, make, p):
+    """The end of every channel-pruning step: :func:`_pruned_stage`, then the step's ``fine_tune``; the
+    result becomes the pipeline's model."""
+    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
+    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
+    ctx.info.update(info)
+    ctx.model, ctx.lite = model, None
 
 
 def _pruned_stage(ctx, sdir, prefix, make):
@@ -519,10 +525,7 @@ def run_admm(ctx, p, sdir, prefix):
         removed = {g.name if hasattr(g, "name") else str(g): int(len(v)) for g, v in admm.plan.items()}
         return admm.prune(), {"admm_residual": [float(r) for r in admm.history], "channels_removed": removed}
 
-    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
-    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update(info)
-    ctx.model, ctx.lite = model, None
+    _prune_then_fine_tune(ctx, sdir, prefix, make, p)
 
 
 @register_strategy("auto_compress", trains=True, schema=params_schema({
@@ -575,10 +578,7 @@ def run_auto_compress(ctx, p, sdir, prefix):
         rows = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, dict, type(None)))} for r in res.rounds]
         return res.model, {"flops_reduction": float(res.flops_reduction), "rounds": rows}
 
-    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
-    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update(info)
-    ctx.model, ctx.lite = model, None
+    _prune_then_fine_tune(ctx, sdir, prefix, make, p)
 
 
 @register_strategy("amc", trains=True, schema=params_schema({
@@ -613,10 +613,7 @@ def run_amc(ctx, p, sdir, prefix):
         return res.model, {"flops_reduction": float(res.flops_reduction), "score": float(res.score),
                            "ratios": res.ratios, "best_episode": res.best_episode}
 
-    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
-    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update(info)
-    ctx.model, ctx.lite = model, None
+    _prune_then_fine_tune(ctx, sdir, prefix, make, p)
 
 
 #: what ``netadapt``'s ``latency`` field names: the ``.tflite`` timed on this host, or the MACs (millions) as
@@ -688,10 +685,7 @@ def run_netadapt(ctx, p, sdir, prefix):
         return res.model, {"latency_before": res.latency_before, "latency": res.latency, "budget": res.budget,
                            "reached": bool(res.reached), "steps": len(res.steps), "latency_unit": latency}
 
-    pruned, info = _pruned_stage(ctx, sdir, prefix, make)
-    model, _ = _fine_tune(ctx, pruned, p.get("fine_tune", {}), sdir, prefix)
-    ctx.info.update(info)
-    ctx.model, ctx.lite = model, None
+    _prune_then_fine_tune(ctx, sdir, prefix, make, p)
 
 
 # ----------------------------------------------------------------------------- distill
