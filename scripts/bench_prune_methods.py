@@ -83,7 +83,6 @@ class Bench:
 
     def __init__(self, name, seed, args, train, test, log):
         import keras
-        import numpy as np
 
         from kslim.models import pretrained
 
