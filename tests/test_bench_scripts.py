@@ -267,6 +267,26 @@ def test_prune_methods_table_drops_are_per_seed_and_latency_rows_are_not_candida
     pm.write_markdown(result, tmp_path / "pm.md")
     text = (tmp_path / "pm.md").read_text()
     assert "| criteria | l1, local | -50 % | 0,1 |" in text and "**MISSED**" in text
+
+
+def test_prune_methods_fine_tune_budgets_are_separate_tables(tmp_path):
+    pm = _load("bench_prune_methods")
+    rows = [_pm_row("m", 0, "baseline", "baseline + fine-tune", 0, 0.90),   # saved before budgets were recorded
+            _pm_row("m", 0, "criteria", "l1, local", 50, 0.88)]
+    longer = [dict(r, ft_images=30720) for r in (_pm_row("m", 0, "baseline", "baseline + fine-tune", 0, 0.93),
+                                                 _pm_row("m", 0, "criteria", "l1, local", 50, 0.925))]
+    rows = pm.merged(rows, longer)
+    assert len(rows) == 4  # a longer fine-tune does not replace the default one's rows
+    summ = {(s["ft_images"], s["method"]): s for s in pm.summary(rows)}
+    assert summ[(10240, "l1, local")]["drop_pt"] == pytest.approx(2.0)   # against its own budget's baseline
+    assert summ[(30720, "l1, local")]["drop_pt"] == pytest.approx(0.5)
+    targets = pm.check_targets(rows)
+    assert [t["met"] for t in targets] == [False, True] and "30,720 images" in targets[1]["what"]
+    result = {"rows": rows, "targets": targets, "command": "c", "date": "d", "platform": "p", "cpu": "c",
+              "cores": 2, "load_average": [0, 0, 0], "data": "data", "notes": []}
+    pm.write_markdown(result, tmp_path / "pm.md")
+    text = (tmp_path / "pm.md").read_text()
+    assert "### m, fine-tune 10,240 training images" in text and "### m, fine-tune 30,720 training images" in text
     with pytest.raises(SystemExit):
         pm.parse_args(["--only", "criteria,bogus"])
     assert pm.parse_args(["--quick"]).ft_images == 1024 and pm.parse_args([]).targets == [50, 70]
