@@ -147,11 +147,16 @@ def rows_baseline(b):
     return [b.finish("baseline + fine-tune", "baseline", 0, _clone(b.base), t0)]
 
 
+def _chosen(args, names):
+    """The importances of ``names`` that ``--importances`` keeps (all of them by default)."""
+    return [n for n in names if args.importances is None or n in args.importances]
+
+
 def rows_criteria(b):
     from kslim.prune import importance_names
 
     rows = []
-    for imp in importance_names():
+    for imp in _chosen(b.args, importance_names()):
         pruner = b.pruner(imp)  # one graph and one scoring pass (data importances) for both targets
         for target in b.args.targets:
             t0 = time.time()
@@ -162,7 +167,7 @@ def rows_criteria(b):
 
 def rows_global(b):
     rows = []
-    for imp in GLOBAL_IMPORTANCES:
+    for imp in _chosen(b.args, GLOBAL_IMPORTANCES):
         pruner = b.pruner(imp)
         for target in b.args.targets:
             t0 = time.time()
@@ -390,6 +395,8 @@ def parse_args(argv):
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--targets", default="50,70", help="MACs reductions in percent")
     ap.add_argument("--only", default=",".join(GROUPS), help=f"groups among {','.join(GROUPS)}")
+    ap.add_argument("--importances", default=None,
+                    help="criteria/global groups: only these importances (default: every registered one)")
     ap.add_argument("--ft-images", type=int, default=None, help="training images of every fine-tune (default 10240)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--search-trials", type=int, default=20)
@@ -407,6 +414,13 @@ def parse_args(argv):
     bad = [g for g in args.only if g not in GROUPS]
     if bad:
         ap.error(f"--only: unknown group(s) {bad}; choose from {','.join(GROUPS)}")
+    if args.importances is not None:
+        from kslim.prune import importance_names
+
+        args.importances = [n for n in args.importances.split(",") if n]
+        bad = [n for n in args.importances if n not in importance_names()]
+        if bad:
+            ap.error(f"--importances: unknown importance(s) {bad}; choose from {','.join(importance_names())}")
     if args.ft_images is None:
         args.ft_images = 1024 if args.quick else DEFAULT_FT_IMAGES
     if args.quick:
@@ -454,6 +468,7 @@ def main(argv=None):
                                   {(r["model"], r["seed"], r["group"]) for r in new}] + [r for r in new if "error" in r]
             command = ("nice -n 10 python scripts/bench_prune_methods.py" + (" --quick" if args.quick else "")
                        + f" --models {name} --seeds {seed} --only {','.join(args.only)}"
+                       + (f" --importances {','.join(args.importances)}" if args.importances else "")
                        + (f" --ft-images {args.ft_images}" if args.ft_images != DEFAULT_FT_IMAGES else ""))
             commands.add(command)
             result.update({

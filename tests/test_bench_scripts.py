@@ -290,3 +290,13 @@ def test_prune_methods_fine_tune_budgets_are_separate_tables(tmp_path):
     with pytest.raises(SystemExit):
         pm.parse_args(["--only", "criteria,bogus"])
     assert pm.parse_args(["--quick"]).ft_images == 1024 and pm.parse_args([]).targets == [50, 70]
+
+
+def test_prune_methods_importances_are_checked_against_the_registry(capsys):
+    pm = _load("bench_prune_methods")
+    args = pm.parse_args(["--importances", "l1,taylor"])
+    assert pm._chosen(args, pm.GLOBAL_IMPORTANCES) == ["l1", "taylor"]
+    assert pm._chosen(pm.parse_args([]), pm.GLOBAL_IMPORTANCES) == list(pm.GLOBAL_IMPORTANCES)
+    with pytest.raises(SystemExit):
+        pm.parse_args(["--importances", "l1,magnitude"])
+    assert "unknown importance(s) ['magnitude']" in capsys.readouterr().err
