@@ -292,7 +292,9 @@ def amc_prune(model, eval_fn, flops_reduction=None, *, episodes=100, warmup=None
     (:meth:`FilterPruner.prune`) and scored by ``eval_fn``. The best feasible episode's model is
     returned. Defaults are AMC's reference ones (hidden 300, actor lr 1e-4, critic lr 1e-3,
     tau 0.01, batch 64, noise 0.5 decaying by 0.95 per episode, baseline moving average 0.5, discount
-    1); the paper runs 100 warm-up and 300 search episodes, far more than a test needs.
+    1); the paper runs 100 warm-up and 300 search episodes, far more than a test needs. With a
+    search of tens of episodes the agent gets few gradient steps at these settings;
+    ``scripts/bench_prune_methods.py`` runs 40 episodes with ``updates=40, lr_actor=1e-3, noise=0.2``.
 
     Args:
         model: a built Keras model (functional or Sequential).
