@@ -300,3 +300,34 @@ def test_prune_methods_importances_are_checked_against_the_registry(capsys):
     with pytest.raises(SystemExit):
         pm.parse_args(["--importances", "l1,magnitude"])
     assert "unknown importance(s) ['magnitude']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ README headline rows
+def test_readme_headline_rows_are_the_rendering_of_the_committed_json():
+    """No headline figure is typed: the README's block is exactly what _headline renders from benchmarks/."""
+    hl = _load("_headline")
+    readme = (SCRIPTS.parent / "README.md").read_text(encoding="utf-8")
+    assert hl.render_readme(readme, SCRIPTS.parent / "benchmarks") == readme, (
+        "README headline rows differ from benchmarks/*.json: run `python scripts/render_benchmarks.py`")
+
+
+def test_headline_block_rendered_from_json_with_its_source_and_verdict(tmp_path):
+    hl = _load("_headline")
+    (tmp_path / "ptq.json").write_text(json.dumps({
+        "date": "2026-12-03 18:06 UTC", "data": "Fashion-MNIST (60,000 train / 10,000 test)",
+        "targets": [{"what": "m: best int8 PTQ vs float", "value": "+0.06 pt", "target": ">= -0.3 pt", "met": True}]}))
+    (tmp_path / "quant.json").write_text(json.dumps({
+        "date": "2026-11-23", "test_samples": 2000,
+        "targets": [{"what": "m: QAT int8 accuracy vs float32", "value": "-0.30 pt", "target": ">= -0.2 pt",
+                     "met": False}, {"what": "m: dynamic int8 bytes", "value": "-70 %", "target": "~", "met": False}]}))
+    text = f"# title\n\nintro\n\n{hl.START}\n| old | typed |\n{hl.END}\n\n## after\n"
+    out = hl.render_readme(text, tmp_path)
+    assert out.startswith("# title\n\nintro\n\n") and out.endswith(f"{hl.END}\n\n## after\n") and "typed" not in out
+    assert "| m: best int8 PTQ vs float | +0.06 pt | >= -0.3 pt met | [`ptq`](BENCHMARKS.md#2-quantization), " \
+           "2026-12-03, converged nets, all 10,000 test images |" in out
+    assert "| m: QAT int8 accuracy vs float32 | -0.30 pt | >= -0.2 pt **missed** |" in out and "bundled subset" in out
+    assert "dynamic int8 bytes" not in out                       # only the rows the README lists
+    assert "Not measured yet:" in out and "`benchmarks/prune_methods.json`" in out
+    assert hl.render_readme(out, tmp_path) == out                # idempotent
+    with pytest.raises(hl.HeadlineError, match="exactly one headline block"):
+        hl.render_readme("# no markers\n", tmp_path)
