@@ -1,0 +1,124 @@
+"""scripts/bench_distill.py without training: arguments, the per-seed gain statistics, the target verdicts
+(judged at the printed precision), the merge of saved rows and the rendering (issue 16)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def bd():
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("_bench_test_distill", SCRIPTS / "bench_distill.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(variant, seed, acc, int8=None, **kw):
+    return {"variant": variant, "seed": seed, "student_width": 0.25, "epochs": 3, "qat_images": 10240,
+            "test_images": 10000, "images_seen": 180000, "params": 1000, "keras_acc": acc, "tflite_acc": acc,
+            "int8_acc": acc if int8 is None else int8, "settings": {"train_images": 60000, "batch_size": 128,
+            "lr": 1e-3, "temperature": 4.0, "soft_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0,
+            "at_weight": 500.0, "qat_lr": 1e-4}, **kw}
+
+
+def _rows(gains_pt, variant="soft", int8_gains_pt=None):
+    rows = []
+    for s, g in enumerate(gains_pt):
+        base = 0.85 + 0.01 * s
+        gi = g if int8_gains_pt is None else int8_gains_pt[s]
+        rows += [_row("scratch", s, base), _row(variant, s, base + g / 100, base + gi / 100)]
+    return rows
+
+
+def test_arguments(bd, capsys):
+    quick = bd.parse_args(["--quick", "--seeds", "3,4"])
+    assert quick.seeds == [3] and quick.epochs == 1 and quick.qat_images == 512 and quick.pilot_steps == 2
+    full = bd.parse_args([])
+    assert full.seeds == [0, 1, 2] and full.epochs == bd.DEFAULT_EPOCHS and full.variants == list(bd.VARIANTS)
+    for bad, says in ((["--variants", "soft,crd"], "crd"), (["--seeds", "a"], "--seeds"),
+                      (["--epochs", "0"], "--epochs")):
+        with pytest.raises(SystemExit):
+            bd.parse_args(bad)
+        assert says in capsys.readouterr().err
+    assert bd.command_line(full) == "nice -n 10 python scripts/bench_distill.py --seeds 0,1,2"
+    assert "--variants scratch,dkd" in bd.command_line(bd.parse_args(["--variants", "scratch,dkd"]))
+
+
+def test_pairs_per_variant(bd):
+    args = bd.parse_args([])
+    assert bd.pairs_for("scratch", args) == []
+    assert [p.loss for p in bd.pairs_for("soft", args)] == ["soft_label"]
+    assert [p.loss for p in bd.pairs_for("dkd", args)] == ["dkd"]
+    at = bd.pairs_for("soft+attention", args)
+    assert [p.loss for p in at] == ["soft_label"] + ["attention"] * len(bd.AT_LAYERS)
+    assert [(p.teacher, p.student) for p in at[1:]] == [((t,), (s,)) for t, s in bd.AT_LAYERS]
+
+
+def test_median_of_per_seed_gains_meets_the_bar(bd):
+    stats = bd.summary(_rows([1.2, 0.8, 1.5]))[(0.25, 3, 10240)]["soft"]["tflite_acc"]
+    assert stats["gains"] == pytest.approx({0: 1.2, 1: 0.8, 2: 1.5})
+    assert stats["gain_median"] == pytest.approx(1.2) and stats["gain_min"] == pytest.approx(0.8)
+    assert bd.meets(stats)
+    t = bd.check_targets(_rows([1.2, 0.8, 1.5]))
+    assert [x["metric"] for x in t] == ["tflite_acc", "int8_acc"] and all(x["met"] for x in t)
+    assert "±0." in t[0]["value"] and "10,000 images" in t[0]["value"]
+
+
+@pytest.mark.parametrize("gains, met", [
+    ([1.2, -0.1, 1.5], False),       # a seed with a loss misses however large the median
+    ([1.2, 0.9], False),             # fewer than 3 seeds
+    ([0.999, 0.5, 1.3], True),       # +1.00 at the printed precision
+    ([0.994, 0.5, 1.3], False),      # +0.99 printed
+    ([1.2, 0.004, 1.5], False),      # +0.00 printed is not a positive gain
+])
+def test_target_verdicts(bd, gains, met):
+    stats = bd.summary(_rows(gains))[(0.25, 3, 10240)]["soft"]["tflite_acc"]
+    assert bd.meets(stats) is met
+
+
+def test_int8_target_judges_the_variant_chosen_on_float(bd):
+    rows = _rows([1.2, 1.1, 1.5], int8_gains_pt=[0.5, -0.2, 0.3])
+    t = {x["metric"]: x for x in bd.check_targets(rows)}
+    assert t["tflite_acc"]["met"] and not t["int8_acc"]["met"]
+    assert t["int8_acc"]["variant"] == "soft"
+
+
+def test_best_variant_is_the_highest_median_gain(bd):
+    rows = _rows([0.5, 0.6, 0.7], variant="soft") + [r for r in _rows([1.1, 1.2, 1.3], variant="dkd")
+                                                      if r["variant"] == "dkd"]
+    assert {x["variant"] for x in bd.check_targets(rows)} == {"dkd"}
+
+
+def test_merge_replaces_rows_of_the_same_key_and_keeps_sections_apart(bd):
+    old = _rows([1.0, 1.0, 1.0])
+    new = [_row("soft", 0, 0.99)]
+    other = [_row("scratch", 0, 0.5, epochs=5)]
+    rows = bd.merged(old, new + other)
+    assert len(rows) == len(old) + 1
+    assert next(r for r in rows if r["variant"] == "soft" and r["seed"] == 0)["tflite_acc"] == 0.99
+    assert set(bd.summary(rows)) == {(0.25, 3, 10240), (0.25, 5, 10240)}
+    assert rows[0]["variant"] == "scratch"  # scratch first in its section
+
+
+def test_render_and_render_flag(bd, tmp_path):
+    rows = _rows([1.2, 0.8, 1.5])
+    result = {"rows": rows, "command": "x", "date": "2026-12-04 00:00 UTC", "data": "full set",
+              "teacher": {"what": "t", "keras_acc": 0.9254, "tflite_acc": 0.9254, "test_images": 10000},
+              "targets": bd.check_targets(rows), "notes": bd.NOTES}
+    md = "\n".join(bd.render(result))
+    assert "### student width 0.25, 3 epochs, QAT 10,240 images" in md
+    assert "| soft | 0,1,2 |" in md and "+1.20" in md and "92.54" in md
+    assert md.count("-> met") == 2
+    path = tmp_path / "distill.json"
+    result["targets"] = []
+    path.write_text(json.dumps(result))
+    assert bd.main(["--render", str(path)]) == 0
+    assert "-> met" in (tmp_path / "distill.md").read_text()  # targets recomputed from the rows
