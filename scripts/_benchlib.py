@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts (machine description, data slices, latency)."""
+"""Helpers shared by the benchmark scripts (machine description, data slices, fine-tuning, latency, noise)."""
 
+import math
 import os
 
 
@@ -102,3 +103,41 @@ def write_fragment(out, stem, result, write_markdown, log=print):
     atomic_write_json(out / f"{stem}.json", result)
     write_markdown(result, out / f"{stem}.md")
     log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+
+
+def fine_tune(model, train, images, lr, seed):
+    """Fine-tune ``model`` in place on ``images`` training images (a seed-dependent slice of ``train``, one
+    pass, batch 128), Adam from ``lr`` with cosine decay to 0: the budget every pruned row and every QAT row
+    gets, stated in images seen."""
+    import keras
+    import numpy as np
+
+    from kslim.datasets import to_dataset
+    from kslim.models import compile_classifier
+
+    keras.utils.set_random_seed(seed)
+    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
+    ds = to_dataset(train[0][idx], train[1][idx], batch_size=128, shuffle=True, seed=seed, normalize=False)
+    steps = max(1, int(ds.cardinality()))
+    compile_classifier(model, learning_rate=keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps))
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+def noise_pt(p, n):
+    """Test-set sampling noise of an accuracy ``p`` on ``n`` images: ``(SE, 1.96 SE)`` in pt."""
+    se = 100 * math.sqrt(p * (1 - p) / n)
+    return se, 1.96 * se
+
+
+def seed_list(text):
+    """``--seeds`` of the benchmark scripts (an argparse ``type``): ``"0,1,2"`` -> ``[0, 1, 2]``."""
+    import argparse
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds

@@ -61,7 +61,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, load_full, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, load_full, log_targets, noise_pt, seed_list, write_fragment  # noqa: E402
 
 VARIANTS = ("scratch", "soft", "dkd", "soft+attention")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
@@ -307,12 +307,6 @@ def meets(stats):
             and round(stats["gain_min"], 2) > 0)
 
 
-def noise_pt(p, n):
-    """Test-set sampling noise of an accuracy ``p`` on ``n`` images: ``(SE, 1.96 SE)`` in pt."""
-    se = 100 * math.sqrt(p * (1 - p) / n)
-    return se, 1.96 * se
-
-
 def section_title(sec):
     width, epochs, qat = sec
     return f"student width {width:g}, {epochs} epoch{'s' if epochs != 1 else ''}, QAT {qat:,} images"
@@ -443,7 +437,7 @@ def parse_args(argv=None):
                          "512 QAT images, every variant; no cache, writes nothing")
     ap.add_argument("--estimate", action="store_true", help="run the pilot, print the full run's duration, exit")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {','.join(VARIANTS)}")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", type=seed_list, default="0,1,2", help="seeds of every row")
     ap.add_argument("--student-width", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=None, help=f"student epochs on the 60,000 training images "
                                                              f"(default {DEFAULT_EPOCHS}; --quick 1)")
@@ -467,12 +461,6 @@ def parse_args(argv=None):
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
         ap.error(f"--variants: unknown variant(s) {bad}; choose from {','.join(VARIANTS)}")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        ap.error(f"--seeds: a comma-separated list of integers, got {args.seeds!r}")
-    if not args.seeds:
-        ap.error("--seeds: give at least one seed")
     if args.epochs is None:
         args.epochs = 1 if args.quick else DEFAULT_EPOCHS
     if args.qat_images is None:

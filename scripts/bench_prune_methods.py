@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, latency_ms, load_full, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, fine_tune, latency_ms, load_full, log_targets, write_fragment  # noqa: E402
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -52,24 +52,6 @@ TARGETS = {50: 0.5, 70: 1.5}   # issue 14: the best method loses at most this (p
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-def fine_tune(model, train, images, lr, seed):
-    """The one fine-tune every row gets: ``images`` training images (a seed-dependent slice), Adam with
-    cosine decay to 0."""
-    import keras
-    import numpy as np
-
-    from kslim.datasets import to_dataset
-    from kslim.models import compile_classifier
-
-    keras.utils.set_random_seed(seed)
-    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
-    ds = to_dataset(train[0][idx], train[1][idx], batch_size=128, shuffle=True, seed=seed, normalize=False)
-    steps = max(1, int(ds.cardinality()))
-    compile_classifier(model, learning_rate=keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps))
-    model.fit(ds, epochs=1, verbose=0, shuffle=False)
-    return model
-
-
 def _clone(model):
     import keras
 
