@@ -65,8 +65,9 @@ NOTES = [
     "band printed is 1.96 SE. Two variants are measured on the same images, so the noise of their "
     "difference is below sqrt(2) x that band; for QAT the spread between seeds (per-seed values) is the "
     "larger noise.",
-    "The other quantizers (tfmot `quantize_model`, the LiteRT quantizer, Keras' `model.quantize`) are "
-    "compared in the peers table (`scripts/bench_peers_tfmot.py`), each in its own process.",
+    "The other quantizers: LiteRT's quantizer and Keras' own `model.quantize(\"int8\")` are the peer rows of "
+    "the PTQ table (`scripts/bench_ptq.py`, same shipped nets, same calibration images); tfmot "
+    "`quantize_model` QAT is the peers table (`scripts/bench_peers_tfmot.py`, in its own process).",
     "Latency of a seeded row is measured in the run that produced the row (interleaved with that run's "
     "deterministic variants); its `date` says which run.",
 ]
@@ -380,8 +381,12 @@ def main(argv=None):
         path = Path(args.render)
         result = json.loads(path.read_text())
         result["targets"] = check_targets(result)
+        result["notes"] = NOTES + [n for n in result.get("notes", []) if n.startswith("partial run")]
+        from kslim._io import atomic_write_json
+
+        atomic_write_json(path, result)
         write_markdown(result, path.with_suffix(".md"))
-        print(f"wrote {path.with_suffix('.md')}", flush=True)
+        print(f"wrote {path} and {path.with_suffix('.md')}", flush=True)
         return 0
 
     def log(msg):
