@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Peer benchmark: kslim vs TensorFlow Model Optimization (tfmot) on the same trained network.
 
-The reference MobileNetV1-style net (``kslim.models.pretrained("mobilenet_v1")``, cached; the same
-one scripts/bench_prune.py and scripts/bench_quant.py use) is compressed two ways, with the same
-fine-tune epochs, learning rate, batch size, data order and seeds:
+The shipped, converged reference MobileNetV1-style net (``kslim.models.pretrained("mobilenet_v1")``,
+trained on the full Fashion-MNIST set by ``scripts/train_reference.py``; the same one
+scripts/bench_quant.py and scripts/bench_prune_methods.py use) is compressed two ways, with the same
+fine-tune budget (``--ft-images`` training images, one pass, batch 128, Adam with cosine decay), data
+order and seeds:
 
 * pruning: kslim uniform L1 filter pruning to -50 % MACs (structured: the network gets narrower)
   vs ``tfmot.sparsity.keras.prune_low_magnitude`` (unstructured, ``ConstantSparsity``) at the
@@ -11,8 +13,8 @@ fine-tune epochs, learning rate, batch size, data order and seeds:
 * quantization-aware training: ``kslim.quant.quant_aware`` + ``kslim.quant.convert`` vs
   ``tfmot.quantization.keras.quantize_model`` + the converter's ``Optimize.DEFAULT`` (int8).
 
-Every ``.tflite`` is measured in this (Keras 3) process by the same code: top-1 accuracy on the test
-images (ai-edge-litert), bytes, gzip bytes, latency (batch 1, XNNPACK, 1 thread and all threads,
+Every ``.tflite`` is measured in this (Keras 3) process by the same code: top-1 accuracy on all 10,000
+test images (ai-edge-litert; median over seeds), bytes, gzip bytes, latency (batch 1, XNNPACK, 1 thread and all threads,
 rounds interleaved across variants), plus the training step time relative to float training of
 the same framework.
 
@@ -41,7 +43,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (helpers; imports nothing heavy)
-from _benchlib import latency_ms  # noqa: E402
+from _benchlib import latency_ms, load_full  # noqa: E402
+
+DEFAULT_FT_IMAGES = 30000
 
 # tfmot's own figures (anchors), from its documentation
 ANCHORS = {
@@ -58,11 +62,14 @@ ANCHORS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: width 0.25, 2000/500 images, 1 seed")
+    p.add_argument("--quick", action="store_true", help="smoke run: width 0.25 (1 epoch), 2000/500 images of the "
+                                                          "bundled subset, 1 seed, 512 fine-tune images")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every variant (pruned, QAT)")
-    p.add_argument("--prune-lr", type=float, default=1e-3, help="as scripts/bench_prune.py")
-    p.add_argument("--qat-lr", type=float, default=1e-4, help="as scripts/bench_quant.py")
+    p.add_argument("--ft-images", type=int, default=None,
+                   help=f"training images of every fine-tune (pruned, QAT, controls; one pass, batch 128, a "
+                        f"seed-dependent slice; default {DEFAULT_FT_IMAGES:,}, --quick 512)")
+    p.add_argument("--prune-lr", type=float, default=1e-3, help="start of the cosine decay, as bench_prune_methods")
+    p.add_argument("--qat-lr", type=float, default=1e-4, help="start of the cosine decay, as scripts/bench_quant.py")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--flops-target", type=float, default=0.5)
     p.add_argument("--step-steps", type=int, default=30, help="steps timed for the float step time")
@@ -73,10 +80,33 @@ def parse_args(argv=None):
                    help="run the tfmot process while kslim trains (faster; step times then see each other's load)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # job file: run the tfmot side
     args = p.parse_args(argv)
+    if args.ft_images is None:
+        args.ft_images = 512 if args.quick else DEFAULT_FT_IMAGES
+    if args.ft_images < 1:
+        p.error("--ft-images must be >= 1")
     if args.quick:
         args.seeds, args.step_steps = args.seeds[:1], 8
-    args.width, args.pretrain_epochs = (0.25, 1) if args.quick else (1.0, 3)
+    args.width = 0.25 if args.quick else 1.0
     return args
+
+
+def load(quick):
+    """``(train, test)``: the full set (quick: 2,000 train / 500 test images of the bundled subset). Numpy only."""
+    train, test = load_full(quick)
+    return ((train[0][:2000], train[1][:2000]) if quick else train), test
+
+
+def ft_slice(train, images, seed):
+    """The fine-tune images of ``seed``, in the order both frameworks see them (no further shuffle)."""
+    import numpy as np
+
+    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
+    return train[0][idx], train[1][idx]
+
+
+def cosine(keras_module, lr, images, batch_size):
+    """Adam's learning rate: cosine decay from ``lr`` to 0 over the one pass (Keras 3 or tf_keras)."""
+    return keras_module.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, -(-images // batch_size)))
 
 
 # ----------------------------------------------------------------------------------- tfmot worker
@@ -96,7 +126,7 @@ def worker(job_path):
 
     job = json.loads(Path(job_path).read_text())
     out = Path(job["out"])
-    (xtr, ytr), (xte, yte) = bench.load_data(job["quick"])
+    (xtr, ytr), (xte, yte) = load(job["quick"])
     weights = np.load(job["weights"])
 
     def build():
@@ -108,7 +138,7 @@ def worker(job_path):
         return m
 
     def compile_(m, lr):
-        m.compile(optimizer=tf_keras.optimizers.Adam(lr),
+        m.compile(optimizer=tf_keras.optimizers.Adam(cosine(tf_keras, lr, job["ft_images"], job["batch_size"])),
                   loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     def keras_acc(m):
@@ -131,6 +161,7 @@ def worker(job_path):
 
     for seed in job["seeds"]:
         r = {}
+        xft, yft = ft_slice((xtr, ytr), job["ft_images"], seed)
         # (a) unstructured magnitude pruning at kslim's weight sparsity
         tf_keras.utils.set_random_seed(seed)
         sched = tfmot.sparsity.keras.ConstantSparsity(job["sparsity"], begin_step=0, frequency=10)
@@ -138,7 +169,7 @@ def worker(job_path):
         compile_(pm, job["prune_lr"])
         timer = bench.step_timer(tf_keras)
         t0 = time.time()
-        pm.fit(xtr, ytr, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0, shuffle=True,
+        pm.fit(xft, yft, batch_size=job["batch_size"], epochs=1, verbose=0, shuffle=False,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), timer])
         r["prune_fit_s"] = time.time() - t0
         r["prune_step_ms"] = timer.median_ms()
@@ -157,7 +188,7 @@ def worker(job_path):
         qm = tfmot.quantization.keras.quantize_model(build())
         compile_(qm, job["qat_lr"])
         timer = bench.step_timer(tf_keras)
-        qm.fit(xtr, ytr, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0, shuffle=True,
+        qm.fit(xft, yft, batch_size=job["batch_size"], epochs=1, verbose=0, shuffle=False,
                callbacks=[timer])
         r["qat_fit_s"] = time.time() - t0
         r["qat_step_ms"] = timer.median_ms()
@@ -196,12 +227,14 @@ def run(args, argv=None):
         print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
 
     machine = bench.machine()
-    train, test = bench.load_data(args.quick)
-    ref = pretrained("mobilenet_v1", epochs=args.pretrain_epochs, width=args.width, verbose=0)
+    train, test = load(args.quick)
+    ref = pretrained("mobilenet_v1", epochs=1, width=0.25, verbose=0) if args.quick else pretrained("mobilenet_v1")
     base, base_acc = ref.model, ref.accuracy
+    shipped = {k: (ref.details or {}).get(k) for k in ("command", "seed", "train_images", "accuracy")}
     # Keras 3 accuracy on the very test images the tf_keras copy is scored on (checks the weight copy)
     base_acc = float(np.mean(np.argmax(base.predict(test[0], batch_size=500, verbose=0), -1) == test[1]))
-    log(f"baseline mobilenet_v1 w{args.width:g} ({args.pretrain_epochs} epochs): Keras acc {base_acc:.4f}")
+    log(f"baseline mobilenet_v1 w{args.width:g} ({'--quick, 1 epoch' if args.quick else 'shipped'}): Keras acc "
+        f"{base_acc:.4f} on {len(test[1]):,} test images")
     pruner = L1NormFilterPruner(base, round_to=1)
     pruned0 = pruner.prune_to_flops(args.flops_target).model
     sparsity = 1 - kernel_params(pruned0) / kernel_params(base)
@@ -213,7 +246,7 @@ def run(args, argv=None):
     arrays = {f"{layer.name}/{i}": w for layer in base.layers for i, w in enumerate(layer.get_weights())}
     np.savez(tmp / "weights.npz", **arrays)
     job = {"out": str(tmp), "weights": str(tmp / "weights.npz"), "quick": args.quick, "width": args.width,
-           "seeds": args.seeds, "epochs": args.epochs, "prune_lr": args.prune_lr, "qat_lr": args.qat_lr,
+           "seeds": args.seeds, "ft_images": args.ft_images, "prune_lr": args.prune_lr, "qat_lr": args.qat_lr,
            "batch_size": args.batch_size, "sparsity": sparsity, "step_steps": args.step_steps}
     (tmp / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
@@ -226,9 +259,10 @@ def run(args, argv=None):
 
     def fit(model, lr, seed, timer=None):
         keras.utils.set_random_seed(seed)
-        compile_classifier(model, learning_rate=lr)
+        compile_classifier(model, learning_rate=cosine(keras, lr, args.ft_images, args.batch_size))
+        xft, yft = ft_slice(train, args.ft_images, seed)
         t0 = time.time()
-        model.fit(train[0], train[1], batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True,
+        model.fit(xft, yft, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False,
                   callbacks=[timer] if timer else None)
         return time.time() - t0
 
@@ -330,9 +364,9 @@ def run(args, argv=None):
     result = {
         "command": bench.command_line("scripts/bench_peers_tfmot.py", argv),
         "date": bench.utc_now(), "machine": machine, "load_end": bench.machine()["load_avg_1_5_15"],
-        "settings": {"model": f"mobilenet_v1 width {args.width:g}", "pretrain_epochs": args.pretrain_epochs,
+        "settings": {"model": f"mobilenet_v1 width {args.width:g}", "shipped": None if args.quick else shipped,
                      "train_images": len(train[0]), "test_images": len(test[0]), "seeds": args.seeds,
-                     "epochs": args.epochs, "prune_lr": args.prune_lr, "qat_lr": args.qat_lr,
+                     "ft_images": args.ft_images, "prune_lr": args.prune_lr, "qat_lr": args.qat_lr,
                      "batch_size": args.batch_size, "flops_target": args.flops_target,
                      "kslim_kernel_sparsity": sparsity, "kslim_macs_ratio": macs_ratio,
                      "tfmot_kernel_sparsity": bench.median([v.get("prune_sparsity") for v in wseeds.values()])},
@@ -356,6 +390,23 @@ def run(args, argv=None):
     return 0 if rc == 0 else 1
 
 
+def _model_text(s):
+    sh = s.get("shipped")
+    if sh and sh.get("command"):
+        return (f"Model: the shipped converged kslim reference {s['model']} (`kslim.models.pretrained`, trained by "
+                f"`{sh['command']}`, seed {sh.get('seed')}) on the Fashion-MNIST full set ({s['train_images']:,} "
+                f"train / {s['test_images']:,} test images); ")
+    if "pretrain_epochs" in s:  # tables written before issue 16's port
+        return (f"Model: kslim reference {s['model']} trained {s['pretrain_epochs']} epochs on the bundled "
+                f"Fashion-MNIST subset ({s['train_images']} train / {s['test_images']} test images); ")
+    return (f"Model: kslim reference {s['model']} (--quick: 1 epoch) on the bundled subset ({s['train_images']} "
+            f"train / {s['test_images']} test images); ")
+
+
+def _ft_text(s):
+    return f"{s['ft_images']:,} training images" if "ft_images" in s else f"{s.get('epochs')} epoch(s)"
+
+
 def markdown(res):
     s, m = res["settings"], res["machine"]
     f = bench.fmt
@@ -365,10 +416,10 @@ def markdown(res):
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; load average at start "
         f"{m['load_avg_1_5_15']}, at end {res['load_end']} (shared machine: latency figures are noisy when "
         "the load exceeds the core count)  ",
-        f"Model: kslim reference {s['model']} trained {s['pretrain_epochs']} epochs on the bundled Fashion-MNIST "
-        f"subset ({s['train_images']} train / {s['test_images']} test images); every compressed variant gets "
-        f"the same fine-tune ({s['epochs']} epoch(s), batch {s['batch_size']}, same data order); seeds "
-        f"{s['seeds']}, accuracy = median over seeds of the `.tflite` top-1 on the test images. tfmot runs in its "
+        _model_text(s)
+        + f"every compressed variant gets the same fine-tune ({_ft_text(s)}, batch {s['batch_size']}, same "
+        f"data order, Adam with cosine decay); seeds {s['seeds']}, accuracy = median over seeds of the `.tflite` "
+        f"top-1 on all {s['test_images']:,} test images. tfmot runs in its "
         "own process (TF_USE_LEGACY_KERAS=1) on the same architecture rebuilt in tf_keras with the same "
         f"weights (tf_keras float Keras accuracy {f(res['tfmot_float_keras_acc'], '.4f')} vs Keras 3 "
         f"{f(res['baseline_keras_acc'], '.4f')}). Latency: ai-edge-litert, XNNPACK, batch 1, median of "
@@ -401,7 +452,7 @@ def markdown(res):
              f"(measured after `strip_pruning`: {f(100 * s['tfmot_kernel_sparsity'] if s['tfmot_kernel_sparsity'] is not None else None, '.1f')} %). "
              "The step-time columns are the fine-tune step relative to float training in the same framework. "
              "Deltas are against the float32 baseline; the control row (the float model given the same "
-             "fine-tune) shows what the extra training alone buys (the reference models are trained briefly).", "",
+             "fine-tune) shows what the extra training alone buys.", "",
              *table(("both", "prune"), [step, step_cpu]), "",
              f"Anchor: {res['anchors']['prune']}", ""]
     quant = ["<!-- section: quant -->", "### Peer: tfmot `quantize_model` QAT vs kslim `quant_aware`", "", *head, "",
