@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, fine_tune, latency_ms, load_full, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt, write_fragment  # noqa: E402
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -293,8 +293,9 @@ def merged(saved_rows, new_rows):
 
 
 def summary(rows):
-    """Per (model, fine-tune budget, method, target): mean accuracy, mean drop vs the baseline + fine-tune of
-    the same seed and budget, seeds."""
+    """Per (model, fine-tune budget, method, target): mean accuracy, the drop vs the baseline + fine-tune of
+    the same seed and budget per seed (``drops``), their mean, sd and median (``drop_median``: what the
+    targets judge, issue 16's rule), seeds."""
     base = {(r["model"], _ft(r), r["seed"]): r["tflite_acc"] for r in rows if r["group"] == "baseline"}
     acc = {}
     for r in rows:
@@ -310,6 +311,8 @@ def summary(rows):
                     "seeds": sorted(r["seed"] for r, _ in items),
                     "acc": statistics.mean(r["tflite_acc"] for r, _ in items),
                     "drop_pt": statistics.mean(drops), "drop_sd": statistics.stdev(drops) if len(drops) > 1 else None,
+                    "drop_median": statistics.median(drops), "drops": {r["seed"]: d for r, d in items},
+                    "base_acc": statistics.mean(base[(model, ft, r["seed"])] for r, _ in items),
                     "macs_m": statistics.mean(r["macs"] for r, _ in items) / 1e6,
                     "params": int(statistics.mean(r["params"] for r, _ in items)),
                     "latency_ms": statistics.mean(r["latency_ms"] for r, _ in items) if all(
@@ -317,7 +320,9 @@ def summary(rows):
     return out
 
 
-def check_targets(rows):
+def check_targets(rows, n_test=10000):
+    """The best method per (model, fine-tune budget, target): the lowest median of per-seed drops, judged at the
+    printed precision, with the test set's noise band (``n_test`` images) beside it."""
     targets = []
     summ = summary(rows)
     for model, ft in sorted({(s["model"], s["ft_images"]) for s in summ}):
@@ -327,11 +332,17 @@ def check_targets(rows):
                     and s["group"] != "latency"]
             if not cand:
                 continue
-            best = min(cand, key=lambda s: s["drop_pt"])
+            best = min(cand, key=lambda s: (round(s["drop_median"], 2), s["drop_pt"]))
+            value = f"{best['drop_median']:+.2f} pt"
+            if len(best["seeds"]) > 1:
+                per = ", ".join(f"{d:+.2f}" for _, d in sorted(best["drops"].items()))
+                value += f" median of per-seed drops (per seed {per}; mean {best['drop_pt']:+.2f})"
+            _, band = noise_pt(best["base_acc"], n_test)
+            value += f"; test-set noise ±{band:.2f} pt (1.96 SE, {n_test:,} images)"
             targets.append({"what": f"{model}, fine-tune {ft:,} images: best method at -{target} % MACs "
                                     f"({best['method']}, {len(best['seeds'])} seed(s)) vs baseline + fine-tune",
-                            "value": f"{best['drop_pt']:+.2f} pt", "target": f"<= {limit} pt",
-                            "met": round(best["drop_pt"], 2) <= limit})  # judged at the printed precision
+                            "value": value, "target": f"<= {limit} pt",
+                            "met": round(best["drop_median"], 2) <= limit})  # judged at the printed precision
     return targets
 
 
@@ -417,6 +428,9 @@ def main(argv=None):
         path = Path(args.render)
         result = json.loads(path.read_text())
         result["targets"] = check_targets(result["rows"])
+        from kslim._io import atomic_write_json
+
+        atomic_write_json(path, result)  # the README's headline rows read the targets from the JSON
         write_markdown(result, path.with_suffix(".md"))
         return 0
     train, test = load_full(args.quick)
@@ -466,7 +480,7 @@ def main(argv=None):
                          "held-out training images. Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1, median."),
                 "notes": [
                     "A method's row is its mean over the seeds listed; sd is the standard deviation of the drop over "
-                    "seeds (empty with one seed).",
+                    "seeds (empty with one seed). The targets judge the median of the per-seed drops (issue 16).",
                     "Lottery Ticket and Level/AGP are unstructured (they zero weights, MACs unchanged): they are not "
                     "rows of a MACs table; scripts/bench_sparsity.py measures their sparse .tflite.",
                     f"Settings: SA {args.search_trials} trials, AMC {args.amc_episodes} episodes (updates 40, actor lr "
