@@ -37,7 +37,9 @@ def _load(bench_dir, stem):
 def _data(d):
     """'full test set' or 'bundled subset', from what the table says of its data."""
     text = " ".join(str(d.get(k, "")) for k in ("data", "settings"))
-    if "10,000 test" in text or "60,000 train" in text or d.get("test_samples") == 10000:
+    settings = d.get("settings") if isinstance(d.get("settings"), dict) else {}
+    if ("10,000 test" in text or "60,000 train" in text or d.get("test_samples") == 10000
+            or settings.get("test_images") == 10000):
         return "converged nets, all 10,000 test images"
     return "**bundled subset (2,000 test images), under-trained nets: not yet re-run (issue 16)**"
 
@@ -109,7 +111,7 @@ def _peers_rows(d):
     k, t = by.get(("quant", "kslim")), by.get(("quant", "tfmot"))
     if not (k and t):
         return []
-    return [("QAT int8, kslim vs tfmot `quantize_model` (same net, weights, epochs)",
+    return [("QAT int8, kslim vs tfmot `quantize_model` (same net, weights, fine-tune; median of seeds)",
              f"{100 * k['accuracy']:.2f} % vs {100 * t['accuracy']:.2f} %", ">= tfmot "
              + _verdict(round(k["accuracy"], 4) >= round(t["accuracy"], 4)), _source("peers_tfmot", d, "2-quantization"))]
 
