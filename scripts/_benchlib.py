@@ -105,19 +105,36 @@ def write_fragment(out, stem, result, write_markdown, log=print):
     log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
 
 
+def clone(model):
+    """A copy of ``model`` with its weights (the starting point every fine-tuned row is built from)."""
+    import keras
+
+    c = keras.models.clone_model(model)
+    c.set_weights(model.get_weights())
+    return c
+
+
+def ft_slice(train, images, seed):
+    """The ``images`` fine-tune images of ``seed``: a seed-dependent slice of ``train`` (numpy only, so the
+    tf_keras peer process draws the very same images)."""
+    import numpy as np
+
+    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
+    return train[0][idx], train[1][idx]
+
+
 def fine_tune(model, train, images, lr, seed):
     """Fine-tune ``model`` in place on ``images`` training images (a seed-dependent slice of ``train``, one
     pass, batch 128), Adam from ``lr`` with cosine decay to 0: the budget every pruned row and every QAT row
     gets, stated in images seen."""
     import keras
-    import numpy as np
 
     from kslim.datasets import to_dataset
     from kslim.models import compile_classifier
 
     keras.utils.set_random_seed(seed)
-    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
-    ds = to_dataset(train[0][idx], train[1][idx], batch_size=128, shuffle=True, seed=seed, normalize=False)
+    x, y = ft_slice(train, images, seed)
+    ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=seed, normalize=False)
     steps = max(1, int(ds.cardinality()))
     compile_classifier(model, learning_rate=keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps))
     model.fit(ds, epochs=1, verbose=0, shuffle=False)

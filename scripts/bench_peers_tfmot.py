@@ -43,7 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (helpers; imports nothing heavy)
-from _benchlib import latency_ms, load_full  # noqa: E402
+from _benchlib import ft_slice, latency_ms, load_full  # noqa: E402
 
 DEFAULT_FT_IMAGES = 30000
 
@@ -94,14 +94,6 @@ def load(quick):
     """``(train, test)``: the full set (quick: 2,000 train / 500 test images of the bundled subset). Numpy only."""
     train, test = load_full(quick)
     return ((train[0][:2000], train[1][:2000]) if quick else train), test
-
-
-def ft_slice(train, images, seed):
-    """The fine-tune images of ``seed``, in the order both frameworks see them (no further shuffle)."""
-    import numpy as np
-
-    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
-    return train[0][idx], train[1][idx]
 
 
 def cosine(keras_module, lr, images, batch_size):

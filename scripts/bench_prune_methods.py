@@ -44,7 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt, write_fragment  # noqa: E402
+from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt,  # noqa: E402
+                       write_fragment)
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -52,14 +53,6 @@ TARGETS = {50: 0.5, 70: 1.5}   # issue 14: the best method loses at most this (p
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-def _clone(model):
-    import keras
-
-    c = keras.models.clone_model(model)
-    c.set_weights(model.get_weights())
-    return c
-
-
 class Bench:
     """One reference net, one seed: builds every method's pruned model, fine-tunes and measures it."""
 
@@ -126,7 +119,7 @@ class Bench:
 # ------------------------------------------------------------------------------------------------ groups
 def rows_baseline(b):
     t0 = time.time()
-    return [b.finish("baseline + fine-tune", "baseline", 0, _clone(b.base), t0)]
+    return [b.finish("baseline + fine-tune", "baseline", 0, clone(b.base), t0)]
 
 
 def _chosen(args, names):
@@ -217,7 +210,7 @@ def rows_sparsity(b):
     n = a.ft_images
     for kind, importance in (("none", "bn_scale"), ("slim", "bn_scale"), ("group_lasso", "l1")):
         t0 = time.time()
-        model = _clone(b.base)
+        model = clone(b.base)
         penalty = None
         if kind == "slim":
             penalty = slim_penalty(model, strength=a.slim_strength)

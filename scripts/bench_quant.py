@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt, seed_list,  # noqa: E402
+from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt, seed_list,  # noqa: E402
                        write_fragment)
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
@@ -74,14 +74,6 @@ NOTES = [
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-def _clone(model):
-    import keras
-
-    c = keras.models.clone_model(model)
-    c.set_weights(model.get_weights())
-    return c
-
-
 def seeded_variant(variant, model, train, seed, args):
     """``float32_finetuned`` or ``qat_int8`` of ``model`` with seed ``seed``: a LiteModel."""
     from kslim.lite import convert
@@ -89,8 +81,8 @@ def seeded_variant(variant, model, train, seed, args):
     from kslim.quant import quant_aware
 
     if variant == "float32_finetuned":
-        return convert(fine_tune(_clone(model), train, args.qat_images, args.qat_lr, seed), check=False)
-    qat = quant_aware(_clone(model))
+        return convert(fine_tune(clone(model), train, args.qat_images, args.qat_lr, seed), check=False)
+    qat = quant_aware(clone(model))
     return quant_convert(fine_tune(qat, train, args.qat_images, args.qat_lr, seed), check=False)
 
 
