@@ -19,7 +19,8 @@ END = "<!-- end of headline rows -->"
 #: BENCHMARKS.md section of each table (anchors of its "## N. Title" headings)
 SECTION = {"prune_methods": "1-pruning", "peers_tfmot": "1-pruning", "ptq": "2-quantization",
            "lowbit": "2-quantization", "quant": "2-quantization", "distill": "3-distillation",
-           "latency": "6-latency-predictor", "latency224": "9-real-resolution-latency"}
+           "latency": "6-latency-predictor", "latency224": "9-real-resolution-latency",
+           "combined": "4-combined-strategies"}
 
 
 class HeadlineError(Exception):
@@ -124,6 +125,7 @@ ROWS = [
     ("lowbit", lambda d: _target_rows("lowbit", d, keep=lambda t: "control" not in t["what"])),
     ("quant", lambda d: _target_rows("quant", d, keep=lambda t: "QAT int8 accuracy vs float32" in t["what"])),
     ("peers_tfmot", _peers_rows),
+    ("combined", lambda d: _target_rows("combined", d)),
     ("distill", _distill_rows),
     ("latency", _latency_rows),
 ]

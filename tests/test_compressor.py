@@ -616,3 +616,35 @@ def test_distill_pairs_take_every_builtin_loss(tmp_path, tiny_model_path):
     ctx.model = model
     strategies.run_distill(ctx, cfg["strategies"][0]["distill"], run.stage_dir(1, "distill"), "1:distill")
     assert ctx.model.count_params() == model.count_params()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_fine_tune_strategy_and_its_schedule(tmp_path, tiny_model_path, schedule):
+    """``fine_tune`` trains the current model with hard labels; ``schedule: cosine`` decays the learning rate
+    to 0 over the step's epochs (its iteration count is checkpointed, so a resume continues the decay),
+    ``constant`` keeps it."""
+    import kslim.compressor.strategies as strategies
+    from kslim.compressor import RunDir
+    from kslim.compressor.compressor import _Context
+    from kslim.compressor.data import PipelineData
+    from kslim.compressor.training import _optimizer_variables
+
+    cfg = validate_config(_run_config(tiny_model_path, [{"fine_tune": {"epochs": 2, "schedule": schedule}}]))
+    cfg["data"]["train_limit"] = 128
+    run = RunDir(tmp_path / "run")
+    ctx = _Context(cfg, PipelineData(cfg["data"]), run, tmp_path, 0)
+    ctx.model = strategies._load_keras(tiny_model_path)
+    before = [w.copy() for w in ctx.model.get_weights()]
+    strategies.run_fine_tune(ctx, cfg["strategies"][0]["fine_tune"], run.stage_dir(1, "fine_tune"), "1:fine_tune")
+    opt = ctx.model.optimizer
+    assert int(opt.iterations) == 2 * 2  # 2 epochs of 128 images, batch 64
+    assert any(id(v) == id(opt.iterations) for v in _optimizer_variables(ctx.model))
+    lr = float(np.asarray(opt.learning_rate))
+    assert (lr < 1e-9) if schedule == "cosine" else lr == pytest.approx(1e-3)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, ctx.model.get_weights()))
+    assert (run.stage_dir(1, "fine_tune") / "ckpt" / "fine_tune" / "train.npz").is_file()
+
+
+def test_schedule_is_validated():
+    with pytest.raises(ConfigError, match="schedule"):
+        validate_config(_run_config("m.keras", [{"fine_tune": {"schedule": "linear"}}]))

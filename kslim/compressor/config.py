@@ -53,6 +53,7 @@ FINE_TUNE_SCHEMA = {
         "epochs": {"type": "integer", "minimum": 0},
         "learning_rate": {"type": "number", "exclusiveMinimum": 0},
         "batch_size": {"type": "integer", "minimum": 1},
+        "schedule": {"enum": ["constant", "cosine"]},  # cosine: decays to 0 over the step's epochs
     },
 }
 

@@ -240,6 +240,20 @@ def _train_settings(ctx, settings):
             settings.get("batch_size", train.get("batch_size")))
 
 
+def _learning_rate(ctx, settings, epochs, batch_size):
+    """The learning rate of a training step: a float (``schedule: constant``, the default) or a
+    ``keras.optimizers.schedules.CosineDecay`` from ``learning_rate`` to 0 over the step's ``epochs``
+    (``schedule: cosine``). The schedule reads the optimizer's iteration count, which the epoch
+    checkpoints restore, so a resumed step continues its decay where it stopped."""
+    lr = _train_settings(ctx, settings)[1]
+    if settings.get("schedule", ctx.config["train"].get("schedule", "constant")) != "cosine":
+        return lr
+    import keras
+
+    steps = max(1, epochs * ctx.data.steps_per_epoch(batch_size))
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+
+
 def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=True, callbacks=None, in_place=False):
     """Compile ``model`` and fit it resumably with ``settings`` (epochs, learning_rate, batch_size).
 
@@ -250,9 +264,10 @@ def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=Tr
     """
     from kslim.models import compile_classifier
 
-    epochs, lr, bs = _train_settings(ctx, settings)
+    epochs, _, bs = _train_settings(ctx, settings)
     if epochs <= 0:
         return model, []
+    lr = _learning_rate(ctx, settings, epochs, bs)
     strategy = None if in_place else ctx.strategy
     model = into_scope(strategy, model)
     with scope(strategy):
@@ -265,6 +280,15 @@ def _fine_tune(ctx, model, settings, sdir, prefix, name="fine_tune", announce=Tr
             note=ctx.note,
         )
     return out_of_scope(strategy, model), history
+
+
+@register_strategy("fine_tune", trains=True, schema=params_schema(FINE_TUNE_SCHEMA["properties"]))
+def run_fine_tune(ctx, p, sdir, prefix):
+    """Training of the current model on the run's data with hard labels (``epochs``, ``learning_rate``,
+    ``schedule``; any left out: the config's ``train``): on its own, the equally fine-tuned reference a
+    compressed model is compared with; after a step, more recovery than its own ``fine_tune``."""
+    model, _ = _fine_tune(ctx, ctx.model, p, sdir, prefix)
+    ctx.model, ctx.lite = model, None
 
 
 # ----------------------------------------------------------------------------- prune
@@ -670,7 +694,8 @@ def run_netadapt(ctx, p, sdir, prefix):
     if "candidate_fine_tune" in p:
         from kslim.models import compile_classifier
 
-        epochs, lr, bs = _train_settings(ctx, p["candidate_fine_tune"])
+        epochs, _, bs = _train_settings(ctx, p["candidate_fine_tune"])
+        lr = _learning_rate(ctx, p["candidate_fine_tune"], epochs, bs)
 
         def finetune_fn(m):  # short and not checkpointed: each candidate has other shapes
             compile_classifier(m, learning_rate=lr)
@@ -774,6 +799,7 @@ def _check_distill(p):
     "soft_weight": {"type": "number", "minimum": 0},
     "epochs": {"type": "integer", "minimum": 0},
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    "schedule": FINE_TUNE_SCHEMA["properties"]["schedule"],
 }, required=["teacher"]))
 def run_distill(ctx, p, sdir, prefix):
     """Fine-tuning of the current model distilled from a frozen ``teacher`` (:class:`kslim.distill.Distiller`);
@@ -782,7 +808,7 @@ def run_distill(ctx, p, sdir, prefix):
 
     from kslim.distill import Distiller, Pair
 
-    epochs, lr, bs = _train_settings(ctx, p)
+    epochs, _, bs = _train_settings(ctx, p)
     student = describe_model(ctx.model)
     late = needs_training(ctx, p["teacher"])
     if late:  # the teacher's training prints its own lines: say first what this stage is
@@ -806,7 +832,7 @@ def run_distill(ctx, p, sdir, prefix):
             into_scope(ctx.strategy, ctx.model), teacher, pairs=pairs, hard_weight=float(p.get("hard_weight", 1.0)),
             hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+        distiller.compile(optimizer=keras.optimizers.Adam(_learning_rate(ctx, p, epochs, bs)), metrics=["accuracy"])
         text = _training_text(ctx, distiller, epochs, bs)
         ctx.header(f"distillation {text}" if late else
                    f"fine-tuning {student} {text}, distilled from {describe_model(teacher)}")
@@ -840,17 +866,18 @@ def _check_quant_aware(p):
     "skip": {"type": "array", "items": {"type": "string"}},
     "epochs": {"type": "integer", "minimum": 0},
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    "schedule": FINE_TUNE_SCHEMA["properties"]["schedule"],
 }))
 def run_quant_aware(ctx, p, sdir, prefix):
     """Quantization-aware training (:func:`kslim.quant.quant_aware`) for ``epochs``; ``export`` then gives
     int8 kernels from the learnt ranges."""
     from kslim.quant import QuantConfig, quant_aware
 
-    qcfg = {k: v for k, v in p.items() if k not in ("epochs", "learning_rate", "skip")}
+    qcfg = {k: v for k, v in p.items() if k not in ("epochs", "learning_rate", "schedule", "skip")}
     if p.get("skip"):
         qcfg["skip"] = tuple(p["skip"])
     qat = quant_aware(ctx.model, QuantConfig(**qcfg))
-    settings = {k: p[k] for k in ("epochs", "learning_rate") if k in p}
+    settings = {k: p[k] for k in ("epochs", "learning_rate", "schedule") if k in p}
     epochs, _, bs = _train_settings(ctx, settings)
     ctx.header(f"quantization-aware training of {describe_model(ctx.model)} "
                f"{_training_text(ctx, qat, epochs, bs)}")
