@@ -43,7 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (helpers; imports nothing heavy)
-from _benchlib import ft_slice, latency_ms, load_full  # noqa: E402
+from _benchlib import clone, ft_slice, latency_ms, load_full  # noqa: E402
 
 DEFAULT_FT_IMAGES = 30000
 
@@ -72,7 +72,6 @@ def parse_args(argv=None):
     p.add_argument("--qat-lr", type=float, default=1e-4, help="start of the cosine decay, as scripts/bench_quant.py")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--flops-target", type=float, default=0.5)
-    p.add_argument("--step-steps", type=int, default=30, help="steps timed for the float step time")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
     p.add_argument("--no-control", action="store_true",
                    help="skip the controls (the float model given the same fine-tunes, no compression)")
@@ -85,7 +84,7 @@ def parse_args(argv=None):
     if args.ft_images < 1:
         p.error("--ft-images must be >= 1")
     if args.quick:
-        args.seeds, args.step_steps = args.seeds[:1], 8
+        args.seeds = args.seeds[:1]
     args.width = 0.25 if args.quick else 1.0
     return args
 
@@ -141,13 +140,14 @@ def worker(job_path):
     base = build()
     res["float_keras_acc"] = keras_acc(base)  # checks the weight copy (must match the Keras 3 model)
 
-    # float step time of the same architecture in tf_keras
-    n = job["step_steps"] * job["batch_size"]
+    # float step time of the same architecture in tf_keras: a whole float fine-tune on the first seed's slice,
+    # the length and data of the QAT/pruning fits it is compared with (a short warm-up run reads slower)
+    xft, yft = ft_slice((xtr, ytr), job["ft_images"], job["seeds"][0])
     m = build()
     compile_(m, job["qat_lr"])
     timer = bench.step_timer(tf_keras)
-    tf_keras.utils.set_random_seed(0)
-    m.fit(xtr[:n], ytr[:n], batch_size=job["batch_size"], epochs=1, verbose=0, callbacks=[timer])
+    tf_keras.utils.set_random_seed(job["seeds"][0])
+    m.fit(xft, yft, batch_size=job["batch_size"], epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     res["float_step_ms"] = timer.median_ms()
     res["float_step_cpu_ms"] = timer.median_cpu_ms()
 
@@ -239,7 +239,7 @@ def run(args, argv=None):
     np.savez(tmp / "weights.npz", **arrays)
     job = {"out": str(tmp), "weights": str(tmp / "weights.npz"), "quick": args.quick, "width": args.width,
            "seeds": args.seeds, "ft_images": args.ft_images, "prune_lr": args.prune_lr, "qat_lr": args.qat_lr,
-           "batch_size": args.batch_size, "sparsity": sparsity, "step_steps": args.step_steps}
+           "batch_size": args.batch_size, "sparsity": sparsity}
     (tmp / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     log("starting the tfmot worker process (TF_USE_LEGACY_KERAS=1)")
@@ -258,15 +258,11 @@ def run(args, argv=None):
                   callbacks=[timer] if timer else None)
         return time.time() - t0
 
-    n = args.step_steps * args.batch_size
-    m = keras.models.clone_model(base)
-    m.set_weights(base.get_weights())
-    compile_classifier(m, learning_rate=args.qat_lr)
-    timer = bench.step_timer(keras)
-    keras.utils.set_random_seed(0)
-    m.fit(train[0][:n], train[1][:n], batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer])
-    kslim_float_step = timer.median_ms()
-    kslim_float_cpu = timer.median_cpu_ms()
+    # float step time: a whole float fine-tune on the first seed's slice, as long as the QAT/pruning fits
+    # (the same-fine-tune control of that seed when controls run, else a fit of its own)
+    float_timer = bench.step_timer(keras)
+    if args.no_control:
+        fit(clone(base), args.qat_lr, args.seeds[0], float_timer)
 
     lites = {"float32": convert(base, check=False).content}
     kslim_runs = {}
@@ -286,14 +282,14 @@ def run(args, argv=None):
         lites[f"kslim_qat_s{seed}"] = qconvert(qat, check=False).content
         if not args.no_control:  # the float model given the same fine-tunes: what training alone buys
             for kind, lr in (("control_prune", args.prune_lr), ("control_qat", args.qat_lr)):
-                c = keras.models.clone_model(base)
-                c.set_weights(base.get_weights())
-                fit(c, lr, seed)
+                c = clone(base)
+                fit(c, lr, seed, float_timer if (kind == "control_qat" and seed == args.seeds[0]) else None)
                 lites[f"{kind}_s{seed}"] = convert(c, check=False).content
         kslim_runs[str(seed)] = r
         log(f"kslim seed {seed}: {r}")
         keras.backend.clear_session()
 
+    kslim_float_step, kslim_float_cpu = float_timer.median_ms(), float_timer.median_cpu_ms()
     rc = worker_proc.wait()
     wlog = (tmp / "worker.log").read_text(errors="replace")
     worker_res = json.loads((tmp / "worker.json").read_text()) if (tmp / "worker.json").is_file() else None
@@ -451,8 +447,9 @@ def markdown(res):
              f"Float training step: kslim (Keras 3) {f(res['kslim_float_step_ms'], '.1f')} ms, tf_keras "
              f"{f(res['tfmot_float_step_ms'], '.1f')} ms wall; process CPU time (all threads; robust to other "
              f"jobs' load) {f(res.get('kslim_float_step_cpu_ms'), '.1f')} ms and "
-             f"{f(res.get('tfmot_float_step_cpu_ms'), '.1f')} ms (batch {s['batch_size']}); QAT step ratios are "
-             "relative to the float step of the same framework.", "",
+             f"{f(res.get('tfmot_float_step_cpu_ms'), '.1f')} ms (batch {s['batch_size']}), each the median step of a whole float fine-tune on the first seed's "
+             "slice (the length and data of the QAT fits); QAT step ratios are relative to the float step of the "
+             "same framework.", "",
              *table(("both", "quant"), [step, step_cpu]), "",
              f"Anchor: {res['anchors']['quant']}", ""]
     tail = []

@@ -19,7 +19,12 @@ Groups (``--only`` runs some of them and merges them into the saved table):
   (then bn_scale, global) or a group-lasso penalty (then l1, global), against the same training without
   a penalty;
 * ``latency``   NetAdapt to the latency the l1-uniform -50 % model measures on this host, against that
-  FLOPs-targeted model (same measured latency, which is more accurate?).
+  FLOPs-targeted model (same measured latency, which is more accurate?);
+* ``recovery``  more recovery from the same fine-tune budget (``--recovery-importance``, default hessian,
+  local ranking): the unpruned net as the teacher of the fine-tune (soft labels T=4 + hard labels,
+  ``kslim.distill.Distiller``), and iterative pruning in ``--steps`` steps (each re-scores the channels of
+  the current net and removes an equal share of the MACs, then fine-tunes on its share of the very same
+  images), with and without that teacher.
 
 Searches score candidates on 1,000 held-out *training* images (never the test set).
 
@@ -44,10 +49,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt,  # noqa: E402
-                       write_fragment)
+from _benchlib import (clone, cpu_name, fine_tune, ft_slice, latency_ms, load_full, log_targets,  # noqa: E402
+                       noise_pt, write_fragment)
 
-GROUPS = ("criteria", "global", "schemes", "sparsity", "latency")
+GROUPS = ("criteria", "global", "schemes", "sparsity", "latency", "recovery")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
 TARGETS = {50: 0.5, 70: 1.5}   # issue 14: the best method loses at most this (pt) vs baseline + fine-tune
 
@@ -80,7 +85,8 @@ class Bench:
         x, y = self.val
         return float(np.mean(np.argmax(np.asarray(m(x, training=False)), -1) == y))
 
-    def pruner(self, importance, round_to=1):
+    def pruner(self, importance, round_to=1, model=None):
+        """A pruner of ``model`` (default: the shipped net) with ``importance`` fed its data/loss."""
         from kslim.prune import make_pruner
         from kslim.prune.importance import importance_class
 
@@ -95,15 +101,19 @@ class Bench:
             from kslim.prune.importance import get_importance
 
             imp = get_importance("random", seed=self.seed)
-        return make_pruner(self.base, importance=imp, round_to=round_to, **options)
+        return make_pruner(self.base if model is None else model, importance=imp, round_to=round_to, **options)
 
-    def finish(self, method, group, target, model, t0, extra=None):
-        """Fine-tune ``model`` like every row, convert, measure; one row."""
+    def finish(self, method, group, target, model, t0, extra=None, tune="fine_tune"):
+        """Fine-tune ``model`` like every row (``tune``: ``"fine_tune"``, ``"distill"`` from the unpruned net, or
+        ``None`` when the method fine-tuned it already on the same images), convert, measure; one row."""
         from kslim.analysis import flops
         from kslim.lite import LiteModel, convert
 
         t_prune = time.time() - t0
-        fine_tune(model, self.train, self.args.ft_images, self.args.lr, self.seed)
+        if tune == "fine_tune":
+            fine_tune(model, self.train, self.args.ft_images, self.args.lr, self.seed)
+        elif tune == "distill":
+            self.distill_tune(model, self.train, self.args.ft_images)
         lm = convert(model, check=False)
         key = f"{method} @{target}"
         self.lites[key] = LiteModel(lm.content)
@@ -114,6 +124,46 @@ class Bench:
         self.log(f"[{self.name} s{self.seed}] {method} -{target}%: acc {row['tflite_acc']:.4f}, "
                  f"MACs {row['macs'] / 1e6:.2f} M, {row['seconds']:.0f} s")
         return row
+
+
+    def distill_tune(self, student, train, images, temperature=4.0):
+        """:func:`fine_tune`'s budget, schedule and images, with the unpruned net as a frozen teacher (soft labels
+        at ``temperature`` + hard labels)."""
+        import keras
+
+        from kslim.datasets import to_dataset
+        from kslim.distill import Distiller, Pair
+
+        keras.utils.set_random_seed(self.seed)
+        x, y = ft_slice(train, images, self.seed)
+        ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=self.seed, normalize=False)
+        teacher = clone(self.base)
+        teacher.trainable = False
+        d = Distiller(student, teacher, pairs=[Pair(None, None, "soft_label", temperature=temperature)],
+                      hard_loss=self.loss, hard_weight=1.0)
+        lr = keras.optimizers.schedules.CosineDecay(self.args.lr, decay_steps=max(1, int(ds.cardinality())))
+        d.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+        d.fit(ds, epochs=1, verbose=0, shuffle=False)
+        return student
+
+    def iterative(self, importance, target, steps, tune):
+        """Prune to ``target`` % fewer MACs in ``steps`` steps, each re-scoring the current net's channels and
+        removing an equal share of the MACs, then fine-tuning (``tune``) on its share of the row's images."""
+        from kslim.analysis import flops
+
+        x, y = ft_slice(self.train, self.args.ft_images, self.seed)  # the images every one-shot row sees
+        parts = [(x[i::steps], y[i::steps]) for i in range(steps)]
+        macs0 = flops(self.base).macs
+        model = clone(self.base)
+        for i, part in enumerate(parts, 1):
+            goal = macs0 * (1 - target / 100 * i / steps)
+            found = self.pruner(importance, model=model).prune_to_flops(1 - goal / flops(model).macs)
+            model = found.model
+            if tune == "distill":
+                self.distill_tune(model, part, len(part[0]))
+            else:
+                fine_tune(model, part, len(part[0]), self.args.lr, self.seed)
+        return model
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -260,8 +310,24 @@ def _median_ms(report):
     return float(getattr(report, "median_ms", report))
 
 
+def rows_recovery(b):
+    imp, k = b.args.recovery_importance, b.args.steps
+    rows = []
+    for target in b.args.targets:
+        t0 = time.time()
+        found = b.pruner(imp).prune_to_flops(target / 100)
+        rows.append(b.finish(f"{imp}, local + KD from the unpruned net", "recovery", target, found.model, t0,
+                             tune="distill"))
+        for tune, what in (("fine_tune", ""), ("distill", " + KD from the unpruned net")):
+            t0 = time.time()
+            model = b.iterative(imp, target, k, tune)
+            rows.append(b.finish(f"{imp}, local, iterative ({k} steps){what}", "recovery", target, model, t0,
+                                 tune=None))
+    return rows
+
+
 RUNNERS = {"criteria": rows_criteria, "global": rows_global, "schemes": rows_schemes, "sparsity": rows_sparsity,
-           "latency": rows_latency}
+           "latency": rows_latency, "recovery": rows_recovery}
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -390,6 +456,8 @@ def parse_args(argv):
     ap.add_argument("--netadapt-step", type=float, default=0.1)
     ap.add_argument("--slim-strength", type=float, default=1e-4)
     ap.add_argument("--lasso-strength", type=float, default=1e-4)
+    ap.add_argument("--recovery-importance", default="hessian", help="recovery group: the criterion of its rows")
+    ap.add_argument("--steps", type=int, default=4, help="recovery group: steps of the iterative pruning")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--render", metavar="JSON", help="rewrite the .md of a saved .json and exit")
     args = ap.parse_args(argv)
