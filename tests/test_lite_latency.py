@@ -85,12 +85,13 @@ def test_build_measures_every_config_and_calibrates(table, lites):
     assert set(table.entries) == keys
     assert all(e["latency_us"] is not None and e["latency_us"] >= 0 and e["raw_us"] > 0 for e in table.entries.values())
     assert table.overhead_us > 0 and table.num_threads == 1 and table.device["kind"] == "local"
-    # "auto": tiny models fit in cache, so no op is timed in context
-    assert table.settings["context"] == "auto" and table.settings["context_models"] == []
+    # no op is timed in context by default (the calibration's memory term stands for it)
+    assert table.settings["context"] is False and table.settings["context_models"] == []
     assert table.settings["cache_bytes"] > 0 and not any("context_us" in e for e in table.entries.values())
     cal = table.calibration
     assert len(cal["models"]) == 3 and all(r["measured_us"] > 0 for r in cal["models"])
-    assert 0.5 <= cal["scale"] <= 2.0
+    assert cal["scale"] == 1.0 and cal["per_op_us"] >= 0 and cal["method"] == "theil-sen"
+    assert cal["cold_models"] == 0 and cal["cold_us_per_mb"] == 0.0  # tiny nets fit in cache
     # a wider net has more work in its biggest conv
     big = max(table.entries.values(), key=lambda e: e["macs"])
     assert big["output_shape"][-1] == 48
@@ -143,7 +144,8 @@ def test_predict_known_model_uses_table_only(table, lites):
     assert len(r.ops) == 6 and all(o["source"] == "table" for o in r.ops)
     raw = LatencyPredictor(table, calibrated=False).predict(lites[16])
     cal = table.calibration
-    assert r.total_ms == pytest.approx((cal["intercept_us"] + cal["scale"] * raw.total_ms * 1e3) / 1e3, rel=1e-6)
+    assert r.total_ms == pytest.approx((cal["intercept_us"] + cal["per_op_us"] * 6 + raw.total_ms * 1e3) / 1e3,
+                                       rel=1e-6)
     measured = LocalDevice().measure(lites[16].content, runs=60, repeats=3) / 1e3
     assert 0.2 < r.total_ms / measured < 5  # loose: CI machines are shared; the benchmark reports accuracy
 
@@ -192,10 +194,10 @@ def test_build_in_context(lites):
     from kslim.lite import LatencyPredictor
 
     t.settings["cache_bytes"] = 0
-    ctx = LatencyPredictor(t, calibrated=False).predict(lites[8]).total_ms
+    ctx = LatencyPredictor(t, calibrated=False, use_context=True).predict(lites[8]).total_ms
     assert ctx == pytest.approx(sum(e["context_us"] for e in t.entries.values()) / 1e3)
     t.settings["cache_bytes"] = 1 << 30
-    warm = LatencyPredictor(t, calibrated=False).predict(lites[8]).total_ms
+    warm = LatencyPredictor(t, calibrated=False, use_context=True).predict(lites[8]).total_ms
     assert warm == pytest.approx(sum(e["latency_us"] for e in t.entries.values()) / 1e3)
 
 
@@ -208,3 +210,37 @@ def test_merge_requires_same_threads(table):
     merged = LatencyTable(num_threads=1).merge(table)
     assert len(merged) == len(table)
     assert np.isfinite([e["latency_us"] for e in merged.entries.values()]).all()
+
+
+def test_calibration_is_robust_and_adds_the_cold_weights_of_models_bigger_than_the_cache():
+    """Theil-Sen: one wild timing among the fitting models moves neither the intercept nor the per-op cost;
+    a model whose weights exceed the cache gets ``cold_us_per_mb`` per MiB of weights its ops read from memory."""
+    import keras
+
+    from kslim.lite import LatencyPredictor, LatencyTable, convert, op_configs
+    from kslim.lite.latency import cold_weight_bytes, weight_bytes
+
+    keras.utils.set_random_seed(0)
+    models = [convert(keras.Sequential([keras.Input((16,))] + [keras.layers.Dense(16 * (i + 1)) for i in range(k)]),
+                      check=False) for k in (1, 2, 3, 4, 5)]
+    entries = {c["key"]: {**c, "latency_us": 1.0, "raw_us": 2.0, "count": 1} for m in models for c in op_configs(m)}
+    t = LatencyTable(entries, {"kind": "local"}, settings={"cache_bytes": 1 << 30, "aggregate": "min"})
+    n_ops = [len(op_configs(m)) for m in models]
+    assert len(set(n_ops)) == 5
+    true = [3.0 + 0.5 * n + n * 1.0 for n in n_ops]  # intercept 3 us, 0.5 us per op, every op 1 us
+    true[3] += 500.0  # one disturbed measurement
+    cal = t.calibrate(None, models, measured_us=dict(enumerate(true)))
+    assert cal["per_op_us"] == pytest.approx(0.5) and cal["intercept_us"] == pytest.approx(3.0)
+    # a "big" model: the cache shrunk below the weights of the widest net
+    big = models[-1]
+    wb = weight_bytes(big)
+    t.settings["cache_bytes"] = wb // 2
+    cold = cold_weight_bytes(op_configs(big), wb, wb // 2)
+    assert 0 < cold <= wb / 2
+    measured = {i: 3 + 1.5 * n for i, n in enumerate(n_ops[:3])}
+    measured[3] = 3 + 1.5 * n_ops[-1] + 40.0 * cold / 2 ** 20
+    cal = t.calibrate(None, models[:3] + [big], measured_us=measured)
+    assert cal["cold_models"] == 1 and cal["cold_us_per_mb"] == pytest.approx(40.0)
+    assert cal["per_op_us"] == pytest.approx(0.5) and cal["intercept_us"] == pytest.approx(3.0)
+    p = LatencyPredictor(t).predict(big).total_ms * 1e3
+    assert p == pytest.approx(measured[3], rel=1e-6)

@@ -119,7 +119,8 @@ def cmd_table_build(args):
     table.save(args.output)
     cal = table.calibration
     print(f"wrote {args.output}: {len(table)} op configurations, device {table.device.get('kind')}, "
-          f"threads {table.num_threads}, calibration intercept {cal['intercept_us']:.1f} us scale {cal['scale']:.3f}")
+          f"threads {table.num_threads}, calibration intercept {cal['intercept_us']:.1f} us, "
+          f"{cal.get('per_op_us', 0.0):.2f} us per op, {cal.get('cold_us_per_mb', 0.0):.1f} us per cold MiB of weights")
     return 0
 
 

@@ -4,10 +4,12 @@ A :class:`LatencyTable` holds, for one device and thread count, the measured lat
 distinct *op configuration* (TFLite op type, input/output shapes, kernel, stride, groups, padding,
 fused activation, dtype and quantization) — each measured as a single-op model cut out of a real
 ``.tflite`` (so the kernel, options and quantization are exactly those the full model runs) with
-the fixed cost of one ``invoke()`` subtracted. For models whose weights do not fit in cache, ops
-are also timed *in context* (right after a run of their whole model, so their weights come from
-memory as they do inside it). The table also stores a *calibration* fitted on whole models
-measured on the same device: ``latency = intercept + scale * sum(op latencies)``.
+the fixed cost of one ``invoke()`` subtracted: the op's latency with its weights hot in cache. The
+table also stores a *calibration* fitted robustly on whole models measured on the same device
+(:meth:`LatencyTable.calibrate`): ``latency = intercept + per_op * n_ops + sum(op latencies) +
+cold_us_per_mb * cold weights``, the last term for models whose weights do not fit in cache (inside
+them, each op's weights come from memory). Ops can also be timed *in context* (right after a run of
+their whole model, ``build(context=...)``), an alternative to the memory term.
 
 :class:`LatencyPredictor` sums the table's op latencies for a model (looking them up by
 configuration), applies the calibration, and for configurations missing from the table uses a
@@ -127,6 +129,8 @@ def _config(desc):
         "quant": x["quant"] or (weights[0]["quant"] if weights else None),
         "macs": int(macs),
         "bytes": int(nbytes),
+        # constant inputs (weights, biases): what the op reads from memory when its model does not fit in cache
+        "weight_bytes": int(sum(_nelem(t["shape"]) * _BYTES.get(t["dtype"], 4) for t in ins if t["const"])),
     }
 
 
@@ -144,6 +148,20 @@ def weight_bytes(model):
                 seen.add(j)
                 total += len(parsed.buffers[sg.tensors[j].buffer].data)
     return total
+
+
+def cold_weight_bytes(configs, total_weight_bytes, cache_bytes):
+    """Weight bytes a model's ops read from memory rather than cache, beyond what their table timings include.
+
+    A single op timed back to back finds its weights in cache when they fit (``weight_bytes < cache_bytes``);
+    inside a model whose weights exceed the cache, each op's weights were evicted by the others' since its
+    last run: a share ``1 - cache/total`` of them comes from memory. Ops whose own weights exceed the cache
+    stream them in the table's timing already and add nothing. 0 for a model that fits in cache.
+    """
+    if not cache_bytes or total_weight_bytes <= cache_bytes:
+        return 0.0
+    share = 1.0 - cache_bytes / total_weight_bytes
+    return share * sum(c.get("weight_bytes", 0) for c in configs if c.get("weight_bytes", 0) < cache_bytes)
 
 
 def op_configs(model):
@@ -170,7 +188,7 @@ class LatencyTable:
             plus ``latency_us`` (net of the ``invoke()`` overhead), ``raw_us`` and ``count``.
         device: the device description (``device.describe()``).
         num_threads, overhead_us, settings (warmup/runs/repeats), calibration (``intercept_us``,
-            ``scale`` and the models it was fitted on), created (UTC ISO date).
+            ``per_op_us``, ``cold_us_per_mb``, ``scale`` and the models it was fitted on), created (UTC ISO date).
     """
 
     def __init__(self, entries=None, device=None, num_threads=1, overhead_us=0.0, calibration=None,
@@ -179,7 +197,8 @@ class LatencyTable:
         self.device = dict(device or {})
         self.num_threads = int(num_threads)
         self.overhead_us = float(overhead_us)
-        self.calibration = dict(calibration or {"intercept_us": 0.0, "scale": 1.0, "models": []})
+        self.calibration = dict(calibration or {"intercept_us": 0.0, "per_op_us": 0.0, "cold_us_per_mb": 0.0,
+                                                 "scale": 1.0, "models": []})
         self.settings = dict(settings or {})
         self.created = created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -199,8 +218,8 @@ class LatencyTable:
     # ---------------------------------------------------------------- building
     @classmethod
     def build(cls, device, models_or_ops, num_threads=1, warmup=10, runs=100, repeats=3, calibrate=True,
-              calibration_runs=200, calibration_repeats=3, context="auto", context_runs=30, context_repeats=1, aggregate="min",
-              progress=False):
+              calibration_runs=200, calibration_repeats=3, context=False, context_runs=30, context_repeats=1, aggregate="min",
+              progress=False, max_seconds=None):
         """Measure every distinct op configuration of ``models_or_ops`` on ``device``.
 
         Args:
@@ -214,14 +233,17 @@ class LatencyTable:
             calibrate: also time the whole models given (``calibration_runs`` invokes, median of
                 ``calibration_repeats`` repeats) and fit ``intercept + scale * sum``.
             context: on devices that can (:class:`LocalDevice`), also time ops *in the context of
-                their model* (entry field ``context_us``): the whole model runs before every timed
-                call of the op, so the op meets the caches as inside the model (its weights evicted
-                when the model does not fit in cache). ``"auto"`` (default) does it for models whose
-                weights exceed a quarter of the device's last-level cache (``describe()["l3_bytes"]``,
-                else 8 MiB), where back-to-back timing (weights hot) underestimates; True for every model; False
-                never. ``context_runs`` timed calls each; the invoke overhead is measured the same way.
+                their model* (entry field ``context_us``, used by ``LatencyPredictor(use_context=True)``): the
+                whole model runs before every timed call of the op, so the op meets the caches as inside
+                the model (its weights evicted when the model does not fit in cache). ``"auto"`` does it
+                for models whose weights exceed the table's cache size (a quarter of the device's
+                last-level cache, ``describe()["l3_bytes"]``, else 8 MiB); True for every model; False
+                (default) never: the calibration's memory term stands for it. ``context_runs`` timed calls each; the invoke overhead is measured the same way.
                 Devices without it (adb, ssh) time ops back to back only.
             progress: show a Keras progress bar.
+            max_seconds: cap on one op's timing per pass: an op that takes longer than ``max_seconds /
+                runs`` (a 224x224 convolution) gets ``max(5, max_seconds / its latency)`` invokes instead
+                of ``runs`` (its latency probed with 3 invokes first). None: ``runs`` for every op.
         """
         from kslim.lite import runner
 
@@ -291,10 +313,18 @@ class LatencyTable:
         # pass of many ops, not every repeat of one op); per op the median over passes
         warm = {key: [] for key in jobs}
         ctx_samples = {}
+        op_runs = {key: runs for key in jobs}
+        if max_seconds:
+            for key, single in jobs.items():
+                try:
+                    probe_us = measure(single, num_threads, 1, 3, 1)
+                except Exception:  # reported by the timed passes below
+                    continue
+                op_runs[key] = int(min(runs, max(5, max_seconds * 1e6 / max(probe_us, 1e-3))))
         for _ in range(max(int(repeats), 1)):
             for key, single in jobs.items():
                 try:
-                    warm[key].append(measure(single, num_threads, warmup, runs, 1))
+                    warm[key].append(measure(single, num_threads, min(warmup, op_runs[key]), op_runs[key], 1))
                 except Exception as e:
                     entries[key].update(error=str(e)[:200])
                 if bar is not None:
@@ -323,40 +353,64 @@ class LatencyTable:
                 entry.update(context_us=max(agg([v[0] - v[1] for v in vals]), 0.0), context=vals[0][2])
         table = cls(entries, device.describe(), num_threads, overhead,
                     settings={"warmup": warmup, "runs": runs, "repeats": repeats, "aggregate": aggregate, "context": context,
+                              "max_seconds": max_seconds,
                               "context_runs": context_runs, "cache_bytes": cache_bytes,
                               "context_models": [lite.source or "model" for lite, _ in ctx_jobs]})
         if calibrate and whole:
             table.calibrate(device, whole, runs=calibration_runs, warmup=warmup, repeats=calibration_repeats)
         return table
 
-    def calibrate(self, device, models, runs=200, warmup=10, repeats=3, min_models_for_scale=10):
-        """Time whole ``models`` on ``device`` and fit ``measured = intercept + scale * sum(op latencies)``.
+    def calibrate(self, device, models, runs=200, warmup=10, repeats=3, measured_us=None):
+        """Fit the whole-model terms the op sum misses, on whole ``models`` timed on ``device``.
 
-        With fewer than ``min_models_for_scale`` models (or a degenerate fit) the scale stays 1 and only
-        the intercept is fitted (median residual): with a handful of noisy timings a fitted scale
-        mostly fits noise. Returns the calibration dict.
+        ``measured = intercept + per_op * n_ops + sum(op latencies) + cold_us_per_mb * cold_mb``, the op
+        latencies those of the table (weights hot in cache, as a single op timed back to back finds them):
+
+        * ``intercept_us`` and ``per_op_us`` (the cost of one more op in the graph: dispatch, the delegate's
+          partition boundaries) by a Theil-Sen fit of the residual on the op count over the models that fit in
+          cache (the median of pairwise slopes, then the median intercept; per_op >= 0, intercept >= 0): a robust
+          fit, not least squares on a handful of noisy timings; with fewer than 3 distinct op counts among such
+          models only the median intercept.
+        * ``cold_us_per_mb``: the time per MiB of weights that come from memory instead of cache, the median over
+          the models whose weights exceed the table's cache size (``settings["cache_bytes"]``) of their
+          remaining residual per cold MiB (:func:`cold_weight_bytes`); 0 when none of them does.
+
+        The scale on the op sum stays 1. ``measured_us``: ``{model index: latency in us}`` when the caller timed
+        the models already (interleaved with other models, as scripts/bench_latency.py does); otherwise they are
+        timed here in ``repeats`` interleaved passes (``runs`` invokes each), aggregated as the table's ops.
+        Returns the calibration dict (also in ``self.calibration``).
         """
         pred = LatencyPredictor(self, calibrated=False)
         lites = [_as_lite(m) for m in models]
-        times = [[] for _ in lites]
-        for _ in range(max(int(repeats), 1)):  # interleaved passes, aggregated as the table's ops
-            for i, lite in enumerate(lites):
-                times[i].append(device.measure(lite.content, self.num_threads, warmup, runs, 1))
         agg = _aggregator(self.settings.get("aggregate", "median"))
+        if measured_us is None:
+            times = [[] for _ in lites]
+            for _ in range(max(int(repeats), 1)):  # interleaved passes
+                for i, lite in enumerate(lites):
+                    times[i].append(device.measure(lite.content, self.num_threads, warmup, runs, 1))
+            measured_us = {i: agg(t) for i, t in enumerate(times)}
+        cache = int(self.settings.get("cache_bytes") or 0)
         rows = []
-        for lite, t in zip(lites, times):
-            rows.append({"model": lite.source or f"model{len(rows)}", "measured_us": agg(t),
-                         "sum_us": pred.predict(lite).total_ms * 1e3})
-        s = np.array([r["sum_us"] for r in rows])
-        y = np.array([r["measured_us"] for r in rows])
-        scale, intercept = 1.0, float(np.median(y - s))
-        if len(rows) >= max(int(min_models_for_scale), 3) and np.ptp(s) > 0:
-            # relative least squares (every model counts the same, whatever its size)
-            A = np.stack([np.ones_like(s), s], 1) / y[:, None]
-            (a, b), *_ = np.linalg.lstsq(A, np.ones_like(y), rcond=None)
-            if 0.5 <= b <= 2.0:
-                intercept, scale = float(a), float(b)
-        self.calibration = {"intercept_us": intercept, "scale": scale, "models": rows}
+        for i, lite in enumerate(lites):
+            configs = op_configs(lite)
+            rows.append({"model": lite.source or f"model{i}", "measured_us": float(measured_us[i]),
+                         "sum_us": pred.predict(lite).total_ms * 1e3, "ops": len(configs),
+                         "cold_mb": cold_weight_bytes(configs, weight_bytes(lite), cache) / 2 ** 20})
+        warm = [r for r in rows if r["cold_mb"] == 0]
+        n = np.array([r["ops"] for r in warm], float)
+        res = np.array([r["measured_us"] - r["sum_us"] for r in warm], float)
+        per_op, intercept = 0.0, float(np.median(res)) if len(res) else 0.0
+        if len(warm) >= 3 and len(set(n.tolist())) >= 3:
+            slopes = [(res[a] - res[b]) / (n[a] - n[b]) for a in range(len(n)) for b in range(a) if n[a] != n[b]]
+            per_op = max(float(np.median(slopes)), 0.0)
+            intercept = float(np.median(res - per_op * n))
+            if intercept < 0:  # a negative fixed cost is the fit's noise: no intercept, the per-op cost alone
+                intercept, per_op = 0.0, max(float(np.median(res / np.maximum(n, 1))), 0.0)
+        cold = [(r["measured_us"] - intercept - per_op * r["ops"] - r["sum_us"]) / r["cold_mb"]
+                for r in rows if r["cold_mb"] > 0]
+        per_mb = max(float(np.median(cold)), 0.0) if cold else 0.0
+        self.calibration = {"intercept_us": intercept, "per_op_us": per_op, "cold_us_per_mb": per_mb,
+                            "scale": 1.0, "method": "theil-sen", "cold_models": len(cold), "models": rows}
         return self.calibration
 
     def merge(self, other):
@@ -462,20 +516,24 @@ class LatencyPrediction:
 class LatencyPredictor:
     """Predict a model's latency from a :class:`LatencyTable`.
 
-    ``predict(model)`` looks every op configuration up in the table (for a model whose weights
-    exceed the cache size the table was built with, the in-context timings where present, see
-    :meth:`LatencyTable.build`); missing ones get the fallback:
-    per op type, a least-squares fit ``log latency = c0 + c1 log MACs + c2 log bytes`` on the
-    table's entries of that type (non-negative linear ``c0 + c1 MACs + c2 bytes`` with fewer than 4
-    entries; a fit over all entries for an op type the table has never seen). The sum goes through
-    the table's calibration ``intercept + scale * sum``.
+    ``predict(model)`` looks every op configuration up in the table (its latency with the weights hot in
+    cache); missing ones get the fallback: per kernel (op type and dtype) with at least 4 entries, else per
+    op type, a least-squares fit ``log latency = c0 + c1 log MACs + c2 log bytes`` on the table's entries of
+    that kernel (non-negative linear ``c0 + c1 MACs + c2 bytes`` with fewer than 4 entries of the op type; a
+    fit over all entries for an op type the table has never seen). Calibrated (default), the prediction is
+    ``intercept + per_op * n_ops + sum + cold_us_per_mb * cold_mb`` with the table's fitted terms
+    (:meth:`LatencyTable.calibrate`; a table calibrated by an older kslim applies its ``scale``): the cold
+    weights are those a model bigger than the cache reads from memory (:func:`cold_weight_bytes`).
 
     Args:
         table: a :class:`LatencyTable` (or a path to one).
         calibrated: apply the table's calibration (False: plain sum of op latencies).
+        use_context: for a model bigger than the table's cache size, take the ops' in-context timings
+            (``LatencyTable.build(context=...)``) where the table has them, instead of the memory term
+            (which then counts only the other ops).
     """
 
-    def __init__(self, table, calibrated=True, use_context=True):
+    def __init__(self, table, calibrated=True, use_context=False):
         if isinstance(table, (str, Path)):
             table = LatencyTable.load(table)
         if not isinstance(table, LatencyTable):
@@ -489,12 +547,16 @@ class LatencyPredictor:
         rows = [e for e in self.table.entries.values() if e.get("latency_us") is not None]
         fits = {}
         groups = {}
-        for e in rows:
+        for e in rows:  # per kernel (op type and dtype: an int8 convolution is not a float one), per op type
+            groups.setdefault((e["op"], e.get("dtype")), []).append(e)
             groups.setdefault(e["op"], []).append(e)
-        for op, es in list(groups.items()) + [("*", rows)]:
-            if es:
-                ll = _loglog_fit(es)
-                fits[op] = ("loglog", ll) if ll is not None else ("linear", _nnls_fit(es))
+        for key, es in list(groups.items()) + [("*", rows)]:
+            if not es:
+                continue
+            ll = _loglog_fit(es)
+            if isinstance(key, tuple) and ll is None:
+                continue  # too few of this kernel: its op type's fit
+            fits[key] = ("loglog", ll) if ll is not None else ("linear", _nnls_fit(es))
         return fits
 
     def op_latency_us(self, config, in_context=False):
@@ -505,7 +567,7 @@ class LatencyPredictor:
             return float(e["context_us"]), "table"
         if e is not None and e.get("latency_us") is not None:
             return float(e["latency_us"]), "table"
-        fit = self._fits.get(config["op"]) or self._fits.get("*")
+        fit = self._fits.get((config["op"], config.get("dtype"))) or self._fits.get(config["op"]) or self._fits.get("*")
         if fit is None:
             return 0.0, "fallback"
         kind, coef = fit
@@ -517,16 +579,23 @@ class LatencyPredictor:
         """Predicted latency of ``model`` (LiteModel, keras.Model, ``.tflite`` path or bytes)."""
         lite = _as_lite(model)
         cache = self.table.settings.get("cache_bytes")
-        in_ctx = bool(self.use_context and cache is not None and weight_bytes(lite) > cache)
-        rows = []
-        for c in op_configs(lite):
+        configs = op_configs(lite)
+        total_w = weight_bytes(lite) if cache is not None else 0
+        in_ctx = bool(self.use_context and cache is not None and total_w > cache)
+        rows, hot = [], []
+        for c in configs:
             us, src = self.op_latency_us(c, in_ctx)
+            e = self.table.lookup(c) if in_ctx else None
+            if not (e is not None and e.get("context_us") is not None):  # an in-context timing has it already
+                hot.append(c)
             rows.append({"index": c["index"], "op": c["op"], "name": c["name"], "key": c["key"],
                          "macs": c["macs"], "latency_ms": us / 1e3, "source": src})
         total_us = sum(r["latency_ms"] for r in rows) * 1e3
         if self.calibrated:
             cal = self.table.calibration
-            total_us = cal.get("intercept_us", 0.0) + cal.get("scale", 1.0) * total_us
+            cold_mb = cold_weight_bytes(hot, total_w, cache) / 2 ** 20
+            total_us = (cal.get("intercept_us", 0.0) + cal.get("per_op_us", 0.0) * len(configs)
+                        + cal.get("scale", 1.0) * total_us + cal.get("cold_us_per_mb", 0.0) * cold_mb)
         return LatencyPrediction(total_ms=max(total_us, 0.0) / 1e3, ops=rows,
                                  fallback_ops=sum(r["source"] == "fallback" for r in rows),
                                  num_threads=self.table.num_threads)
@@ -546,6 +615,13 @@ def _loglog_fit(entries):
     X = np.array([[1.0, np.log1p(e["macs"]), np.log1p(e["bytes"])] for e in es])
     y = np.log([e["latency_us"] for e in es])
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    # latency grows at most about linearly with the work: exponents in [0, 1.2] together, so that a few
+    # collinear points cannot extrapolate to absurd values; the constant refitted on the clipped slopes
+    slopes = np.clip(coef[1:], 0.0, 1.2)
+    if slopes.sum() > 1.2:
+        slopes *= 1.2 / slopes.sum()
+    if not np.array_equal(slopes, coef[1:]):
+        coef = np.array([float(np.mean(y - X[:, 1:] @ slopes)), *slopes])
     return coef
 
 
