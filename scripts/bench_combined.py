@@ -15,7 +15,8 @@ Every row is a ``kslim.compressor.Compressor`` run from a dict config (the code 
   ``finetuned``: ``[fine_tune, export, quant_aware, export]`` -> "baseline + same fine-tune" (the fair float
   reference) and its QAT int8;
   ``prune``: ``[prune(importance, flops_reduction 0.5, round_to, fine_tune), export, quant_aware, export]``
-  -> "pruned -50 % MACs" and "pruned -50 % MACs + QAT int8";
+  -> "pruned -50 % MACs" and "pruned -50 % MACs + QAT int8"; ``prune_all``: the same with
+  ``keep_classifier: false`` (the channels feeding the classifier are pruned too: the widest layer);
   ``baseline``: ``[export]`` of the shipped net, once (no training, so no seed);
   ``distill`` (on request, ``--rows``): distilled from the shipped ResNet-style net, then QAT int8.
 * targets: the pruned + QAT ``.tflite`` >= 86 % smaller than the baseline float32 ``.tflite``, and its drop
@@ -59,7 +60,7 @@ ANCHOR = (
 )
 TARGETS = {"bytes_reduction": 0.86, "drop_pt": 1.0}
 TARGET_SEEDS = 3
-RUNS = ("baseline", "finetuned", "prune", "distill")
+RUNS = ("baseline", "finetuned", "prune", "prune_all", "distill")
 CONTROL = "baseline + same fine-tune"
 
 
@@ -81,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--flops-target", type=float, default=0.5)
     p.add_argument("--round-to", type=int, default=4)
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--rows", nargs="+", default=["baseline", "finetuned", "prune"], choices=RUNS)
+    p.add_argument("--rows", nargs="+", default=["baseline", "finetuned", "prune", "prune_all"], choices=RUNS)
     p.add_argument("--workdir", default=None, help="run directories (default: <kslim cache>/bench_combined)")
     p.add_argument("--redo", action="store_true", help="start the runs again instead of reading finished ones")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
@@ -101,8 +102,9 @@ def parse_args(argv=None):
     return args
 
 
-def _label(args, qat=False):
-    return f"pruned -{args.flops_target:.0%} MACs ({args.importance})" + (" + QAT int8" if qat else "")
+def _label(args, qat=False, classifier=False):
+    return (f"pruned -{args.flops_target:.0%} MACs ({args.importance}" + (", classifier input too" if classifier else "")
+            + ")" + (" + QAT int8" if qat else ""))
 
 
 def configs(args, seed, student_path, teacher_path):
@@ -123,12 +125,14 @@ def configs(args, seed, student_path, teacher_path):
         out["finetuned"] = ({**common, "name": "finetuned", "strategies": [
             {"fine_tune": {}}, {"export": {}}, qat, {"export": {}}]},
             {CONTROL: 2, f"{CONTROL} + QAT int8": 4})
-    if "prune" in args.rows:
-        out["prune"] = ({**common, "name": "prune", "strategies": [
-            {"prune": {"importance": args.importance, "importance_samples": args.importance_samples,
-                       "flops_reduction": args.flops_target, "round_to": args.round_to, "fine_tune": {}}},
-            {"export": {}}, qat, {"export": {}}]},
-            {_label(args): 2, _label(args, qat=True): 4})
+    for run, keep in (("prune", True), ("prune_all", False)):  # prune_all: the classifier's input channels too
+        if run in args.rows:
+            out[run] = ({**common, "name": run, "strategies": [
+                {"prune": {"importance": args.importance, "importance_samples": args.importance_samples,
+                           "flops_reduction": args.flops_target, "round_to": args.round_to, "fine_tune": {},
+                           **({} if keep else {"keep_classifier": False})}},
+                {"export": {}}, qat, {"export": {}}]},
+                {_label(args, classifier=not keep): 2, _label(args, qat=True, classifier=not keep): 4})
     if "distill" in args.rows:
         out["distill"] = ({**common, "name": "distill", "strategies": [
             {"distill": {"teacher": {"path": str(teacher_path)}, "temperature": args.temperature}},
@@ -139,8 +143,13 @@ def configs(args, seed, student_path, teacher_path):
 def run_one(cfg, run_dir, redo, log):
     """The Compressor run of ``cfg`` in ``run_dir``: read back when finished, resumed when interrupted."""
     from kslim.compressor import Compressor
+    from kslim.compressor.run_dir import config_hash
 
     state_file = run_dir / "state.json"
+    comp = Compressor(cfg, out=run_dir, verbose=0)
+    if state_file.is_file() and json.loads(state_file.read_text()).get("config_hash") != config_hash(comp.config):
+        log(f"{run_dir.name}: made from another config, starting again")
+        redo = True
     if redo and run_dir.exists():
         shutil.rmtree(run_dir)
     if state_file.is_file():
@@ -149,11 +158,11 @@ def run_one(cfg, run_dir, redo, log):
             log(f"{run_dir.name}: finished before, read back")
             return state
         log(f"{run_dir.name}: resuming the interrupted run")
-        Compressor(cfg, out=run_dir, verbose=0).run(resume=True)
+        comp.run(resume=True)
     else:
         if run_dir.exists():  # a folder without a state: nothing of it can be resumed
             shutil.rmtree(run_dir)
-        Compressor(cfg, out=run_dir, verbose=0).run()
+        comp.run()
     return json.loads(state_file.read_text())
 
 
@@ -167,27 +176,28 @@ def per_seed_drop(result, label):
 
 
 def check_targets(result):
-    """The verdicts of the pruned + QAT row (size vs the baseline, accuracy vs the same-fine-tune control)."""
+    """The verdicts of each pruned + QAT row (size vs the baseline, accuracy vs the same-fine-tune control)."""
     by = {r["row"]: r for r in result["rows"]}
-    label = next((r["row"] for r in result["rows"] if r["row"].startswith("pruned") and r["row"].endswith("QAT int8")),
-                 None)
-    if label is None or "baseline" not in by:
+    labels = [r["row"] for r in result["rows"] if r["row"].startswith("pruned") and r["row"].endswith("QAT int8")]
+    if not labels or "baseline" not in by:
         return [{"what": "prune -50 % MACs + QAT int8", "target": "measured", "value": "not run", "met": False}]
-    r = by[label]
-    red = 1 - r["bytes"] / by["baseline"]["bytes"]
-    out = [{"what": f"{label}: .tflite bytes vs the float32 baseline",
-            "target": f">= {TARGETS['bytes_reduction']:.0%} smaller",
-            "value": f"{100 * red:.1f} % smaller ({r['bytes']:,} vs {by['baseline']['bytes']:,} bytes)",
-            "met": round(red, 3) >= TARGETS["bytes_reduction"]}]
-    d = per_seed_drop(result, label)
-    if d:
-        med = statistics.median(d.values())
-        _, band = noise_pt(by[CONTROL]["accuracy"], result["settings"]["test_images"])
-        out.append({"what": f"{label}: accuracy drop vs '{CONTROL}' (median over {len(d)} seed(s))",
-                    "target": f"<= {TARGETS['drop_pt']} pt over >= {TARGET_SEEDS} seeds",
-                    "value": f"{med:+.2f} pt (per seed {', '.join(f'{v:+.2f}' for v in d.values())}); test-set noise "
-                             f"±{band:.2f} pt (1.96 SE, {result['settings']['test_images']:,} images)",
-                    "met": len(d) >= TARGET_SEEDS and round(med, 2) <= TARGETS["drop_pt"]})
+    out = []
+    for label in labels:
+        r = by[label]
+        red = 1 - r["bytes"] / by["baseline"]["bytes"]
+        out.append({"what": f"{label}: .tflite bytes vs the float32 baseline",
+                    "target": f">= {TARGETS['bytes_reduction']:.0%} smaller",
+                    "value": f"{100 * red:.1f} % smaller ({r['bytes']:,} vs {by['baseline']['bytes']:,} bytes)",
+                    "met": round(red, 3) >= TARGETS["bytes_reduction"]})
+        d = per_seed_drop(result, label)
+        if d:
+            med = statistics.median(d.values())
+            _, band = noise_pt(by[CONTROL]["accuracy"], result["settings"]["test_images"])
+            out.append({"what": f"{label}: accuracy drop vs '{CONTROL}' (median over {len(d)} seed(s))",
+                        "target": f"<= {TARGETS['drop_pt']} pt over >= {TARGET_SEEDS} seeds",
+                        "value": f"{med:+.2f} pt (per seed {', '.join(f'{v:+.2f}' for v in d.values())}); test-set "
+                                 f"noise ±{band:.2f} pt (1.96 SE, {result['settings']['test_images']:,} images)",
+                        "met": len(d) >= TARGET_SEEDS and round(med, 2) <= TARGETS["drop_pt"]})
     return out
 
 
