@@ -368,3 +368,17 @@ def test_headline_block_rendered_from_json_with_its_source_and_verdict(tmp_path)
     assert hl.render_readme(out, tmp_path) == out                # idempotent
     with pytest.raises(hl.HeadlineError, match="exactly one headline block"):
         hl.render_readme("# no markers\n", tmp_path)
+
+
+def test_headline_latency_row_needs_every_one_of_three_runs():
+    hl = _load("_headline")
+    d = {"date": "2026-12-04", "rows": [{}] * 21, "summary": {"table": {"within_10pct": 0.95}},
+         "per_run_within_10pct": [0.95, 0.86, 0.90]}
+    (row,) = hl._latency_rows(d)
+    assert row[1] == "95 %, 86 %, 90 %" and row[2].endswith("**missed**") and "224x224" in row[3]
+    d["per_run_within_10pct"] = [0.95, 0.9, 0.9]
+    assert hl._latency_rows(d)[0][2] == ">= 90 % in each of 3 runs met"
+    d["per_run_within_10pct"] = [0.95, 0.95]  # two runs are not three
+    assert hl._latency_rows(d)[0][2].endswith("**missed**")
+    old = {"date": "2026-11-23", "rows": [{}] * 17, "summary": {"table": {"within_10pct": 0.71}}}
+    assert hl._latency_rows(old)[0][1] == "71 % (one run)"
