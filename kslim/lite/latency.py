@@ -373,7 +373,8 @@ class LatencyTable:
           models only the median intercept.
         * ``cold_us_per_mb``: the time per MiB of weights that come from memory instead of cache, the median over
           the models whose weights exceed the table's cache size (``settings["cache_bytes"]``) of their
-          remaining residual per cold MiB (:func:`cold_weight_bytes`); 0 when none of them does.
+          remaining residual per cold MiB (:func:`cold_weight_bytes`), leaving out models with more than half of
+          their weights in ops bigger than the cache (their op timings stream those already); 0 when none is left.
 
         The scale on the op sum stays 1. ``measured_us``: ``{model index: latency in us}`` when the caller timed
         the models already (interleaved with other models, as scripts/bench_latency.py does); otherwise they are
@@ -393,9 +394,14 @@ class LatencyTable:
         rows = []
         for i, lite in enumerate(lites):
             configs = op_configs(lite)
+            total = weight_bytes(lite)
+            big = sum(c["weight_bytes"] for c in configs if cache and c["weight_bytes"] >= cache)
             rows.append({"model": lite.source or f"model{i}", "measured_us": float(measured_us[i]),
                          "sum_us": pred.predict(lite).total_ms * 1e3, "ops": len(configs),
-                         "cold_mb": cold_weight_bytes(configs, weight_bytes(lite), cache) / 2 ** 20})
+                         "cold_mb": cold_weight_bytes(configs, total, cache) / 2 ** 20,
+                         # most weights in ops bigger than the cache (VGG16's dense layers): the op timings
+                         # stream them already, the residual is not the cold weights' cost
+                         "big_op_share": big / total if total else 0.0})
         warm = [r for r in rows if r["cold_mb"] == 0]
         n = np.array([r["ops"] for r in warm], float)
         res = np.array([r["measured_us"] - r["sum_us"] for r in warm], float)
@@ -407,7 +413,7 @@ class LatencyTable:
             if intercept < 0:  # a negative fixed cost is the fit's noise: no intercept, the per-op cost alone
                 intercept, per_op = 0.0, max(float(np.median(res / np.maximum(n, 1))), 0.0)
         cold = [(r["measured_us"] - intercept - per_op * r["ops"] - r["sum_us"]) / r["cold_mb"]
-                for r in rows if r["cold_mb"] > 0]
+                for r in rows if r["cold_mb"] > 0 and r["big_op_share"] <= 0.5]
         per_mb = max(float(np.median(cold)), 0.0) if cold else 0.0
         self.calibration = {"intercept_us": intercept, "per_op_us": per_op, "cold_us_per_mb": per_mb,
                             "scale": 1.0, "method": "theil-sen", "cold_models": len(cold), "models": rows}
