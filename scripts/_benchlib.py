@@ -123,21 +123,33 @@ def ft_slice(train, images, seed):
     return train[0][idx], train[1][idx]
 
 
-def fine_tune(model, train, images, lr, seed):
+def fine_tune(model, train, images, lr, seed, teacher=None, temperature=4.0):
     """Fine-tune ``model`` in place on ``images`` training images (a seed-dependent slice of ``train``, one
     pass, batch 128), Adam from ``lr`` with cosine decay to 0: the budget every pruned row and every QAT row
-    gets, stated in images seen."""
+    gets, stated in images seen. ``teacher``: a model distilled into ``model`` meanwhile (a frozen copy of it;
+    soft labels at ``temperature`` + hard labels, ``kslim.distill.Distiller``) -- same images and schedule."""
     import keras
 
     from kslim.datasets import to_dataset
     from kslim.models import compile_classifier
 
     keras.utils.set_random_seed(seed)
+    if teacher is not None:
+        teacher = clone(teacher)
+        teacher.trainable = False
     x, y = ft_slice(train, images, seed)
     ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=seed, normalize=False)
-    steps = max(1, int(ds.cardinality()))
-    compile_classifier(model, learning_rate=keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps))
-    model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, int(ds.cardinality())))
+    trainer = model
+    if teacher is None:
+        compile_classifier(model, learning_rate=lr)
+    else:
+        from kslim.distill import Distiller, Pair
+
+        trainer = Distiller(model, teacher, pairs=[Pair(None, None, "soft_label", temperature=temperature)],
+                            hard_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), hard_weight=1.0)
+        trainer.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+    trainer.fit(ds, epochs=1, verbose=0, shuffle=False)
     return model
 
 

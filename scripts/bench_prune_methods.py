@@ -113,7 +113,7 @@ class Bench:
         if tune == "fine_tune":
             fine_tune(model, self.train, self.args.ft_images, self.args.lr, self.seed)
         elif tune == "distill":
-            self.distill_tune(model, self.train, self.args.ft_images)
+            fine_tune(model, self.train, self.args.ft_images, self.args.lr, self.seed, teacher=self.base)
         lm = convert(model, check=False)
         key = f"{method} @{target}"
         self.lites[key] = LiteModel(lm.content)
@@ -125,26 +125,6 @@ class Bench:
                  f"MACs {row['macs'] / 1e6:.2f} M, {row['seconds']:.0f} s")
         return row
 
-
-    def distill_tune(self, student, train, images, temperature=4.0):
-        """:func:`fine_tune`'s budget, schedule and images, with the unpruned net as a frozen teacher (soft labels
-        at ``temperature`` + hard labels)."""
-        import keras
-
-        from kslim.datasets import to_dataset
-        from kslim.distill import Distiller, Pair
-
-        keras.utils.set_random_seed(self.seed)
-        x, y = ft_slice(train, images, self.seed)
-        ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=self.seed, normalize=False)
-        teacher = clone(self.base)
-        teacher.trainable = False
-        d = Distiller(student, teacher, pairs=[Pair(None, None, "soft_label", temperature=temperature)],
-                      hard_loss=self.loss, hard_weight=1.0)
-        lr = keras.optimizers.schedules.CosineDecay(self.args.lr, decay_steps=max(1, int(ds.cardinality())))
-        d.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
-        d.fit(ds, epochs=1, verbose=0, shuffle=False)
-        return student
 
     def iterative(self, importance, target, steps, tune):
         """Prune to ``target`` % fewer MACs in ``steps`` steps, each re-scoring the current net's channels and
@@ -159,10 +139,8 @@ class Bench:
             goal = macs0 * (1 - target / 100 * i / steps)
             found = self.pruner(importance, model=model).prune_to_flops(1 - goal / flops(model).macs)
             model = found.model
-            if tune == "distill":
-                self.distill_tune(model, part, len(part[0]))
-            else:
-                fine_tune(model, part, len(part[0]), self.args.lr, self.seed)
+            fine_tune(model, part, len(part[0]), self.args.lr, self.seed,
+                      teacher=self.base if tune == "distill" else None)
         return model
 
 
