@@ -22,9 +22,10 @@ Groups (``--only`` runs some of them and merges them into the saved table):
   FLOPs-targeted model (same measured latency, which is more accurate?);
 * ``recovery``  more recovery from the same fine-tune budget (``--recovery-importance``, default hessian,
   local ranking): the unpruned net as the teacher of the fine-tune (soft labels T=4 + hard labels,
-  ``kslim.distill.Distiller``), and iterative pruning in ``--steps`` steps (each re-scores the channels of
-  the current net and removes an equal share of the MACs, then fine-tunes on its share of the very same
-  images), with and without that teacher.
+  ``kslim.distill.Distiller``), the same with the classifier's input channels pruned too
+  (``keep_classifier=False``, with and without the teacher), and iterative pruning in ``--steps`` steps
+  (each re-scores the channels of the current net and removes an equal share of the MACs, then
+  fine-tunes on its share of the very same images), with and without that teacher.
 
 Searches score candidates on 1,000 held-out *training* images (never the test set).
 
@@ -85,8 +86,9 @@ class Bench:
         x, y = self.val
         return float(np.mean(np.argmax(np.asarray(m(x, training=False)), -1) == y))
 
-    def pruner(self, importance, round_to=1, model=None):
-        """A pruner of ``model`` (default: the shipped net) with ``importance`` fed its data/loss."""
+    def pruner(self, importance, round_to=1, model=None, keep_classifier=True):
+        """A pruner of ``model`` (default: the shipped net) with ``importance`` fed its data/loss;
+        ``keep_classifier=False`` also prunes the input channels of the classifier (its widest layer)."""
         from kslim.prune import make_pruner
         from kslim.prune.importance import importance_class
 
@@ -101,7 +103,8 @@ class Bench:
             from kslim.prune.importance import get_importance
 
             imp = get_importance("random", seed=self.seed)
-        return make_pruner(self.base if model is None else model, importance=imp, round_to=round_to, **options)
+        return make_pruner(self.base if model is None else model, importance=imp, round_to=round_to,
+                           keep_classifier=keep_classifier, **options)
 
     def finish(self, method, group, target, model, t0, extra=None, tune="fine_tune"):
         """Fine-tune ``model`` like every row (``tune``: ``"fine_tune"``, ``"distill"`` from the unpruned net, or
@@ -126,7 +129,7 @@ class Bench:
         return row
 
 
-    def iterative(self, importance, target, steps, tune):
+    def iterative(self, importance, target, steps, tune, keep_classifier=True):
         """Prune to ``target`` % fewer MACs in ``steps`` steps, each re-scoring the current net's channels and
         removing an equal share of the MACs, then fine-tuning (``tune``) on its share of the row's images."""
         from kslim.analysis import flops
@@ -137,7 +140,8 @@ class Bench:
         model = clone(self.base)
         for i, part in enumerate(parts, 1):
             goal = macs0 * (1 - target / 100 * i / steps)
-            found = self.pruner(importance, model=model).prune_to_flops(1 - goal / flops(model).macs)
+            found = self.pruner(importance, model=model, keep_classifier=keep_classifier).prune_to_flops(
+                1 - goal / flops(model).macs)
             model = found.model
             fine_tune(model, part, len(part[0]), self.args.lr, self.seed,
                       teacher=self.base if tune == "distill" else None)
@@ -292,10 +296,15 @@ def rows_recovery(b):
     imp, k = b.args.recovery_importance, b.args.steps
     rows = []
     for target in b.args.targets:
-        t0 = time.time()
-        found = b.pruner(imp).prune_to_flops(target / 100)
-        rows.append(b.finish(f"{imp}, local + KD from the unpruned net", "recovery", target, found.model, t0,
-                             tune="distill"))
+        for keep, where in ((True, ""), (False, ", classifier input pruned too")):
+            t0 = time.time()
+            found = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100)
+            if not keep:  # the same one-shot pruning with the plain fine-tune: what KD adds on top of it
+                rows.append(b.finish(f"{imp}, local{where}", "recovery", target, found.model, t0))
+                t0 = time.time()
+                found = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100)
+            rows.append(b.finish(f"{imp}, local{where} + KD from the unpruned net", "recovery", target,
+                                 found.model, t0, tune="distill"))
         for tune, what in (("fine_tune", ""), ("distill", " + KD from the unpruned net")):
             t0 = time.time()
             model = b.iterative(imp, target, k, tune)
