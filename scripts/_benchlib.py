@@ -2,6 +2,7 @@
 
 import math
 import os
+import statistics
 
 
 def cpu_name():
@@ -157,6 +158,28 @@ def noise_pt(p, n):
     """Test-set sampling noise of an accuracy ``p`` on ``n`` images: ``(SE, 1.96 SE)`` in pt."""
     se = 100 * math.sqrt(p * (1 - p) / n)
     return se, 1.96 * se
+
+
+TARGET_SEEDS = 3  # a seed-median target is judged only over at least this many seeds
+
+
+def seed_verdict(what, per_seed, limit, at_least, noise, min_seeds=TARGET_SEEDS):
+    """One target verdict on the median of per-seed differences ``{seed: pt}``, judged at the printed 0.01 pt.
+
+    ``at_least``: the target is ``median >= limit`` (else ``median <= limit``); it is never met over fewer
+    than ``min_seeds`` seeds. ``noise``: the test-set noise text printed beside the value.
+
+    >>> v = seed_verdict("QAT vs float", {1: -0.05, 0: -0.2000001, 2: 0.1}, -0.2, True, "noise ±0.51 pt")
+    >>> v["value"], v["met"]
+    ('-0.05 pt (per seed -0.20, -0.05, +0.10); noise ±0.51 pt', True)
+    >>> seed_verdict("drop", {0: 0.1}, 1.0, False, "")["met"]  # one seed is not enough
+    False
+    """
+    med = statistics.median(per_seed.values())
+    seeds = ", ".join(f"{v:+.2f}" for _, v in sorted(per_seed.items()))
+    ok = round(med, 2) >= limit if at_least else round(med, 2) <= limit
+    return {"what": what, "target": f"{'>=' if at_least else '<='} {limit} pt over >= {min_seeds} seeds",
+            "value": f"{med:+.2f} pt (per seed {seeds}); {noise}", "met": len(per_seed) >= min_seeds and ok}
 
 
 def seed_list(text):

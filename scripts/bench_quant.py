@@ -39,13 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt, seed_list,  # noqa: E402
-                       write_fragment)
+from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt,  # noqa: E402
+                       seed_list, seed_verdict, write_fragment)
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 SEEDED = ("float32_finetuned", "qat_int8")
 TARGETS = {"qat_pt": -0.2, "ptq_pt": -0.5, "dynamic_pt": -0.3, "dynamic_bytes": -0.72}
-TARGET_SEEDS = 3
 DEFAULT_QAT_IMAGES = 30000
 #: settings a saved seeded row must share to be skipped on resume
 ROW_SETTINGS = ("qat_lr", "train_images", "test_images")
@@ -216,10 +215,6 @@ def _at_least(delta_pt, target_pt):
     return round(delta_pt, 2) >= target_pt
 
 
-def _per_seed(d):
-    return ", ".join(f"{v:+.2f}" for _, v in sorted(d.items()))
-
-
 def check_targets(result):
     """Target verdicts per model from ``result["rows"]`` (latest QAT budget of each model)."""
     out = []
@@ -239,21 +234,13 @@ def check_targets(result):
         ctl = {r["seed"]: r for r in mine if r["variant"] == "float32_finetuned" and r.get("qat_images") == qat_images}
         if qat:
             d = {s: 100 * (r["accuracy"] - base) for s, r in qat.items()}
-            med = statistics.median(d.values())
-            out.append({"what": f"{m}: QAT int8 accuracy vs float32 ({qat_images:,}-image fine-tune, median over "
-                                f"{len(d)} seed(s))",
-                        "target": f">= {TARGETS['qat_pt']} pt over >= {TARGET_SEEDS} seeds",
-                        "value": f"{med:+.2f} pt (per seed {_per_seed(d)}); {noise}",
-                        "met": len(d) >= TARGET_SEEDS and _at_least(med, TARGETS["qat_pt"])})
+            out.append(seed_verdict(f"{m}: QAT int8 accuracy vs float32 ({qat_images:,}-image fine-tune, median "
+                                    f"over {len(d)} seed(s))", d, TARGETS["qat_pt"], True, noise))
             common = sorted(set(qat) & set(ctl))
             if common:
                 dc = {s: 100 * (qat[s]["accuracy"] - ctl[s]["accuracy"]) for s in common}
-                medc = statistics.median(dc.values())
-                out.append({"what": f"{m}: QAT int8 vs float32 given the same fine-tune (control), median over "
-                                    f"{len(dc)} seed(s)",
-                            "target": f">= {TARGETS['qat_pt']} pt over >= {TARGET_SEEDS} seeds",
-                            "value": f"{medc:+.2f} pt (per seed {_per_seed(dc)}); {noise}",
-                            "met": len(dc) >= TARGET_SEEDS and _at_least(medc, TARGETS["qat_pt"])})
+                out.append(seed_verdict(f"{m}: QAT int8 vs float32 given the same fine-tune (control), median over "
+                                        f"{len(dc)} seed(s)", dc, TARGETS["qat_pt"], True, noise))
         else:
             out.append({"what": f"{m}: QAT int8 accuracy vs float32", "target": f">= {TARGETS['qat_pt']} pt",
                         "value": "not run", "met": False})

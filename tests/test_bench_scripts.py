@@ -382,3 +382,23 @@ def test_headline_latency_row_needs_every_one_of_three_runs():
     assert hl._latency_rows(d)[0][2].endswith("**missed**")
     old = {"date": "2026-11-23", "rows": [{}] * 17, "summary": {"table": {"within_10pct": 0.71}}}
     assert hl._latency_rows(old)[0][1] == "71 % (one run)"
+
+
+# ------------------------------------------------------------------------------------ _benchlib
+def test_benchlib_docstring_examples_run():
+    """scripts/ is outside the package's doctest collection: run _benchlib's examples here."""
+    import doctest
+
+    mod = _load("_benchlib")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_seed_verdict_judges_the_median_at_the_printed_precision():
+    lib = _load("_benchlib")
+    drops = {0: 0.9, 1: 1.004, 2: 1.3}  # median 1.004 prints as +1.00: meets "<= 1.0"
+    v = lib.seed_verdict("drop", drops, 1.0, False, "n")
+    assert v["met"] and v["target"] == "<= 1.0 pt over >= 3 seeds" and v["value"].startswith("+1.00 pt")
+    assert not lib.seed_verdict("drop", {0: 0.9, 1: 1.006, 2: 1.3}, 1.0, False, "n")["met"]
+    assert not lib.seed_verdict("gain", {0: 0.5, 1: 0.6}, 0.2, True, "n")["met"]  # two seeds only
+    assert lib.seed_verdict("gain", {0: 0.5, 1: 0.6}, 0.2, True, "n", min_seeds=2)["met"]
