@@ -244,3 +244,15 @@ def test_calibration_is_robust_and_adds_the_cold_weights_of_models_bigger_than_t
     assert cal["per_op_us"] == pytest.approx(0.5) and cal["intercept_us"] == pytest.approx(3.0)
     p = LatencyPredictor(t).predict(big).total_ms * 1e3
     assert p == pytest.approx(measured[3], rel=1e-6)
+
+
+def test_ops_bigger_than_the_cache_add_no_cold_weights():
+    """An op whose own weights exceed the cache streams them in its single-op timing already: only the other
+    ops' weights count as cold, a share ``1 - cache/total`` of them."""
+    from kslim.lite.latency import cold_weight_bytes, streamed_weight_bytes
+
+    configs = [{"weight_bytes": 100}, {"weight_bytes": 300}, {"weight_bytes": 1000}, {}]
+    assert streamed_weight_bytes(configs, 500) == 1000
+    assert streamed_weight_bytes(configs, 0) == 0
+    assert cold_weight_bytes(configs, 1400, 500) == pytest.approx((1 - 500 / 1400) * 400)
+    assert cold_weight_bytes(configs, 1400, 2000) == 0.0

@@ -161,7 +161,16 @@ def cold_weight_bytes(configs, total_weight_bytes, cache_bytes):
     if not cache_bytes or total_weight_bytes <= cache_bytes:
         return 0.0
     share = 1.0 - cache_bytes / total_weight_bytes
-    return share * sum(c.get("weight_bytes", 0) for c in configs if c.get("weight_bytes", 0) < cache_bytes)
+    small = sum(c.get("weight_bytes", 0) for c in configs) - streamed_weight_bytes(configs, cache_bytes)
+    return share * small
+
+
+def streamed_weight_bytes(configs, cache_bytes):
+    """Weight bytes of the ops whose own weights do not fit in cache (``weight_bytes >= cache_bytes``): their
+    single-op timings stream them from memory already. 0 without a cache size."""
+    if not cache_bytes:
+        return 0
+    return sum(c.get("weight_bytes", 0) for c in configs if c.get("weight_bytes", 0) >= cache_bytes)
 
 
 def op_configs(model):
@@ -395,7 +404,7 @@ class LatencyTable:
         for i, lite in enumerate(lites):
             configs = op_configs(lite)
             total = weight_bytes(lite)
-            big = sum(c["weight_bytes"] for c in configs if cache and c["weight_bytes"] >= cache)
+            big = streamed_weight_bytes(configs, cache)
             rows.append({"model": lite.source or f"model{i}", "measured_us": float(measured_us[i]),
                          "sum_us": pred.predict(lite).total_ms * 1e3, "ops": len(configs),
                          "cold_mb": cold_weight_bytes(configs, total, cache) / 2 ** 20,
