@@ -129,7 +129,7 @@ class Bench:
         return row
 
 
-    def iterative(self, importance, target, steps, tune, keep_classifier=True):
+    def iterative(self, importance, target, steps, tune):
         """Prune to ``target`` % fewer MACs in ``steps`` steps, each re-scoring the current net's channels and
         removing an equal share of the MACs, then fine-tuning (``tune``) on its share of the row's images."""
         from kslim.analysis import flops
@@ -140,8 +140,7 @@ class Bench:
         model = clone(self.base)
         for i, part in enumerate(parts, 1):
             goal = macs0 * (1 - target / 100 * i / steps)
-            found = self.pruner(importance, model=model, keep_classifier=keep_classifier).prune_to_flops(
-                1 - goal / flops(model).macs)
+            found = self.pruner(importance, model=model).prune_to_flops(1 - goal / flops(model).macs)
             model = found.model
             fine_tune(model, part, len(part[0]), self.args.lr, self.seed,
                       teacher=self.base if tune == "distill" else None)
