@@ -160,13 +160,18 @@ def noise_pt(p, n):
     return se, 1.96 * se
 
 
+def at_least(delta_pt, target_pt):
+    """``delta_pt >= target_pt`` at the 0.01 pt the tables print (-0.2000001 meets -0.2)."""
+    return round(delta_pt, 2) >= target_pt
+
+
 TARGET_SEEDS = 3  # a seed-median target is judged only over at least this many seeds
 
 
-def seed_verdict(what, per_seed, limit, at_least, noise, min_seeds=TARGET_SEEDS):
+def seed_verdict(what, per_seed, limit, floor, noise, min_seeds=TARGET_SEEDS):
     """One target verdict on the median of per-seed differences ``{seed: pt}``, judged at the printed 0.01 pt.
 
-    ``at_least``: the target is ``median >= limit`` (else ``median <= limit``); it is never met over fewer
+    ``floor``: the target is ``median >= limit`` (else ``median <= limit``); it is never met over fewer
     than ``min_seeds`` seeds. ``noise``: the test-set noise text printed beside the value.
 
     >>> v = seed_verdict("QAT vs float", {1: -0.05, 0: -0.2000001, 2: 0.1}, -0.2, True, "noise ±0.51 pt")
@@ -177,8 +182,8 @@ def seed_verdict(what, per_seed, limit, at_least, noise, min_seeds=TARGET_SEEDS)
     """
     med = statistics.median(per_seed.values())
     seeds = ", ".join(f"{v:+.2f}" for _, v in sorted(per_seed.items()))
-    ok = round(med, 2) >= limit if at_least else round(med, 2) <= limit
-    return {"what": what, "target": f"{'>=' if at_least else '<='} {limit} pt over >= {min_seeds} seeds",
+    ok = at_least(med, limit) if floor else round(med, 2) <= limit
+    return {"what": what, "target": f"{'>=' if floor else '<='} {limit} pt over >= {min_seeds} seeds",
             "value": f"{med:+.2f} pt (per seed {seeds}); {noise}", "met": len(per_seed) >= min_seeds and ok}
 
 

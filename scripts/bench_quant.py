@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,8 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (clone, cpu_name, fine_tune, latency_ms, load_full, log_targets, noise_pt,  # noqa: E402
-                       seed_list, seed_verdict, write_fragment)
+from _benchlib import (at_least, clone, cpu_name, fine_tune, latency_ms, load_full, log_targets,  # noqa: E402
+                       noise_pt, seed_list, seed_verdict, write_fragment)
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 SEEDED = ("float32_finetuned", "qat_int8")
@@ -210,11 +209,6 @@ def measure_model(name, args, train, test, saved, log):
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
-def _at_least(delta_pt, target_pt):
-    """``delta_pt >= target_pt`` at the 0.01 pt the tables print (-0.2000001 meets -0.2)."""
-    return round(delta_pt, 2) >= target_pt
-
-
 def check_targets(result):
     """Target verdicts per model from ``result["rows"]`` (latest QAT budget of each model)."""
     out = []
@@ -249,7 +243,7 @@ def check_targets(result):
             best = max(ptq, key=lambda k: ptq[k]["accuracy"])
             d = ptq[best]["delta_pt"]
             out.append({"what": f"{m}: best PTQ algo ({best[4:]}) vs float32", "target": f">= {TARGETS['ptq_pt']} pt",
-                        "value": f"{d:+.2f} pt; {noise}", "met": _at_least(d, TARGETS["ptq_pt"])})
+                        "value": f"{d:+.2f} pt; {noise}", "met": at_least(d, TARGETS["ptq_pt"])})
             if "converter_int8" in by:
                 c = by["converter_int8"]["accuracy"]
                 out.append({"what": f"{m}: best PTQ algo vs converter's own PTQ", "target": ">= converter",
@@ -262,7 +256,7 @@ def check_targets(result):
                         "met": r["bytes_ratio"] - 1 <= TARGETS["dynamic_bytes"]})
             out.append({"what": f"{m}: dynamic int8 accuracy", "target": f">= {TARGETS['dynamic_pt']} pt",
                         "value": f"{r['delta_pt']:+.2f} pt; {noise}",
-                        "met": _at_least(r["delta_pt"], TARGETS["dynamic_pt"])})
+                        "met": at_least(r["delta_pt"], TARGETS["dynamic_pt"])})
     return out
 
 
