@@ -297,13 +297,13 @@ def rows_recovery(b):
     for target in b.args.targets:
         for keep, where in ((True, ""), (False, ", classifier input pruned too")):
             t0 = time.time()
-            found = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100)
-            if not keep:  # the same one-shot pruning with the plain fine-tune: what KD adds on top of it
-                rows.append(b.finish(f"{imp}, local{where}", "recovery", target, found.model, t0))
-                t0 = time.time()
-                found = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100)
-            rows.append(b.finish(f"{imp}, local{where} + KD from the unpruned net", "recovery", target,
-                                 found.model, t0, tune="distill"))
+            pruned = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100).model
+            prune_s = time.time() - t0
+            if not keep:  # the same pruned net with the plain fine-tune: what KD adds on top of it (pruning
+                # does not depend on the global RNG and fine_tune seeds itself, so a copy equals a re-pruning)
+                rows.append(b.finish(f"{imp}, local{where}", "recovery", target, clone(pruned), t0))
+            rows.append(b.finish(f"{imp}, local{where} + KD from the unpruned net", "recovery", target, pruned,
+                                 time.time() - prune_s, tune="distill"))
         for tune, what in (("fine_tune", ""), ("distill", " + KD from the unpruned net")):
             t0 = time.time()
             model = b.iterative(imp, target, k, tune)
