@@ -148,9 +148,13 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------------ groups
+BASE_METHOD = "baseline + fine-tune"
+BASE_KEY = f"{BASE_METHOD} @0"  # its .tflite in Bench.lites
+
+
 def rows_baseline(b):
     t0 = time.time()
-    return [b.finish("baseline + fine-tune", "baseline", 0, clone(b.base), t0)]
+    return [b.finish(BASE_METHOD, "baseline", 0, clone(b.base), t0)]
 
 
 def _chosen(args, names):
@@ -361,7 +365,9 @@ def summary(rows):
                     "macs_m": statistics.mean(r["macs"] for r, _ in items) / 1e6,
                     "params": int(statistics.mean(r["params"] for r, _ in items)),
                     "latency_ms": statistics.mean(r["latency_ms"] for r, _ in items) if all(
-                        "latency_ms" in r for r, _ in items) else None})
+                        "latency_ms" in r for r, _ in items) else None,
+                    "latency_ratio": statistics.mean(r["latency_ms"] / r["latency_base_ms"] for r, _ in items)
+                    if all(r.get("latency_ms") and r.get("latency_base_ms") for r, _ in items) else None})
     return out
 
 
@@ -410,13 +416,13 @@ def write_markdown(result, path):
                   + ", ".join(f"seed {r['seed']} {100 * r['tflite_acc']:.2f} %" for r in b)
                   + f"; {b[0]['macs'] / 1e6:.2f} M MACs, {b[0]['params']:,} params." if b else "", "",
                   "| group | method | target | seeds | MACs (M) | params | TFLite acc (mean) | drop vs base+FT (pt) "
-                  "| sd (pt) | latency 1 thread (ms) |",
+                  "| sd (pt) | latency 1 thread, x base |",
                   "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
         for s in sorted((s for s in summ if (s["model"], s["ft_images"]) == (model, ft)),
                         key=lambda s: (s["target"], GROUPS.index(s["group"]), s["drop_pt"])):
             lines.append(f"| {s['group']} | {s['method']} | -{s['target']} % | {','.join(map(str, s['seeds']))} | "
                          f"{s['macs_m']:.2f} | {s['params']:,} | {100 * s['acc']:.2f} | {s['drop_pt']:+.2f} | "
-                         f"{_fmt(s['drop_sd'], '.2f')} | {_fmt(s['latency_ms'], '.3f')} |")
+                         f"{_fmt(s['drop_sd'], '.2f')} | {_fmt(s['latency_ratio'], '.2f')} |")
         lines.append("")
     lines += ["Targets (issue 14):", ""]
     for t in result["targets"]:
@@ -501,10 +507,13 @@ def main(argv=None):
                     new.append({"model": name, "seed": seed, "group": g, "method": f"{g} (failed)", "target": 0,
                                 "error": f"{type(e).__name__}: {str(e)[:300]}"})
             lat = latency_ms(b.lites, threads=(1,), warmup=20, rounds=3, runs=30)
+            base_ms = lat[BASE_KEY]["1"]
             for r in new:
                 k = f"{r['method']} @{r['target']}"
                 if k in lat:
-                    r["latency_ms"] = lat[k]["1"]
+                    # the baseline timed in the same interleaved pass: runs of other sessions (other load, other
+                    # machine) are compared by this ratio, never by their milliseconds
+                    r["latency_ms"], r["latency_base_ms"] = lat[k]["1"], base_ms
             result["rows"] = merged(result.get("rows", []), [r for r in new if "error" not in r])
             result.setdefault("failures", [])
             result["failures"] = [f for f in result["failures"] if (f["model"], f["seed"], f["group"]) not in
@@ -524,7 +533,10 @@ def main(argv=None):
                          f"`dataset-fashion-mnist`), accuracy of the float32 `.tflite` on all {len(test[1]):,} test "
                          f"images; every row and the baseline of a section get the same fine-tune: the training "
                          f"images its title states, Adam lr {args.lr:g} with cosine decay to 0, batch 128. Searches score on 1,000 "
-                         "held-out training images. Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1, median."),
+                         "held-out training images. Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1, median; the column "
+                         "is the row's latency over the latency of its seed's baseline timed in the same interleaved "
+                         "pass (runs of different sessions are compared by this ratio, not by milliseconds), mean "
+                         "over seeds."),
                 "notes": [
                     "A method's row is its mean over the seeds listed; sd is the standard deviation of the drop over "
                     "seeds (empty with one seed). The targets judge the median of the per-seed drops (issue 16).",

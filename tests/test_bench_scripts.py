@@ -294,6 +294,24 @@ def test_prune_methods_table_drops_are_per_seed_and_latency_rows_are_not_candida
     assert "| criteria | l1, local | -50 % | 0,1 |" in text and "**MISSED**" in text
 
 
+def test_prune_methods_latency_column_is_a_ratio_to_the_same_pass_baseline(tmp_path):
+    pm = _load("bench_prune_methods")
+    # seed 0 timed on a loaded machine (base 0.4 ms), seed 1 on a quiet one (base 0.2 ms): both 0.5 x base
+    rows = [dict(_pm_row("m", s, "baseline", pm.BASE_METHOD, 0, 0.9), latency_ms=b, latency_base_ms=b)
+            for s, b in ((0, 0.4), (1, 0.2))]
+    rows += [dict(_pm_row("m", s, "criteria", "l1, local", 50, 0.89), latency_ms=b / 2, latency_base_ms=b)
+             for s, b in ((0, 0.4), (1, 0.2))]
+    rows.append(_pm_row("m", 0, "criteria", "l2, local", 50, 0.89))  # no same-pass baseline saved: no figure
+    summ = {s["method"]: s for s in pm.summary(rows)}
+    assert summ["l1, local"]["latency_ratio"] == pytest.approx(0.5) and summ["l2, local"]["latency_ratio"] is None
+    result = {"rows": rows, "targets": pm.check_targets(rows), "command": "c", "date": "d", "platform": "p",
+              "cpu": "c", "cores": 2, "load_average": [0, 0, 0], "data": "data", "notes": []}
+    pm.write_markdown(result, tmp_path / "pm.md")
+    lines = (tmp_path / "pm.md").read_text().splitlines()
+    assert any(l.startswith("| criteria | l1, local |") and l.endswith("| 0.50 |") for l in lines)
+    assert any(l.startswith("| criteria | l2, local |") and l.endswith("|  |") for l in lines)
+
+
 def test_prune_methods_targets_judge_the_median_of_per_seed_drops():
     pm = _load("bench_prune_methods")
     rows = [_pm_row("m", s, "baseline", "baseline + fine-tune", 0, 0.92) for s in range(3)]
