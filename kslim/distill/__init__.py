@@ -34,12 +34,13 @@ from kslim.distill.losses import (
     fsp_matrix,
     l2_loss,
     soft_label_loss,
+    standardize_logits,
 )
 from kslim.distill.pair import Pair
 
 __all__ = [
     "Distiller", "Pair", "FeatureAdaptor",
     "soft_label_loss", "l2_loss", "fsp_loss", "fsp_matrix", "SoftLabelLoss", "L2Loss", "FSPLoss",
-    "attention_loss", "dkd_loss", "AttentionLoss", "DKDLoss",
+    "attention_loss", "dkd_loss", "AttentionLoss", "DKDLoss", "standardize_logits",
     "feature_model", "layer_paths", "resolve_layer",
 ]
