@@ -9,8 +9,8 @@
 * Student: ``kslim.models.mobilenet_v1(width=--student-width)`` trained from scratch for ``--epochs``
   epochs (epochs x 60,000 training images seen), batch 128, Adam 1e-3 with cosine decay to 0; the same
   seed gives every variant the same initial weights and the same data order.
-* Variants (``--variants``), each a ``kslim.distill.Distiller`` with the hard-label cross-entropy (weight 1)
-  except ``scratch``:
+* Variants (``--variants``), each a ``kslim.distill.Distiller`` with the hard-label cross-entropy (weight 1,
+  ``lskd``: ``--lskd-hard-weight``) except ``scratch``:
 
   - ``scratch``         hard labels only (``compile`` + ``fit``);
   - ``soft``            + ``Pair("logits", "logits", "soft_label", temperature=4, scale_by_temperature=True)``;
@@ -19,7 +19,10 @@
   - ``soft+attention``  soft + attention transfer (Zagoruyko & Komodakis 2017) between each teacher stage's
     output and the student's last block at that resolution (``AT_LAYERS``: 28x28, 14x14 and 7x7 maps;
     channel counts differ, which ``AttentionLoss`` allows), weight ``--at-weight`` each (500 = beta/2
-    with the paper's beta = 1000, whose loss is the mean over positions like kslim's).
+    with the paper's beta = 1000, whose loss is the mean over positions like kslim's);
+  - ``lskd``            logit-standardized KD (Sun et al., CVPR 2024): ``Pair("logits", "logits", "soft_label",
+    temperature=2, scale_by_temperature=True, standardize=True, weight=9)`` with the hard labels at weight
+    0.1 (``--lskd-*``; the authors' CIFAR-100 recipe).
 
 * Every (variant, seed) is one row: Keras accuracy, float32 ``.tflite`` accuracy (the headline figure),
   then the same short quantization-aware fine-tune for every row (``quant_aware(model, QuantConfig())``,
@@ -63,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name, load_full, log_targets, noise_pt, seed_list, write_fragment  # noqa: E402
 
-VARIANTS = ("scratch", "soft", "dkd", "soft+attention")
+VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
 #: MobileNetV1 block ending at the same resolution (28x28, 14x14, 7x7)
 AT_LAYERS = (("stage1_block1_out", "block1_pw_relu"), ("stage2_block1_out", "block3_pw_relu"),
@@ -75,6 +78,17 @@ DEFAULT_QAT_IMAGES = 10240
 #: the settings a row's figures depend on besides its key (a saved row with other settings is re-measured)
 ROW_SETTINGS = ("train_images", "batch_size", "lr", "temperature", "soft_weight", "dkd_alpha", "dkd_beta",
                 "at_weight", "qat_lr")
+#: the settings of one variant only, recorded (and keying its cache) on that variant's rows alone
+VARIANT_SETTINGS = {"lskd": ("lskd_temperature", "lskd_weight", "lskd_hard_weight")}
+
+
+def row_settings(args, variant):
+    """The settings a row of ``variant`` depends on (the saved row is re-measured when they change)."""
+    return {k: getattr(args, k) for k in (*ROW_SETTINGS, *VARIANT_SETTINGS.get(variant, ()))}
+
+
+def hard_weight(variant, args):
+    return args.lskd_hard_weight if variant == "lskd" else 1.0
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -99,6 +113,9 @@ def pairs_for(variant, args):
                      temperature=args.temperature)]
     if variant == "soft+attention":
         return [soft] + [Pair(t, s, "attention", weight=args.at_weight, name=f"at_{s}") for t, s in AT_LAYERS]
+    if variant == "lskd":
+        return [Pair("logits", "logits", "soft_label", temperature=args.lskd_temperature, scale_by_temperature=True,
+                     standardize=True, weight=args.lskd_weight)]
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -118,7 +135,7 @@ def make_trainer(variant, args, teacher, seed, n_train):
     if not pairs:
         student.compile(optimizer=opt, loss=hard, metrics=["accuracy"])
         return student, student
-    distiller = Distiller(student, teacher, pairs=pairs, hard_loss=hard, hard_weight=1.0)
+    distiller = Distiller(student, teacher, pairs=pairs, hard_loss=hard, hard_weight=hard_weight(variant, args))
     distiller.compile(optimizer=opt, metrics=["accuracy"])
     return distiller, student
 
@@ -129,7 +146,7 @@ def train_student(variant, seed, args, train, teacher, log):
 
     from kslim._io import atomic_save_model, atomic_write_json
 
-    path = None if args.quick else student_cache(args) / f"{variant}-seed{seed}.keras"
+    path = None if args.quick else student_cache(args, variant) / f"{variant}-seed{seed}.keras"
     if path is not None and path.is_file() and path.with_suffix(".json").is_file():
         info = json.loads(path.with_suffix(".json").read_text())
         log(f"[{variant} s{seed}] trained student loaded from {path}")
@@ -146,11 +163,12 @@ def train_student(variant, seed, args, train, teacher, log):
     return student, {**info, "cached": False}
 
 
-def student_cache(args):
-    """The cache folder of this run's students: named by the settings that change a trained student."""
+def student_cache(args, variant):
+    """The cache folder of a variant's students: named by the settings that change a trained student."""
     from kslim.models import cache_dir
 
-    sig = {k: getattr(args, k) for k in ("student_width", "epochs", *ROW_SETTINGS) if k != "qat_lr"}
+    sig = {k: getattr(args, k) for k in ("student_width", "epochs", *ROW_SETTINGS, *VARIANT_SETTINGS.get(variant, ()))
+           if k != "qat_lr"}
     digest = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "bench_distill" / f"w{args.student_width:g}-e{args.epochs}-{digest}"
 
@@ -192,7 +210,7 @@ def measure_row(variant, seed, args, train, test, teacher, log):
            "qat_keras_acc": keras_acc(qat, test), "int8_acc": float(int8.evaluate(test)),
            "tflite_bytes": lite.size, "int8_bytes": int8.size, "qat_seconds": qat_s,
            "seconds": round(time.time() - t0, 1), **info,
-           "settings": {k: getattr(args, k) for k in ROW_SETTINGS}}
+           "settings": row_settings(args, variant)}
     log(f"[{variant} s{seed}] float .tflite {pt(row['tflite_acc'])} %, int8 after QAT {pt(row['int8_acc'])} % "
         f"(Keras {pt(row['keras_acc'])} %); train {info['train_seconds']:.0f} s"
         f"{' (cached)' if info['cached'] else ''}, QAT {qat_s:.0f} s")
@@ -362,22 +380,32 @@ def describe(result, rows):
     r0 = rows[0]
     st = r0["settings"]
     t = result.get("teacher", {})
-    mixed = sorted({json.dumps(r["settings"], sort_keys=True) for r in rows})
+    # the shared settings across all rows, a variant's own settings among that variant's rows
+    common = {json.dumps({k: r["settings"].get(k) for k in ROW_SETTINGS}, sort_keys=True) for r in rows}
+    own = {(r["variant"], json.dumps({k: r["settings"].get(k) for k in VARIANT_SETTINGS.get(r["variant"], ())},
+                                     sort_keys=True)) for r in rows}
+    mixed = len(common) + len(own) - len({v for v, _ in own})
+    ls = next((r["settings"] for r in rows if r["variant"] == "lskd"), None)
     return [
         f"Student `mobilenet_v1(width={r0['student_width']:g})` ({r0['params']:,} params), trained from scratch "
         f"on all {st['train_images']:,} training images for {r0['epochs']} epoch(s) = {r0['images_seen']:,} "
         f"images seen (nothing held out), batch {st['batch_size']}, Adam {st['lr']:g} with cosine decay to 0; "
         "every variant of a seed starts from the same weights and sees the same data order. Variants (plus "
-        f"the hard-label cross-entropy, weight 1): `soft` = soft labels T={st['temperature']:g} "
+        "the hard-label cross-entropy, weight 1 except `lskd`): `soft` = soft labels T="
+        f"{st['temperature']:g} "
         f"(`scale_by_temperature=True`, weight {st['soft_weight']:g}); `dkd` = decoupled KD "
         f"(alpha={st['dkd_alpha']:g}, beta={st['dkd_beta']:g}, T={st['temperature']:g}, no warm-up); "
         f"`soft+attention` = soft + attention transfer (weight {st['at_weight']:g} each) between "
-        + ", ".join(f"`{a}`->`{b}`" for a, b in result.get("at_layers", AT_LAYERS)) + " (teacher->student). "
+        + ", ".join(f"`{a}`->`{b}`" for a, b in result.get("at_layers", AT_LAYERS)) + " (teacher->student)"
+        + ("" if ls is None else
+           f"; `lskd` = logit-standardized KD (soft labels of z-scored logits, Sun et al. 2024, T="
+           f"{ls['lskd_temperature']:g}, `scale_by_temperature=True`, weight {ls['lskd_weight']:g}; hard labels "
+           f"weight {ls['lskd_hard_weight']:g})") + ". "
         f"QAT: `quant_aware(model, QuantConfig())`, {r0['qat_images']:,} training images seen (the seed's "
         f"random slice), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "
         f"`kslim.quant.convert` (int8 .tflite). Teacher: {t.get('what', 'see above')}.",
-        *([] if len(mixed) == 1 else ["", "**Rows of this section were measured with different settings** "
-                                      f"({len(mixed)} sets): compare with care."]),
+        *([] if mixed == 1 else ["", "**Rows of this section were measured with different settings** "
+                                 f"({mixed} sets): compare with care."]),
     ]
 
 
@@ -425,7 +453,8 @@ NOTES = [
     "the same images, whose noise is below sqrt(2) x that band; the spread between seeds (per-seed columns) is "
     "the larger noise here.",
     "The best distilled variant is chosen on the float32 .tflite gains of the same seeds it is judged on (best "
-    "of three variants): a variant that just clears the bar is weaker evidence than its figure alone.",
+    "of the distilled variants in the table): a variant that just clears the bar is weaker evidence than its "
+    "figure alone.",
 ]
 
 
@@ -448,6 +477,9 @@ def parse_args(argv=None):
     ap.add_argument("--dkd-alpha", type=float, default=1.0)
     ap.add_argument("--dkd-beta", type=float, default=8.0)
     ap.add_argument("--at-weight", type=float, default=500.0, help="weight of each attention-transfer pair")
+    ap.add_argument("--lskd-temperature", type=float, default=2.0, help="lskd: temperature of the z-scored logits")
+    ap.add_argument("--lskd-weight", type=float, default=9.0, help="lskd: weight of the soft-label term")
+    ap.add_argument("--lskd-hard-weight", type=float, default=0.1, help="lskd: weight of the hard-label term")
     ap.add_argument("--qat-images", type=int, default=None,
                     help=f"training images of the QAT fine-tune (default {DEFAULT_QAT_IMAGES}; --quick 512)")
     ap.add_argument("--qat-lr", type=float, default=1e-4)
@@ -539,16 +571,15 @@ def main(argv=None):
         result = {}
     result.setdefault("rows", [])
     saved = {key(r): r for r in result["rows"]}
-    settings = {k: getattr(args, k) for k in ROW_SETTINGS}
     todo, skipped = [], 0
     for seed in args.seeds:
         for variant in args.variants:
             k = (variant, seed, args.student_width, args.epochs, args.qat_images)
-            if not args.redo and k in saved and saved[k].get("settings") == settings:
+            if not args.redo and k in saved and saved[k].get("settings") == row_settings(args, variant):
                 skipped += 1
                 continue
-            cached = (not args.quick and (student_cache(args) / f"{variant}-seed{seed}.keras").is_file()
-                      and (student_cache(args) / f"{variant}-seed{seed}.json").is_file())
+            cached = (not args.quick and (student_cache(args, variant) / f"{variant}-seed{seed}.keras").is_file()
+                      and (student_cache(args, variant) / f"{variant}-seed{seed}.json").is_file())
             todo.append((variant, seed, cached))
     if skipped:
         log(f"{skipped} row(s) already in {saved_path} with these settings: skipped (--redo measures them again)")

@@ -60,6 +60,31 @@ def test_pairs_per_variant(bd):
     at = bd.pairs_for("soft+attention", args)
     assert [p.loss for p in at] == ["soft_label"] + ["attention"] * len(bd.AT_LAYERS)
     assert [(p.teacher, p.student) for p in at[1:]] == [((t,), (s,)) for t, s in bd.AT_LAYERS]
+    (ls,) = bd.pairs_for("lskd", args)
+    assert ls.loss == "soft_label" and ls.weight == 9.0
+    assert ls.loss_fn.standardize and ls.loss_fn.teacher_temperature == 2.0
+    assert bd.hard_weight("lskd", args) == 0.1 and bd.hard_weight("soft", args) == 1.0
+
+
+def test_a_variants_own_settings_key_only_its_rows_and_cache(bd, tmp_path, monkeypatch):
+    import kslim.models
+
+    monkeypatch.setattr(kslim.models, "cache_dir", lambda: tmp_path)
+    args = bd.parse_args([])
+    other = bd.parse_args(["--lskd-weight", "3"])
+    args.train_images = other.train_images = 60000  # main sets it from the data
+    assert "lskd_weight" in bd.row_settings(args, "lskd") and "lskd_weight" not in bd.row_settings(args, "soft")
+    # an lskd setting re-trains the lskd students only: the other variants keep their cache (and saved rows)
+    assert bd.student_cache(args, "soft") == bd.student_cache(other, "soft")
+    assert bd.student_cache(args, "lskd") != bd.student_cache(other, "lskd")
+    rows = _rows([1.2, 0.8, 1.5], variant="lskd")
+    for r in rows:
+        if r["variant"] == "lskd":
+            r["settings"].update(lskd_temperature=2.0, lskd_weight=9.0, lskd_hard_weight=0.1)
+    md = "\n".join(bd.describe({}, rows))
+    assert "`lskd` = logit-standardized KD" in md and "weight 9;" in md and "different settings" not in md
+    rows[-1]["settings"]["lskd_weight"] = 3.0
+    assert "different settings** (2 sets)" in "\n".join(bd.describe({}, rows))
 
 
 def test_median_of_per_seed_gains_meets_the_bar(bd):
