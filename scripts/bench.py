@@ -241,7 +241,7 @@ def run_table(table, quick, root, logs, log=print, timeout=None, extra=()):
         return entry
     args = ["--quick", *quick_args] if quick else list(full_args)
     if quick and table in ("prune",):  # bench_prune writes nothing in --quick unless told where
-        args += ["--out", str(root / "benchmarks" / "prune.json"), "--md", str(root / "benchmarks" / "prune.md")]
+        args += ["--out", str(root / "benchmarks")]
     args += list(extra)
     cmd = [sys.executable, str(path), *args]
     entry["command"] = " ".join(["python", f"scripts/{script}", *[a for a in args if not a.startswith("/")]])

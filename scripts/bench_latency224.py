@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 from _benchlib import cpu_name, latency_ms, write_fragment  # noqa: E402
 
 NETS = ("mobilenet_v2", "resnet50")
+ROUND_TO = (1, 8, 16)  # 16: the float lanes of an AVX-512 register (8 with AVX2), XNNPACK's tile on such a host
+SUGGEST_CANDIDATES = (1, 8, 16, 32)
+SUGGESTED = "pruned -50 % MACs, round_to suggested on this host"
 
 
 def build(name, size):
@@ -74,8 +77,9 @@ def variants(model, size, quick):
 
     rows = [("float32", lambda: convert(model, check=False))]
     for reduction in ((0.5,) if quick else (0.5, 0.7)):
-        for round_to in ((8,) if quick else (1, 8)):
+        for round_to in ((8,) if quick else ROUND_TO):
             rows.append((f"pruned -{100 * reduction:.0f} % MACs, round_to {round_to}", pruned(reduction, round_to)))
+    rows.append((SUGGESTED, suggested(model, macs, quick)))
     rows += [
         ("int8 PTQ", lambda: quant_post_static(model, calib, algo="abs_max", check=False)),
         ("float16 weights", lambda: quant_post_dynamic(model, dtype="float16", check=False)),
@@ -87,6 +91,30 @@ def variants(model, size, quick):
             make_pruner(model, importance="l1", round_to=8).prune_to_flops(0.5).model, calib, algo="abs_max",
             check=False)))
     return rows
+
+
+def suggested(model, macs, quick):
+    """``make() -> LiteModel``: -50 % MACs with the channel multiple ``kslim.prune.suggest_round_to`` picks on this
+    host (its own timings of each candidate's float ``.tflite``, separate from this table's interleaved rounds, so
+    the row is not the best of the rows above picked after the fact); the choice and its timings ride on it."""
+    from kslim.analysis import flops
+    from kslim.lite import convert
+    from kslim.lite.profiling import measure_latency
+    from kslim.prune import make_pruner
+    from kslim.prune.round_to import suggest_round_to
+
+    def make():
+        choice = suggest_round_to(model, 0.5, candidates=(1, 8) if quick else SUGGEST_CANDIDATES,
+                                  latency_fn=lambda m: measure_latency(m, runs=10, warmup=3, num_threads=1))
+        res = make_pruner(model, importance="l1", round_to=choice.round_to).prune_to_flops(0.5)
+        lite = convert(res.model, check=False)
+        lite.macs_ratio = flops(res.model).macs / macs
+        lite.suggestion = {"round_to": choice.round_to,
+                           "candidates": [{k: r.get(k) for k in ("round_to", "latency_ms", "reduction")}
+                                          for r in choice.rows]}
+        return lite
+
+    return make
 
 
 def bench_net(name, args, log):
@@ -106,7 +134,8 @@ def bench_net(name, args, log):
             continue
         lites[variant] = lite
         rows.append({"net": name, "variant": variant, "bytes": int(lite.size), "precision": lite.precision,
-                     "macs_ratio": getattr(lite, "macs_ratio", None), "build_seconds": round(time.time() - t0, 1)})
+                     "macs_ratio": getattr(lite, "macs_ratio", None), "build_seconds": round(time.time() - t0, 1),
+                     **({"suggestion": lite.suggestion} if hasattr(lite, "suggestion") else {})})
         log(f"  {name} {variant}: {lite.size:,} B, built in {time.time() - t0:.0f}s")
     load_before = [round(x, 2) for x in os.getloadavg()]
     lat = latency_ms(lites, (1, None), args.warmup, args.rounds, args.runs, stats=True)
@@ -162,7 +191,8 @@ def write_markdown(result, path):
                 cells.append(f"{v['speedup']:.2f}x ({v['speedup_lo']:.2f}-{v['speedup_hi']:.2f})"
                              if "speedup" in v else "")
             macs = f"{100 * r['macs_ratio']:.0f} %" if r.get("macs_ratio") else ""
-            lines.append(f"| {r['variant']} | {macs} | {r['bytes']:,} | " + " | ".join(cells) + " |")
+            name = r["variant"] + (f" ({r['suggestion']['round_to']})" if r.get("suggestion") else "")
+            lines.append(f"| {name} | {macs} | {r['bytes']:,} | " + " | ".join(cells) + " |")
         lines.append("")
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
 

@@ -18,7 +18,7 @@ def _ragged_penalty(model):
 
 def test_the_multiple_that_runs_fastest_is_chosen_at_the_same_macs_target():
     model = kslim.models.vgg(width=0.25)
-    choice = suggest_round_to(model, 0.4, candidates=[1, 8], latency_fn=_ragged_penalty)
+    choice = suggest_round_to(model, 0.4, candidates=[1, 8], latency_fn=_ragged_penalty, max_overshoot=None)
     assert isinstance(choice, RoundToChoice) and choice.round_to == 8
     assert [r["round_to"] for r in choice.rows] == [1, 8]
     for r in choice.rows:
@@ -49,3 +49,24 @@ def test_bad_candidates_are_refused(bad):
 def test_round_to_is_not_a_pruner_argument_here():
     with pytest.raises(KslimValueError, match="candidates="):
         suggest_round_to(kslim.models.vgg(width=0.25), 0.3, round_to=8, latency_fn=lambda m: 1.0)
+
+
+def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
+    model = kslim.models.vgg(width=0.25)
+    free = suggest_round_to(model, 0.4, candidates=[1, 16], latency_fn=lambda m: kslim.flops(m).macs / 1e6,
+                            max_overshoot=None)
+    o1, o16 = (next(r for r in free.rows if r["round_to"] == c)["overshoot"] for c in (1, 16))
+    assert o16 > o1 + 0.005 and free.round_to == 16      # with MACs as latency, removing more always wins
+    capped = suggest_round_to(model, 0.4, candidates=[1, 16], latency_fn=lambda m: kslim.flops(m).macs / 1e6,
+                              max_overshoot=(o16 - o1) / 2)
+    assert capped.round_to == 1 and [r["eligible"] for r in capped.rows] == [True, False]
+    # the limit is past the candidate closest to the target: a tiny net's round_to=1 overshoots too
+    assert next(r for r in capped.rows if r["round_to"] == 1)["overshoot"] > 0
+    alone = suggest_round_to(model, 0.4, candidates=[16], latency_fn=lambda m: 1.0, max_overshoot=0.0)
+    assert alone.round_to == 16 and alone.rows[0]["eligible"] is True
+
+
+@pytest.mark.parametrize("bad", [-0.1, "0.02", True])
+def test_bad_max_overshoot_is_refused(bad):
+    with pytest.raises(KslimValueError, match="max_overshoot"):
+        suggest_round_to(kslim.models.vgg(width=0.25), 0.3, candidates=[1], latency_fn=lambda m: 1.0, max_overshoot=bad)

@@ -34,7 +34,8 @@ class RoundToChoice:
         flops_reduction: the MACs target every candidate was pruned to.
         rows: one dict per candidate, in the order given: ``round_to``, ``ratio`` (the uniform ratio
             ``prune_to_flops`` found), ``reduction`` (MACs removed), ``overshoot`` (past the target),
-            ``macs``, ``latency_ms``; ``error`` instead when the target is not reachable with it.
+            ``macs``, ``latency_ms``, ``eligible`` (within ``max_overshoot``); ``error`` instead when the
+            target is not reachable with it.
         latency_before: ``latency_fn`` of the unpruned model (ms).
     """
 
@@ -50,7 +51,7 @@ class RoundToChoice:
 
 
 def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), latency_fn=None, pruner=None,
-                     **pruner_kwargs):
+                     max_overshoot=0.02, **pruner_kwargs):
     """Prune ``model`` to ``flops_reduction`` with each ``round_to`` of ``candidates`` and time the results.
 
     Args:
@@ -61,6 +62,10 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
             :class:`kslim.lite.LatencyPredictor`); default :func:`kslim.lite.measure_latency`.
         pruner: the pruner class (default :class:`~kslim.prune.L1NormFilterPruner`); ``pruner_kwargs``
             go to it (``skip``, ``keep_classifier``, ``importance`` ...), never ``round_to``.
+        max_overshoot: a candidate whose rounding removed more than ``max_overshoot`` (a fraction of the
+            MACs) beyond the candidate that lands closest to the target is timed and reported but not
+            chosen: it would be faster for having removed more, which costs accuracy the user did not ask
+            to spend. ``None``: no limit.
 
     Returns:
         a :class:`RoundToChoice`.
@@ -80,6 +85,10 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
         latency_fn = latency_fn.predict
     elif not callable(latency_fn):
         raise KslimTypeError(f"suggest_round_to(): latency_fn must be callable (model -> ms), got {latency_fn!r}.")
+    if max_overshoot is not None and (isinstance(max_overshoot, bool) or not isinstance(max_overshoot, numbers.Real)
+                                      or max_overshoot < 0):
+        raise KslimValueError(f"suggest_round_to(): max_overshoot must be a number >= 0 (a fraction of the MACs) "
+                              f"or None, got {max_overshoot!r}.")
     pruner = L1NormFilterPruner if pruner is None else pruner
     rows = []
     for c in cands:
@@ -94,7 +103,10 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
     if not timed:
         raise KslimValueError(f"suggest_round_to(): flops_reduction {flops_reduction} is reachable with none of "
                               f"{cands}: {rows[0]['error']}")
-    best = min(timed, key=lambda r: r["latency_ms"])
+    closest = min(r["overshoot"] for r in timed)
+    for r in timed:
+        r["eligible"] = max_overshoot is None or r["overshoot"] <= closest + max_overshoot
+    best = min((r for r in timed if r["eligible"]), key=lambda r: r["latency_ms"])
     return RoundToChoice(round_to=best["round_to"], flops_reduction=float(flops_reduction), rows=rows,
                          latency_before=latency_ms(latency_fn(model)))
 
