@@ -22,7 +22,7 @@ New rows replace the saved rows of the same (net, seed) in ``benchmarks/prune.js
 other settings are dropped), so a net or a seed can be (re-)run on its own, and a killed run keeps the
 (net, seed) pieces it finished.
 
-    python scripts/bench_prune.py --quick                        # smoke run (~2 min), writes nothing
+    python scripts/bench_prune.py --quick                        # smoke run (< 1 min), writes nothing
     nice -n 10 python scripts/bench_prune.py                     # full run, writes benchmarks/prune.{json,md}
     nice -n 10 python scripts/bench_prune.py --models resnet --seeds 1,2
 """
@@ -129,7 +129,7 @@ def bench_net(name, seeds, args, train, test, log):
     variants = pruned_variants(base, val, args, log)
     base_row, base_lite = measure(name, None, BASELINE, base, test, args.ft_images)
     log(f"[{name}] baseline: tflite acc {base_row['tflite_acc']:.4f}")
-    rows, lites = {}, None
+    lites = None
     for seed in seeds:
         seed_rows, seed_lites = [{**base_row, "seed": seed}], {BASELINE: base_lite}
         todo = [(BASE_FT, base, {})] + [(v, m, {"prune_info": info}) for v, (m, info) in variants.items()]
@@ -142,7 +142,6 @@ def bench_net(name, seeds, args, train, test, log):
             seed_lites[variant] = lite
             log(f"[{name} s{seed}] {variant}: tflite acc {row['tflite_acc']:.4f}, {row['macs'] / 1e6:.2f} M MACs, "
                 f"{row['seconds']:.0f}s")
-        rows[seed] = seed_rows
         lites = lites or seed_lites
         yield seed, seed_rows, None
     load_before = [round(x, 2) for x in os.getloadavg()]
