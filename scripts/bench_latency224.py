@@ -16,6 +16,7 @@ after and the CPU's ISA flags. A speed-up whose spread overlaps 1.0 is not a spe
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -157,6 +158,34 @@ def bench_net(name, args, log):
             "load_before": load_before, "load_after": load_after}
 
 
+HISTORY = 4  # earlier runs kept in the JSON: a headline speed-up must hold in the runs before it too
+
+
+def run_summary(result):
+    """What a later run keeps of this one: date, host load, and every variant's 1-thread speed-up
+    (median, lo, hi), per net -- the README headline judges a speed-up over this run and the ones before it.
+
+    >>> r = {"date": "d", "models": [{"net": "n", "load_before": [2.5, 1, 1], "rows": [
+    ...     {"variant": "v", "latency": {"1": {"speedup": 1.9, "speedup_lo": 1.7, "speedup_hi": 2.0}}}]}]}
+    >>> run_summary(r)
+    {'date': 'd', 'nets': {'n': {'load_before': [2.5, 1, 1], 'speedup': {'v': [1.9, 1.7, 2.0]}}}}
+    """
+    nets = {}
+    for res in result.get("models", []):
+        sp = {r["variant"]: [round(r["latency"]["1"][k], 3) for k in ("speedup", "speedup_lo", "speedup_hi")]
+              for r in res.get("rows", []) if "speedup" in r.get("latency", {}).get("1", {})}
+        nets[res["net"]] = {"load_before": res.get("load_before"), "speedup": sp}
+    return {"date": result.get("date"), "nets": nets}
+
+
+def history(previous):
+    """The ``history`` of a new run: the previous run's own history plus its summary (newest last, at most
+    ``HISTORY``); a previous ``--quick`` run or none: empty."""
+    if not previous or "--quick" in previous.get("command", ""):
+        return []
+    return (list(previous.get("history", [])) + [run_summary(previous)])[-HISTORY:]
+
+
 def write_markdown(result, path):
     from kslim._io import atomic_write_text
 
@@ -194,6 +223,15 @@ def write_markdown(result, path):
             name = r["variant"] + (f" ({r['suggestion']['round_to']})" if r.get("suggestion") else "")
             lines.append(f"| {name} | {macs} | {r['bytes']:,} | " + " | ".join(cells) + " |")
         lines.append("")
+    if result.get("history"):
+        lines += ["Earlier runs (1-thread speed-up of the -50 % MACs rows, median (lo-hi); the README headline needs "
+                  "its target met in this run and in each earlier run listed):", ""]
+        for h in result["history"]:
+            for net, v in h["nets"].items():
+                cells = [f"{k} {x[0]:.2f}x ({x[1]:.2f}-{x[2]:.2f})" for k, x in v["speedup"].items()
+                         if k.startswith("pruned -50 % MACs, round_to")]
+                lines.append(f"- {h['date']}, {net}, load average before {v['load_before']}: " + "; ".join(cells))
+        lines.append("")
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
 
 
@@ -217,6 +255,11 @@ def main(argv=None):
 
     t0 = time.time()
     results = []
+    saved = Path(args.out) / "latency224.json"
+    try:
+        previous = json.loads(saved.read_text()) if saved.is_file() else None
+    except ValueError:
+        previous = None
     for name in nets:
         log(f"{name}:")
         results.append(bench_net(name, args, log))
@@ -227,6 +270,7 @@ def main(argv=None):
             "runs": args.runs, "models": results, "wall_seconds": round(time.time() - t0),
         }
         if not args.quick:
+            result["history"] = history(previous)
             write_fragment(args.out, "latency224", result, write_markdown, log)
     log(f"wall time {time.time() - t0:.0f}s")
     return 0

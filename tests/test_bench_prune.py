@@ -90,19 +90,41 @@ def test_arguments(bp, capsys):
         assert msg in capsys.readouterr().err
 
 
-def test_latency224_headline_is_the_suggested_round_to_row_not_the_best_of_the_rows(bench_script):
-    hl = bench_script("_headline")
+def test_latency224_headline_is_the_suggested_round_to_row_and_must_hold_in_the_runs_before(bench_script):
+    hl, lat = bench_script("_headline"), bench_script("bench_latency224")
 
     def row(variant, speedup, **extra):
         return {"variant": variant, **extra,
                 "latency": {"1": {"speedup": speedup, "speedup_lo": speedup - 0.1, "speedup_hi": speedup + 0.1}}}
 
-    net = {"net": "mobilenet_v2", "rows": [row("pruned -50 % MACs, round_to 1", 1.4),
-                                           row("pruned -50 % MACs, round_to 16", 1.9),
-                                           row("pruned -50 % MACs, round_to suggested on this host", 1.7,
-                                               suggestion={"round_to": 8}), row("int8 PTQ", 2.1)]}
-    first = hl._latency224_rows({"date": "2026-12-05", "cpu": "x", "models": [net]})[0]
-    assert first[0].startswith("mobilenet_v2 224x224, pruned -50 % MACs, round_to suggested on this host (8)")
-    assert first[1] == "1.70x (1.60-1.80)" and first[2] == ">= 1.8x **missed**"
+    suggested = "pruned -50 % MACs, round_to suggested on this host"
+    net = {"net": "mobilenet_v2", "load_before": [1.0, 1, 1],
+           "rows": [row("pruned -50 % MACs, round_to 1", 1.4), row("pruned -50 % MACs, round_to 16", 1.9),
+                    row(suggested, 1.81, suggestion={"round_to": 16}), row("int8 PTQ", 2.1)]}
+    d = {"date": "2026-12-05", "cpu": "x", "models": [net]}
+    first = hl._latency224_rows(d)[0]
+    assert first[0].startswith(f"mobilenet_v2 224x224, {suggested} (16)")  # not the faster round_to 16 row
+    assert first[1] == "1.81x (1.71-1.91)" and first[2].endswith("**missed**")  # one run is not enough
+    busy = lat.run_summary({"date": "d0", "models": [dict(net, load_before=[2.6, 2, 1],
+                                                            rows=[row(suggested, 1.86)])]})
+    d["history"] = [busy]
+    first = hl._latency224_rows(d)[0]
+    assert first[1] == "1.81x (1.71-1.91); earlier runs 1.86x (load 2.6)" and first[2].endswith(" met")
+    d["history"].append(lat.run_summary({"date": "d1", "models": [dict(net, rows=[row(suggested, 1.76)])]}))
+    assert hl._latency224_rows(d)[0][2].endswith("**missed**")  # it did not hold in one earlier run
     net["rows"] = net["rows"][:2]  # a table without the suggested row: its best round_to row
     assert hl._latency224_rows({"models": [net]})[0][1].startswith("1.90x")
+
+
+def test_latency224_history_keeps_the_runs_before(bench_script):
+    import doctest
+
+    lat = bench_script("bench_latency224")
+    assert doctest.testmod(lat, verbose=False).failed == 0
+    runs = [{"command": "python scripts/bench_latency224.py", "date": f"d{i}", "models": []} for i in range(6)]
+    prev = None
+    for r in runs:
+        r["history"] = lat.history(prev)
+        prev = r
+    assert [h["date"] for h in prev["history"]] == ["d1", "d2", "d3", "d4"]  # at most HISTORY, newest last
+    assert lat.history({"command": "python scripts/bench_latency224.py --quick", "models": []}) == []
