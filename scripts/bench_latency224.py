@@ -2,13 +2,15 @@
 ResNet50 at 224x224, measured on their ``.tflite`` through ai-edge-litert (XNNPACK, batch 1).
 
 Random weights (``weights=None``: nothing can be downloaded, and weights do not change the speed of
-these kernels). Per model: float32; filter pruning to -50 % and -70 % MACs (kslim L1, ``round_to`` 1
-and 8: the channel multiple changes what XNNPACK's kernels do with the leftovers); int8 PTQ
+these kernels). Per model: float32; filter pruning to -50 % and -70 % MACs (kslim L1, ``round_to`` 1,
+8 and 16: the channel multiple changes what XNNPACK's kernels do with the leftovers), and -50 % with the
+multiple ``kslim.prune.suggest_round_to`` picks from its own timings on this host; int8 PTQ
 (``quant_post_static``, 16 random calibration images: a speed figure, not an accuracy one); int8 QAT
 (``quant_aware`` with ranges from two batches in training mode, no weight update, + ``convert``); float16 and dynamic-range weights
 (``quant_post_dynamic``). Latencies: 1 thread and all cores, every model of a net timed in interleaved
 rounds; each figure is the median with its p10-p90 spread, next to the host's load average before and
-after and the CPU's ISA flags. A speed-up whose spread overlaps 1.0 is not a speed-up.
+after and the CPU's ISA flags. A speed-up whose spread overlaps 1.0 is not a speed-up. Each run keeps a
+summary of the runs before it (``history``): the README's speed-up headline must hold in all of them.
 
     python scripts/bench_latency224.py --quick          # smoke run (MobileNetV2 at 96x96, a few models)
     nice -n 10 python scripts/bench_latency224.py       # full run, writes benchmarks/latency224.{json,md}
