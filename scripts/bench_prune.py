@@ -320,9 +320,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import importlib.metadata as md_meta
-
     import keras
+    from bench import machine
 
     out = Path(args.out) if args.out else (None if args.quick else ROOT / "benchmarks")
     saved_path = (out / "prune.json") if out else None
@@ -338,12 +337,6 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
-    def version(dist):
-        try:
-            return md_meta.version(dist)
-        except md_meta.PackageNotFoundError:
-            return None
-
     keep = saved.get("args", {}).get("settings") == settings(args)
     if saved and not keep:
         log(f"saved rows in {saved_path} were made with other settings ({saved.get('args', {}).get('settings')}): "
@@ -351,6 +344,7 @@ def main(argv=None):
     result = {"rows": saved.get("rows", []) if keep else [], "latency": saved.get("latency", {}) if keep else {},
               "commands": saved.get("commands", []) if keep else [], "resnet50": saved.get("resnet50") if keep else None}
     train, test = load_full(args.quick)
+    host = machine()
     command = ("nice -n 10 python scripts/bench_prune.py" + (" --quick" if args.quick else "")
                + f" --models {','.join(args.models)} --seeds {','.join(map(str, args.seeds))}"
                + (f" --ft-images {args.ft_images}" if args.ft_images != DEFAULT_FT_IMAGES else ""))
@@ -362,8 +356,7 @@ def main(argv=None):
             "load_average": [round(x, 1) for x in os.getloadavg()],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "platform": platform.platform(), "cpu": cpu_name(),
-            "versions": {"tensorflow": version("tensorflow-cpu") or version("tensorflow"), "keras": keras.__version__,
-                         "ai-edge-litert": version("ai-edge-litert")},
+            "versions": {k: host[k] for k in ("tensorflow", "keras", "ai-edge-litert")},
             "args": {"settings": settings(args), "ft_images": args.ft_images, "lr": args.lr,
                      "sens_ratios": args.sens_ratios, "warmup": args.warmup, "rounds": args.rounds, "runs": args.runs},
             "n_test": len(test[1]),
