@@ -22,7 +22,9 @@
     with the paper's beta = 1000, whose loss is the mean over positions like kslim's);
   - ``lskd``            logit-standardized KD (Sun et al., CVPR 2024): ``Pair("logits", "logits", "soft_label",
     temperature=2, scale_by_temperature=True, standardize=True, weight=9)`` with the hard labels at weight
-    0.1 (``--lskd-*``; the authors' CIFAR-100 recipe).
+    0.1 (``--lskd-*``; the authors' CIFAR-100 recipe);
+  - ``soft+ensemble``   ``soft`` with a two-net teacher: the logits of the shipped resnet and the shipped
+    ``pretrained("mobilenet_v1")`` averaged (``ensemble_teacher``).
 
 * Every (variant, seed) is one row: Keras accuracy, float32 ``.tflite`` accuracy (the headline figure),
   then the same short quantization-aware fine-tune for every row (``quant_aware(model, QuantConfig())``,
@@ -66,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import cpu_name, load_full, log_targets, noise_pt, seed_list, write_fragment  # noqa: E402
 
-VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd")
+VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
 #: MobileNetV1 block ending at the same resolution (28x28, 14x14, 7x7)
 AT_LAYERS = (("stage1_block1_out", "block1_pw_relu"), ("stage2_block1_out", "block3_pw_relu"),
@@ -106,7 +108,7 @@ def pairs_for(variant, args):
                 weight=args.soft_weight)
     if variant == "scratch":
         return []
-    if variant == "soft":
+    if variant in ("soft", "soft+ensemble"):
         return [soft]
     if variant == "dkd":
         return [Pair("logits", "logits", "dkd", alpha=args.dkd_alpha, beta=args.dkd_beta,
@@ -117,6 +119,21 @@ def pairs_for(variant, args):
         return [Pair("logits", "logits", "soft_label", temperature=args.lskd_temperature, scale_by_temperature=True,
                      standardize=True, weight=args.lskd_weight)]
     raise ValueError(f"unknown variant {variant!r}")
+
+
+def ensemble_teacher(teacher):
+    """``teacher`` and the shipped converged ``pretrained("mobilenet_v1")``, frozen, their logits averaged (a
+    layer named ``logits``, which the soft-label pair reads): the ``soft+ensemble`` variant's teacher."""
+    import keras
+
+    from kslim.models import pretrained
+
+    other = pretrained("mobilenet_v1", verbose=0).model
+    other.trainable = False
+    x = keras.Input(teacher.input_shape[1:])
+    ens = keras.Model(x, keras.layers.Average(name="logits")([teacher(x), other(x)]), name="ensemble_teacher")
+    ens.trainable = False
+    return ens
 
 
 def make_trainer(variant, args, teacher, seed, n_train):
@@ -135,6 +152,8 @@ def make_trainer(variant, args, teacher, seed, n_train):
     if not pairs:
         student.compile(optimizer=opt, loss=hard, metrics=["accuracy"])
         return student, student
+    if variant == "soft+ensemble":
+        teacher = ensemble_teacher(teacher)
     distiller = Distiller(student, teacher, pairs=pairs, hard_loss=hard, hard_weight=hard_weight(variant, args))
     distiller.compile(optimizer=opt, metrics=["accuracy"])
     return distiller, student
@@ -400,7 +419,10 @@ def describe(result, rows):
         + ("" if ls is None else
            f"; `lskd` = logit-standardized KD (soft labels of z-scored logits, Sun et al. 2024, T="
            f"{ls['lskd_temperature']:g}, `scale_by_temperature=True`, weight {ls['lskd_weight']:g}; hard labels "
-           f"weight {ls['lskd_hard_weight']:g})") + ". "
+           f"weight {ls['lskd_hard_weight']:g})")
+        + ("" if not any(r["variant"] == "soft+ensemble" for r in rows) else
+           "; `soft+ensemble` = `soft` with the logits of the teacher and of the shipped "
+           "`pretrained(\"mobilenet_v1\")` averaged") + ". "
         f"QAT: `quant_aware(model, QuantConfig())`, {r0['qat_images']:,} training images seen (the seed's "
         f"random slice), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "
         f"`kslim.quant.convert` (int8 .tflite). Teacher: {t.get('what', 'see above')}.",

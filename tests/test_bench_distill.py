@@ -147,3 +147,18 @@ def test_render_and_render_flag(bd, tmp_path):
     path.write_text(json.dumps(result))
     assert bd.main(["--render", str(path)]) == 0
     assert "-> met" in (tmp_path / "distill.md").read_text()  # targets recomputed from the rows
+
+
+def test_ensemble_teacher_averages_the_two_shipped_nets_logits(bd):
+    import numpy as np
+
+    from kslim.models import pretrained
+
+    res = pretrained("resnet", verbose=0).model
+    ens = bd.ensemble_teacher(res)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    mob = pretrained("mobilenet_v1", verbose=0).model
+    want = (np.asarray(res(x, training=False)) + np.asarray(mob(x, training=False))) / 2
+    np.testing.assert_allclose(np.asarray(ens(x, training=False)), want, rtol=1e-5, atol=1e-5)
+    assert ens.get_layer("logits") is not None and not ens.trainable_weights  # what the soft-label pair reads
+    assert "soft+ensemble" in bd.VARIANTS and bd.pairs_for("soft+ensemble", bd.parse_args([]))[0].loss == "soft_label"
