@@ -17,6 +17,8 @@ Every row is a ``kslim.compressor.Compressor`` run from a dict config (the code 
   ``prune``: ``[prune(importance, flops_reduction 0.5, round_to, fine_tune), export, quant_aware, export]``
   -> "pruned -50 % MACs" and "pruned -50 % MACs + QAT int8"; ``prune_all``: the same with
   ``keep_classifier: false`` (the channels feeding the classifier are pruned too: the widest layer);
+  ``prune_all_pt``: ``prune_all`` with per-tensor weight scales in QAT (``weight_quantize_type: abs_max``;
+  per-channel scales cost 24 bytes per output channel in the ``.tflite``) -> "... + per-tensor QAT int8";
   ``baseline``: ``[export]`` of the shipped net, once (no training, so no seed);
   ``distill`` (on request, ``--rows``): distilled from the shipped ResNet-style net, then QAT int8.
 * targets: the pruned + QAT ``.tflite`` >= 86 % smaller than the baseline float32 ``.tflite``, and its drop
@@ -60,7 +62,7 @@ ANCHOR = (
     "pruned -50 % FLOPs + quantization 69.70 %."
 )
 TARGETS = {"bytes_reduction": 0.86, "drop_pt": 1.0}
-RUNS = ("baseline", "finetuned", "prune", "prune_all", "distill")
+RUNS = ("baseline", "finetuned", "prune", "prune_all", "prune_all_pt", "distill")
 CONTROL = "baseline + same fine-tune"
 
 
@@ -82,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--flops-target", type=float, default=0.5)
     p.add_argument("--round-to", type=int, default=4)
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--rows", nargs="+", default=["baseline", "finetuned", "prune", "prune_all"], choices=RUNS)
+    p.add_argument("--rows", nargs="+", default=["baseline", "finetuned", "prune", "prune_all", "prune_all_pt"], choices=RUNS)
     p.add_argument("--workdir", default=None, help="run directories (default: <kslim cache>/bench_combined)")
     p.add_argument("--redo", action="store_true", help="start the runs again instead of reading finished ones")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
@@ -102,9 +104,9 @@ def parse_args(argv=None):
     return args
 
 
-def _label(args, qat=False, classifier=False):
+def _label(args, qat=False, classifier=False, per_tensor=False):
     return (f"pruned -{args.flops_target:.0%} MACs ({args.importance}" + (", classifier input too" if classifier else "")
-            + ")" + (" + QAT int8" if qat else ""))
+            + ")" + (" + per-tensor QAT int8" if per_tensor else " + QAT int8" if qat else ""))
 
 
 def configs(args, seed, student_path, teacher_path):
@@ -125,14 +127,20 @@ def configs(args, seed, student_path, teacher_path):
         out["finetuned"] = ({**common, "name": "finetuned", "strategies": [
             {"fine_tune": {}}, {"export": {}}, qat, {"export": {}}]},
             {CONTROL: 2, f"{CONTROL} + QAT int8": 4})
-    for run, keep in (("prune", True), ("prune_all", False)):  # prune_all: the classifier's input channels too
+    # prune_all: the classifier's input channels too; prune_all_pt: the same with per-tensor weight scales
+    # (``weight_quantize_type: abs_max``): each per-channel weight tensor stores a float32 scale and an int64
+    # zero point per output channel, and so does its int32 bias, 24 bytes a channel in all
+    for run, keep, pt in (("prune", True, False), ("prune_all", False, False), ("prune_all_pt", False, True)):
         if run in args.rows:
+            q = {"quant_aware": {**qat["quant_aware"], "weight_quantize_type": "abs_max"}} if pt else qat
+            labels = {_label(args, qat=True, classifier=not keep, per_tensor=pt): 4}
+            if not pt:  # the float stage of prune_all_pt is prune_all's, pruned and fine-tuned alike
+                labels = {_label(args, classifier=not keep): 2, **labels}
             out[run] = ({**common, "name": run, "strategies": [
                 {"prune": {"importance": args.importance, "importance_samples": args.importance_samples,
                            "flops_reduction": args.flops_target, "round_to": args.round_to, "fine_tune": {},
                            **({} if keep else {"keep_classifier": False})}},
-                {"export": {}}, qat, {"export": {}}]},
-                {_label(args, classifier=not keep): 2, _label(args, qat=True, classifier=not keep): 4})
+                {"export": {}}, q, {"export": {}}]}, labels)
     if "distill" in args.rows:
         out["distill"] = ({**common, "name": "distill", "strategies": [
             {"distill": {"teacher": {"path": str(teacher_path)}, "temperature": args.temperature}},

@@ -129,14 +129,18 @@ def test_combined_configs_validate():
 
     args = mod.parse_args(["--quick", "--rows", *mod.RUNS])
     runs = mod.configs(args, 0, "/tmp/s.keras", "/tmp/t.keras")
-    assert set(runs) == {"baseline", "finetuned", "distill", "prune", "prune_all"}
+    assert set(runs) == {"baseline", "finetuned", "distill", "prune", "prune_all", "prune_all_pt"}
     for cfg, stages in runs.values():
         validated = validate_config(cfg)
         for idx in stages.values():  # every row points at an export stage
             assert "export" in validated["strategies"][idx - 1]
     full = mod.parse_args(["--seeds", "0,1"])
-    assert full.rows == ["baseline", "finetuned", "prune", "prune_all"]
+    assert full.rows == ["baseline", "finetuned", "prune", "prune_all", "prune_all_pt"]
     assert mod.configs(full, 0, "a", "b")["prune_all"][0]["strategies"][0]["prune"]["keep_classifier"] is False
+    pt, pt_rows = mod.configs(full, 0, "a", "b")["prune_all_pt"]  # prune_all with per-tensor weight scales
+    assert pt["strategies"][0] == mod.configs(full, 0, "a", "b")["prune_all"][0]["strategies"][0]
+    assert pt["strategies"][2]["quant_aware"]["weight_quantize_type"] == "abs_max"
+    assert list(pt_rows) == ["pruned -50% MACs (hessian, classifier input too) + per-tensor QAT int8"]
     assert "baseline" not in mod.configs(full, 1, "/tmp/s.keras", "/tmp/t.keras")  # untrained: one seed only
     cfg = mod.configs(full, 0, "/tmp/s.keras", "/tmp/t.keras")["prune"][0]
     assert cfg["data"] == {"source": "full", "batch_size": 128}  # all 60,000 training, all 10,000 test images
