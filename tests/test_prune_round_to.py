@@ -52,6 +52,31 @@ def test_round_to_is_not_a_pruner_argument_here():
 
 
 def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
+    model = kslim.models.vgg(width=0.5)
+    macs = lambda m: kslim.flops(m).macs / 1e6  # noqa: E731
+    free = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=None)
+    o1, o8 = (next(r for r in free.rows if r["round_to"] == c)["overshoot"] for c in (1, 8))
+    assert o8 > o1 + 0.005 and free.round_to == 8      # with MACs as latency, removing more always wins
+    capped = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=(o8 - o1) / 2)
+    assert capped.round_to == 1 and [r["eligible"] for r in capped.rows] == [True, False]
+    # the limit is past the candidate closest to the target: a small net's round_to=1 overshoots too
+    assert next(r for r in capped.rows if r["round_to"] == 1)["overshoot"] > 0
+    alone = suggest_round_to(model, 0.5, candidates=[8], latency_fn=lambda m: 1.0, max_overshoot=0.0)
+    assert alone.round_to == 8 and alone.rows[0]["eligible"] is True
+
+
+@pytest.mark.parametrize("bad", [[], [0], [1.5], "8", [True]])
+def test_bad_candidates_are_refused(bad):
+    with pytest.raises(KslimValueError, match="candidates"):
+        suggest_round_to(kslim.models.vgg(width=0.25), 0.3, candidates=bad, latency_fn=lambda m: 1.0)
+
+
+def test_round_to_is_not_a_pruner_argument_here():
+    with pytest.raises(KslimValueError, match="candidates="):
+        suggest_round_to(kslim.models.vgg(width=0.25), 0.3, round_to=8, latency_fn=lambda m: 1.0)
+
+
+def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
     model = kslim.models.vgg(width=0.25)
     free = suggest_round_to(model, 0.4, candidates=[1, 16], latency_fn=lambda m: kslim.flops(m).macs / 1e6,
                             max_overshoot=None)
@@ -70,3 +95,24 @@ def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
 def test_bad_max_overshoot_is_refused(bad):
     with pytest.raises(KslimValueError, match="max_overshoot"):
         suggest_round_to(kslim.models.vgg(width=0.25), 0.3, candidates=[1], latency_fn=lambda m: 1.0, max_overshoot=bad)
+
+
+def test_prune_to_flops_with_round_to_lands_near_the_target():
+    """The smallest uniform ratio that meets the target overshoots with round_to (every group's count
+    jumps at once: resnet(width=0.5) lands at 64 % for a 50 % target with round_to 4); the
+    give-back keeps each group a multiple of round_to and the target met, and lands within 2 pt."""
+    from kslim.prune import make_pruner
+
+    model = kslim.models.resnet(width=0.5)
+    for rt in (4, 8):
+        p = make_pruner(model, importance="l1", round_to=rt)
+        r = p.prune_to_flops(0.5)
+        uniform = 1 - kslim.flops(p.prune(r.ratio)).macs / p.macs_before
+        assert 0.5 <= r.reduction <= 0.52, (rt, r.reduction)
+        assert r.reduction <= uniform
+        assert 1 - r.macs_after / r.macs_before == pytest.approx(r.reduction)
+        assert r.macs_after == kslim.flops(r.model).macs
+        before = {l.name: l.filters for l in model.layers if getattr(l, "filters", None)}
+        for layer in r.model.layers:  # every pruned producer keeps a multiple of round_to
+            if getattr(layer, "filters", None) and layer.filters != before.get(layer.name) and before[layer.name] > rt:
+                assert layer.filters % rt == 0, (rt, layer.name, layer.filters)

@@ -361,7 +361,11 @@ class FilterPruner:
     def prune_to_flops(self, flops_reduction, mode="uniform", tolerance=1e-3, ranking="local", max_layer_ratio=0.9):
         """Prune with the smallest ratio that removes at least ``flops_reduction`` of the MACs.
 
-        The ratio is found by bisection (MACs counted by :func:`kslim.analysis.flops`).
+        The ratio is found by bisection (MACs counted by :func:`kslim.analysis.flops`). The removed counts
+        move in steps (``round_to`` channels, or one channel of a small group), so the smallest such ratio
+        can overshoot the target by a step of every group at once; groups then take back one step each
+        (their most important removed channels), the largest MACs restored first, as long as the target is
+        still met: the result lands near the target, each group a multiple of ``round_to``.
 
         Args:
             flops_reduction: fraction of the MACs to remove, in (0, 1) (0.5: half the MACs are left).
@@ -407,7 +411,7 @@ class FilterPruner:
                     hi = mid
                 else:
                     lo = mid
-            return hi
+            return lo, hi
 
         top = 1.0 - 1e-6
         best = reduction(top)
@@ -418,15 +422,53 @@ class FilterPruner:
                    f"up to max_layer_ratio={max_layer_ratio} of every prunable group")
                 + f" removes only {best:.3f} of the MACs (skip/keep_classifier/unprunable groups keep the rest)."
             )
-        ratio = bisect(0.0, top, exact=False)
-        model = self.prune(ratio, ranking, max_layer_ratio)
+        ratio = bisect(0.0, top, exact=False)[1]
+        plan = self._closer_plan(ratio, target, ranking, max_layer_ratio)
+        model = self.prune_channels(plan)
         after = _macs(model)
         if 1.0 - after / before < target:  # the estimate disagreed with the real count: bisect on real models
-            ratio = bisect(ratio, top, exact=True)
+            ratio = bisect(ratio, top, exact=True)[1]
             model = self.prune(ratio, ranking, max_layer_ratio)
             after = _macs(model)
         return PruneResult(model=model, ratio=float(ratio), flops_reduction=target, reduction=1.0 - after / before,
                            macs_before=int(before), macs_after=int(after), ranking=ranking)
+
+    def _closer_plan(self, hi, target, ranking, max_layer_ratio):
+        """The plan of ratio ``hi`` (the smallest that meets ``target``), brought nearer to the target: the
+        removed counts move in steps (``round_to``, or one channel of a small group), so while some group can
+        take back one step (its most important removed channels) with the target still met, the group whose
+        give-back restores the most MACs does. When the MACs cannot be estimated, the plan of ``hi``."""
+        plan = self.plan(hi, ranking, max_layer_ratio)
+        if not plan or self._estimate_macs(plan) is None:
+            return plan
+        before, groups = self.macs_before, {g.name: g for g in self.groups}
+        orders = {}
+
+        def removal(name, n):  # the n least important channels of the group, as plan() ranks them
+            if name not in orders:
+                g = groups[name]
+                score = self.normalized_importance(g) if ranking == "global" else self.importance(g)
+                orders[name] = np.argsort(score, kind="stable")
+            return np.sort(orders[name][:n])
+
+        while True:
+            best = None
+            for name, idx in plan.items():
+                step = self.round_to if groups[name].size > self.round_to else 1
+                n = len(idx) - step
+                if n < 0:
+                    continue
+                trial = dict(plan)
+                if n:
+                    trial[name] = removal(name, n)
+                else:
+                    del trial[name]
+                macs = self._estimate_macs(trial)
+                if 1.0 - macs / before >= target and (best is None or macs > best[0]):
+                    best = (macs, trial)
+            if best is None:
+                return plan
+            plan = best[1]
 
     def estimate_macs(self, ratios, ranking="local", max_layer_ratio=0.9):
         """MACs of the model :meth:`prune` would return for ``ratios`` (and ``ranking``,
