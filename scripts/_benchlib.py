@@ -117,16 +117,18 @@ def clone(model):
 
 def ft_slice(train, images, seed):
     """The ``images`` fine-tune images of ``seed``: a seed-dependent slice of ``train`` (numpy only, so the
-    tf_keras peer process draws the very same images)."""
+    tf_keras peer process draws the very same images). More images than ``train`` holds are further passes
+    over it, each in a fresh order (the first pass is the slice a smaller budget of the same seed takes)."""
     import numpy as np
 
-    idx = np.random.default_rng(seed).permutation(len(train[0]))[:images]
+    rng, n = np.random.default_rng(seed), len(train[0])
+    idx = np.concatenate([rng.permutation(n) for _ in range(max(1, -(-images // n)))])[:images]
     return train[0][idx], train[1][idx]
 
 
 def fine_tune(model, train, images, lr, seed, teacher=None, temperature=4.0):
-    """Fine-tune ``model`` in place on ``images`` training images (a seed-dependent slice of ``train``, one
-    pass, batch 128), Adam from ``lr`` with cosine decay to 0: the budget every pruned row and every QAT row
+    """Fine-tune ``model`` in place on ``images`` training images (a seed-dependent slice of ``train``, see
+    ``ft_slice``; batch 128), Adam from ``lr`` with cosine decay to 0: the budget every pruned row and every QAT row
     gets, stated in images seen. ``teacher``: a model distilled into ``model`` meanwhile (a frozen copy of it;
     soft labels at ``temperature`` + hard labels, ``kslim.distill.Distiller``) -- same images and schedule."""
     import keras

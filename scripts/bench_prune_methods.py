@@ -25,7 +25,8 @@ Groups (``--only`` runs some of them and merges them into the saved table):
   ``kslim.distill.Distiller``), the same with the classifier's input channels pruned too
   (``keep_classifier=False``, with and without the teacher), and iterative pruning in ``--steps`` steps
   (each re-scores the channels of the current net and removes an equal share of the MACs, then
-  fine-tunes on its share of the very same images), with and without that teacher.
+  fine-tunes on its share of the very same images), with and without that teacher; ``--recovery-rows``
+  runs some of these rows only (kd, classifier, classifier+kd, iterative, iterative+kd).
 
 Searches score candidates on 1,000 held-out *training* images (never the test set).
 
@@ -295,20 +296,31 @@ def _median_ms(report):
     return float(getattr(report, "median_ms", report))
 
 
+RECOVERY_ROWS = ("kd", "classifier", "classifier+kd", "iterative", "iterative+kd")
+
+
 def rows_recovery(b):
-    imp, k = b.args.recovery_importance, b.args.steps
+    imp, k, wanted = b.args.recovery_importance, b.args.steps, b.args.recovery_rows
     rows = []
     for target in b.args.targets:
         for keep, where in ((True, ""), (False, ", classifier input pruned too")):
+            plain, kd = ("classifier", "classifier+kd") if not keep else (None, "kd")
+            if plain not in wanted and kd not in wanted:
+                continue
             t0 = time.time()
             pruned = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100).model
             prune_s = time.time() - t0
-            if not keep:  # the same pruned net with the plain fine-tune: what KD adds on top of it (pruning
-                # does not depend on the global RNG and fine_tune seeds itself, so a copy equals a re-pruning)
+            if plain in wanted:  # the same pruned net with the plain fine-tune: what KD adds on top of it
+                # (pruning does not depend on the global RNG and fine_tune seeds itself, so a copy equals a
+                # re-pruning)
                 rows.append(b.finish(f"{imp}, local{where}", "recovery", target, clone(pruned), t0))
-            rows.append(b.finish(f"{imp}, local{where} + KD from the unpruned net", "recovery", target, pruned,
-                                 time.time() - prune_s, tune="distill"))
-        for tune, what in (("fine_tune", ""), ("distill", " + KD from the unpruned net")):
+            if kd in wanted:
+                rows.append(b.finish(f"{imp}, local{where} + KD from the unpruned net", "recovery", target, pruned,
+                                     time.time() - prune_s, tune="distill"))
+        for tune, what, name in (("fine_tune", "", "iterative"), ("distill", " + KD from the unpruned net",
+                                                                  "iterative+kd")):
+            if name not in wanted:
+                continue
             t0 = time.time()
             model = b.iterative(imp, target, k, tune)
             rows.append(b.finish(f"{imp}, local, iterative ({k} steps){what}", "recovery", target, model, t0,
@@ -441,7 +453,9 @@ def parse_args(argv):
     ap.add_argument("--only", default=",".join(GROUPS), help=f"groups among {','.join(GROUPS)}")
     ap.add_argument("--importances", default=None,
                     help="criteria/global groups: only these importances (default: every registered one)")
-    ap.add_argument("--ft-images", type=int, default=None, help="training images of every fine-tune (default 10240)")
+    ap.add_argument("--ft-images", type=int, default=None,
+                    help="training images of every fine-tune (default 10240; more than the 59,000 training "
+                         "images are further passes over them)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--search-trials", type=int, default=20)
     ap.add_argument("--amc-episodes", type=int, default=40)
@@ -450,6 +464,8 @@ def parse_args(argv):
     ap.add_argument("--lasso-strength", type=float, default=1e-4)
     ap.add_argument("--recovery-importance", default="hessian", help="recovery group: the criterion of its rows")
     ap.add_argument("--steps", type=int, default=4, help="recovery group: steps of the iterative pruning")
+    ap.add_argument("--recovery-rows", default=",".join(RECOVERY_ROWS),
+                    help=f"recovery group: only these of its rows, among {','.join(RECOVERY_ROWS)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--render", metavar="JSON", help="rewrite the .md of a saved .json and exit")
     args = ap.parse_args(argv)
@@ -467,6 +483,10 @@ def parse_args(argv):
         bad = [n for n in args.importances if n not in importance_names()]
         if bad:
             ap.error(f"--importances: unknown importance(s) {bad}; choose from {','.join(importance_names())}")
+    args.recovery_rows = [r for r in args.recovery_rows.split(",") if r]
+    bad = [r for r in args.recovery_rows if r not in RECOVERY_ROWS]
+    if bad:
+        ap.error(f"--recovery-rows: unknown row(s) {bad}; choose from {','.join(RECOVERY_ROWS)}")
     if args.ft_images is None:
         args.ft_images = 1024 if args.quick else DEFAULT_FT_IMAGES
     if args.quick:
@@ -521,7 +541,9 @@ def main(argv=None):
             command = ("nice -n 10 python scripts/bench_prune_methods.py" + (" --quick" if args.quick else "")
                        + f" --models {name} --seeds {seed} --only {','.join(args.only)}"
                        + (f" --importances {','.join(args.importances)}" if args.importances else "")
-                       + (f" --ft-images {args.ft_images}" if args.ft_images != DEFAULT_FT_IMAGES else ""))
+                       + (f" --ft-images {args.ft_images}" if args.ft_images != DEFAULT_FT_IMAGES else "")
+                       + (f" --recovery-rows {','.join(args.recovery_rows)}"
+                          if "recovery" in args.only and tuple(args.recovery_rows) != RECOVERY_ROWS else ""))
             commands.add(command)
             result.update({
                 "commands": sorted(commands),

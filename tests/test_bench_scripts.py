@@ -361,6 +361,50 @@ def test_prune_methods_importances_are_checked_against_the_registry(capsys):
     assert "unknown importance(s) ['magnitude']" in capsys.readouterr().err
 
 
+
+def test_ft_slice_beyond_the_training_set_makes_further_passes_over_it():
+    import numpy as np
+
+    ft_slice = _load("_benchlib").ft_slice
+
+    train = (np.arange(10), np.arange(10) * 2)
+    x, y = ft_slice(train, 25, seed=3)
+    assert len(x) == 25 and (y == 2 * x).all()
+    for k in (0, 10):  # every full pass holds every image once
+        assert sorted(x[k:k + 10]) == list(range(10))
+    assert (ft_slice(train, 7, seed=3)[0] == x[:7]).all()  # a smaller budget is the start of the same order
+    assert not (x[:10] == x[10:20]).all()  # each pass in a fresh order
+
+
+def test_prune_methods_recovery_rows_runs_only_the_rows_asked_for(capsys):
+    pm = _load("bench_prune_methods")
+    args = pm.parse_args(["--recovery-rows", "kd,classifier+kd", "--targets", "50"])
+    calls = []
+
+    class FakeBench:
+        def __init__(self):
+            self.args = args
+
+        def pruner(self, imp, keep_classifier=True):
+            calls.append(("prune", keep_classifier))
+            return type("P", (), {"prune_to_flops": lambda _, t: type("R", (), {"model": object()})()})()
+
+        def finish(self, method, group, target, model, t0, tune="fine_tune"):
+            calls.append((method, tune))
+            return {"method": method}
+
+        def iterative(self, *a):
+            raise AssertionError("iterative rows were not asked for")
+
+    rows = pm.rows_recovery(FakeBench())
+    assert [r["method"] for r in rows] == ["hessian, local + KD from the unpruned net",
+                                           "hessian, local, classifier input pruned too + KD from the unpruned net"]
+    assert all(t == "distill" for m, t in calls if m != "prune")
+    assert pm.parse_args([]).recovery_rows == list(pm.RECOVERY_ROWS)
+    with pytest.raises(SystemExit):
+        pm.parse_args(["--recovery-rows", "kd,lasso"])
+    assert "unknown row(s) ['lasso']" in capsys.readouterr().err
+
 # ------------------------------------------------------------------------------------ README headline rows
 def test_readme_headline_rows_are_the_rendering_of_the_committed_json():
     """No headline figure is typed: the README's block is exactly what _headline renders from benchmarks/."""
