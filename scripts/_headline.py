@@ -81,11 +81,22 @@ def _latency224_rows(d):
             measured = f"{lat['speedup']:.2f}x ({lat['speedup_lo']:.2f}-{lat['speedup_hi']:.2f})"
             # issue 16: a speed claim must hold in a second run (on a busy host too): the same row of the runs
             # before this one (the JSON's history) is printed beside it and judged with it
-            earlier = [(h["nets"][net["net"]]["speedup"][variant][0], h["nets"][net["net"]].get("load_before"))
-                       for h in d.get("history", []) if variant in h.get("nets", {}).get(net["net"], {}).get("speedup", {})]
+            # (a pruned variant only where that run's net had the same MACs ratio: a run of an older pruner that
+            # landed elsewhere measured another artefact -- printed, not judged)
+            earlier, other = [], []
+            for h in d.get("history", []):
+                hn = h.get("nets", {}).get(net["net"], {})
+                if variant not in hn.get("speedup", {}):
+                    continue
+                same = r.get("macs_ratio") is None or abs(hn.get("macs_ratio", {}).get(variant, -1)
+                                                         - r["macs_ratio"]) <= 0.005
+                (earlier if same else other).append((hn["speedup"][variant][0], hn.get("load_before")))
             if earlier:
                 measured += "; earlier runs " + ", ".join(
                     f"{x:.2f}x (load {load[0] if load else '?'})" for x, load in earlier)
+            if other:
+                measured += ("; runs of another or unrecorded MACs ratio (not judged) "
+                             + ", ".join(f"{x:.2f}x" for x, _ in other))
             if r.get("suggestion"):
                 variant += f" ({r['suggestion']['round_to']})"
             runs = [lat["speedup"]] + [x for x, _ in earlier]

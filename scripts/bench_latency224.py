@@ -10,7 +10,8 @@ multiple ``kslim.prune.suggest_round_to`` picks from its own timings on this hos
 (``quant_post_dynamic``). Latencies: 1 thread and all cores, every model of a net timed in interleaved
 rounds; each figure is the median with its p10-p90 spread, next to the host's load average before and
 after and the CPU's ISA flags. A speed-up whose spread overlaps 1.0 is not a speed-up. Each run keeps a
-summary of the runs before it (``history``): the README's speed-up headline must hold in all of them.
+summary of the runs before it (``history``): the README's speed-up headline must hold in all of them that
+measured the same net (a pruned row counts only where that run recorded the same MACs ratio).
 
     python scripts/bench_latency224.py --quick          # smoke run (MobileNetV2 at 96x96, a few models)
     nice -n 10 python scripts/bench_latency224.py       # full run, writes benchmarks/latency224.{json,md}
@@ -164,19 +165,23 @@ HISTORY = 4  # earlier runs kept in the JSON: a headline speed-up must hold in t
 
 
 def run_summary(result):
-    """What a later run keeps of this one: date, host load, and every variant's 1-thread speed-up
-    (median, lo, hi), per net -- the README headline judges a speed-up over this run and the ones before it.
+    """What a later run keeps of this one: date, host load, every variant's 1-thread speed-up (median, lo,
+    hi) and the MACs ratio of the pruned variants, per net -- the README headline judges a speed-up over this
+    run and the ones before it that measured the same artefact (the same MACs ratio).
 
     >>> r = {"date": "d", "models": [{"net": "n", "load_before": [2.5, 1, 1], "rows": [
-    ...     {"variant": "v", "latency": {"1": {"speedup": 1.9, "speedup_lo": 1.7, "speedup_hi": 2.0}}}]}]}
+    ...     {"variant": "v", "macs_ratio": 0.4999, "latency": {"1": {"speedup": 1.9, "speedup_lo": 1.7,
+    ...                                                                "speedup_hi": 2.0}}}]}]}
     >>> run_summary(r)
-    {'date': 'd', 'nets': {'n': {'load_before': [2.5, 1, 1], 'speedup': {'v': [1.9, 1.7, 2.0]}}}}
+    {'date': 'd', 'nets': {'n': {'load_before': [2.5, 1, 1], 'speedup': {'v': [1.9, 1.7, 2.0]}, 'macs_ratio': {'v': 0.4999}}}}
     """
     nets = {}
     for res in result.get("models", []):
-        sp = {r["variant"]: [round(r["latency"]["1"][k], 3) for k in ("speedup", "speedup_lo", "speedup_hi")]
-              for r in res.get("rows", []) if "speedup" in r.get("latency", {}).get("1", {})}
-        nets[res["net"]] = {"load_before": res.get("load_before"), "speedup": sp}
+        timed = [r for r in res.get("rows", []) if "speedup" in r.get("latency", {}).get("1", {})]
+        sp = {r["variant"]: [round(r["latency"]["1"][k], 4) for k in ("speedup", "speedup_lo", "speedup_hi")]
+              for r in timed}
+        ratios = {r["variant"]: round(r["macs_ratio"], 4) for r in timed if r.get("macs_ratio") is not None}
+        nets[res["net"]] = {"load_before": res.get("load_before"), "speedup": sp, "macs_ratio": ratios}
     return {"date": result.get("date"), "nets": nets}
 
 
@@ -227,11 +232,13 @@ def write_markdown(result, path):
         lines.append("")
     if result.get("history"):
         lines += ["Earlier runs (1-thread speed-up of the -50 % MACs rows, median (lo-hi); the README headline needs "
-                  "its target met in this run and in each earlier run listed):", ""]
+                  "its target met in this run and in each earlier run listed at the same MACs ratio):", ""]
         for h in result["history"]:
             for net, v in h["nets"].items():
-                cells = [f"{k} {x[0]:.2f}x ({x[1]:.2f}-{x[2]:.2f})" for k, x in v["speedup"].items()
-                         if k.startswith("pruned -50 % MACs, round_to")]
+                ratio = v.get("macs_ratio", {})
+                cells = [f"{k} {x[0]:.2f}x ({x[1]:.2f}-{x[2]:.2f})"
+                         + (f" at {100 * ratio[k]:.1f} % MACs" if k in ratio else ", MACs ratio not recorded")
+                         for k, x in v["speedup"].items() if k.startswith("pruned -50 % MACs, round_to")]
                 lines.append(f"- {h['date']}, {net}, load average before {v['load_before']}: " + "; ".join(cells))
         lines.append("")
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")

@@ -112,6 +112,17 @@ def test_latency224_headline_is_the_suggested_round_to_row_and_must_hold_in_the_
     assert first[1] == "1.81x (1.71-1.91); earlier runs 1.86x (load 2.6)" and first[2].endswith(" met")
     d["history"].append(lat.run_summary({"date": "d1", "models": [dict(net, rows=[row(suggested, 1.76)])]}))
     assert hl._latency224_rows(d)[0][2].endswith("**missed**")  # it did not hold in one earlier run
+    # a run of a pruner that landed at another MACs ratio measured another net: printed, not judged
+    net["rows"][2]["macs_ratio"] = 0.5
+    # (busy: a run before the MACs ratio was recorded, not judged either)
+    d["history"] = [lat.run_summary({"date": f"d{i}", "models": [dict(net, rows=[row(suggested, x, macs_ratio=m)])]})
+                    for i, (x, m) in enumerate(((1.9, 0.5), (1.95, 0.47)))] + [busy]
+    first = hl._latency224_rows(d)[0]
+    assert first[1] == ("1.81x (1.71-1.91); earlier runs 1.90x (load 1.0); "
+                        "runs of another or unrecorded MACs ratio (not judged) 1.95x, 1.86x")
+    assert first[2].endswith(" met")
+    d["history"] = d["history"][1:]
+    assert hl._latency224_rows(d)[0][2].endswith("**missed**")  # no earlier run of the same net
     net["rows"] = net["rows"][:2]  # a table without the suggested row: its best round_to row
     assert hl._latency224_rows({"models": [net]})[0][1].startswith("1.90x")
 
