@@ -361,7 +361,6 @@ def test_prune_methods_importances_are_checked_against_the_registry(capsys):
     assert "unknown importance(s) ['magnitude']" in capsys.readouterr().err
 
 
-
 def test_ft_slice_beyond_the_training_set_makes_further_passes_over_it():
     import numpy as np
 
@@ -404,6 +403,7 @@ def test_prune_methods_recovery_rows_runs_only_the_rows_asked_for(capsys):
     with pytest.raises(SystemExit):
         pm.parse_args(["--recovery-rows", "kd,lasso"])
     assert "unknown row(s) ['lasso']" in capsys.readouterr().err
+
 
 # ------------------------------------------------------------------------------------ README headline rows
 def test_readme_headline_rows_are_the_rendering_of_the_committed_json():
