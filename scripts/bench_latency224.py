@@ -99,22 +99,23 @@ def variants(model, size, quick):
 
 def suggested(model, macs, quick):
     """``make() -> LiteModel``: -50 % MACs with the channel multiple ``kslim.prune.suggest_round_to`` picks on this
-    host (its own timings of each candidate's float ``.tflite``, separate from this table's interleaved rounds, so
-    the row is not the best of the rows above picked after the fact); the choice and its timings ride on it."""
+    host (its own measurement -- every candidate's float ``.tflite`` in 5 interleaved rounds, 1 thread, its default
+    tolerance -- separate from this table's interleaved rounds, so the row is not the best of the rows above
+    picked after the fact); the choice and its timings ride on it."""
     from kslim.analysis import flops
     from kslim.lite import convert
-    from kslim.lite.profiling import measure_latency
     from kslim.prune import make_pruner
     from kslim.prune.round_to import suggest_round_to
 
     def make():
         choice = suggest_round_to(model, 0.5, candidates=(1, 8) if quick else SUGGEST_CANDIDATES,
-                                  latency_fn=lambda m: measure_latency(m, runs=10, warmup=3, num_threads=1))
+                                  rounds=5, runs=20 if quick else 100, warmup=10, num_threads=1)
         res = make_pruner(model, importance="l1", round_to=choice.round_to).prune_to_flops(0.5)
         lite = convert(res.model, check=False)
         lite.macs_ratio = flops(res.model).macs / macs
         lite.suggestion = {"round_to": choice.round_to,
-                           "candidates": [{k: r.get(k) for k in ("round_to", "latency_ms", "reduction")}
+                           "candidates": [{k: r.get(k) for k in ("round_to", "latency_ms", "latency_p5_ms",
+                                                                 "latency_p95_ms", "reduction")}
                                           for r in choice.rows]}
         return lite
 
@@ -230,6 +231,13 @@ def write_markdown(result, path):
             name = r["variant"] + (f" ({r['suggestion']['round_to']})" if r.get("suggestion") else "")
             lines.append(f"| {name} | {macs} | {r['bytes']:,} | " + " | ".join(cells) + " |")
         lines.append("")
+        for r in res["rows"]:
+            sug = r.get("suggestion")
+            if sug and all(c.get("latency_p5_ms") is not None for c in sug["candidates"] if c.get("latency_ms")):
+                cand = "; ".join(f"{c['round_to']}: {c['latency_ms']:.2f} ms ({c['latency_p5_ms']:.2f}-{c['latency_p95_ms']:.2f})"
+                                 for c in sug["candidates"] if c.get("latency_ms"))
+                lines += [f"`suggest_round_to`'s own measurement (1 thread, median, p5-p95; a larger multiple only when "
+                          f"faster by more than its tolerance and in every round): {cand} -> {sug['round_to']}", ""]
     if result.get("history"):
         lines += ["Earlier runs (1-thread speed-up of the -50 % MACs rows, median (lo-hi); the README headline needs "
                   "its target met in this run and in each earlier run listed at the same MACs ratio):", ""]

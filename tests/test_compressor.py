@@ -495,7 +495,7 @@ def test_headers_resume_line_report_and_layer_table(tmp_path, tiny_model_path, m
 
 def test_stage_latencies_are_measured_together_interleaved(monkeypatch):
     import kslim.lite
-    from kslim.compressor.report import measure_latencies
+    from kslim.lite import measure_latencies
 
     calls = []
 
@@ -506,7 +506,7 @@ def test_stage_latencies_are_measured_together_interleaved(monkeypatch):
     monkeypatch.setattr(kslim.lite, "profile", lambda lite, runs, **kw: (calls.append(lite), Rep(lite, runs))[1])
     stats = measure_latencies({"a": "a", "bb": "bb", "ccc": "ccc"}, runs=10, rounds=5)
     assert calls == ["a", "bb", "ccc"] * 5
-    assert stats["bb"] == {"median_ms": 2.0, "p5_ms": 2.0, "p95_ms": 2.0, "runs": 10}
+    assert stats["bb"] == {"median_ms": 2.0, "p5_ms": 2.0, "p95_ms": 2.0, "runs": 10, "round_medians_ms": [2.0] * 5}
 
 
 def test_stage_plot_is_labelled_and_readable(tmp_path, monkeypatch):

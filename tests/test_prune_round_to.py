@@ -1,4 +1,5 @@
-"""suggest_round_to: the same MACs target with each channel multiple, the fastest chosen."""
+"""suggest_round_to: the same MACs target with each channel multiple, the fastest chosen (a larger multiple
+only when it is faster by more than the tolerance)."""
 
 import pytest
 
@@ -30,9 +31,11 @@ def test_the_multiple_that_runs_fastest_is_chosen_at_the_same_macs_target():
 @pytest.mark.slow
 def test_measured_on_this_host_by_default():
     model = kslim.models.vgg(width=0.25)
-    choice = suggest_round_to(model, 0.3, candidates=[1, 4])
-    assert all(r["latency_ms"] > 0 for r in choice.rows) and choice.latency_before > 0
-    assert choice.round_to == min(choice.rows, key=lambda r: r["latency_ms"])["round_to"]
+    choice = suggest_round_to(model, 0.3, candidates=[1, 4], tolerance=0)
+    assert all(r["latency_ms"] > 0 and len(r["round_medians_ms"]) == 5 for r in choice.rows) and choice.latency_before > 0
+    r1, r4 = choice.rows
+    clearly = r4["latency_ms"] < r1["latency_ms"] and all(a < b for a, b in zip(r4["round_medians_ms"], r1["round_medians_ms"]))
+    assert choice.round_to == (4 if clearly else 1)
 
 
 def test_a_target_no_multiple_reaches_is_an_error_naming_it():
@@ -54,10 +57,10 @@ def test_round_to_is_not_a_pruner_argument_here():
 def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
     model = kslim.models.vgg(width=0.5)
     macs = lambda m: kslim.flops(m).macs / 1e6  # noqa: E731
-    free = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=None)
+    free = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=None, tolerance=0)
     o1, o8 = (next(r for r in free.rows if r["round_to"] == c)["overshoot"] for c in (1, 8))
     assert o8 > o1 + 0.005 and free.round_to == 8      # with MACs as latency, removing more always wins
-    capped = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=(o8 - o1) / 2)
+    capped = suggest_round_to(model, 0.5, candidates=[1, 8], latency_fn=macs, max_overshoot=(o8 - o1) / 2, tolerance=0)
     assert capped.round_to == 1 and [r["eligible"] for r in capped.rows] == [True, False]
     # the limit is past the candidate closest to the target: a small net's round_to=1 overshoots too
     assert next(r for r in capped.rows if r["round_to"] == 1)["overshoot"] > 0
@@ -65,10 +68,76 @@ def test_a_candidate_faster_only_for_removing_more_macs_is_not_chosen():
     assert alone.round_to == 8 and alone.rows[0]["eligible"] is True
 
 
-@pytest.mark.parametrize("bad", [-0.1, "0.02", True])
+@pytest.mark.parametrize("bad", [-0.1, "0.02", True, 1.5])
 def test_bad_max_overshoot_is_refused(bad):
     with pytest.raises(KslimValueError, match="max_overshoot"):
         suggest_round_to(kslim.models.vgg(width=0.25), 0.3, candidates=[1], latency_fn=lambda m: 1.0, max_overshoot=bad)
+
+
+@pytest.mark.parametrize("field,bad", [("tolerance", -0.01), ("tolerance", None), ("tolerance", 1.0),
+                                       ("rounds", 0), ("runs", 2.5), ("warmup", -1), ("num_threads", True)])
+def test_bad_measurement_settings_are_refused_naming_the_field(field, bad):
+    with pytest.raises(KslimValueError, match=field):
+        suggest_round_to(kslim.models.vgg(width=0.25), 0.3, candidates=[1], **{field: bad})
+
+
+def _in_call_order(*values):
+    """A stand-in latency_fn answering ``values`` in turn (the candidates in the order given, then the
+    unpruned model)."""
+    it = iter(values)
+    return lambda m: next(it)
+
+
+def test_a_larger_multiple_must_be_faster_by_more_than_the_tolerance():
+    model = kslim.models.vgg(width=0.25)
+    # 8 beats 1 by 30 %; 16 and 32 are within 3 % of 8 (noise): 8 is kept
+    c = suggest_round_to(model, 0.3, candidates=[1, 8, 16, 32], latency_fn=_in_call_order(3.0, 2.1, 2.07, 2.05, 4.0),
+                         max_overshoot=None)
+    assert c.round_to == 8 and c.latency_before == 4.0
+    # the nominal fastest with tolerance 0
+    c = suggest_round_to(model, 0.3, candidates=[1, 8, 16, 32], latency_fn=_in_call_order(3.0, 2.1, 2.07, 2.05, 4.0),
+                         max_overshoot=None, tolerance=0)
+    assert c.round_to == 32
+    # each step compares with the multiple chosen so far: 16 is not clearly faster than 8, 32 is
+    c = suggest_round_to(model, 0.3, candidates=[1, 8, 16, 32], latency_fn=_in_call_order(3.0, 2.1, 2.07, 1.9, 4.0),
+                         max_overshoot=None)
+    assert c.round_to == 32
+    # the order of the candidates given does not matter: the smaller multiple is the one kept
+    c = suggest_round_to(model, 0.3, candidates=[16, 8], latency_fn=_in_call_order(2.07, 2.1, 4.0), max_overshoot=None)
+    assert c.round_to == 8 and [r["round_to"] for r in c.rows] == [16, 8]
+
+
+def test_measured_here_every_candidate_and_the_model_are_timed_in_interleaved_rounds(monkeypatch):
+    """The default measurement: the unpruned model's .tflite and each candidate's, round after round; a
+    larger multiple faster in the median but not in every round is not chosen."""
+    import kslim.lite
+
+    model = kslim.models.vgg(width=0.25)
+    calls = []
+
+    class Rep:
+        def __init__(self, ms, runs):
+            self.timings_ms, self.mean_ms = [ms] * runs, ms
+
+    # latency by call: round r of (before, 1, 8): 8 is 20 % faster than 1 in rounds 0-3, slower in round 4
+    table = [[5.0, 3.0, 2.4]] * 4 + [[5.0, 3.0, 3.1]]
+
+    def fake_profile(lite, runs, **kw):
+        calls.append(lite)
+        r, i = divmod(len(calls) - 1, 3)
+        return Rep(table[r][i], runs)
+
+    monkeypatch.setattr(kslim.lite, "profile", fake_profile)
+    c = suggest_round_to(model, 0.3, candidates=[1, 8], max_overshoot=None, rounds=5, runs=10)
+    assert len(calls) == 15 and all(calls[i] is calls[i % 3] for i in range(15))   # interleaved, converted once
+    assert c.latency_before == 5.0
+    r1, r8 = c.rows
+    assert r8["round_medians_ms"] == [2.4] * 4 + [3.1] and r8["latency_ms"] == 2.4 and r1["latency_ms"] == 3.0
+    assert r8["latency_p5_ms"] <= r8["latency_ms"] <= r8["latency_p95_ms"]
+    assert c.round_to == 1            # slower in one round: not clearly faster
+    table[4] = [5.0, 3.0, 2.5]
+    calls.clear()
+    assert suggest_round_to(model, 0.3, candidates=[1, 8], max_overshoot=None, rounds=5, runs=10).round_to == 8
 
 
 def test_prune_to_flops_with_round_to_lands_near_the_target():

@@ -9,7 +9,8 @@ from kslim._io import atomic_save_model
 from kslim.compressor.config import raise_config_errors, config_file, load_config, quick_config
 from kslim.compressor import distribute
 from kslim.compressor.data import PipelineData, load_hook
-from kslim.compressor.report import measure_latencies, write_report
+from kslim.compressor.report import write_report
+from kslim.lite.profiling import measure_latencies
 from kslim.compressor.run_dir import RunDir, crash_point, guarded_write
 from kslim.compressor.strategies import (
     _build_model, _load_keras, _macs, accuracy, describe_model, get_strategy,

@@ -4,7 +4,7 @@ Every figure is measured on the stage's own artefact: the Keras model of a Keras
 with ``predict``; latency on its float ``.tflite`` conversion, or int8 for a QAT model), the
 ``.tflite`` of a TFLite stage (accuracy and latency through ai-edge-litert). Latencies are measured
 once, at the end of the run, for all stages together in interleaved rounds
-(:func:`measure_latencies`): stages timed minutes apart on a busy host are not comparable.
+(:func:`kslim.lite.measure_latencies`): stages timed minutes apart on a busy host are not comparable.
 
 ``report.md`` and ``report.html`` are rendered from one list of blocks (:func:`report_blocks`), so
 they hold the same content: context, "baseline → final" summary, per-stage table, the per-layer
@@ -31,35 +31,6 @@ def profile_figures(lite, num_threads=1, runs=50, warmup=5):
     rep = profile(lite, device=LocalDevice(), num_threads=num_threads, warmup=warmup, runs=runs)
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rep.to_dict().items()
             if isinstance(v, (int, float, str, np.floating))}
-
-
-def measure_latencies(lites, num_threads=1, runs=50, rounds=5, warmup=5, progress=False):
-    """Latency of several TFLite models measured in ``rounds`` interleaved rounds of :func:`kslim.lite.profile`.
-
-    Round ``r`` times every model once (``ceil(runs / rounds)`` invokes each, after ``warmup``), so
-    a change of the host's load during the measurement affects every model alike instead of the
-    ones measured last. ``lites``: ``{key: LiteModel}``. Returns ``{key: {"median_ms", "p5_ms",
-    "p95_ms", "runs"}}`` over all the timings of a model.
-    """
-    from kslim import _interrupt, _progress
-    from kslim.lite import LocalDevice, profile
-
-    per_round = max(1, -(-int(runs) // int(rounds)))
-    timings = {k: [] for k in lites}
-    device = LocalDevice()
-    with _progress.progress(int(rounds) * len(lites), "latency", unit="measurement", enabled=progress) as bar:
-        for r in range(int(rounds)):
-            for k, lite in lites.items():
-                rep = profile(lite, device=device, num_threads=num_threads, warmup=warmup, runs=per_round)
-                timings[k].extend(rep.timings_ms or [rep.mean_ms])
-                bar.advance(info=f"round {r + 1}/{rounds}")
-                _interrupt.check()
-    out = {}
-    for k, t in timings.items():
-        t = np.asarray(t, np.float64)
-        out[k] = {"median_ms": float(np.median(t)), "p5_ms": float(np.percentile(t, 5)),
-                  "p95_ms": float(np.percentile(t, 95)), "runs": int(len(t))}
-    return out
 
 
 # ----------------------------------------------------------------------------- the report: one source

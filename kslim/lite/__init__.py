@@ -19,6 +19,7 @@ _LAZY = {
     "model_inputs": "kslim.lite.inputs",
     "profile": "kslim.lite.profiling",
     "measure_latency": "kslim.lite.profiling",
+    "measure_latencies": "kslim.lite.profiling",
     "ProfileReport": "kslim.lite.profiling",
     "plot_by_op_type": "kslim.lite.profiling",
     "Device": "kslim.lite.devices",

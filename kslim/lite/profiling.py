@@ -165,6 +165,40 @@ def measure_latency(model, device=None, num_threads=1, warmup=3, runs=20):
     return float(profile(model, device=device, num_threads=num_threads, warmup=warmup, runs=runs).median_ms)
 
 
+def measure_latencies(lites, num_threads=1, runs=50, rounds=5, warmup=5, progress=False):
+    """Latency of several TFLite models measured in ``rounds`` interleaved rounds of :func:`kslim.lite.profile`.
+
+    Round ``r`` times every model once (``ceil(runs / rounds)`` invokes each, after ``warmup``), so
+    a change of the host's load during the measurement affects every model alike instead of the
+    ones measured last. ``lites``: ``{key: LiteModel}`` (or anything :func:`profile` takes). Returns
+    ``{key: {"median_ms", "p5_ms", "p95_ms", "runs", "round_medians_ms"}}``: the statistics over all the
+    timings of a model, and its median in each round (what a paired comparison of two models uses: both
+    were timed under the same load in each round).
+    """
+    from kslim import _interrupt, _progress
+    from kslim.lite import LocalDevice, profile
+
+    per_round = max(1, -(-int(runs) // int(rounds)))
+    timings = {k: [] for k in lites}
+    rounds_of = {k: [] for k in lites}
+    device = LocalDevice()
+    with _progress.progress(int(rounds) * len(lites), "latency", unit="measurement", enabled=progress) as bar:
+        for r in range(int(rounds)):
+            for k, lite in lites.items():
+                rep = profile(lite, device=device, num_threads=num_threads, warmup=warmup, runs=per_round)
+                timings[k].extend(rep.timings_ms or [rep.mean_ms])
+                rounds_of[k].append(rep.timings_ms or [rep.mean_ms])
+                bar.advance(info=f"round {r + 1}/{rounds}")
+                _interrupt.check()
+    out = {}
+    for k, t in timings.items():
+        per = [float(np.median(x)) for x in rounds_of[k]]
+        t = np.asarray(t, np.float64)
+        out[k] = {"median_ms": float(np.median(t)), "p5_ms": float(np.percentile(t, 5)),
+                  "p95_ms": float(np.percentile(t, 95)), "runs": int(len(t)), "round_medians_ms": per}
+    return out
+
+
 def load_report(path):
     """Read a report written by :meth:`ProfileReport.save`; a missing or malformed file raises
     :class:`~kslim.errors.KslimFileError` naming it."""
