@@ -82,6 +82,20 @@ def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40, stats=Fa
     return out
 
 
+def utc_now():
+    """Now, as every table dates its runs and rows (``2026-12-06 10:34 UTC``)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def rows_date(rows):
+    """The date of the latest of ``rows`` when every one carries a ``date`` (rows of a table merged over several
+    runs); ``None`` when one does not (measured before rows were dated): the table's date stands then."""
+    dates = [r.get("date") for r in rows]
+    return max(dates) if dates and all(dates) else None
+
+
 def log_targets(targets, t0, log):
     """Print each target verdict (``{"what", "value", "target", "met"}``) and the wall time since ``t0``."""
     import time

@@ -45,8 +45,10 @@ def _data(d):
     return "**bundled subset (2,000 test images), under-trained nets: not yet re-run (issue 16)**"
 
 
-def _source(stem, d, section=None):
-    date = str(d.get("date", ""))[:10]
+def _source(stem, d, section=None, date=None):
+    """The source cell: table, date (``date``: a target's own, the date of the latest row behind it; else the
+    table's last write) and data."""
+    date = str(date or d.get("date", ""))[:10]
     return f"[`{stem}`](BENCHMARKS.md#{section or SECTION[stem]}), {date}, {_data(d)}"
 
 
@@ -59,7 +61,7 @@ def _target_rows(stem, d, keep=lambda t: True):
     for t in d.get("targets") or []:
         if isinstance(t, dict) and "what" in t and keep(t):
             rows.append((t["what"], str(t.get("value", "")), f"{t.get('target', '')} {_verdict(t.get('met'))}".strip(),
-                         _source(stem, d)))
+                         _source(stem, d, date=t.get("date"))))
     return rows
 
 

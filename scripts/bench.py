@@ -86,7 +86,7 @@ EXPECTED_MIN = {"prune": 31, "quant": 26, "ptq": 35, "lowbit": 20, "peers": 24, 
                 "prune_methods": 240}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name  # noqa: E402
+from _benchlib import cpu_name, utc_now  # noqa: E402,F401 -- utc_now: bench.utc_now() of the table scripts
 
 STATUS_FILE = "bench_status.json"
 
@@ -120,10 +120,6 @@ def machine():
         "kslim": _version("kslim"),
         "load_avg_1_5_15": load,
     }
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def median(values):

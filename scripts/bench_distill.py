@@ -66,7 +66,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, load_full, log_targets, noise_pt, seed_list, write_fragment  # noqa: E402
+from _benchlib import cpu_name, load_full, log_targets, noise_pt, rows_date, seed_list, utc_now, write_fragment  # noqa: E402
 
 VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
@@ -229,7 +229,7 @@ def measure_row(variant, seed, args, train, test, teacher, log):
            "qat_keras_acc": keras_acc(qat, test), "int8_acc": float(int8.evaluate(test)),
            "tflite_bytes": lite.size, "int8_bytes": int8.size, "qat_seconds": qat_s,
            "seconds": round(time.time() - t0, 1), **info,
-           "settings": row_settings(args, variant)}
+           "settings": row_settings(args, variant), "date": utc_now()}
     log(f"[{variant} s{seed}] float .tflite {pt(row['tflite_acc'])} %, int8 after QAT {pt(row['int8_acc'])} % "
         f"(Keras {pt(row['keras_acc'])} %); train {info['train_seconds']:.0f} s"
         f"{' (cached)' if info['cached'] else ''}, QAT {qat_s:.0f} s")
@@ -376,6 +376,9 @@ def check_targets(rows):
                          f"{se:.2f} pt, {n_test:,} images)",
                 "target": f">= +{TARGET_GAIN_PT:.2f} pt median over >= {TARGET_SEEDS} seeds and > 0 in every seed",
                 "met": meets(s), "variant": best, "metric": metric})
+            date = rows_date([r for r in rows if section(r) == sec and r["variant"] in (best, "scratch")])
+            if date:
+                targets[-1]["date"] = date
     return targets
 
 

@@ -52,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (clone, cpu_name, fine_tune, ft_slice, latency_ms, load_full, log_targets,  # noqa: E402
-                       noise_pt, write_fragment)
+                       noise_pt, rows_date, utc_now, write_fragment)
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency", "recovery")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -358,6 +358,7 @@ def summary(rows):
     the same seed and budget per seed (``drops``), their mean, sd and median (``drop_median``: what the
     targets judge, issue 16's rule), seeds."""
     base = {(r["model"], _ft(r), r["seed"]): r["tflite_acc"] for r in rows if r["group"] == "baseline"}
+    base_rows = {(r["model"], _ft(r), r["seed"]): r for r in rows if r["group"] == "baseline"}
     acc = {}
     for r in rows:
         b = (r["model"], _ft(r), r["seed"])
@@ -379,7 +380,8 @@ def summary(rows):
                     "latency_ms": statistics.mean(r["latency_ms"] for r, _ in items) if all(
                         "latency_ms" in r for r, _ in items) else None,
                     "latency_ratio": statistics.mean(r["latency_ms"] / r["latency_base_ms"] for r, _ in items)
-                    if all(r.get("latency_ms") and r.get("latency_base_ms") for r, _ in items) else None})
+                    if all(r.get("latency_ms") and r.get("latency_base_ms") for r, _ in items) else None,
+                    "date": rows_date([r for r, _ in items] + [base_rows[(model, ft, r["seed"])] for r, _ in items])})
     return out
 
 
@@ -406,6 +408,8 @@ def check_targets(rows, n_test=10000):
                                     f"({best['method']}, {len(best['seeds'])} seed(s)) vs baseline + fine-tune",
                             "value": value, "target": f"<= {limit} pt",
                             "met": round(best["drop_median"], 2) <= limit})  # judged at the printed precision
+            if best["date"]:
+                targets[-1]["date"] = best["date"]
     return targets
 
 
@@ -534,6 +538,8 @@ def main(argv=None):
                     # the baseline timed in the same interleaved pass: runs of other sessions (other load, other
                     # machine) are compared by this ratio, never by their milliseconds
                     r["latency_ms"], r["latency_base_ms"] = lat[k]["1"], base_ms
+            for r in new:
+                r["date"] = utc_now()
             result["rows"] = merged(result.get("rows", []), [r for r in new if "error" not in r])
             result.setdefault("failures", [])
             result["failures"] = [f for f in result["failures"] if (f["model"], f["seed"], f["group"]) not in

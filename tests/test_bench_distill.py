@@ -116,6 +116,14 @@ def test_int8_target_judges_the_variant_chosen_on_float(bd):
     assert t["int8_acc"]["variant"] == "soft"
 
 
+def test_targets_carry_the_date_of_the_newest_row_they_judge(bd):
+    rows = _rows([1.2, 1.1, 1.5])
+    assert all("date" not in x for x in bd.check_targets(rows))          # rows saved before rows were dated
+    for i, r in enumerate(rows):
+        r["date"] = f"2026-12-0{1 + i} 09:00 UTC"
+    assert {x["date"] for x in bd.check_targets(rows)} == {max(r["date"] for r in rows)}
+
+
 def test_best_variant_is_the_highest_median_gain(bd):
     rows = _rows([0.5, 0.6, 0.7], variant="soft") + [r for r in _rows([1.1, 1.2, 1.3], variant="dkd")
                                                       if r["variant"] == "dkd"]

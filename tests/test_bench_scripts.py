@@ -328,6 +328,24 @@ def test_prune_methods_targets_judge_the_median_of_per_seed_drops():
     assert "±0.53 pt (1.96 SE, 10,000 images)" in t["value"]  # 1.96 * sqrt(.92 * .08 / 1e4)
 
 
+def test_a_target_is_dated_by_its_latest_row_and_the_headline_prints_that_date(tmp_path):
+    """Rows merged over several runs: a target carries the date of the newest row behind it (not the table's
+    last write, which a run of another net moves on); rows saved before rows were dated leave it undated."""
+    pm, hl = _load("bench_prune_methods"), _load("_headline")
+    rows = [_pm_row("m", s, "baseline", "baseline + fine-tune", 0, 0.92) for s in range(3)]
+    rows += [_pm_row("m", s, "criteria", "l1, local", 50, 0.918) for s in range(3)]
+    (t,) = pm.check_targets(rows)
+    assert "date" not in t
+    for i, r in enumerate(rows):
+        r["date"] = f"2026-12-0{1 + i % 3} 10:00 UTC"
+    (t,) = pm.check_targets(rows)
+    assert t["date"] == "2026-12-03 10:00 UTC"
+    (tmp_path / "prune_methods.json").write_text(json.dumps({"date": "2026-12-09 08:00 UTC", "test_samples": 10000,
+                                                             "rows": rows, "targets": [t]}))
+    text = hl.render_readme(f"# t\n\n{hl.START}\n{hl.END}\n", tmp_path)
+    assert "[`prune_methods`](BENCHMARKS.md#1-pruning), 2026-12-03," in text and "2026-12-09" not in text
+
+
 def test_prune_methods_fine_tune_budgets_are_separate_tables(tmp_path):
     pm = _load("bench_prune_methods")
     rows = [_pm_row("m", 0, "baseline", "baseline + fine-tune", 0, 0.90),   # saved before budgets were recorded
