@@ -55,7 +55,8 @@ class RoundToChoice:
 
 
 def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), latency_fn=None, pruner=None,
-                     max_overshoot=0.02, tolerance=0.03, rounds=5, runs=50, warmup=5, num_threads=1, **pruner_kwargs):
+                     max_overshoot=0.02, tolerance=0.03, rounds=5, runs=50, warmup=5, num_threads=1,
+                     **pruner_kwargs):
     """Prune ``model`` to ``flops_reduction`` with each ``round_to`` of ``candidates`` and time the results.
 
     Args:
@@ -77,9 +78,9 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
         tolerance: a larger multiple is chosen over a smaller one only when its latency is lower by more
             than this fraction (and, when measured here, lower in every round): a timing difference within
             the noise of a quick measurement is no reason to constrain every layer to a coarser multiple
-            (on a 2-core AVX2 host, multiples 8, 16 and 32 of MobileNetV2-224 fell within 2 % of each other
-            in one quick profile, and 32 was then 6 % slower than 16 in a longer one). ``0``: the nominal
-            fastest.
+            (on a 2-core AMD EPYC host, multiples 8, 16 and 32 of MobileNetV2-224 fell within 2 % of each
+            other in one quick profile, and 32 was then 6 % slower than 16 in a longer one). ``0``: the
+            nominal fastest.
         rounds / runs / warmup / num_threads: the measurement when ``latency_fn`` is ``None``.
 
     Returns:
@@ -98,13 +99,17 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
         latency_fn = latency_fn.predict
     elif latency_fn is not None and not callable(latency_fn):
         raise KslimTypeError(f"suggest_round_to(): latency_fn must be callable (model -> ms), got {latency_fn!r}.")
-    for name, value in (("max_overshoot", max_overshoot), ("tolerance", tolerance)):
-        if (value is not None or name == "tolerance") and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                                           or not 0 <= value < 1):
-            raise KslimValueError(f"suggest_round_to(): {name} must be a number in [0, 1) (a fraction of the "
-                                  f"{'MACs' if name == 'max_overshoot' else 'latency'})"
-                                  f"{' or None' if name == 'max_overshoot' else ''}, got {value!r}.")
-    for name, value, low in (("rounds", rounds, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("num_threads", num_threads, 1)):
+    def fraction(value):
+        return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 <= value < 1
+
+    if max_overshoot is not None and not fraction(max_overshoot):
+        raise KslimValueError(f"suggest_round_to(): max_overshoot must be a number in [0, 1) (a fraction of the "
+                              f"MACs) or None, got {max_overshoot!r}.")
+    if not fraction(tolerance):
+        raise KslimValueError(f"suggest_round_to(): tolerance must be a number in [0, 1) (a fraction of the "
+                              f"latency), got {tolerance!r}.")
+    for name, value, low in (("rounds", rounds, 1), ("runs", runs, 1), ("warmup", warmup, 0),
+                             ("num_threads", num_threads, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise KslimValueError(f"suggest_round_to(): {name} must be an integer >= {low}, got {value!r}.")
     pruner = L1NormFilterPruner if pruner is None else pruner
