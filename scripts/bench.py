@@ -45,7 +45,6 @@ land in ``--quick-out`` (default ``/tmp/kslim-bench-quick``).
 """
 
 import argparse
-import datetime
 import gzip
 import importlib.util
 import json
@@ -86,7 +85,7 @@ EXPECTED_MIN = {"prune": 31, "quant": 26, "ptq": 35, "lowbit": 20, "peers": 24, 
                 "prune_methods": 240}
 TFMOT_PACKAGES = ["tensorflow-model-optimization", "tf-keras", "dm-tree"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, utc_now  # noqa: E402,F401 -- utc_now: bench.utc_now() of the table scripts
+from _benchlib import cpu_name, utc_now  # noqa: E402
 
 STATUS_FILE = "bench_status.json"
 

@@ -66,7 +66,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, load_full, log_targets, noise_pt, rows_date, seed_list, utc_now, write_fragment  # noqa: E402
+from _benchlib import (cpu_name, load_full, log_targets, noise_pt, rows_date, seed_list, utc_now,  # noqa: E402
+                       write_fragment)
 
 VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
