@@ -104,15 +104,13 @@ def suggested(model, macs, quick):
     picked after the fact); the choice and its timings ride on it."""
     from kslim.analysis import flops
     from kslim.lite import convert
-    from kslim.prune import make_pruner
     from kslim.prune.round_to import suggest_round_to
 
     def make():
         choice = suggest_round_to(model, 0.5, candidates=(1, 8) if quick else SUGGEST_CANDIDATES,
                                   rounds=5, runs=20 if quick else 100, warmup=10, num_threads=1)
-        res = make_pruner(model, importance="l1", round_to=choice.round_to).prune_to_flops(0.5)
-        lite = convert(res.model, check=False)
-        lite.macs_ratio = flops(res.model).macs / macs
+        lite = convert(choice.model, check=False)
+        lite.macs_ratio = flops(choice.model).macs / macs
         lite.suggestion = {"round_to": choice.round_to,
                            "candidates": [{k: r.get(k) for k in ("round_to", "latency_ms", "latency_p5_ms",
                                                                  "latency_p95_ms", "reduction")}

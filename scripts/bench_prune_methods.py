@@ -357,8 +357,8 @@ def summary(rows):
     """Per (model, fine-tune budget, method, target): mean accuracy, the drop vs the baseline + fine-tune of
     the same seed and budget per seed (``drops``), their mean, sd and median (``drop_median``: what the
     targets judge, issue 16's rule), seeds."""
-    base = {(r["model"], _ft(r), r["seed"]): r["tflite_acc"] for r in rows if r["group"] == "baseline"}
     base_rows = {(r["model"], _ft(r), r["seed"]): r for r in rows if r["group"] == "baseline"}
+    base = {k: r["tflite_acc"] for k, r in base_rows.items()}
     acc = {}
     for r in rows:
         b = (r["model"], _ft(r), r["seed"])

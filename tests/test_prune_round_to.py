@@ -26,6 +26,7 @@ def test_the_multiple_that_runs_fastest_is_chosen_at_the_same_macs_target():
         assert r["reduction"] >= 0.4 and r["overshoot"] == pytest.approx(r["reduction"] - 0.4)
     assert choice.rows[0]["latency_ms"] > choice.rows[1]["latency_ms"]
     assert choice.speedup() == choice.latency_before / choice.rows[1]["latency_ms"]
+    assert kslim.flops(choice.model).macs == choice.rows[1]["macs"]   # the chosen candidate's model, not pruned again
 
 
 @pytest.mark.slow

@@ -41,12 +41,15 @@ class RoundToChoice:
             this host also ``latency_p5_ms``, ``latency_p95_ms`` and ``round_medians_ms`` (one per interleaved
             round); ``error`` instead when the target is not reachable with it.
         latency_before: ``latency_fn`` of the unpruned model (ms).
+        model: the chosen candidate's pruned Keras model (``prune_to_flops(flops_reduction)`` with
+            ``round_to``), so that nobody prunes again what was timed.
     """
 
     round_to: int
     flops_reduction: float
     rows: list = field(default_factory=list)
     latency_before: float = None
+    model: object = field(default=None, repr=False, compare=False)
 
     def speedup(self, round_to=None):
         """``latency_before / latency`` of ``round_to`` (default: the chosen one)."""
@@ -122,9 +125,8 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
             continue
         rows.append({"round_to": int(c), "ratio": res.ratio, "reduction": res.reduction, "overshoot": res.overshoot,
                      "macs": res.macs_after})
-        if latency_fn is None:
-            pruned[int(c)] = res.model
-        else:
+        pruned[int(c)] = res.model
+        if latency_fn is not None:
             rows[-1]["latency_ms"] = latency_ms(latency_fn(res.model))
     if not any("macs" in r for r in rows):
         raise KslimValueError(f"suggest_round_to(): flops_reduction {flops_reduction} is reachable with none of "
@@ -152,7 +154,7 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
         if best is None or _clearly_faster(r, best, tolerance):
             best = r
     return RoundToChoice(round_to=best["round_to"], flops_reduction=float(flops_reduction), rows=rows,
-                         latency_before=before)
+                         latency_before=before, model=pruned[best["round_to"]])
 
 
 def _clearly_faster(a, b, tolerance):
