@@ -341,7 +341,17 @@ def test_auto_prune_meets_target_and_maximises_score(tmp_path):
     uniform = res.history[0]
     assert uniform["values"] == res.initial_ratios and res.score >= uniform["score"]
     best = max(res.history, key=lambda h: h["score"])
-    assert res.score == best["score"] == score(res.model) and res.ratios == best["values"]
+    assert res.search_score == best["score"] and res.search_ratios == best["values"]
+    assert res.score == score(res.model) >= res.search_score  # filled: pruned no further than the target needs
+    factor = {res.ratios[g] / r for g, r in res.search_ratios.items() if r}
+    assert len(factor) == 1 and 0 < factor.pop() <= 1  # one factor scales every ratio of the grid candidate
+    grid = auto_prune(model, score, flops_reduction=0.5, max_trials=12, init_temperature=1.0, seed=0, fill=False,
+                      directory=tmp_path, project_name="ap_grid")
+    assert grid.ratios == grid.search_ratios and grid.score == grid.search_score == score(grid.model)
+    from kslim.prune import L1NormFilterPruner
+
+    searched = flops(L1NormFilterPruner(model).prune(res.search_ratios)).flops
+    assert searched <= res.flops <= 0.5 * before + 1  # the filled model lands nearer the limit
     assert res.rejected and all("flops" in r["reason"] for r in res.rejected)
     assert res.model.count_params() < model.count_params()
     assert res.history_path.is_file() and res.plot_path.is_file()

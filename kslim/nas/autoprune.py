@@ -21,6 +21,8 @@ class AutoPruneResult:
         initial_ratios: the starting point (the uniform ratio meeting the constraints).
         history, rejected: per-trial records and the candidates rejected before evaluation.
         oracle, directory, history_path, plot_path: as for :class:`kslim.nas.SearchResult`.
+        search_ratios, search_score: the search's best candidate on the ratio grid and its score, before
+            ``fill`` scaled its ratios to the limit (equal to ``ratios``/``score`` when nothing was filled).
     """
 
     model: object
@@ -35,11 +37,32 @@ class AutoPruneResult:
     directory: Path
     history_path: Path
     plot_path: Path = None
+    search_ratios: dict = None
+    search_score: float = None
 
     @property
     def flops_reduction(self):
         """Fraction of the FLOPs removed."""
         return 1.0 - self.flops / self.flops_before
+
+
+def _fill(ratios, meets, tolerance=1e-3):
+    """``ratios`` scaled by the smallest factor ``s`` in (0, 1] for which ``meets(scaled)`` still holds
+    (bisection to ``tolerance``): the search's candidate, pruned no further than its limits need. The grid
+    candidate itself (``s = 1``) must meet them."""
+    def scaled(f):
+        return {g: r * f for g, r in ratios.items()}
+
+    lo, hi = 0.0, 1.0
+    if meets(scaled(lo)):
+        return scaled(lo)
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if meets(scaled(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return scaled(hi) if hi < 1.0 else dict(ratios)
 
 
 class _RatioSpace:
@@ -70,7 +93,7 @@ class _RatioSpace:
 
 def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_fn=None, *, max_flops=None,
                importance=None, pruner=None, max_trials=20, init_temperature=0.05, reduce_rate=0.85, ratio_step=0.05, max_ratio=0.8,
-               init_ratios=None, perturb=2, finetune_fn=None, constraints=(), seed=0,
+               init_ratios=None, perturb=2, finetune_fn=None, constraints=(), fill=True, seed=0,
                directory="kslim_runs", project_name="auto_prune", overwrite=True, plot=True, verbose=0, **legacy):
     """Search per-group pruning ratios with simulated annealing; return the best pruned model.
 
@@ -85,6 +108,13 @@ def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_f
     an accuracy in [0, 1] as score that accepts any worse candidate (``exp(-0.02/100) ~ 1``), i.e.
     a random walk. The default here, 0.05, is in score units: a candidate 0.02 worse is accepted
     with p = 0.67 at first, p = 0.13 after 10 trials.
+
+    The grid makes every candidate remove somewhat more than the limit needs (a step of ``ratio_step``
+    moves many groups at once). With ``fill=True`` (default) the best candidate's ratios are then scaled
+    by one factor, the smallest that still meets the FLOPs (and any further) constraints, as NNI's
+    SimulatedAnnealingPruner rescales its candidates' sparsities to the target; that model is built,
+    fine-tuned by ``finetune_fn`` and scored again. Not with ``max_latency`` (a measured latency is too
+    noisy to bisect on).
 
     Args:
         model: a built Keras model (functional or Sequential).
@@ -106,6 +136,7 @@ def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_f
         init_ratios: starting ratios ``{group: ratio}`` (default: uniform, meeting the limits).
         finetune_fn: ``model -> None``, run on each candidate before ``eval_fn`` (a short fit).
         constraints: further :class:`kslim.nas.Constraint` objects.
+        fill: scale the best candidate's ratios to the limit (see above).
         directory, project_name, overwrite: where the keras-tuner state, ``sa_history.json`` and
             ``search.png`` go (``overwrite=False`` resumes).
 
@@ -253,20 +284,32 @@ def auto_prune(model, eval_fn, flops_reduction=None, max_latency=None, latency_f
         msgs = [t.get("message") for t in oracle.history if t.get("message")]
         raise ModelError("no auto_prune candidate could be evaluated" + (f": {msgs[-1]}" if msgs else "."))
     ratios = space.ratios(best_trial[0].hyperparameters)
+    search_ratios, search_score = dict(ratios), float(best_trial[0].score)
+    score = search_score
     best_model = best["model"]
-    if best_model is None or best["ratios"] != ratios:  # resumed search: rebuild (and fine-tune) the best
+    if fill and max_latency is None:
+        def meets(candidate):
+            m = pruner.prune_channels(pruner.plan(candidate), copy_weights=False)
+            return all(c.check(m)[0] for c in cons)
+
+        ratios = _fill(ratios, meets)
+        if ratios != search_ratios:
+            best_model = None
+    if best_model is None or best["ratios"] != ratios:  # filled, or a resumed search: build (and fine-tune) it
         best_model = pruner.prune(ratios)
         if finetune_fn is not None:
             finetune_fn(best_model)
+        if ratios != search_ratios:
+            score = float(eval_fn(best_model))
     plot_path = None
     if plot:
         plot_path = plot_history(oracle, project_dir / "search.png",
                                  title=f"auto_prune {model.name}: {len(oracle.history)} trials")
     return AutoPruneResult(
-        model=best_model, ratios=ratios, score=float(best_trial[0].score),
+        model=best_model, ratios=ratios, score=score,
         flops=float(count_flops(best_model).flops), flops_before=flops_before, initial_ratios=init,
         history=oracle.history, rejected=oracle.rejected, oracle=oracle, directory=project_dir,
-        history_path=history_path, plot_path=plot_path,
+        history_path=history_path, plot_path=plot_path, search_ratios=search_ratios, search_score=search_score,
     )
 
 
