@@ -95,10 +95,29 @@ def hard_weight(variant, args):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_dataset(x, y, seed, batch_size):
+def flip_shift(seed):
+    """Horizontal flips and shifts of up to 10 % (2.8 px) each way, zero fill: Fashion-MNIST's usual
+    label-preserving augmentation, drawn afresh for every image of every batch."""
+    import keras
+
+    return keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed),
+                             keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1)],
+                            name="flip_shift")
+
+
+#: ``--augment`` choices: the students' training augmentation (``None``: the images as they are). The teacher of
+#: a distilled student sees the same augmented batch (consistent teaching, Beyer et al. 2022).
+AUGMENTS = {"none": None, "flip+shift": flip_shift}
+AUGMENT_TEXT = {"flip+shift": "Keras `RandomFlip(\"horizontal\")` + `RandomTranslation(0.1, 0.1, "
+                              "fill_mode=\"constant\")`, a fresh draw per image"}
+
+
+def train_dataset(x, y, seed, batch_size, augment="none"):
     from kslim.datasets import to_dataset
 
-    return to_dataset(x, y, batch_size=batch_size, shuffle=True, seed=seed, normalize=False)
+    make = AUGMENTS[augment]
+    return to_dataset(x, y, batch_size=batch_size, shuffle=True, seed=seed, normalize=False,
+                      augment=None if make is None else make(seed))
 
 
 def pairs_for(variant, args):
@@ -174,7 +193,7 @@ def train_student(variant, seed, args, train, teacher, log):
     trainer, student = make_trainer(variant, args, teacher, seed, len(train[0]))
     keras.utils.set_random_seed(seed)
     t0 = time.time()
-    hist = trainer.fit(train_dataset(*train, seed, args.batch_size), epochs=args.epochs, verbose=0)
+    hist = trainer.fit(train_dataset(*train, seed, args.batch_size, args.augment), epochs=args.epochs, verbose=0)
     info = {"train_seconds": round(time.time() - t0, 1),
             "history": {k: round(float(v[-1]), 4) for k, v in hist.history.items()}}
     if path is not None:
@@ -189,6 +208,8 @@ def student_cache(args, variant):
 
     sig = {k: getattr(args, k) for k in ("student_width", "epochs", *ROW_SETTINGS, *VARIANT_SETTINGS.get(variant, ()))
            if k != "qat_lr"}
+    if args.augment != "none":
+        sig["augment"] = args.augment
     digest = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "bench_distill" / f"w{args.student_width:g}-e{args.epochs}-{digest}"
 
@@ -224,7 +245,7 @@ def measure_row(variant, seed, args, train, test, teacher, log):
     lite = convert(student, check=False)
     qat, int8, qat_s = qat_int8(student, train, seed, args)
     row = {"variant": variant, "seed": seed, "student_width": args.student_width, "epochs": args.epochs,
-           "qat_images": args.qat_images, "test_images": len(test[1]),
+           "qat_images": args.qat_images, "augment": args.augment, "test_images": len(test[1]),
            "images_seen": args.epochs * len(train[0]), "params": int(student.count_params()),
            "keras_acc": keras_acc(student, test), "tflite_acc": float(lite.evaluate(test)),
            "qat_keras_acc": keras_acc(qat, test), "int8_acc": float(int8.evaluate(test)),
@@ -246,7 +267,7 @@ def pilot(args, train, teacher, variants, steps):
     from kslim.quant import QuantConfig, quant_aware
 
     n = args.batch_size * (steps + 2)
-    ds = train_dataset(train[0][:n], train[1][:n], 0, args.batch_size)
+    ds = train_dataset(train[0][:n], train[1][:n], 0, args.batch_size, args.augment)
 
     def per_step(model):
         model.fit(ds.take(2), epochs=1, verbose=0)
@@ -284,7 +305,7 @@ def pt(v):
 
 
 def key(r):
-    return (r["variant"], r["seed"], r["student_width"], r["epochs"], r["qat_images"])
+    return (r["variant"], r["seed"], r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"))
 
 
 def merged(saved_rows, new_rows):
@@ -292,25 +313,37 @@ def merged(saved_rows, new_rows):
     out = {key(r): r for r in saved_rows}
     out.update({key(r): r for r in new_rows})
     order = {v: i for i, v in enumerate(VARIANTS)}
-    return sorted(out.values(), key=lambda r: (r["student_width"], r["epochs"], r["qat_images"],
+    return sorted(out.values(), key=lambda r: (*section(r),
                                                order.get(r["variant"], len(order)), r["variant"], r["seed"]))
 
 
 def section(r):
-    return (r["student_width"], r["epochs"], r["qat_images"])
+    return (r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"))
 
 
-def gains(rows, variant, metric):
-    """``{seed: gain in pt}`` of ``variant`` over ``scratch`` on ``metric``, for the seeds both have."""
-    base = {r["seed"]: r[metric] for r in rows if r["variant"] == "scratch"}
+def baseline(rows, sec, metric):
+    """``{seed: accuracy}`` a distilled row of section ``sec`` is judged against on ``metric``: its section's
+    ``scratch`` row; in an augmented section the better of that and the un-augmented ``scratch`` of the same
+    seed (width, epochs, QAT), so that a gain cannot come from augmentation hurting the baseline."""
+    twins = {sec, (*sec[:3], "none")}
+    base = {}
+    for r in rows:
+        if r["variant"] == "scratch" and section(r) in twins:
+            base[r["seed"]] = max(base.get(r["seed"], r[metric]), r[metric])
+    return base
+
+
+def gains(rows, variant, metric, base):
+    """``{seed: gain in pt}`` of ``variant``'s rows (of one section) over ``base`` (``{seed: accuracy}``) on
+    ``metric``, for the seeds both have."""
     return {r["seed"]: 100 * (r[metric] - base[r["seed"]]) for r in rows
             if r["variant"] == variant and r["seed"] in base}
 
 
 def summary(rows):
     """``{section: {variant: stats}}`` with, per metric (``tflite_acc``, ``int8_acc``, ``keras_acc``), the
-    per-seed values, their median, the per-seed gains over scratch, their median and the gain between
-    the medians (both over the seeds the variant shares with scratch)."""
+    per-seed values, their median, the per-seed gains over the scratch baseline (:func:`baseline`), their
+    median and the gain between the medians (both over the seeds the variant shares with the baseline)."""
     out = {}
     for sec in sorted({section(r) for r in rows}):
         rs = [r for r in rows if section(r) == sec]
@@ -318,10 +351,10 @@ def summary(rows):
         for variant in [v for v in VARIANTS if any(r["variant"] == v for r in rs)] + sorted(
                 {r["variant"] for r in rs} - set(VARIANTS)):
             mine = {r["seed"]: r for r in rs if r["variant"] == variant}
-            scratch = {r["seed"]: r for r in rs if r["variant"] == "scratch"}
             stats = {"seeds": sorted(mine)}
             for metric in ("tflite_acc", "int8_acc", "keras_acc"):
-                g = gains(rs, variant, metric) if variant != "scratch" else {}
+                base = baseline(rows, sec, metric)
+                g = gains(rs, variant, metric, base) if variant != "scratch" else {}
                 common = sorted(g)
                 stats[metric] = {
                     "per_seed": {s: mine[s][metric] for s in sorted(mine)},
@@ -330,7 +363,7 @@ def summary(rows):
                     "gain_median": statistics.median(g.values()) if g else None,
                     "gain_min": min(g.values()) if g else None,
                     "gain_between_medians": (100 * (statistics.median(mine[s][metric] for s in common)
-                                                    - statistics.median(scratch[s][metric] for s in common))
+                                                    - statistics.median(base[s] for s in common))
                                              if g else None)}
             out[sec][variant] = stats
     return out
@@ -346,8 +379,9 @@ def meets(stats):
 
 
 def section_title(sec):
-    width, epochs, qat = sec
-    return f"student width {width:g}, {epochs} epoch{'s' if epochs != 1 else ''}, QAT {qat:,} images"
+    width, epochs, qat, augment = sec
+    return (f"student width {width:g}, {epochs} epoch{'s' if epochs != 1 else ''}, QAT {qat:,} images"
+            + ("" if augment == "none" else f", {augment} augmentation"))
 
 
 def _signed(v):
@@ -370,14 +404,17 @@ def check_targets(rows):
             se, band = noise_pt(s["median"], n_test)
             per = ", ".join(f"{g:+.2f}" for _, g in sorted(s["gains"].items()))
             targets.append({
-                "what": f"{section_title(sec)}: best distilled variant ({best}) vs scratch, {what}, gain over "
+                "what": f"{section_title(sec)}: best distilled variant ({best}) vs scratch"
+                        + ("" if sec[3] == "none" else " (the better of augmented and not, per seed)")
+                        + f", {what}, gain over "
                         f"{len(s['gains'])} seed(s)",
                 "value": f"{s['gain_median']:+.2f} pt median of per-seed gains (per seed {per}; between medians "
                          f"{s['gain_between_medians']:+.2f}); test-set noise ±{band:.2f} pt (1.96 SE, SE "
                          f"{se:.2f} pt, {n_test:,} images)",
                 "target": f">= +{TARGET_GAIN_PT:.2f} pt median over >= {TARGET_SEEDS} seeds and > 0 in every seed",
                 "met": meets(s), "variant": best, "metric": metric})
-            date = rows_date([r for r in rows if section(r) == sec and r["variant"] in (best, "scratch")])
+            date = rows_date([r for r in rows if (section(r) == sec and r["variant"] == best)
+                              or (r["variant"] == "scratch" and section(r) in (sec, (*sec[:3], "none")))])
             if date:
                 targets[-1]["date"] = date
     return targets
@@ -429,7 +466,13 @@ def describe(result, rows):
            "`pretrained(\"mobilenet_v1\")` averaged") + ". "
         f"QAT: `quant_aware(model, QuantConfig())`, {r0['qat_images']:,} training images seen (the seed's "
         f"random slice), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "
-        f"`kslim.quant.convert` (int8 .tflite). Teacher: {t.get('what', 'see above')}.",
+        f"`kslim.quant.convert` (int8 .tflite). Teacher: {t.get('what', 'see above')}."
+        + ("" if r0.get("augment", "none") == "none" else
+           f" Augmentation `{r0['augment']}` ({AUGMENT_TEXT.get(r0['augment'], '')}) on every student's training "
+           "images, scratch and distilled alike; a distilled student's teacher sees the same augmented batch "
+           "(consistent teaching); the QAT fine-tune is not augmented. **Gains here are over the better scratch "
+           "row of the seed, with or without this augmentation** (the un-augmented scratch rows of the same "
+           "width, epochs and QAT images), so that augmentation hurting the baseline cannot make a gain."),
         *([] if mixed == 1 else ["", "**Rows of this section were measured with different settings** "
                                  f"({mixed} sets): compare with care."]),
     ]
@@ -496,6 +539,8 @@ def parse_args(argv=None):
     ap.add_argument("--student-width", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=None, help=f"student epochs on the 60,000 training images "
                                                              f"(default {DEFAULT_EPOCHS}; --quick 1)")
+    ap.add_argument("--augment", choices=sorted(AUGMENTS), default="none",
+                    help="the students' training augmentation (the teacher sees the same images)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--temperature", type=float, default=4.0, help="soft labels and DKD")
@@ -540,6 +585,7 @@ def command_line(args):
             + ("" if default_variants else f" --variants {','.join(args.variants)}")
             + (f" --student-width {args.student_width:g}" if args.student_width != 0.25 else "")
             + (f" --epochs {args.epochs}" if args.epochs != DEFAULT_EPOCHS else "")
+            + (f" --augment {args.augment}" if args.augment != "none" else "")
             + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else ""))
 
 
@@ -600,7 +646,7 @@ def main(argv=None):
     todo, skipped = [], 0
     for seed in args.seeds:
         for variant in args.variants:
-            k = (variant, seed, args.student_width, args.epochs, args.qat_images)
+            k = (variant, seed, args.student_width, args.epochs, args.qat_images, args.augment)
             if not args.redo and k in saved and saved[k].get("settings") == row_settings(args, variant):
                 skipped += 1
                 continue

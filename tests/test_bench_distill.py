@@ -88,7 +88,7 @@ def test_a_variants_own_settings_key_only_its_rows_and_cache(bd, tmp_path, monke
 
 
 def test_median_of_per_seed_gains_meets_the_bar(bd):
-    stats = bd.summary(_rows([1.2, 0.8, 1.5]))[(0.25, 3, 10240)]["soft"]["tflite_acc"]
+    stats = bd.summary(_rows([1.2, 0.8, 1.5]))[(0.25, 3, 10240, "none")]["soft"]["tflite_acc"]
     assert stats["gains"] == pytest.approx({0: 1.2, 1: 0.8, 2: 1.5})
     assert stats["gain_median"] == pytest.approx(1.2) and stats["gain_min"] == pytest.approx(0.8)
     assert bd.meets(stats)
@@ -105,7 +105,7 @@ def test_median_of_per_seed_gains_meets_the_bar(bd):
     ([1.2, 0.004, 1.5], False),      # +0.00 printed is not a positive gain
 ])
 def test_target_verdicts(bd, gains, met):
-    stats = bd.summary(_rows(gains))[(0.25, 3, 10240)]["soft"]["tflite_acc"]
+    stats = bd.summary(_rows(gains))[(0.25, 3, 10240, "none")]["soft"]["tflite_acc"]
     assert bd.meets(stats) is met
 
 
@@ -137,8 +137,38 @@ def test_merge_replaces_rows_of_the_same_key_and_keeps_sections_apart(bd):
     rows = bd.merged(old, new + other)
     assert len(rows) == len(old) + 1
     assert next(r for r in rows if r["variant"] == "soft" and r["seed"] == 0)["tflite_acc"] == 0.99
-    assert set(bd.summary(rows)) == {(0.25, 3, 10240), (0.25, 5, 10240)}
+    assert set(bd.summary(rows)) == {(0.25, 3, 10240, "none"), (0.25, 5, 10240, "none")}
     assert rows[0]["variant"] == "scratch"  # scratch first in its section
+
+
+def test_augmented_rows_are_judged_against_the_better_scratch_of_the_seed(bd):
+    plain = _rows([0.5, 0.5, 0.5])                                   # scratch 85/86/87 %, soft +0.5 each
+    aug = [_row("scratch", 0, 0.84, augment="flip+shift"), _row("soft", 0, 0.862, augment="flip+shift"),
+           _row("scratch", 1, 0.87, augment="flip+shift"), _row("soft", 1, 0.882, augment="flip+shift")]
+    rows = bd.merged(plain, aug)
+    assert len(rows) == len(plain) + len(aug)                        # augment keys its own rows
+    sections = bd.summary(rows)
+    assert set(sections) == {(0.25, 3, 10240, "none"), (0.25, 3, 10240, "flip+shift")}
+    stats = sections[(0.25, 3, 10240, "flip+shift")]["soft"]["tflite_acc"]
+    # seed 0: the un-augmented scratch (85 %) is the better baseline; seed 1: the augmented one (87 %)
+    assert stats["gains"] == pytest.approx({0: 1.2, 1: 1.2})
+    t = [x for x in bd.check_targets(rows) if "flip+shift" in x["what"]]
+    assert t and "better of augmented and not" in t[0]["what"] and not t[0]["met"]  # 2 seeds only
+    text = "\n".join(bd.render({"rows": rows, "targets": bd.check_targets(rows)}))
+    assert "flip+shift augmentation" in text and "better scratch row of the seed" in text
+    assert "--augment flip+shift" in bd.command_line(bd.parse_args(["--augment", "flip+shift"]))
+
+
+def test_flip_shift_augments_every_batch(bd):
+    import numpy as np
+
+    x = np.zeros((64, 28, 28, 1), np.float32)
+    x[:, :, :6] = 1.0                                                # a bar on the left edge
+    (xb, yb), = list(bd.train_dataset(x, np.zeros(64, np.int32), 0, 64, "flip+shift"))
+    right = xb.numpy()[:, :, -8:].mean(axis=(1, 2, 3)) > 0.3
+    assert 0 < right.sum() < 64 and xb.shape == x.shape               # some images flipped, not all
+    (xp, _), = list(bd.train_dataset(x, np.zeros(64, np.int32), 0, 64))
+    assert np.array_equal(xp.numpy(), x)                             # "none": the images as they are
 
 
 def test_render_and_render_flag(bd, tmp_path):

@@ -215,3 +215,22 @@ def test_atomic_write_keeps_umask_permissions_and_leaves_nothing_on_error(tmp_pa
         pass
     assert target.read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_to_dataset_augment():
+    import keras
+
+    (x, y), _ = datasets.fashion_mnist_small()
+    plain = next(iter(datasets.to_dataset(x[:64], y[:64], batch_size=64)))[0].numpy()
+    flip = keras.layers.RandomFlip("horizontal", seed=0)
+    epochs = [next(iter(ds))[0].numpy()
+              for ds in [datasets.to_dataset(x[:64], y[:64], batch_size=64, augment=flip)] * 2]
+    for xb in epochs:
+        flipped = [bool(np.array_equal(a, b[:, ::-1])) and not np.array_equal(a, b) for a, b in zip(xb, plain)]
+        same = [bool(np.array_equal(a, b)) for a, b in zip(xb, plain)]
+        assert all(f or s for f, s in zip(flipped, same)) and 0 < sum(flipped) < 64  # each image flipped or not
+    assert not np.array_equal(epochs[0], epochs[1])                                     # a fresh draw each pass
+    images_only = next(iter(datasets.to_dataset(x[:8], batch_size=8, augment=lambda b: b * 0.0)))
+    assert float(np.max(images_only)) == 0.0                                            # a plain callable
+    with pytest.raises(KslimValueError, match="augment"):
+        datasets.to_dataset(x[:10], y[:10], augment="flip")

@@ -18,7 +18,7 @@ def preprocess(x):
 
 
 def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True, repeat=False,
-               drop_remainder=False, reshuffle_each_iteration=True):
+               drop_remainder=False, reshuffle_each_iteration=True, augment=None):
     """Build a ``tf.data.Dataset`` of ``(images, labels)`` batches from numpy arrays.
 
     Args:
@@ -29,6 +29,11 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
         reshuffle_each_iteration: ``False`` keeps one order for every iteration of the dataset (needed
             for the same order under ``tf.distribute``, which may iterate it once more first).
         normalize: scale uint8 to float32 in [0, 1] and add the channel axis.
+        augment: ``None`` or a callable applied to every image batch in training mode, e.g. a
+            ``keras.Sequential`` of Keras' random preprocessing layers (``RandomFlip``,
+            ``RandomTranslation``...), a fresh draw each batch. With a
+            :class:`~kslim.distill.Distiller` the teacher and the student see the same augmented
+            images (consistent teaching), since both read the batch the dataset yields.
 
     Example:
         >>> from kslim.datasets import fashion_mnist_small, to_dataset
@@ -36,6 +41,11 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
         >>> ds = to_dataset(x[:256], y[:256], batch_size=64)
         >>> [tuple(t.shape) for t in next(iter(ds))]
         [(64, 28, 28, 1), (64,)]
+        >>> import keras
+        >>> flip = keras.layers.RandomFlip("horizontal", seed=0)
+        >>> xb, yb = next(iter(to_dataset(x[:64], y[:64], batch_size=64, augment=flip)))
+        >>> tuple(xb.shape), xb.dtype.name
+        ((64, 28, 28, 1), 'float32')
     """
     import tensorflow as tf
 
@@ -53,7 +63,23 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
         ds = ds.shuffle(min(len(x), 10000), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(int(batch_size), drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    if augment is not None:
+        if not callable(augment):
+            raise KslimValueError(f"augment must be None or a callable on image batches (e.g. a keras.Sequential "
+                                  f"of random preprocessing layers), got {type(augment).__name__}.")
+
+        import keras
+
+        layer = isinstance(augment, keras.layers.Layer)
+
+        def _augment(*batch):
+            images = augment(batch[0], training=True) if layer else augment(batch[0])
+            images = tf.cast(images, batch[0].dtype)
+            return (images, *batch[1:]) if len(batch) > 1 else images
+
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def load_datasets(source="small", batch_size=128, path=None, train_limit=None, test_limit=None, seed=0):
