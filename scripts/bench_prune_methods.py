@@ -221,9 +221,8 @@ def rows_schemes(b):
             from kslim.datasets import to_dataset
             from kslim.models import compile_classifier
 
-            n = a.ft_images // 2
-            ds = to_dataset(b.train[0][:n], b.train[1][:n], batch_size=128, shuffle=True, seed=b.seed,
-                            normalize=False)
+            x, y = ft_slice(b.train, a.ft_images // 2, b.seed)  # each ADMM round: half the fine-tune budget
+            ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=b.seed, normalize=False)
             compile_classifier(model, learning_rate=1e-4)
             model.fit(ds, epochs=1, verbose=0, callbacks=callbacks)
 
