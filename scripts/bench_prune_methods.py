@@ -18,8 +18,8 @@ Groups (``--only`` runs some of them and merges them into the saved table):
 * ``sparsity``  one extra epoch-slice of training before pruning, with Slim's L1 on BatchNorm gamma
   (then bn_scale, global) or a group-lasso penalty (then l1, global), against the same training without
   a penalty;
-* ``latency``   NetAdapt to the latency the l1-uniform -50 % model measures on this host, against that
-  FLOPs-targeted model (same measured latency, which is more accurate?);
+* ``latency``   NetAdapt and AMC (a latency budget only) to the latency the l1-uniform -50 % model measures on
+  this host, against that FLOPs-targeted model (same measured latency, which is more accurate?);
 * ``recovery``  more recovery from the same fine-tune budget (``--recovery-importance``, default hessian,
   local ranking): the unpruned net as the teacher of the fine-tune (soft labels T=4 + hard labels,
   ``kslim.distill.Distiller``), the same with the classifier's input channels pruned too
@@ -270,8 +270,9 @@ def rows_sparsity(b):
 
 
 def rows_latency(b):
-    """NetAdapt to the latency the FLOPs-targeted l1-uniform -50 % model measures, against that model."""
+    """NetAdapt and AMC to the latency the FLOPs-targeted l1-uniform -50 % model measures, against that model."""
     from kslim.lite import measure_latency
+    from kslim.nas import amc_prune
     from kslim.prune import netadapt
 
     def lat(m):
@@ -288,6 +289,13 @@ def rows_latency(b):
     rows.append(b.finish("NetAdapt (l1) to that latency", "latency", 50, res.model, t0,
                          {"latency_target_ms": target_ms, "netadapt_latency_ms": res.latency,
                           "netadapt_reached": res.reached, "netadapt_steps": len(res.steps)}))
+    t0 = time.time()
+    a = b.args
+    with tempfile.TemporaryDirectory() as tmp:  # the schemes group's AMC settings, the latency budget only
+        res = amc_prune(b.base, b.score, max_latency=target_ms, latency_fn=lat, episodes=a.amc_episodes, updates=40,
+                        lr_actor=1e-3, noise=0.2, seed=b.seed, directory=tmp, importance="l1")
+    rows.append(b.finish("AMC (l1) to that latency", "latency", 50, res.model, t0,
+                         {"latency_target_ms": target_ms, "search_score": res.score}))
     return rows
 
 
