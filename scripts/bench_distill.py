@@ -313,12 +313,17 @@ def merged(saved_rows, new_rows):
     out = {key(r): r for r in saved_rows}
     out.update({key(r): r for r in new_rows})
     order = {v: i for i, v in enumerate(VARIANTS)}
-    return sorted(out.values(), key=lambda r: (*section(r),
+    return sorted(out.values(), key=lambda r: (*section_order(section(r)),
                                                order.get(r["variant"], len(order)), r["variant"], r["seed"]))
 
 
 def section(r):
     return (r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"))
+
+
+def section_order(sec):
+    """Sections sorted by width, epochs and QAT images; the un-augmented one first among those."""
+    return (*sec[:3], sec[3] != "none", sec[3])
 
 
 def baseline(rows, sec, metric):
@@ -345,7 +350,7 @@ def summary(rows):
     per-seed values, their median, the per-seed gains over the scratch baseline (:func:`baseline`), their
     median and the gain between the medians (both over the seeds the variant shares with the baseline)."""
     out = {}
-    for sec in sorted({section(r) for r in rows}):
+    for sec in sorted({section(r) for r in rows}, key=section_order):
         rs = [r for r in rows if section(r) == sec]
         out[sec] = {}
         for variant in [v for v in VARIANTS if any(r["variant"] == v for r in rs)] + sorted(
