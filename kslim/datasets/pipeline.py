@@ -51,6 +51,9 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
 
     if batch_size is None or int(batch_size) < 1:
         raise KslimValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if augment is not None and not callable(augment):
+        raise KslimValueError(f"augment must be None or a callable on image batches (e.g. a keras.Sequential of "
+                              f"random preprocessing layers), got {type(augment).__name__}.")
     x = preprocess(x) if normalize else np.asarray(x)
     if y is not None:
         y = np.asarray(y).astype(np.int32)
@@ -65,10 +68,6 @@ def to_dataset(x, y=None, batch_size=128, shuffle=False, seed=0, normalize=True,
         ds = ds.repeat()
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
     if augment is not None:
-        if not callable(augment):
-            raise KslimValueError(f"augment must be None or a callable on image batches (e.g. a keras.Sequential "
-                                  f"of random preprocessing layers), got {type(augment).__name__}.")
-
         import keras
 
         layer = isinstance(augment, keras.layers.Layer)

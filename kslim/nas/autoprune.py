@@ -47,7 +47,7 @@ class AutoPruneResult:
 
 
 def _fill(ratios, meets, tolerance=1e-3):
-    """``ratios`` scaled by the smallest factor ``s`` in (0, 1] for which ``meets(scaled)`` still holds
+    """``ratios`` scaled by the smallest factor ``s`` in [0, 1] for which ``meets(scaled)`` still holds
     (bisection to ``tolerance``): the search's candidate, pruned no further than its limits need. The grid
     candidate itself (``s = 1``) must meet them."""
     def scaled(f):
