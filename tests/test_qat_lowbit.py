@@ -243,6 +243,26 @@ def _as_tflite_layout(op, k):
             "DEPTHWISE_CONV_2D": lambda: k.reshape(1, k.shape[0], k.shape[1], -1)}[op]()
 
 
+def test_dense_kernel_on_exact_ties_exports_the_kernel_keras_computes():
+    """A Dense kernel on a coarse grid (codes x step with an even max code, as LSQ makes them) puts many
+    entries on an exact .5 of the int8 grid the converter re-quantizes it on. The int8 kernel must be the
+    one Keras computes: the converter folding the rounding ops itself broke 3 of these ties the other way
+    (code 64 in the .tflite for Keras' 63)."""
+    rng = np.random.default_rng(0)
+    inp = keras.Input((16,))
+    q = quant_aware(keras.Model(inp, L.Dense(64, name="logits")(inp)))
+    x = rng.normal(size=(64, 16)).astype("float32")
+    q.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    q.fit(x, np.zeros((64, 64), "float32"), epochs=1, verbose=0)   # calibrates the activation ranges
+    cmax = rng.choice([2, 4, 6, 8, 10, 12, 14], 64)
+    codes = np.stack([rng.integers(-c, c + 1, 16) for c in cmax], axis=1)
+    codes[0] = cmax
+    q.get_layer("logits").kernel.assign((codes * rng.uniform(0.001, 1.0, 64)).astype("float32"))
+    codes, scales = _kernels(convert(q, check_data=x))["FULLY_CONNECTED"]
+    k = np.asarray(q.get_layer("logits").quantized_kernel()).T
+    np.testing.assert_allclose(codes * scales[:, None], k, rtol=0, atol=1e-6 * np.abs(k).max())
+
+
 @pytest.mark.parametrize("kw, conv_codes", [
     (dict(weight_quantizer="lsq", activation_quantizer="lsq", weight_bits=4), set(range(-7, 8))),
     (dict(weight_quantizer="dorefa", activation_quantizer="dorefa", weight_bits=4), set(range(-15, 16, 2))),

@@ -225,6 +225,19 @@ class _QuantKernelMixin:
     ``"max"`` or ``"mse"``)."""
 
     LOWBIT = False   # whether the layer takes a low-bit weight_quantizer
+    _frozen_kernel = None   # set by kslim.quant.qat.export_ready (see requantized_by_converter)
+
+    def requantized_by_converter(self):
+        """Whether the converter quantizes this layer's (float, already int8-grid) kernel itself, per output
+        channel on ``max|w| / 127`` (:func:`kslim.quant.ops.fake_quant_weight_rounded`), instead of taking a
+        FakeQuant op's codes. For such a layer :func:`kslim.quant.qat.export_ready` hands the converter the
+        kernel as a constant (:meth:`quantized_kernel`), so that the converter's own folding of the rounding
+        ops cannot break a tie (an exact ``.5``, common with LSQ's coarse codes) the other way."""
+        return False
+
+    def _frozen(self):
+        """The kernel frozen for the converter (a constant), or None outside :func:`export_ready`."""
+        return None if self._frozen_kernel is None else tf.constant(self._frozen_kernel)
 
     def _init_quant(self, weight_bits, per_channel, weight_quantizer="default", lsq_init="paper"):
         self.weight_quantizer, self.weight_bits = _algorithm(weight_quantizer, weight_bits, "weight")
@@ -416,7 +429,12 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
         super().__init__(*args, **kwargs)
         self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
+    def requantized_by_converter(self):
+        return self.per_channel
+
     def _fake_quant_kernel(self, kernel):
+        if self._frozen_kernel is not None:
+            return self._frozen()
         if self.weight_quantizer != "default":
             return self._lowbit_kernel(kernel, rounded=True)
         if self.per_channel:
@@ -486,7 +504,12 @@ class QuantConv2DTranspose(_QuantKernelMixin, keras.layers.Conv2DTranspose):
         super().__init__(*args, **kwargs)
         self._init_quant(weight_bits, per_channel)
 
+    def requantized_by_converter(self):
+        return self.per_channel
+
     def _fake_quant_kernel(self, kernel):
+        if self._frozen_kernel is not None:
+            return self._frozen()
         if self.per_channel:
             return ops.fake_quant_weight_rounded(kernel, self.weight_bits, True, channel_axes=(2,))
         return ops.fake_quant_weight(kernel, self.weight_bits, per_channel=False)
@@ -544,7 +567,12 @@ class QuantEinsumDense(_QuantKernelMixin, keras.layers.EinsumDense):
         super().__init__(*args, **kwargs)
         self._init_quant(weight_bits, per_channel)
 
+    def requantized_by_converter(self):
+        return self.per_channel and einsum_dense_form(self.equation) is not None
+
     def _fake_quant_kernel(self, kernel):
+        if self._frozen_kernel is not None:
+            return self._frozen()
         n = einsum_dense_form(self.equation)
         if self.per_channel and n is not None:
             axes = tuple(range(n, len(kernel.shape)))

@@ -988,8 +988,12 @@ def export_ready(qat_model):
     Refuses a model with an activation quantizer that never got a range. TFLite has no kernels for
     activations below 8 bits: they are exported on the 8-bit grid of their range. A per-channel
     bias whose entries are all equal ("splat") would be quantized by the converter with the first
-    channel's scale only; one ulp on one entry keeps it a dense constant (exact per channel).
+    channel's scale only; one ulp on one entry keeps it a dense constant (exact per channel). The
+    kernels the converter re-quantizes itself (Dense, projection EinsumDense, Conv2DTranspose per
+    channel) are given to it as constants, the values :meth:`quantized_kernel` computes.
     """
+    from keras import ops as kops
+
     missing = [q.name for q in activation_quantizers(qat_model) if not q.calibrated]
     if missing:
         raise ConversionError(
@@ -1006,9 +1010,12 @@ def export_ready(qat_model):
     low = [q for q in activation_quantizers(qat_model) if q.bits < 8]
     saved = [q.bits for q in low]
     splat = _splat_biases(qat_model)
+    frozen = _requantized_layers(qat_model)
     try:
         for q in low:
             q.bits = 8
+        for layer in frozen:
+            layer._frozen_kernel = np.asarray(kops.convert_to_numpy(layer.quantized_kernel()))
         for layer, bias in splat:
             nudged = bias.copy()
             nudged.flat[0] = np.nextafter(nudged.flat[0], np.float32(np.inf))
@@ -1022,6 +1029,16 @@ def export_ready(qat_model):
             q.bits = bits
         for layer, bias in splat:
             layer.bias.assign(bias)
+        for layer in frozen:
+            layer._frozen_kernel = None
+
+
+def _requantized_layers(model):
+    """The quantized layers whose kernel the converter re-quantizes itself (``requantized_by_converter``)."""
+    from kslim.quant.layers import QUANT_LAYERS
+
+    return [layer for layer in _all_layers(model)
+            if isinstance(layer, QUANT_LAYERS) and layer.requantized_by_converter()]
 
 
 def _splat_biases(model):
