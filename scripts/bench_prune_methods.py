@@ -242,7 +242,7 @@ def rows_sparsity(b):
 
     a = b.args
     rows = []
-    n = a.ft_images
+    x, y = ft_slice(b.train, a.ft_images, b.seed)  # the seed's images, as every one-shot row's fine-tune
     for kind, importance in (("none", "bn_scale"), ("slim", "bn_scale"), ("group_lasso", "l1")):
         t0 = time.time()
         model = clone(b.base)
@@ -252,8 +252,7 @@ def rows_sparsity(b):
         elif kind == "group_lasso":
             penalty = group_lasso_penalty(model, strength=a.lasso_strength)
         keras.utils.set_random_seed(b.seed + 1000)
-        ds = to_dataset(b.train[0][-n:], b.train[1][-n:], batch_size=128, shuffle=True, seed=b.seed,
-                        normalize=False)
+        ds = to_dataset(x, y, batch_size=128, shuffle=True, seed=b.seed, normalize=False)
         compile_classifier(model, learning_rate=a.lr)
         model.fit(ds, epochs=1, verbose=0)
         if penalty is not None:
