@@ -82,6 +82,17 @@ def latency_ms(models, threads=(1, None), warmup=20, rounds=5, runs=40, stats=Fa
     return out
 
 
+def row_machines(rows):
+    """``"<cpu> (n rows), ..."``: the machines a table's rows were measured on (each row's ``cpu``, stamped
+    with :func:`cpu_name` when it was measured), most rows first. A table merged over sessions mixes machines
+    (an AVX-512 VNNI host and an AVX2-only one differ 1.4-1.6x in float latency), which its one "Machine"
+    line, the last run's, does not tell."""
+    from collections import Counter
+
+    counts = Counter(r.get("cpu", "not recorded") for r in rows)
+    return ", ".join(f"{cpu} ({n} row{'s' if n != 1 else ''})" for cpu, n in counts.most_common())
+
+
 def utc_now():
     """Now, as every table dates its runs and rows (``2026-12-06 10:34 UTC``)."""
     import datetime

@@ -52,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (clone, cpu_name, fine_tune, ft_slice, latency_ms, load_full, log_targets,  # noqa: E402
-                       noise_pt, rows_date, utc_now, write_fragment)
+                       noise_pt, row_machines, rows_date, utc_now, write_fragment)
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency", "recovery")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -430,7 +430,8 @@ def write_markdown(result, path):
     lines = ["## Pruning methods at -50 % / -70 % MACs (issue 14)", "",
              f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
              f"Machine: {result['platform']}, {result['cpu']}, {result['cores']} cores, load average "
-             f"{result['load_average']} at the end of the run  ", "", result["data"], ""]
+             f"{result['load_average']} at the end of the run  ", f"Rows measured on: {row_machines(rows)}  ", "",
+             result["data"], ""]
     for model, ft in sorted({(r["model"], _ft(r)) for r in rows}):
         b = [base[k] for k in sorted(base) if k[:2] == (model, ft)]
         lines += [f"### {model}, fine-tune {ft:,} training images", "",
@@ -521,7 +522,7 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
-    t0 = time.time()
+    t0, cpu = time.time(), cpu_name()
     saved = Path(args.out) / "prune_methods.json"
     result = json.loads(saved.read_text()) if saved.is_file() and not args.quick else {"rows": []}
     commands = set(result.get("commands", []))
@@ -545,7 +546,7 @@ def main(argv=None):
                     # machine) are compared by this ratio, never by their milliseconds
                     r["latency_ms"], r["latency_base_ms"] = lat[k]["1"], base_ms
             for r in new:
-                r["date"] = utc_now()
+                r["date"], r["cpu"] = utc_now(), cpu
             result["rows"] = merged(result.get("rows", []), [r for r in new if "error" not in r])
             result.setdefault("failures", [])
             result["failures"] = [f for f in result["failures"] if (f["model"], f["seed"], f["group"]) not in

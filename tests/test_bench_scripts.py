@@ -316,6 +316,20 @@ def test_prune_methods_latency_column_is_a_ratio_to_the_same_pass_baseline(tmp_p
     assert any(l.startswith("| criteria | l2, local |") and l.endswith("|  |") for l in lines)
 
 
+def test_prune_methods_table_names_the_machines_of_its_rows(tmp_path):
+    pm, lib = _load("bench_prune_methods"), _load("_benchlib")
+    zen4, zen3 = "AMD EPYC (avx2 fma avx512f avx512_vnni)", "AMD EPYC (avx2 fma)"
+    rows = [dict(_pm_row("m", 0, "baseline", pm.BASE_METHOD, 0, 0.9), cpu=zen4),
+            dict(_pm_row("m", 0, "criteria", "l1, local", 50, 0.89), cpu=zen4),
+            dict(_pm_row("m", 1, "baseline", pm.BASE_METHOD, 0, 0.9), cpu=zen3),
+            _pm_row("m", 1, "criteria", "l1, local", 50, 0.88)]   # a row saved before rows carried their cpu
+    assert lib.row_machines(rows) == f"{zen4} (2 rows), {zen3} (1 row), not recorded (1 row)"
+    result = {"rows": rows, "targets": pm.check_targets(rows), "command": "c", "date": "d", "platform": "p",
+              "cpu": zen3, "cores": 2, "load_average": [0, 0, 0], "data": "data", "notes": []}
+    pm.write_markdown(result, tmp_path / "pm.md")
+    assert f"Rows measured on: {lib.row_machines(rows)}  " in (tmp_path / "pm.md").read_text().splitlines()
+
+
 def test_prune_methods_targets_judge_the_median_of_per_seed_drops():
     pm = _load("bench_prune_methods")
     rows = [_pm_row("m", s, "baseline", "baseline + fine-tune", 0, 0.92) for s in range(3)]
