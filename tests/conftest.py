@@ -3,8 +3,24 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import re  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def selects_slow(markexpr):
+    """Whether a ``-m`` expression selects the slow tests (``slow``, ``slow and not x``), not only excludes
+    them (``not slow``, setup.cfg's default)."""
+    return re.search(r"(?<!not )\bslow\b", markexpr or "") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # setup.cfg's addopts run the default suite on two pytest-xdist workers; the slow tests time .tflite models
+    # and compare the timings, which a second worker on the other core would disturb: they run serially
+    if selects_slow(config.getoption("markexpr", "")) and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses, config.option.dist, config.option.tx = 0, "no", []
 
 
 @pytest.fixture(autouse=True)
