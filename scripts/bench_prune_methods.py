@@ -368,10 +368,11 @@ def summary(rows):
     acc = {}
     for r in rows:
         b = (r["model"], _ft(r), r["seed"])
-        if r["group"] == "baseline" or b not in base:
+        if r["group"] == "baseline" or (b not in base and "base_acc" not in r):
             continue
         k = (r["model"], _ft(r), r["group"], r["method"], r["target"])
-        acc.setdefault(k, []).append((r, 100 * (base[b] - r["tflite_acc"])))
+        # the baseline fine-tuned in the row's own run (saved with it); rows saved before that: the latest one
+        acc.setdefault(k, []).append((r, 100 * (r.get("base_acc", base.get(b)) - r["tflite_acc"])))
     out = []
     for (model, ft, group, method, target), items in acc.items():
         drops = [d for _, d in items]
@@ -380,14 +381,15 @@ def summary(rows):
                     "acc": statistics.mean(r["tflite_acc"] for r, _ in items),
                     "drop_pt": statistics.mean(drops), "drop_sd": statistics.stdev(drops) if len(drops) > 1 else None,
                     "drop_median": statistics.median(drops), "drops": {r["seed"]: d for r, d in items},
-                    "base_acc": statistics.mean(base[(model, ft, r["seed"])] for r, _ in items),
+                    "base_acc": statistics.mean(r["tflite_acc"] + d / 100 for r, d in items),
                     "macs_m": statistics.mean(r["macs"] for r, _ in items) / 1e6,
                     "params": int(statistics.mean(r["params"] for r, _ in items)),
                     "latency_ms": statistics.mean(r["latency_ms"] for r, _ in items) if all(
                         "latency_ms" in r for r, _ in items) else None,
                     "latency_ratio": statistics.mean(r["latency_ms"] / r["latency_base_ms"] for r, _ in items)
                     if all(r.get("latency_ms") and r.get("latency_base_ms") for r, _ in items) else None,
-                    "date": rows_date([r for r, _ in items] + [base_rows[(model, ft, r["seed"])] for r, _ in items])})
+                    "date": rows_date([r for r, _ in items] + [base_rows[(model, ft, r["seed"])] for r, _ in items
+                                                                if (model, ft, r["seed"]) in base_rows])})
     return out
 
 
@@ -435,7 +437,8 @@ def write_markdown(result, path):
     for model, ft in sorted({(r["model"], _ft(r)) for r in rows}):
         b = [base[k] for k in sorted(base) if k[:2] == (model, ft)]
         lines += [f"### {model}, fine-tune {ft:,} training images", "",
-                  "Baseline + fine-tune (the reference of every drop): "
+                  "Baseline + fine-tune, latest run per seed (a row's drop is taken against the baseline "
+                  "fine-tuned in the row's own run, saved with it as `base_acc`; rows saved without it use these): "
                   + ", ".join(f"seed {r['seed']} {100 * r['tflite_acc']:.2f} %" for r in b)
                   + f"; {b[0]['macs'] / 1e6:.2f} M MACs, {b[0]['params']:,} params." if b else "", "",
                   "| group | method | target | seeds | MACs (M) | params | TFLite acc (mean) | drop vs base+FT (pt) "
@@ -545,8 +548,11 @@ def main(argv=None):
                     # the baseline timed in the same interleaved pass: runs of other sessions (other load, other
                     # machine) are compared by this ratio, never by their milliseconds
                     r["latency_ms"], r["latency_base_ms"] = lat[k]["1"], base_ms
+            base_acc = new[0]["tflite_acc"]  # rows_baseline's row: the reference of this run's drops
             for r in new:
                 r["date"], r["cpu"] = utc_now(), cpu
+                if r["group"] != "baseline" and "error" not in r:
+                    r["base_acc"] = base_acc
             result["rows"] = merged(result.get("rows", []), [r for r in new if "error" not in r])
             result.setdefault("failures", [])
             result["failures"] = [f for f in result["failures"] if (f["model"], f["seed"], f["group"]) not in

@@ -273,6 +273,19 @@ def _pm_row(model, seed, group, method, target, acc):
             "macs": 1_000_000, "params": 100, "tflite_bytes": 400, "latency_ms": 0.1}
 
 
+def test_a_row_saved_with_its_runs_baseline_is_judged_against_it_not_a_later_rerun():
+    pm = _load("bench_prune_methods")
+    # seed 0's baseline was re-run later (0.92); the l1 row was measured in a run whose baseline scored 0.90
+    rows = [_pm_row("m", 0, "baseline", "baseline + fine-tune", 0, 0.92),
+            dict(_pm_row("m", 0, "criteria", "l1, local", 50, 0.89), base_acc=0.90),
+            _pm_row("m", 0, "criteria", "l2, local", 50, 0.89)]  # saved before base_acc: the latest baseline
+    summ = {s["method"]: s for s in pm.summary(rows)}
+    assert summ["l1, local"]["drop_pt"] == pytest.approx(1.0) and summ["l1, local"]["base_acc"] == pytest.approx(0.90)
+    assert summ["l2, local"]["drop_pt"] == pytest.approx(3.0)
+    # a row with its own baseline needs no saved baseline row of its seed
+    assert [s["drop_pt"] for s in pm.summary(rows[1:2])] == [pytest.approx(1.0)]
+
+
 def test_prune_methods_table_drops_are_per_seed_and_latency_rows_are_not_candidates(tmp_path):
     pm = _load("bench_prune_methods")
     rows = [_pm_row("m", s, "baseline", "baseline + fine-tune", 0, base) for s, base in ((0, 0.90), (1, 0.92))]
