@@ -17,8 +17,3 @@ def test_only_an_expression_that_selects_slow_tests_makes_the_run_serial():
     assert [selects_slow(e) for e in ("slow", "slow and not zoo", "(slow)", "slow or not slow")] == [True] * 4
     assert [selects_slow(e) for e in ("not slow", "not slow and zoo", "", None)] == [False] * 4
 
-
-def test_this_run_matches_its_mode(pytestconfig):
-    # the default run (not slow) is distributed when pytest-xdist is there; a slow-selecting one never is
-    if selects_slow(pytestconfig.getoption("markexpr")):
-        assert pytestconfig.option.dist == "no"
