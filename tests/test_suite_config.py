@@ -13,7 +13,7 @@ def test_default_run_uses_two_xdist_workers_and_excludes_slow():
     assert "pytest-xdist" in cfg["options.extras_require"]["dev"]
 
 
-def test_only_an_expression_that_selects_slow_tests_makes_the_run_serial():
+def test_only_an_expression_that_selects_slow_tests_counts_as_a_slow_run():
     assert [selects_slow(e) for e in ("slow", "slow and not zoo", "(slow)", "slow or not slow")] == [True] * 4
     assert [selects_slow(e) for e in ("not slow", "not slow and zoo", "", None)] == [False] * 4
 
