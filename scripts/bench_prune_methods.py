@@ -367,12 +367,12 @@ def summary(rows):
     base = {k: r["tflite_acc"] for k, r in base_rows.items()}
     acc = {}
     for r in rows:
-        b = (r["model"], _ft(r), r["seed"])
-        if r["group"] == "baseline" or (b not in base and "base_acc" not in r):
+        # the baseline fine-tuned in the row's own run (saved with it); rows saved before that: the seed's latest
+        ref = r.get("base_acc", base.get((r["model"], _ft(r), r["seed"])))
+        if r["group"] == "baseline" or ref is None:
             continue
         k = (r["model"], _ft(r), r["group"], r["method"], r["target"])
-        # the baseline fine-tuned in the row's own run (saved with it); rows saved before that: the latest one
-        acc.setdefault(k, []).append((r, 100 * (r.get("base_acc", base.get(b)) - r["tflite_acc"])))
+        acc.setdefault(k, []).append((r, 100 * (ref - r["tflite_acc"])))
     out = []
     for (model, ft, group, method, target), items in acc.items():
         drops = [d for _, d in items]
