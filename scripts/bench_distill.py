@@ -8,7 +8,9 @@
   Its Keras and float32 ``.tflite`` accuracies are measured and recorded.
 * Student: ``kslim.models.mobilenet_v1(width=--student-width)`` trained from scratch for ``--epochs``
   epochs (epochs x 60,000 training images seen), batch 128, Adam 1e-3 with cosine decay to 0; the same
-  seed gives every variant the same initial weights and the same data order.
+  seed gives every variant the same initial weights and the same data order. ``--train-images N`` gives
+  every student of a seed the same N labelled images instead (the seed's random slice: the small labelled
+  set of a user who has a big pretrained net); the teacher was still trained on the full set.
 * Variants (``--variants``), each a ``kslim.distill.Distiller`` with the hard-label cross-entropy (weight 1,
   ``lskd``: ``--lskd-hard-weight``) except ``scratch``:
 
@@ -37,9 +39,9 @@
   printed precision (0.01 pt), printed with the test set's noise band.
 
 Each finished row is merged into ``benchmarks/distill.json`` (and ``distill.md`` re-rendered) at once,
-keyed by (variant, seed, student width, epochs, QAT images): a run can be split over sessions with
-``--seeds`` / ``--variants``; rows already saved with the same settings are skipped (``--redo`` measures
-them again and replaces them). Trained students are cached in
+keyed by (variant, seed, student width, epochs, QAT images, augmentation, training images): a run can
+be split over sessions with ``--seeds`` / ``--variants``; rows already saved with the same settings are
+skipped (``--redo`` measures them again and replaces them). Trained students are cached in
 ``kslim.models.cache_dir()/bench_distill/`` so an interrupted run does not train them again. A short
 pilot (a few training steps of each kind) at the start prints how long the run will take.
 
@@ -76,6 +78,8 @@ AT_LAYERS = (("stage1_block1_out", "block1_pw_relu"), ("stage2_block1_out", "blo
              ("stage3_block1_out", "block6_pw_relu"))
 TARGET_GAIN_PT = 1.0
 TARGET_SEEDS = 3
+#: Fashion-MNIST's training set: a section whose students train on fewer images says so in its title
+FULL_TRAIN_IMAGES = 60000
 DEFAULT_EPOCHS = 3
 DEFAULT_QAT_IMAGES = 10240
 #: the settings a row's figures depend on besides its key (a saved row with other settings is re-measured)
@@ -156,6 +160,18 @@ def ensemble_teacher(teacher):
     return ens
 
 
+def student_images(train, seed, n):
+    """The ``n`` labelled images every student of ``seed`` trains on: the first ``n`` of the seed's random
+    permutation of the training set (all of it, in order, when ``n`` covers it). The QAT fine-tune takes the
+    first ``--qat-images`` of the same permutation, so with ``n >= --qat-images`` it stays inside this slice."""
+    import numpy as np
+
+    if n >= len(train[0]):
+        return train
+    idx = np.sort(np.random.default_rng(seed).permutation(len(train[0]))[:n])
+    return train[0][idx], train[1][idx]
+
+
 def make_trainer(variant, args, teacher, seed, n_train):
     """The model to ``fit`` (the student itself, or a Distiller around it), compiled; and the student."""
     import keras
@@ -190,6 +206,7 @@ def train_student(variant, seed, args, train, teacher, log):
         info = json.loads(path.with_suffix(".json").read_text())
         log(f"[{variant} s{seed}] trained student loaded from {path}")
         return keras.models.load_model(path), {**info, "cached": True}
+    train = student_images(train, seed, args.train_images)
     trainer, student = make_trainer(variant, args, teacher, seed, len(train[0]))
     keras.utils.set_random_seed(seed)
     t0 = time.time()
@@ -246,7 +263,7 @@ def measure_row(variant, seed, args, train, test, teacher, log):
     qat, int8, qat_s = qat_int8(student, train, seed, args)
     row = {"variant": variant, "seed": seed, "student_width": args.student_width, "epochs": args.epochs,
            "qat_images": args.qat_images, "augment": args.augment, "test_images": len(test[1]),
-           "images_seen": args.epochs * len(train[0]), "params": int(student.count_params()),
+           "images_seen": args.epochs * args.train_images, "params": int(student.count_params()),
            "keras_acc": keras_acc(student, test), "tflite_acc": float(lite.evaluate(test)),
            "qat_keras_acc": keras_acc(qat, test), "int8_acc": float(int8.evaluate(test)),
            "tflite_bytes": lite.size, "int8_bytes": int8.size, "qat_seconds": qat_s,
@@ -305,11 +322,11 @@ def pt(v):
 
 
 def key(r):
-    return (r["variant"], r["seed"], r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"))
+    return (r["variant"], r["seed"], *section(r))
 
 
 def merged(saved_rows, new_rows):
-    """New rows replace the saved rows of the same (variant, seed, student width, epochs, QAT images)."""
+    """New rows replace the saved rows of the same :func:`key` (variant, seed and :func:`section`)."""
     out = {key(r): r for r in saved_rows}
     out.update({key(r): r for r in new_rows})
     order = {v: i for i, v in enumerate(VARIANTS)}
@@ -318,19 +335,26 @@ def merged(saved_rows, new_rows):
 
 
 def section(r):
-    return (r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"))
+    """(student width, epochs, QAT images, augmentation, training images) of a row."""
+    return (r["student_width"], r["epochs"], r["qat_images"], r.get("augment", "none"), r["settings"]["train_images"])
+
+
+def unaugmented(sec):
+    """The section of the same width, epochs, QAT and training images without augmentation."""
+    return (*sec[:3], "none", sec[4])
 
 
 def section_order(sec):
-    """Sections sorted by width, epochs and QAT images; the un-augmented one first among those."""
-    return (*sec[:3], sec[3] != "none", sec[3])
+    """Sections sorted by training images (the full set first), width, epochs and QAT images; the
+    un-augmented one first among those."""
+    return (-sec[4], *sec[:3], sec[3] != "none", sec[3])
 
 
 def baseline(rows, sec, metric):
     """``{seed: accuracy}`` a distilled row of section ``sec`` is judged against on ``metric``: its section's
     ``scratch`` row; in an augmented section the better of that and the un-augmented ``scratch`` of the same
     seed (width, epochs, QAT), so that a gain cannot come from augmentation hurting the baseline."""
-    twins = {sec, (*sec[:3], "none")}
+    twins = {sec, unaugmented(sec)}
     base = {}
     for r in rows:
         if r["variant"] == "scratch" and section(r) in twins:
@@ -384,8 +408,9 @@ def meets(stats):
 
 
 def section_title(sec):
-    width, epochs, qat, augment = sec
-    return (f"student width {width:g}, {epochs} epoch{'s' if epochs != 1 else ''}, QAT {qat:,} images"
+    width, epochs, qat, augment, n_train = sec
+    return (("" if n_train == FULL_TRAIN_IMAGES else f"{n_train:,} labelled training images, ")
+            + f"student width {width:g}, {epochs} epoch{'s' if epochs != 1 else ''}, QAT {qat:,} images"
             + ("" if augment == "none" else f", {augment} augmentation"))
 
 
@@ -419,7 +444,7 @@ def check_targets(rows):
                 "target": f">= +{TARGET_GAIN_PT:.2f} pt median over >= {TARGET_SEEDS} seeds and > 0 in every seed",
                 "met": meets(s), "variant": best, "metric": metric})
             date = rows_date([r for r in rows if (section(r) == sec and r["variant"] == best)
-                              or (r["variant"] == "scratch" and section(r) in (sec, (*sec[:3], "none")))])
+                              or (r["variant"] == "scratch" and section(r) in (sec, unaugmented(sec)))])
             if date:
                 targets[-1]["date"] = date
     return targets
@@ -453,7 +478,11 @@ def describe(result, rows):
     ls = next((r["settings"] for r in rows if r["variant"] == "lskd"), None)
     return [
         f"Student `mobilenet_v1(width={r0['student_width']:g})` ({r0['params']:,} params), trained from scratch "
-        f"on all {st['train_images']:,} training images for {r0['epochs']} epoch(s) = {r0['images_seen']:,} "
+        + (f"on all {st['train_images']:,} training images" if st["train_images"] == FULL_TRAIN_IMAGES else
+           f"on {st['train_images']:,} labelled training images only (the seed's random slice of the "
+           f"{FULL_TRAIN_IMAGES:,}, the same for every variant of the seed; the teacher was trained on the full "
+           "set)")
+        + f" for {r0['epochs']} epoch(s) = {r0['images_seen']:,} "
         f"images seen (nothing held out), batch {st['batch_size']}, Adam {st['lr']:g} with cosine decay to 0; "
         "every variant of a seed starts from the same weights and sees the same data order. Variants (plus "
         "the hard-label cross-entropy, weight 1 except `lskd`): `soft` = soft labels T="
@@ -470,7 +499,8 @@ def describe(result, rows):
            "; `soft+ensemble` = `soft` with the logits of the teacher and of the shipped "
            "`pretrained(\"mobilenet_v1\")` averaged") + ". "
         f"QAT: `quant_aware(model, QuantConfig())`, {r0['qat_images']:,} training images seen (the seed's "
-        f"random slice), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "
+        "random slice" + ("" if st["train_images"] == FULL_TRAIN_IMAGES else ", inside the students' images")
+        + f"), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "
         f"`kslim.quant.convert` (int8 .tflite). Teacher: {t.get('what', 'see above')}."
         + ("" if r0.get("augment", "none") == "none" else
            f" Augmentation `{r0['augment']}` ({AUGMENT_TEXT.get(r0['augment'], '')}) on every student's training "
@@ -544,6 +574,9 @@ def parse_args(argv=None):
     ap.add_argument("--student-width", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=None, help=f"student epochs on the 60,000 training images "
                                                              f"(default {DEFAULT_EPOCHS}; --quick 1)")
+    ap.add_argument("--train-images", type=int, default=None,
+                    help="labelled training images of every student: the seed's random slice (default: all; "
+                         "at least --qat-images, whose fine-tune takes the first of the same slice)")
     ap.add_argument("--augment", choices=sorted(AUGMENTS), default="none",
                     help="the students' training augmentation (the teacher sees the same images)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -578,6 +611,10 @@ def parse_args(argv=None):
     for name in ("epochs", "qat_images", "batch_size", "pilot_steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.train_images is not None and args.train_images < args.qat_images:
+        ap.error(f"--train-images {args.train_images} is below --qat-images {args.qat_images}: the QAT fine-tune "
+                 "takes the first --qat-images of the students' slice; give at least as many training images")
+    args.train_images_given = args.train_images
     if args.quick:
         args.seeds = args.seeds[:1]
     return args
@@ -591,6 +628,7 @@ def command_line(args):
             + (f" --student-width {args.student_width:g}" if args.student_width != 0.25 else "")
             + (f" --epochs {args.epochs}" if args.epochs != DEFAULT_EPOCHS else "")
             + (f" --augment {args.augment}" if args.augment != "none" else "")
+            + (f" --train-images {args.train_images_given}" if args.train_images_given else "")
             + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else ""))
 
 
@@ -617,11 +655,11 @@ def main(argv=None):
     train, test = load_full(args.quick)
     if args.quick:
         train = (train[0][:2000], train[1][:2000])
-    args.train_images = len(train[0])
+    args.train_images = min(args.train_images or len(train[0]), len(train[0]))
     data = ("Bundled Fashion-MNIST subset, 2,000 training / 500 test images (--quick)" if args.quick else
             f"Fashion-MNIST full set (Debian's `dataset-fashion-mnist`): students train on all {len(train[0]):,} "
-            f"training images; every accuracy is top-1 on all {len(test[1]):,} test images, the headline the "
-            "float32 `.tflite`'s.")
+            "training images unless their section's title gives fewer (the seed's random slice); every "
+            f"accuracy is top-1 on all {len(test[1]):,} test images, the headline the float32 `.tflite`'s.")
 
     shipped = pretrained("resnet")
     teacher = shipped.model
@@ -651,7 +689,7 @@ def main(argv=None):
     todo, skipped = [], 0
     for seed in args.seeds:
         for variant in args.variants:
-            k = (variant, seed, args.student_width, args.epochs, args.qat_images, args.augment)
+            k = (variant, seed, args.student_width, args.epochs, args.qat_images, args.augment, args.train_images)
             if not args.redo and k in saved and saved[k].get("settings") == row_settings(args, variant):
                 skipped += 1
                 continue
@@ -662,16 +700,16 @@ def main(argv=None):
         log(f"{skipped} row(s) already in {saved_path} with these settings: skipped (--redo measures them again)")
 
     per_step = pilot(args, train, teacher, {v for v, _, _ in todo} or set(args.variants), args.pilot_steps)
-    steps_epoch = math.ceil(len(train[0]) / args.batch_size)
-    est = estimate_seconds(todo, per_step, len(train[0]), args, lite_seconds)
+    steps_epoch = math.ceil(args.train_images / args.batch_size)
+    est = estimate_seconds(todo, per_step, args.train_images, args, lite_seconds)
     log(f"pilot ({args.pilot_steps} steps of batch {args.batch_size}, load average "
         f"{os.getloadavg()[0]:.1f}): scratch {per_step['scratch']:.3f} s/step = "
-        f"{per_step['scratch'] * steps_epoch:.0f} s/epoch of {len(train[0]):,} images"
+        f"{per_step['scratch'] * steps_epoch:.0f} s/epoch of {args.train_images:,} images"
         + (f"; distilled ({per_step['distilled_variant']}) {per_step['distilled']:.3f} s/step = "
            f"{per_step['distilled'] * steps_epoch:.0f} s/epoch" if "distilled" in per_step else "")
         + f"; QAT {per_step['qat']:.3f} s/step")
     log(f"{len(todo)} row(s) to measure ({sum(c for _, _, c in todo)} student(s) cached), {args.epochs} epoch(s) = "
-        f"{args.epochs * len(train[0]):,} training images seen each, QAT {args.qat_images:,} images: "
+        f"{args.epochs * args.train_images:,} training images seen each, QAT {args.qat_images:,} images: "
         f"about {est / 60:.0f} min")
     if args.estimate:
         return 0

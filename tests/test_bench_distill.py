@@ -88,7 +88,7 @@ def test_a_variants_own_settings_key_only_its_rows_and_cache(bd, tmp_path, monke
 
 
 def test_median_of_per_seed_gains_meets_the_bar(bd):
-    stats = bd.summary(_rows([1.2, 0.8, 1.5]))[(0.25, 3, 10240, "none")]["soft"]["tflite_acc"]
+    stats = bd.summary(_rows([1.2, 0.8, 1.5]))[(0.25, 3, 10240, "none", 60000)]["soft"]["tflite_acc"]
     assert stats["gains"] == pytest.approx({0: 1.2, 1: 0.8, 2: 1.5})
     assert stats["gain_median"] == pytest.approx(1.2) and stats["gain_min"] == pytest.approx(0.8)
     assert bd.meets(stats)
@@ -105,7 +105,7 @@ def test_median_of_per_seed_gains_meets_the_bar(bd):
     ([1.2, 0.004, 1.5], False),      # +0.00 printed is not a positive gain
 ])
 def test_target_verdicts(bd, gains, met):
-    stats = bd.summary(_rows(gains))[(0.25, 3, 10240, "none")]["soft"]["tflite_acc"]
+    stats = bd.summary(_rows(gains))[(0.25, 3, 10240, "none", 60000)]["soft"]["tflite_acc"]
     assert bd.meets(stats) is met
 
 
@@ -137,7 +137,7 @@ def test_merge_replaces_rows_of_the_same_key_and_keeps_sections_apart(bd):
     rows = bd.merged(old, new + other)
     assert len(rows) == len(old) + 1
     assert next(r for r in rows if r["variant"] == "soft" and r["seed"] == 0)["tflite_acc"] == 0.99
-    assert set(bd.summary(rows)) == {(0.25, 3, 10240, "none"), (0.25, 5, 10240, "none")}
+    assert set(bd.summary(rows)) == {(0.25, 3, 10240, "none", 60000), (0.25, 5, 10240, "none", 60000)}
     assert rows[0]["variant"] == "scratch"  # scratch first in its section
 
 
@@ -148,8 +148,8 @@ def test_augmented_rows_are_judged_against_the_better_scratch_of_the_seed(bd):
     rows = bd.merged(plain, aug)
     assert len(rows) == len(plain) + len(aug)                        # augment keys its own rows
     sections = bd.summary(rows)
-    assert set(sections) == {(0.25, 3, 10240, "none"), (0.25, 3, 10240, "flip+shift")}
-    stats = sections[(0.25, 3, 10240, "flip+shift")]["soft"]["tflite_acc"]
+    assert set(sections) == {(0.25, 3, 10240, "none", 60000), (0.25, 3, 10240, "flip+shift", 60000)}
+    stats = sections[(0.25, 3, 10240, "flip+shift", 60000)]["soft"]["tflite_acc"]
     # seed 0: the un-augmented scratch (85 %) is the better baseline; seed 1: the augmented one (87 %)
     assert stats["gains"] == pytest.approx({0: 1.2, 1: 1.2})
     t = [x for x in bd.check_targets(rows) if "flip+shift" in x["what"]]
@@ -157,6 +157,48 @@ def test_augmented_rows_are_judged_against_the_better_scratch_of_the_seed(bd):
     text = "\n".join(bd.render({"rows": rows, "targets": bd.check_targets(rows)}))
     assert "flip+shift augmentation" in text and "better scratch row of the seed" in text
     assert "--augment flip+shift" in bd.command_line(bd.parse_args(["--augment", "flip+shift"]))
+
+
+def _few(row, n=10240):
+    return {**row, "settings": {**row["settings"], "train_images": n}}
+
+
+def test_rows_on_fewer_training_images_are_a_section_of_their_own_judged_against_its_own_scratch(bd):
+    full = _rows([0.5, 0.5, 0.5])                                    # scratch 85/86/87 %, soft +0.5 each
+    few = [_few(_row("scratch", s, 0.80 + 0.01 * s)) for s in range(3)] + [
+        _few(_row("soft", s, 0.815 + 0.01 * s)) for s in range(3)]   # +1.5 over their own scratch
+    rows = bd.merged(full, few)
+    assert len(rows) == len(full) + len(few)                         # training images key their own rows
+    sections = bd.summary(rows)
+    assert list(sections) == [(0.25, 3, 10240, "none", 60000), (0.25, 3, 10240, "none", 10240)]  # full set first
+    assert sections[(0.25, 3, 10240, "none", 10240)]["soft"]["tflite_acc"]["gains"] == pytest.approx(
+        {0: 1.5, 1: 1.5, 2: 1.5})
+    t = bd.check_targets(rows)
+    assert [x["met"] for x in t] == [False, False, True, True]
+    assert t[2]["what"].startswith("10,240 labelled training images, student width 0.25")
+    text = "\n".join(bd.render({"rows": rows, "targets": t}))
+    assert "### 10,240 labelled training images, student width 0.25, 3 epochs" in text
+    assert "on 10,240 labelled training images only (the seed's random slice" in text
+    assert "### student width 0.25, 3 epochs, QAT 10,240 images\n" in text  # the full-set title is unchanged
+
+
+def test_train_images_slice_is_the_seeds_and_holds_the_qat_images(bd, capsys):
+    import numpy as np
+
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    y = np.arange(100)
+    xs, ys = bd.student_images((x, y), 3, 20)
+    assert len(xs) == 20 and np.array_equal(xs[:, 0, 0, 0], ys)     # images keep their labels
+    assert np.array_equal(ys, bd.student_images((x, y), 3, 20)[1])   # the same slice for every variant
+    assert not np.array_equal(ys, bd.student_images((x, y), 4, 20)[1])
+    qat = np.random.default_rng(3).permutation(100)[:8]             # what qat_int8 takes with 8 QAT images
+    assert set(qat) <= set(ys)
+    assert bd.student_images((x, y), 3, 100)[0] is x                 # all of them: the set as it is
+    args = bd.parse_args(["--train-images", "20000"])
+    assert args.train_images == 20000 and "--train-images 20000" in bd.command_line(args)
+    with pytest.raises(SystemExit):
+        bd.parse_args(["--train-images", "5000"])                    # below the 10,240 QAT images
+    assert "--qat-images" in capsys.readouterr().err
 
 
 def test_flip_shift_augments_every_batch(bd):
