@@ -388,8 +388,10 @@ def summary(rows):
                         "latency_ms" in r for r, _ in items) else None,
                     "latency_ratio": statistics.mean(r["latency_ms"] / r["latency_base_ms"] for r, _ in items)
                     if all(r.get("latency_ms") and r.get("latency_base_ms") for r, _ in items) else None,
+                    # a row's own baseline was fine-tuned in its run; the seed's latest one only judges rows without it
                     "date": rows_date([r for r, _ in items] + [base_rows[(model, ft, r["seed"])] for r, _ in items
-                                                                if (model, ft, r["seed"]) in base_rows])})
+                                                                if "base_acc" not in r
+                                                                and (model, ft, r["seed"]) in base_rows])})
     return out
 
 

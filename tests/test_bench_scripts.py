@@ -284,6 +284,11 @@ def test_a_row_saved_with_its_runs_baseline_is_judged_against_it_not_a_later_rer
     assert summ["l2, local"]["drop_pt"] == pytest.approx(3.0)
     # a row with its own baseline needs no saved baseline row of its seed
     assert [s["drop_pt"] for s in pm.summary(rows[1:2])] == [pytest.approx(1.0)]
+    # and its figure is dated by its own run, not by the later re-run of the seed's baseline
+    dated = [dict(rows[0], date="2026-12-09 08:00 UTC"), dict(rows[1], date="2026-12-07 10:00 UTC"),
+             dict(rows[2], date="2026-12-06 10:00 UTC")]
+    summ = {s["method"]: s for s in pm.summary(dated)}
+    assert summ["l1, local"]["date"] == "2026-12-07 10:00 UTC" and summ["l2, local"]["date"] == "2026-12-09 08:00 UTC"
 
 
 def test_prune_methods_table_drops_are_per_seed_and_latency_rows_are_not_candidates(tmp_path):
