@@ -325,6 +325,13 @@ def key(r):
     return (r["variant"], r["seed"], *section(r))
 
 
+def run_key(variant, seed, args):
+    """The :func:`key` of the row this run measures for ``variant`` and ``seed``."""
+    return key({"variant": variant, "seed": seed, "student_width": args.student_width, "epochs": args.epochs,
+                "qat_images": args.qat_images, "augment": args.augment,
+                "settings": {"train_images": args.train_images}})
+
+
 def merged(saved_rows, new_rows):
     """New rows replace the saved rows of the same :func:`key` (variant, seed and :func:`section`)."""
     out = {key(r): r for r in saved_rows}
@@ -689,7 +696,7 @@ def main(argv=None):
     todo, skipped = [], 0
     for seed in args.seeds:
         for variant in args.variants:
-            k = (variant, seed, args.student_width, args.epochs, args.qat_images, args.augment, args.train_images)
+            k = run_key(variant, seed, args)
             if not args.redo and k in saved and saved[k].get("settings") == row_settings(args, variant):
                 skipped += 1
                 continue
