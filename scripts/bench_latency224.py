@@ -164,15 +164,15 @@ HISTORY = 4  # earlier runs kept in the JSON: a headline speed-up must hold in t
 
 
 def run_summary(result):
-    """What a later run keeps of this one: date, host load, every variant's 1-thread speed-up (median, lo,
-    hi) and the MACs ratio of the pruned variants, per net -- the README headline judges a speed-up over this
-    run and the ones before it that measured the same artefact (the same MACs ratio).
+    """What a later run keeps of this one: date, CPU (name and ISA flags), host load, every variant's 1-thread
+    speed-up (median, lo, hi) and the MACs ratio of the pruned variants, per net -- the README headline judges a
+    speed-up over this run and the ones before it that measured the same artefact (the same MACs ratio).
 
-    >>> r = {"date": "d", "models": [{"net": "n", "load_before": [2.5, 1, 1], "rows": [
-    ...     {"variant": "v", "macs_ratio": 0.4999, "latency": {"1": {"speedup": 1.9, "speedup_lo": 1.7,
-    ...                                                                "speedup_hi": 2.0}}}]}]}
+    >>> r = {"date": "d", "cpu": "AMD EPYC (avx2 avx_vnni)", "models": [{"net": "n", "load_before": [2.5, 1, 1],
+    ...     "rows": [{"variant": "v", "macs_ratio": 0.4999, "latency": {"1": {"speedup": 1.9, "speedup_lo": 1.7,
+    ...                                                                        "speedup_hi": 2.0}}}]}]}
     >>> run_summary(r)
-    {'date': 'd', 'nets': {'n': {'load_before': [2.5, 1, 1], 'speedup': {'v': [1.9, 1.7, 2.0]}, 'macs_ratio': {'v': 0.4999}}}}
+    {'date': 'd', 'cpu': 'AMD EPYC (avx2 avx_vnni)', 'nets': {'n': {'load_before': [2.5, 1, 1], 'speedup': {'v': [1.9, 1.7, 2.0]}, 'macs_ratio': {'v': 0.4999}}}}
     """
     nets = {}
     for res in result.get("models", []):
@@ -181,7 +181,7 @@ def run_summary(result):
               for r in timed}
         ratios = {r["variant"]: round(r["macs_ratio"], 4) for r in timed if r.get("macs_ratio") is not None}
         nets[res["net"]] = {"load_before": res.get("load_before"), "speedup": sp, "macs_ratio": ratios}
-    return {"date": result.get("date"), "nets": nets}
+    return {"date": result.get("date"), "cpu": result.get("cpu"), "nets": nets}
 
 
 def history(previous):
@@ -245,7 +245,8 @@ def write_markdown(result, path):
                 cells = [f"{k} {x[0]:.2f}x ({x[1]:.2f}-{x[2]:.2f})"
                          + (f" at {100 * ratio[k]:.1f} % MACs" if k in ratio else ", MACs ratio not recorded")
                          for k, x in v["speedup"].items() if k.startswith("pruned -50 % MACs, round_to")]
-                lines.append(f"- {h['date']}, {net}, load average before {v['load_before']}: " + "; ".join(cells))
+                cpu = h.get("cpu") or "CPU not recorded"
+                lines.append(f"- {h['date']}, {cpu}, {net}, load average before {v['load_before']}: " + "; ".join(cells))
         lines.append("")
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
 

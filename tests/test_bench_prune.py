@@ -139,3 +139,22 @@ def test_latency224_history_keeps_the_runs_before(bench_script):
         prev = r
     assert [h["date"] for h in prev["history"]] == ["d1", "d2", "d3", "d4"]  # at most HISTORY, newest last
     assert lat.history({"command": "python scripts/bench_latency224.py --quick", "models": []}) == []
+
+
+def test_latency224_history_says_which_cpu_measured_each_earlier_run(bench_script, tmp_path):
+    lat = bench_script("bench_latency224")
+    row = {"variant": "pruned -50 % MACs, round_to 8", "macs_ratio": 0.5, "bytes": 1,
+           "latency": {"1": {"median": 1.0, "p10": 0.9, "p90": 1.1, "speedup": 1.8, "speedup_lo": 1.7,
+                             "speedup_hi": 1.9}}}
+    net = {"net": "mobilenet_v2", "input": [224, 224, 3], "macs": 3e8, "load_before": [1.0, 1, 1],
+           "load_after": [1.0, 1, 1], "rows": [row]}
+    old = lat.run_summary({"date": "d0", "models": [net]})  # a run from before the CPU was kept
+    old.pop("cpu")
+    vnni = lat.run_summary({"date": "d1", "cpu": "AMD EPYC (avx2 avx_vnni)", "models": [net]})
+    assert vnni["cpu"] == "AMD EPYC (avx2 avx_vnni)"
+    result = {"command": "c", "date": "d2", "platform": "p", "cpu": "AMD EPYC (avx2)", "cores": 2, "rounds": 5,
+              "runs": 10, "models": [net], "history": [old, vnni]}
+    lat.write_markdown(result, tmp_path / "l.md")
+    text = (tmp_path / "l.md").read_text()
+    assert "- d0, CPU not recorded, mobilenet_v2, load average before" in text
+    assert "- d1, AMD EPYC (avx2 avx_vnni), mobilenet_v2, load average before" in text
