@@ -131,6 +131,25 @@ def write_fragment(out, stem, result, write_markdown, log=print):
     log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
 
 
+def render_saved(path, refresh, write_markdown, log=print):
+    """``--render PATH``: re-derive what a saved run implies without measuring anything (``refresh(result)``
+    updates it in place: targets, notes, ...), then rewrite ``PATH`` and the ``.md`` beside it, each atomically.
+    Both, because the README's headline rows read the targets from the JSON: an ``.md`` re-rendered alone would
+    leave the README judging with the old ones."""
+    import json
+    from pathlib import Path
+
+    from kslim._io import atomic_write_json
+
+    path = Path(path)
+    result = json.loads(path.read_text(encoding="utf-8"))
+    refresh(result)
+    atomic_write_json(path, result)
+    write_markdown(result, path.with_suffix(".md"))
+    log(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
 def clone(model):
     """A copy of ``model`` with its weights (the starting point every fine-tuned row is built from)."""
     import keras

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402
 from _benchlib import (latency_ms, load_full, log_targets, noise_pt, seed_list, seed_verdict,  # noqa: E402
-                       write_fragment)
+                       render_saved, write_fragment)
 
 ANCHOR = (
     "PaddleSlim's model zoo (PaddlePaddle/models, PaddleSlim/docs/model_zoo.md; MobileNetV1 on ImageNet, top-1; "
@@ -234,16 +234,10 @@ def build_rows(labels, results, lat):
 
 def main(argv=None):
     args = parse_args(argv)
-    from kslim._io import atomic_save_model, atomic_write_json
+    from kslim._io import atomic_save_model
 
     if args.render:
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["targets"] = check_targets(result)
-        atomic_write_json(path, result)
-        write_markdown(result, path.with_suffix(".md"))
-        print(f"wrote {path} and {path.with_suffix('.md')}", flush=True)
-        return 0
+        return render_saved(args.render, lambda r: r.update(targets=check_targets(r)), write_markdown)
     import keras
 
     from kslim.lite import LiteModel

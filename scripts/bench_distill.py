@@ -68,8 +68,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (cpu_name, load_full, log_targets, noise_pt, rows_date, seed_list, utc_now,  # noqa: E402
-                       write_fragment)
+from _benchlib import (cpu_name, load_full, log_targets, noise_pt, render_saved, rows_date, seed_list,  # noqa: E402
+                       utc_now, write_fragment)
 
 VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble")
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
@@ -643,12 +643,7 @@ def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.render:
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["targets"] = check_targets(result["rows"])
-        write_markdown(result, path.with_suffix(".md"))
-        print(f"wrote {path.with_suffix('.md')}", flush=True)
-        return 0
+        return render_saved(args.render, lambda r: r.update(targets=check_targets(r["rows"])), write_markdown)
 
     def log(msg):
         print(msg, flush=True)

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import cpu_name, load_full, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, load_full, log_targets, render_saved, write_fragment  # noqa: E402
 
 #: row -> QuantConfig overrides (None: no quantization)
 ROWS = {
@@ -215,13 +215,7 @@ def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.render:
-        import json
-
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["targets"] = check_targets(result)
-        write_markdown(result, path.with_suffix(".md"))
-        return 0
+        return render_saved(args.render, lambda r: r.update(targets=check_targets(r)), write_markdown)
     train, test = load_full(args.quick)
     xtr, yte = train[0], test[1]
     if args.quick:

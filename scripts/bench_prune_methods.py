@@ -52,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (clone, cpu_name, fine_tune, ft_slice, latency_ms, load_full, log_targets,  # noqa: E402
-                       noise_pt, row_machines, rows_date, utc_now, write_fragment)
+                       noise_pt, render_saved, row_machines, rows_date, utc_now, write_fragment)
 
 GROUPS = ("criteria", "global", "schemes", "sparsity", "latency", "recovery")
 GLOBAL_IMPORTANCES = ("l1", "lamp", "bn_scale", "taylor")
@@ -514,14 +514,7 @@ def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.render:
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["targets"] = check_targets(result["rows"])
-        from kslim._io import atomic_write_json
-
-        atomic_write_json(path, result)  # the README's headline rows read the targets from the JSON
-        write_markdown(result, path.with_suffix(".md"))
-        return 0
+        return render_saved(args.render, lambda r: r.update(targets=check_targets(r["rows"])), write_markdown)
     train, test = load_full(args.quick)
 
     def log(msg):

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from _benchlib import cpu_name, latency_ms, log_targets, write_fragment  # noqa: E402
+from _benchlib import cpu_name, latency_ms, log_targets, render_saved, write_fragment  # noqa: E402
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 #: the issue's goals, in points of top-1 vs the float .tflite
@@ -299,15 +299,11 @@ def main(argv=None):
                    help="only rewrite ptq.md (targets re-checked) from a saved ptq.json, next to it")
     args = p.parse_args(argv)
     if args.render:
-        from kslim._io import atomic_write_json
+        def refresh(result):
+            result["models"] = [superseded(res) for res in result["models"]]
+            result["targets"] = [t for res in result["models"] for t in check_targets(res)]
 
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["models"] = [superseded(res) for res in result["models"]]
-        result["targets"] = [t for res in result["models"] for t in check_targets(res)]
-        atomic_write_json(path, result)
-        write_markdown(result, path.with_suffix(".md"))
-        return 0
+        return render_saved(args.render, refresh, write_markdown)
     if args.only and not set(args.only.split(",")) <= set(GROUPS):
         p.error(f"--only: groups are {', '.join(GROUPS)}")
 

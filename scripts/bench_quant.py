@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (at_least, clone, cpu_name, fine_tune, latency_ms, load_full, log_targets,  # noqa: E402
-                       noise_pt, seed_list, seed_verdict, write_fragment)
+                       noise_pt, render_saved, seed_list, seed_verdict, write_fragment)
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 SEEDED = ("float32_finetuned", "qat_int8")
@@ -351,16 +351,11 @@ def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.render:
-        path = Path(args.render)
-        result = json.loads(path.read_text())
-        result["targets"] = check_targets(result)
-        result["notes"] = NOTES + [n for n in result.get("notes", []) if n.startswith("partial run")]
-        from kslim._io import atomic_write_json
+        def refresh(result):
+            result["targets"] = check_targets(result)
+            result["notes"] = NOTES + [n for n in result.get("notes", []) if n.startswith("partial run")]
 
-        atomic_write_json(path, result)
-        write_markdown(result, path.with_suffix(".md"))
-        print(f"wrote {path} and {path.with_suffix('.md')}", flush=True)
-        return 0
+        return render_saved(args.render, refresh, write_markdown)
 
     def log(msg):
         print(msg, flush=True)

@@ -227,6 +227,8 @@ def test_render_and_render_flag(bd, tmp_path):
     path.write_text(json.dumps(result))
     assert bd.main(["--render", str(path)]) == 0
     assert "-> met" in (tmp_path / "distill.md").read_text()  # targets recomputed from the rows
+    # ... and saved in the JSON too, where the README's headline rows read them
+    assert json.loads(path.read_text())["targets"] == json.loads(json.dumps(bd.check_targets(rows)))
 
 
 def test_ensemble_teacher_averages_the_two_shipped_nets_logits(bd):
