@@ -227,6 +227,16 @@ class _QuantKernelMixin:
     LOWBIT = False   # whether the layer takes a low-bit weight_quantizer
     _frozen_kernel = None   # set by kslim.quant.qat.export_ready (see requantized_by_converter)
 
+    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
+        # weight_quantizer / lsq_init: only the LOWBIT layers take them (the others' Keras base refuses them)
+        lowbit_args = {k: kwargs.pop(k) for k in ("weight_quantizer", "lsq_init") if k in kwargs} \
+            if self.LOWBIT else {}
+        super().__init__(*args, **kwargs)
+        self._init_quant(weight_bits, per_channel, **lowbit_args)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
     def requantized_by_converter(self):
         """Whether the converter quantizes this layer's (float, already int8-grid) kernel itself, per output
         channel on ``max|w| / 127`` (:func:`kslim.quant.ops.fake_quant_weight_rounded`), instead of taking a
@@ -308,6 +318,18 @@ class _QuantKernelMixin:
         return self._fake_quant_kernel(self.kernel)
 
 
+class _LowBitKernelMixin(_QuantKernelMixin):
+    """A quantized layer that also takes a low-bit ``weight_quantizer`` (and LSQ's ``lsq_init``); its kernel,
+    output channels last, is fake-quantized by that quantizer or, by default, on the ``max|w|`` grid."""
+
+    LOWBIT = True
+
+    def _fake_quant_kernel(self, kernel):
+        if self.weight_quantizer != "default":
+            return self._lowbit_kernel(kernel)
+        return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
+
+
 def _bias_and_activation(layer, x):
     """``activation(x + bias)`` as the Keras conv/dense layers apply them (channels last)."""
     if getattr(layer, "bias", None) is not None:
@@ -318,7 +340,7 @@ def _bias_and_activation(layer, x):
 
 
 @keras.saving.register_keras_serializable(package="kslim")
-class QuantConv2D(_QuantKernelMixin, keras.layers.Conv2D):
+class QuantConv2D(_LowBitKernelMixin, keras.layers.Conv2D):
     """``keras.layers.Conv2D`` whose kernel is fake-quantized (symmetric, per output channel by default).
 
     Example:
@@ -328,39 +350,17 @@ class QuantConv2D(_QuantKernelMixin, keras.layers.Conv2D):
         TensorShape([1, 6, 6, 4])
     """
 
-    LOWBIT = True
-
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
-                 lsq_init="paper", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
-
-    def _fake_quant_kernel(self, kernel):
-        if self.weight_quantizer != "default":
-            return self._lowbit_kernel(kernel)
-        return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
-
     def convolution_op(self, inputs, kernel):
         return super().convolution_op(inputs, self._fake_quant_kernel(kernel))
 
-    def get_config(self):
-        return self._quant_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kslim")
-class QuantDepthwiseConv2D(_QuantKernelMixin, keras.layers.DepthwiseConv2D):
+class QuantDepthwiseConv2D(_LowBitKernelMixin, keras.layers.DepthwiseConv2D):
     """``keras.layers.DepthwiseConv2D`` with a fake-quantized kernel.
 
     The kernel ``(kh, kw, C, M)`` is quantized per output channel ``c * M + m`` (TFLite's depthwise
     layout ``(1, kh, kw, C * M)``), by reshaping it to ``(kh, kw, C * M)`` around the per-channel op.
     """
-
-    LOWBIT = True
-
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
-                 lsq_init="paper", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def _kernel_channels_last(self, kernel):
         kh, kw, c, m = kernel.shape
@@ -386,9 +386,6 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, keras.layers.DepthwiseConv2D):
             outputs = self.activation(outputs)
         return outputs
 
-    def get_config(self):
-        return self._quant_config(super().get_config())
-
 
 def _lead_shape(x, n, tail):
     """Reshape target: the leading axes of ``x`` (all but its last ``n``) followed by ``tail``."""
@@ -413,7 +410,7 @@ def _fully_connected(x, n, kernel, bias, out_shape):
 
 
 @keras.saving.register_keras_serializable(package="kslim")
-class QuantDense(_QuantKernelMixin, keras.layers.Dense):
+class QuantDense(_LowBitKernelMixin, keras.layers.Dense):
     """``keras.layers.Dense`` with a fake-quantized kernel ``(in, out)`` (per output unit by default).
 
     Per channel, the kernel is put on the int8 grid with plain ``round`` (see
@@ -421,13 +418,6 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
     with an int8 kernel carrying one scale per output unit and an int32 bias. Per tensor, a FakeQuant
     op is used.
     """
-
-    LOWBIT = True
-
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
-                 lsq_init="paper", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
 
     def requantized_by_converter(self):
         return self.per_channel
@@ -445,12 +435,9 @@ class QuantDense(_QuantKernelMixin, keras.layers.Dense):
         y = _fully_connected(inputs, 1, self._fake_quant_kernel(self.kernel), self.bias, [self.units])
         return y if self.activation is None else self.activation(y)
 
-    def get_config(self):
-        return self._quant_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kslim")
-class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
+class QuantConv1D(_LowBitKernelMixin, keras.layers.Conv1D):
     """``keras.layers.Conv1D`` with a fake-quantized kernel ``(k, in, out)`` (per output channel by default).
 
     The convolution runs as the 2-D convolution TFLite executes (``EXPAND_DIMS`` + ``CONV_2D`` +
@@ -464,18 +451,6 @@ class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
         TensorShape([1, 10, 4])
     """
 
-    LOWBIT = True
-
-    def __init__(self, *args, weight_bits=8, per_channel=True, weight_quantizer="default",
-                 lsq_init="paper", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, weight_quantizer, lsq_init)
-
-    def _fake_quant_kernel(self, kernel):
-        if self.weight_quantizer != "default":
-            return self._lowbit_kernel(kernel)
-        return ops.fake_quant_weight(kernel, self.weight_bits, self.per_channel)
-
     def call(self, inputs):
         x = inputs
         padding = self.padding
@@ -487,9 +462,6 @@ class QuantConv1D(_QuantKernelMixin, keras.layers.Conv1D):
                          padding=padding.upper(), dilations=(1, 1, self.dilation_rate[0], 1))
         return _bias_and_activation(self, tf.squeeze(y, 1))
 
-    def get_config(self):
-        return self._quant_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kslim")
 class QuantConv2DTranspose(_QuantKernelMixin, keras.layers.Conv2DTranspose):
@@ -499,10 +471,6 @@ class QuantConv2DTranspose(_QuantKernelMixin, keras.layers.Conv2DTranspose):
     :func:`kslim.quant.ops.fake_quant_weight_rounded` (the converter quantizes a TRANSPOSE_CONV kernel
     per output channel itself, on that very grid). Channels-last only.
     """
-
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
 
     def requantized_by_converter(self):
         return self.per_channel
@@ -519,9 +487,6 @@ class QuantConv2DTranspose(_QuantKernelMixin, keras.layers.Conv2DTranspose):
             inputs, self._fake_quant_kernel(self.kernel), strides=list(self.strides), padding=self.padding,
             output_padding=self.output_padding, dilation_rate=self.dilation_rate, data_format=self.data_format)
         return _bias_and_activation(self, y)
-
-    def get_config(self):
-        return self._quant_config(super().get_config())
 
 
 def einsum_dense_form(equation):
@@ -563,10 +528,6 @@ class QuantEinsumDense(_QuantKernelMixin, keras.layers.EinsumDense):
         TensorShape([1, 5, 2, 4])
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
-
     def requantized_by_converter(self):
         return self.per_channel and einsum_dense_form(self.equation) is not None
 
@@ -602,9 +563,6 @@ class QuantEinsumDense(_QuantKernelMixin, keras.layers.EinsumDense):
         return tuple(input_shape[in_spec.index(c)] if d is None and c in in_spec else d
                      for c, d in zip(out_spec, shape))
 
-    def get_config(self):
-        return self._quant_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kslim")
 class QuantEmbedding(_QuantKernelMixin, keras.layers.Embedding):
@@ -616,8 +574,7 @@ class QuantEmbedding(_QuantKernelMixin, keras.layers.Embedding):
     """
 
     def __init__(self, *args, weight_bits=8, per_channel=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, False)
+        super().__init__(*args, weight_bits=weight_bits, per_channel=False, **kwargs)
 
     def quantized_kernel(self):
         return ops.fake_quant_weight(self.embeddings, self.weight_bits, per_channel=False)
@@ -626,9 +583,6 @@ class QuantEmbedding(_QuantKernelMixin, keras.layers.Embedding):
         if inputs.dtype not in ("int32", "int64"):
             inputs = kops.cast(inputs, "int32")
         return kops.cast(tf.gather(self.quantized_kernel(), inputs), self.compute_dtype)
-
-    def get_config(self):
-        return self._quant_config(super().get_config())
 
 
 def _depthwise_kernel(scale, bits, per_channel):
@@ -674,10 +628,6 @@ class QuantBatchNormalization(_QuantKernelMixin, keras.layers.BatchNormalization
         TensorShape([2, 3])
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
-
     def affine(self):
         """``(scale, shift)`` tensors of the inference-time BN."""
         from kslim.quant.fold import bn_affine
@@ -695,9 +645,6 @@ class QuantBatchNormalization(_QuantKernelMixin, keras.layers.BatchNormalization
     def call(self, inputs, training=None, mask=None):
         scale, shift = self.affine()
         return _channel_affine(inputs, scale, shift, self.weight_bits, self.per_channel)
-
-    def get_config(self):
-        return self._quant_config(super().get_config())
 
 
 @keras.saving.register_keras_serializable(package="kslim")
@@ -736,8 +683,7 @@ class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization
 
     def __init__(self, *args, weight_bits=8, per_channel=True, activation_bits=8,
                  activation_mode="moving_average_abs_max", momentum=0.9, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
+        super().__init__(*args, weight_bits=weight_bits, per_channel=per_channel, **kwargs)
         self.activation_bits = check_bits(activation_bits, "activation_bits")
         self.activation_mode = _check_choice(activation_mode, ACTIVATION_QUANTIZE_TYPES, "activation_mode")
         self.momentum = float(momentum)
@@ -798,7 +744,7 @@ class QuantLayerNormalization(_QuantKernelMixin, keras.layers.LayerNormalization
                           (-1,))
 
     def get_config(self):
-        config = self._quant_config(super().get_config())
+        config = super().get_config()
         config.update(activation_bits=self.activation_bits, activation_mode=self.activation_mode,
                       momentum=self.momentum)
         return config
@@ -835,10 +781,6 @@ class QuantRescaling(_QuantKernelMixin, keras.layers.Rescaling):
         [[[[-1.0, 0.0, 1.0]]]]
     """
 
-    def __init__(self, *args, weight_bits=8, per_channel=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel)
-
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
         rank, channels = len(x.shape), x.shape[-1]
@@ -848,9 +790,6 @@ class QuantRescaling(_QuantKernelMixin, keras.layers.Rescaling):
                                   f"and a scalar or per-channel scale/offset, got shape {tuple(x.shape)}.")
         scale, offset = (tf.constant(v) for v in vectors)
         return _channel_affine(x, scale, offset, self.weight_bits, self.per_channel)
-
-    def get_config(self):
-        return self._quant_config(super().get_config())
 
 
 QUANT_LAYERS = (QuantConv1D, QuantConv2D, QuantConv2DTranspose, QuantDepthwiseConv2D, QuantDense, QuantEinsumDense,
