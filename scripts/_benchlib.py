@@ -139,14 +139,10 @@ def render_saved(path, refresh, write_markdown, log=print):
     import json
     from pathlib import Path
 
-    from kslim._io import atomic_write_json
-
     path = Path(path)
     result = json.loads(path.read_text(encoding="utf-8"))
     refresh(result)
-    atomic_write_json(path, result)
-    write_markdown(result, path.with_suffix(".md"))
-    log(f"wrote {path} and {path.with_suffix('.md')}")
+    write_fragment(path.parent, path.stem, result, write_markdown, log)
     return 0
 
 
