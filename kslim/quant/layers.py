@@ -367,12 +367,7 @@ class QuantDepthwiseConv2D(_LowBitKernelMixin, keras.layers.DepthwiseConv2D):
         return tf.reshape(kernel, (kh, kw, c * m))
 
     def _fake_quant_kernel(self, kernel):
-        flat = self._kernel_channels_last(kernel)
-        if self.weight_quantizer != "default":
-            flat = self._lowbit_kernel(flat)
-        else:
-            flat = ops.fake_quant_weight(flat, self.weight_bits, self.per_channel)
-        return tf.reshape(flat, kernel.shape)
+        return tf.reshape(super()._fake_quant_kernel(self._kernel_channels_last(kernel)), kernel.shape)
 
     def call(self, inputs):
         outputs = kops.depthwise_conv(
