@@ -234,8 +234,8 @@ def write_markdown(result, path):
             if sug and all(c.get("latency_p5_ms") is not None for c in sug["candidates"] if c.get("latency_ms")):
                 cand = "; ".join(f"{c['round_to']}: {c['latency_ms']:.2f} ms ({c['latency_p5_ms']:.2f}-{c['latency_p95_ms']:.2f})"
                                  for c in sug["candidates"] if c.get("latency_ms"))
-                lines += [f"`suggest_round_to`'s own measurement (1 thread, median, p5-p95; a larger multiple only when "
-                          f"faster by more than its tolerance and in every round): {cand} -> {sug['round_to']}", ""]
+                lines += [f"`suggest_round_to`'s own measurement (1 thread, median, p5-p95; the smallest multiple the "
+                          f"fastest does not beat by more than its tolerance, paired over the interleaved rounds): {cand} -> {sug['round_to']}", ""]
     if result.get("history"):
         lines += ["Earlier runs (1-thread speed-up of the -50 % MACs rows, median (lo-hi); the README headline needs "
                   "its target met in this run and in each earlier run listed at the same MACs ratio):", ""]

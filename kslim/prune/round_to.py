@@ -7,9 +7,9 @@ candidate multiple (:meth:`FilterPruner.prune_to_flops`, which reports how far t
 reduction past the target) and times each result -- by default every candidate's float ``.tflite`` and
 the unpruned model's on this host, together in interleaved rounds (:func:`kslim.lite.measure_latencies`);
 with ``latency_fn`` a :class:`kslim.lite.LatencyPredictor` built from the target's latency table (or its
-``predict``) answers for a device without running there. A larger multiple is chosen only when it is
-faster by more than ``tolerance``: each coarser multiple constrains every layer's channel count, which a
-timing difference within the noise does not pay for.
+``predict``) answers for a device without running there. The choice is the smallest multiple the fastest
+candidate does not beat by more than ``tolerance``: each coarser multiple constrains every layer's channel
+count, which a timing difference within the noise does not pay for.
 
 Example:
     >>> import kslim
@@ -24,6 +24,8 @@ Example:
 import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kslim.errors import KslimTypeError, KslimValueError
 
 
@@ -32,8 +34,8 @@ class RoundToChoice:
     """What :func:`suggest_round_to` measured.
 
     Attributes:
-        round_to: the chosen candidate: the fastest, except that a larger multiple must beat a smaller one
-            by more than ``tolerance`` (see :func:`suggest_round_to`).
+        round_to: the chosen candidate: the smallest multiple that the fastest candidate does not beat by
+            more than ``tolerance`` (see :func:`suggest_round_to`).
         flops_reduction: the MACs target every candidate was pruned to.
         rows: one dict per candidate, in the order given: ``round_to``, ``ratio`` (the uniform ratio
             ``prune_to_flops`` found), ``reduction`` (MACs removed), ``overshoot`` (past the target),
@@ -78,12 +80,15 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
             MACs) beyond the candidate that lands closest to the target is timed and reported but not
             chosen: it would be faster for having removed more, which costs accuracy the user did not ask
             to spend. ``None``: no limit.
-        tolerance: a larger multiple is chosen over a smaller one only when its latency is lower by more
-            than this fraction (and, when measured here, lower in every round): a timing difference within
-            the noise of a quick measurement is no reason to constrain every layer to a coarser multiple
-            (on a 2-core AMD EPYC host, multiples 8, 16 and 32 of MobileNetV2-224 fell within 2 % of each
-            other in one quick profile, and 32 was then 6 % slower than 16 in a longer one). ``0``: the
-            nominal fastest.
+        tolerance: the fastest eligible candidate (lowest median) is compared with each smaller multiple,
+            and the smallest one it does not beat by more than this fraction is chosen. Measured here, the
+            comparison is paired: the median over the interleaved rounds of the per-round ratio, so one
+            round disturbed by the host's load does not decide it. A timing difference within the noise of a
+            quick measurement is no reason to constrain every layer to a coarser multiple (on a 2-core AMD
+            EPYC host, multiples 8, 16 and 32 of MobileNetV2-224 fell within 2 % of each other in one quick
+            profile, and 32 was then 6 % slower than 16 in a longer one). Every candidate is compared with
+            the fastest, not with the one kept so far: a chain of comparisons chose 32 over a faster 16 that
+            had one slow round. ``0``: the fastest.
         rounds / runs / warmup / num_threads: the measurement when ``latency_fn`` is ``None``.
 
     Returns:
@@ -149,21 +154,26 @@ def suggest_round_to(model, flops_reduction=0.5, candidates=(1, 4, 8, 16), laten
     closest = min(r["overshoot"] for r in timed)
     for r in timed:
         r["eligible"] = max_overshoot is None or r["overshoot"] <= closest + max_overshoot
-    best = None
-    for r in sorted((r for r in timed if r["eligible"]), key=lambda r: r["round_to"]):
-        if best is None or _clearly_faster(r, best, tolerance):
-            best = r
+    eligible = [r for r in timed if r["eligible"]]
+    fastest = min(eligible, key=lambda r: (r["latency_ms"], r["round_to"]))
+    best = min((r for r in eligible if not _clearly_faster(fastest, r, tolerance)), key=lambda r: r["round_to"])
     return RoundToChoice(round_to=best["round_to"], flops_reduction=float(flops_reduction), rows=rows,
                          latency_before=before, model=pruned[best["round_to"]])
 
 
 def _clearly_faster(a, b, tolerance):
-    """Whether row ``a`` is faster than row ``b`` by more than ``tolerance`` (relative), and in every round
-    where both were measured in the same interleaved rounds."""
-    if not a["latency_ms"] < (1 - tolerance) * b["latency_ms"]:
-        return False
+    """Whether row ``a`` is faster than row ``b`` by more than ``tolerance`` (relative).
+
+    When both were timed in the same interleaved rounds the comparison is paired: the median over the rounds
+    of ``a``'s round median / ``b``'s must be below ``1 - tolerance`` -- so ``a`` won by more than the
+    tolerance in most rounds, and one round disturbed by the host's load decides nothing either way.
+    Otherwise the ratio of the two medians."""
     ra, rb = a.get("round_medians_ms"), b.get("round_medians_ms")
-    return not (ra and rb) or all(x < y for x, y in zip(ra, rb))
+    if ra and rb and len(ra) == len(rb):
+        ratio = float(np.median([x / y for x, y in zip(ra, rb)]))
+    else:
+        ratio = a["latency_ms"] / b["latency_ms"]
+    return ratio < 1 - tolerance
 
 
 __all__ = ["suggest_round_to", "RoundToChoice"]
