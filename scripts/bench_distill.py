@@ -26,7 +26,8 @@
     temperature=2, scale_by_temperature=True, standardize=True, weight=9)`` with the hard labels at weight
     0.1 (``--lskd-*``; the authors' CIFAR-100 recipe);
   - ``soft+ensemble``   ``soft`` with a two-net teacher: the logits of the shipped resnet and the shipped
-    ``pretrained("mobilenet_v1")`` averaged (``ensemble_teacher``).
+    ``pretrained("mobilenet_v1")`` averaged (``ensemble_teacher``);
+  - ``soft+ensemble3``  the same with the shipped ``pretrained("vgg")`` teacher as a third member.
 
 * Every (variant, seed) is one row: Keras accuracy, float32 ``.tflite`` accuracy (the headline figure),
   then the same short quantization-aware fine-tune for every row (``quant_aware(model, QuantConfig())``,
@@ -71,7 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (cpu_name, load_full, log_targets, noise_pt, render_saved, rows_date, seed_list,  # noqa: E402
                        utc_now, write_fragment)
 
-VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble")
+VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble", "soft+ensemble3")
+#: the shipped nets whose logits each ensemble variant averages with the teacher's
+ENSEMBLES = {"soft+ensemble": ("mobilenet_v1",), "soft+ensemble3": ("mobilenet_v1", "vgg")}
 #: (teacher layer, student layer) of the attention-transfer pairs: each ResNet stage's output and the
 #: MobileNetV1 block ending at the same resolution (28x28, 14x14, 7x7)
 AT_LAYERS = (("stage1_block1_out", "block1_pw_relu"), ("stage2_block1_out", "block3_pw_relu"),
@@ -132,7 +135,7 @@ def pairs_for(variant, args):
                 weight=args.soft_weight)
     if variant == "scratch":
         return []
-    if variant in ("soft", "soft+ensemble"):
+    if variant == "soft" or variant in ENSEMBLES:
         return [soft]
     if variant == "dkd":
         return [Pair("logits", "logits", "dkd", alpha=args.dkd_alpha, beta=args.dkd_beta,
@@ -145,17 +148,19 @@ def pairs_for(variant, args):
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def ensemble_teacher(teacher):
-    """``teacher`` and the shipped converged ``pretrained("mobilenet_v1")``, frozen, their logits averaged (a
-    layer named ``logits``, which the soft-label pair reads): the ``soft+ensemble`` variant's teacher."""
+def ensemble_teacher(teacher, members=ENSEMBLES["soft+ensemble"]):
+    """``teacher`` and the shipped converged ``pretrained(name)`` of each of ``members``, frozen, their logits
+    averaged (a layer named ``logits``, which the soft-label pair reads): an ensemble variant's teacher."""
     import keras
 
     from kslim.models import pretrained
 
-    other = pretrained("mobilenet_v1", verbose=0).model
-    other.trainable = False
+    others = [pretrained(name, source="shipped").model for name in members]
+    for other in others:
+        other.trainable = False
     x = keras.Input(teacher.input_shape[1:])
-    ens = keras.Model(x, keras.layers.Average(name="logits")([teacher(x), other(x)]), name="ensemble_teacher")
+    ens = keras.Model(x, keras.layers.Average(name="logits")([teacher(x)] + [o(x) for o in others]),
+                      name="ensemble_teacher")
     ens.trainable = False
     return ens
 
@@ -188,8 +193,8 @@ def make_trainer(variant, args, teacher, seed, n_train):
     if not pairs:
         student.compile(optimizer=opt, loss=hard, metrics=["accuracy"])
         return student, student
-    if variant == "soft+ensemble":
-        teacher = ensemble_teacher(teacher)
+    if variant in ENSEMBLES:
+        teacher = ensemble_teacher(teacher, ENSEMBLES[variant])
     distiller = Distiller(student, teacher, pairs=pairs, hard_loss=hard, hard_weight=hard_weight(variant, args))
     distiller.compile(optimizer=opt, metrics=["accuracy"])
     return distiller, student
@@ -502,9 +507,9 @@ def describe(result, rows):
            f"; `lskd` = logit-standardized KD (soft labels of z-scored logits, Sun et al. 2024, T="
            f"{ls['lskd_temperature']:g}, `scale_by_temperature=True`, weight {ls['lskd_weight']:g}; hard labels "
            f"weight {ls['lskd_hard_weight']:g})")
-        + ("" if not any(r["variant"] == "soft+ensemble" for r in rows) else
-           "; `soft+ensemble` = `soft` with the logits of the teacher and of the shipped "
-           "`pretrained(\"mobilenet_v1\")` averaged") + ". "
+        + "".join(f"; `{v}` = `soft` with the logits of the teacher and of the shipped "
+                  + " and ".join(f"`pretrained(\"{m}\")`" for m in ms) + " averaged"
+                  for v, ms in ENSEMBLES.items() if any(r["variant"] == v for r in rows)) + ". "
         f"QAT: `quant_aware(model, QuantConfig())`, {r0['qat_images']:,} training images seen (the seed's "
         "random slice" + ("" if st["train_images"] == FULL_TRAIN_IMAGES else ", inside the students' images")
         + f"), hard labels, Adam {st['qat_lr']:g} constant, the same for every row; then "

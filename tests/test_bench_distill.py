@@ -244,3 +244,10 @@ def test_ensemble_teacher_averages_the_two_shipped_nets_logits(bd):
     np.testing.assert_allclose(np.asarray(ens(x, training=False)), want, rtol=1e-5, atol=1e-5)
     assert ens.get_layer("logits") is not None and not ens.trainable_weights  # what the soft-label pair reads
     assert "soft+ensemble" in bd.VARIANTS and bd.pairs_for("soft+ensemble", bd.parse_args([]))[0].loss == "soft_label"
+    # soft+ensemble3: the shipped vgg teacher as a third member
+    ens3 = bd.ensemble_teacher(res, bd.ENSEMBLES["soft+ensemble3"])
+    vgg = pretrained("vgg", source="shipped").model
+    want3 = (np.asarray(res(x, training=False)) + np.asarray(mob(x, training=False))
+             + np.asarray(vgg(x, training=False))) / 3
+    np.testing.assert_allclose(np.asarray(ens3(x, training=False)), want3, rtol=1e-5, atol=1e-5)
+    assert not ens3.trainable_weights and bd.pairs_for("soft+ensemble3", bd.parse_args([]))[0].loss == "soft_label"

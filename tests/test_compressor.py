@@ -573,7 +573,7 @@ def test_prune_stage_with_a_data_driven_importance(tmp_path, tiny_model_path, na
 
 def test_reference_model_without_pretrain_epochs_starts_from_the_shipped_weights(tmp_path, monkeypatch, capsys):
     """{reference: mobilenet_v1} loads kslim's converged weights (nothing is trained, the header says so);
-    with pretrain_epochs it would train on the data instead (vgg has no shipped weights)."""
+    with pretrain_epochs, or at settings kslim ships no weights for, it trains on the data instead."""
     import kslim.models.zoo as zoo
     from kslim.compressor import Compressor
     from kslim.compressor.strategies import _reference_args
@@ -588,7 +588,8 @@ def test_reference_model_without_pretrain_epochs_starts_from_the_shipped_weights
     assert result.final_tflite.is_file()
     ctx = type("Ctx", (), {"config": {"seed": 0, "data": {"source": "small"}}})()
     assert _reference_args(ctx, {"reference": "mobilenet_v1", "pretrain_epochs": 2})["source"] == "small"
-    assert _reference_args(ctx, {"reference": "vgg"})["epochs"] == 3
+    assert _reference_args(ctx, {"reference": "vgg"})["source"] == "shipped"
+    assert _reference_args(ctx, {"reference": "vgg", "width": 0.25})["epochs"] == 3   # no shipped weights
 
 
 def test_distill_pairs_take_every_builtin_loss(tmp_path, tiny_model_path):
