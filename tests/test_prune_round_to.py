@@ -115,27 +115,33 @@ def test_a_larger_multiple_must_be_faster_by_more_than_the_tolerance():
     assert c.round_to == 8 and [r["round_to"] for r in c.rows] == [16, 8]
 
 
-def test_measured_here_every_candidate_and_the_model_are_timed_in_interleaved_rounds(monkeypatch):
-    """The default measurement: the unpruned model's .tflite and each candidate's, round after round; the
-    comparison is paired over the rounds, so one slow round does not decide it, nor do two fast ones."""
+def _fake_interleaved_profile(monkeypatch, table):
+    """Replace kslim.lite.profile with the timings of ``table`` (``table[round][model]`` ms, the unpruned
+    model first, then the candidates in order); returns the list of .tflite models it was called with."""
     import kslim.lite
 
-    model = kslim.models.vgg(width=0.25)
     calls = []
 
     class Rep:
         def __init__(self, ms, runs):
             self.timings_ms, self.mean_ms = [ms] * runs, ms
 
-    # latency by call: round r of (before, 1, 8): 8 is 20 % faster than 1 in rounds 0-3, slower in round 4
-    table = [[5.0, 3.0, 2.4]] * 4 + [[5.0, 3.0, 3.1]]
-
     def fake_profile(lite, runs, **kw):
         calls.append(lite)
-        r, i = divmod(len(calls) - 1, 3)
+        r, i = divmod(len(calls) - 1, len(table[0]))
         return Rep(table[r][i], runs)
 
     monkeypatch.setattr(kslim.lite, "profile", fake_profile)
+    return calls
+
+
+def test_measured_here_every_candidate_and_the_model_are_timed_in_interleaved_rounds(monkeypatch):
+    """The default measurement: the unpruned model's .tflite and each candidate's, round after round; the
+    comparison is paired over the rounds, so one slow round does not decide it, nor do two fast ones."""
+    model = kslim.models.vgg(width=0.25)
+    # latency by call: round r of (before, 1, 8): 8 is 20 % faster than 1 in rounds 0-3, slower in round 4
+    table = [[5.0, 3.0, 2.4]] * 4 + [[5.0, 3.0, 3.1]]
+    calls = _fake_interleaved_profile(monkeypatch, table)
     c = suggest_round_to(model, 0.3, candidates=[1, 8], max_overshoot=None, rounds=5, runs=10)
     assert len(calls) == 15 and all(calls[i] is calls[i % 3] for i in range(15))   # interleaved, converted once
     assert c.latency_before == 5.0
@@ -173,24 +179,9 @@ def test_prune_to_flops_with_round_to_lands_near_the_target():
 def test_every_multiple_is_compared_with_the_fastest_not_with_the_one_kept_so_far(monkeypatch):
     """What MobileNetV2-224 showed on a Zen 5 host: 16 ran fastest but had one slow round, 32 beat 8 in
     every round yet was slower than 16. Comparing each multiple with the one kept so far chose 32."""
-    import kslim.lite
-
     model = kslim.models.vgg(width=0.25)
-    calls = []
-
-    class Rep:
-        def __init__(self, ms, runs):
-            self.timings_ms, self.mean_ms = [ms] * runs, ms
-
     # round r of (before, 8, 16, 32)
-    table = [[5.0, 2.16, 1.97, 2.06]] * 4 + [[5.0, 2.16, 2.5, 2.06]]
-
-    def fake_profile(lite, runs, **kw):
-        calls.append(lite)
-        r, i = divmod(len(calls) - 1, 4)
-        return Rep(table[r][i], runs)
-
-    monkeypatch.setattr(kslim.lite, "profile", fake_profile)
+    _fake_interleaved_profile(monkeypatch, [[5.0, 2.16, 1.97, 2.06]] * 4 + [[5.0, 2.16, 2.5, 2.06]])
     c = suggest_round_to(model, 0.3, candidates=[8, 16, 32], max_overshoot=None, rounds=5, runs=10)
     assert [r["latency_ms"] for r in c.rows] == [2.16, 1.97, 2.06]
     assert c.round_to == 16
