@@ -541,6 +541,9 @@ def render(result):
         lines += [f"### {section_title(sec)}", "", *describe(result, rs), "",
                   *_table(variants, "tflite_acc", "float32 .tflite", ("Keras % (median)", "keras_acc")), "",
                   *_table(variants, "int8_acc", "int8 .tflite after QAT"), ""]
+        if set(variants) == {"scratch"}:
+            lines += ["Only the baseline was measured in this section (no distilled variant): no target is judged "
+                      "on it.", ""]
     lines += ["Targets (issue 16; judged at the printed precision; the gain a target uses is the median of the "
               "per-seed gains):", ""]
     for t in result.get("targets", []):

@@ -157,6 +157,11 @@ def test_augmented_rows_are_judged_against_the_better_scratch_of_the_seed(bd):
     text = "\n".join(bd.render({"rows": rows, "targets": bd.check_targets(rows)}))
     assert "flip+shift augmentation" in text and "better scratch row of the seed" in text
     assert "--augment flip+shift" in bd.command_line(bd.parse_args(["--augment", "flip+shift"]))
+    assert "Only the baseline was measured" not in text
+    only = bd.merged(plain, [r for r in aug if r["variant"] == "scratch"])  # a section with scratch alone
+    text = "\n".join(bd.render({"rows": only, "targets": bd.check_targets(only)}))
+    assert text.count("Only the baseline was measured in this section") == 1
+    assert len(bd.check_targets(only)) == 2                           # the un-augmented section's pair only
 
 
 def _few(row, n=10240):
