@@ -644,7 +644,15 @@ def command_line(args):
             + (f" --epochs {args.epochs}" if args.epochs != DEFAULT_EPOCHS else "")
             + (f" --augment {args.augment}" if args.augment != "none" else "")
             + (f" --train-images {args.train_images_given}" if args.train_images_given else "")
-            + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else ""))
+            + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else "")
+            + "".join(f" --{k.replace('_', '-')} {getattr(args, k):g}" for k in _TUNED
+                      if getattr(args, k) != _DEFAULTS[k]))
+
+
+#: the numeric settings a command line names when they are not the default (so that it reproduces the rows)
+_TUNED = tuple(k for k in (*ROW_SETTINGS, *(k for ks in VARIANT_SETTINGS.values() for k in ks))
+               if k != "train_images")
+_DEFAULTS = {k: getattr(parse_args([]), k) for k in _TUNED}
 
 
 def main(argv=None):

@@ -157,6 +157,9 @@ def test_augmented_rows_are_judged_against_the_better_scratch_of_the_seed(bd):
     text = "\n".join(bd.render({"rows": rows, "targets": bd.check_targets(rows)}))
     assert "flip+shift augmentation" in text and "better scratch row of the seed" in text
     assert "--augment flip+shift" in bd.command_line(bd.parse_args(["--augment", "flip+shift"]))
+    tuned = bd.command_line(bd.parse_args(["--temperature", "2", "--lskd-weight", "3"]))
+    assert tuned.endswith(" --temperature 2 --lskd-weight 3")         # a non-default setting reproduces
+    assert "--temperature" not in bd.command_line(bd.parse_args([]))
     assert "Only the baseline was measured" not in text
     only = bd.merged(plain, [r for r in aug if r["variant"] == "scratch"])  # a section with scratch alone
     text = "\n".join(bd.render({"rows": only, "targets": bd.check_targets(only)}))
