@@ -636,6 +636,7 @@ def parse_args(argv=None):
 
 
 def command_line(args):
+    defaults = parse_args([])
     default_variants = args.variants == list(VARIANTS)
     return ("nice -n 10 python scripts/bench_distill.py" + (" --quick" if args.quick else "")
             + f" --seeds {','.join(map(str, args.seeds))}"
@@ -646,13 +647,12 @@ def command_line(args):
             + (f" --train-images {args.train_images_given}" if args.train_images_given else "")
             + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else "")
             + "".join(f" --{k.replace('_', '-')} {getattr(args, k):g}" for k in _TUNED
-                      if getattr(args, k) != _DEFAULTS[k]))
+                      if getattr(args, k) != getattr(defaults, k)))
 
 
 #: the numeric settings a command line names when they are not the default (so that it reproduces the rows)
 _TUNED = tuple(k for k in (*ROW_SETTINGS, *(k for ks in VARIANT_SETTINGS.values() for k in ks))
                if k != "train_images")
-_DEFAULTS = {k: getattr(parse_args([]), k) for k in _TUNED}
 
 
 def main(argv=None):
