@@ -229,6 +229,15 @@ def seed_verdict(what, per_seed, limit, floor, noise, min_seeds=TARGET_SEEDS):
             "value": f"{med:+.2f} pt (per seed {seeds}); {noise}", "met": len(per_seed) >= min_seeds and ok}
 
 
+def changed_flags(args, parse_args, names):
+    """`` --name value`` for each of ``names`` (numeric settings) whose value in ``args`` differs from the
+    default that ``parse_args`` gives (with ``--quick`` when ``args.quick``): the part of a run's printed command
+    that makes it reproduce the run."""
+    defaults = parse_args(["--quick"] if getattr(args, "quick", False) else [])
+    return "".join(f" --{k.replace('_', '-')} {getattr(args, k):g}" for k in names
+                   if getattr(args, k) != getattr(defaults, k))
+
+
 def seed_list(text):
     """``--seeds`` of the benchmark scripts (an argparse ``type``): ``"0,1,2"`` -> ``[0, 1, 2]``."""
     import argparse

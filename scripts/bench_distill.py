@@ -69,8 +69,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (cpu_name, load_full, log_targets, noise_pt, render_saved, rows_date, seed_list,  # noqa: E402
-                       utc_now, write_fragment)
+from _benchlib import (changed_flags, cpu_name, load_full, log_targets, noise_pt, render_saved,  # noqa: E402
+                       rows_date, seed_list, utc_now, write_fragment)
 
 VARIANTS = ("scratch", "soft", "dkd", "soft+attention", "lskd", "soft+ensemble", "soft+ensemble3")
 #: the shipped nets whose logits each ensemble variant averages with the teacher's
@@ -636,7 +636,6 @@ def parse_args(argv=None):
 
 
 def command_line(args):
-    defaults = parse_args([])
     default_variants = args.variants == list(VARIANTS)
     return ("nice -n 10 python scripts/bench_distill.py" + (" --quick" if args.quick else "")
             + f" --seeds {','.join(map(str, args.seeds))}"
@@ -646,8 +645,7 @@ def command_line(args):
             + (f" --augment {args.augment}" if args.augment != "none" else "")
             + (f" --train-images {args.train_images_given}" if args.train_images_given else "")
             + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else "")
-            + "".join(f" --{k.replace('_', '-')} {getattr(args, k):g}" for k in _TUNED
-                      if getattr(args, k) != getattr(defaults, k)))
+            + changed_flags(args, parse_args, _TUNED))
 
 
 #: the numeric settings a command line names when they are not the default (so that it reproduces the rows)

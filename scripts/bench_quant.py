@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import (at_least, clone, cpu_name, fine_tune, latency_ms, load_full, log_targets,  # noqa: E402
+from _benchlib import (at_least, changed_flags, clone, cpu_name, fine_tune, latency_ms, load_full, log_targets,  # noqa: E402
                        noise_pt, render_saved, seed_list, seed_verdict, write_fragment)
 
 ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
@@ -344,7 +344,8 @@ def command_line(args):
     return ("nice -n 10 python scripts/bench_quant.py" + (" --quick" if args.quick else "")
             + f" --seeds {','.join(map(str, args.seeds))}"
             + (f" --models {','.join(args.models)}" if args.models != ["mobilenet_v1", "resnet"] else "")
-            + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else ""))
+            + (f" --qat-images {args.qat_images}" if args.qat_images != DEFAULT_QAT_IMAGES else "")
+            + changed_flags(args, parse_args, ("qat_lr", "calib_samples", "rounds")))
 
 
 def main(argv=None):

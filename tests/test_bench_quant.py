@@ -115,6 +115,9 @@ def test_quick_arguments(bq):
     a = bq.parse_args(["--quick", "--seeds", "3,4"])
     assert a.seeds == [3] and a.models == ["mobilenet_v1"] and a.qat_images == 512 and len(a.algos) == 3
     assert bq.command_line(bq.parse_args([])) == "nice -n 10 python scripts/bench_quant.py --seeds 0,1,2"
+    assert bq.command_line(bq.parse_args(["--qat-lr", "0.001", "--rounds", "7"])).endswith(
+        " --qat-lr 0.001 --rounds 7")                                # a non-default setting reproduces
+    assert "--rounds" not in bq.command_line(bq.parse_args(["--quick"]))  # --quick's own 2 rounds
 
 
 def test_resume_skips_saved_seeded_rows_and_writes_json_and_md(bq, tmp_path, monkeypatch):
