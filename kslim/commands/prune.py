@@ -43,7 +43,7 @@ def _ratio_map(text):
 def _make_pruner(model, args):
     from kslim.prune import make_pruner
 
-    return make_pruner(model, importance=args.importance, skip=args.skip,
+    return make_pruner(model, importance=args.importance, skip=args.skip, scope=args.scope,
                        keep_classifier=not args.prune_classifier, round_to=args.round_to)
 
 
@@ -178,6 +178,7 @@ def cmd_sensitivity(args):
 def _add_pruner_options(p):
     from kslim.commands._common import add_renamed_option, add_unsafe_option
     from kslim.prune.importance import importance_names  # the registry (no TensorFlow)
+    from kslim.prune.scope import scope_names  # the registry (no TensorFlow)
 
     p.add_argument("--importance", default="l1", choices=importance_names(data=False),
                    help="how channels are ranked (see kslim.prune.importance)")
@@ -186,6 +187,8 @@ def _add_pruner_options(p):
                    help="keep channel counts multiples of N (e.g. 8 for SIMD kernels)")
     p.add_argument("--skip", type=_name_list, default=None, metavar="A,B",
                    help="layers (or groups) never pruned")
+    p.add_argument("--scope", default="all", choices=scope_names(),
+                   help="which channel groups may be pruned (kslim.prune.scope; default: all)")
     p.add_argument("--prune-classifier", action="store_true",
                    help="also prune the channels feeding the last Dense layer")
     add_unsafe_option(p)

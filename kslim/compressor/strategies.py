@@ -28,6 +28,7 @@ from kslim.errors import ConfigError, KslimTypeError, KslimValueError
 from kslim.validation import api_constant
 from kslim.lite.converter import QUANTIZE_MODES
 from kslim.prune.importance import importance_names
+from kslim.prune.scope import scope_names
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -368,6 +369,7 @@ _RATIOS = {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RA
         "required": ["flops_reduction"],
     },
     "skip": {"type": "array", "items": {"type": "string"}},
+    "scope": {"enum": scope_names()},  # the registry of kslim.prune.scope
     "round_to": {"type": "integer", "minimum": 1},
     "keep_classifier": {"type": "boolean"},
     "fine_tune": FINE_TUNE_SCHEMA,
@@ -392,7 +394,7 @@ def run_prune(ctx, p, sdir, prefix):
 
             measured_on = dict(data=ctx.data.train_arrays(int(p.get("importance_samples", 256))),
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        pruner = kp.make_pruner(ctx.model, importance=name, skip=p.get("skip"),
+        pruner = kp.make_pruner(ctx.model, importance=name, skip=p.get("skip"), scope=p.get("scope", "all"),
                                 keep_classifier=p.get("keep_classifier", True), round_to=p.get("round_to", 1),
                                 **measured_on)
         if "ratios" in p:

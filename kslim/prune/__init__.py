@@ -36,6 +36,7 @@ _LAZY = {
     "kslim.prune.netadapt": ["netadapt", "NetAdaptResult"],
     "kslim.prune.heads": ["prune_heads", "head_importance", "plan_heads"],
     "kslim.prune.round_to": ["suggest_round_to", "RoundToChoice"],
+    "kslim.prune.scope": ["register_scope", "unregister_scope", "scope_names", "scope_description", "get_scope"],
     "kslim.prune.regularizers": ["slim_penalty", "group_lasso_penalty", "group_norms", "SparsityPenalty"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

@@ -9,6 +9,7 @@ from kslim.errors import KslimTypeError, KslimValueError, ModelError, Unsupporte
 from kslim.graph import build_dependency_graph
 from kslim.prune.importance import Importance, MagnitudeImportance, fpgm, get_importance, l1_norm, l2_norm
 from kslim.prune.result import PruneResult
+from kslim.prune.scope import get_scope
 from kslim.validation import check_model, check_ratio, renamed
 
 _CRITERION_NAMES = {l1_norm: "l1", l2_norm: "l2", fpgm: "fpgm"}
@@ -61,6 +62,9 @@ class FilterPruner:
     Args:
         model: a built functional or Sequential ``keras.Model`` (nested models are flattened).
         skip: names of producer layers whose output channels must not be pruned.
+        scope: which groups may be pruned at all: a registered scope name (:func:`kslim.prune.scope_names`:
+            ``"all"``, the default, or ``"uncoupled"``: only groups with one producer, i.e. the channels
+            inside residual blocks) or a function ``(group, graph) -> bool`` (see :mod:`kslim.prune.scope`).
         keep_classifier: keep the last classifier untouched (also its input channels): the groups
             feeding the producers of the model outputs are not pruned.
         round_to: round every group's kept channel count to a multiple of this (e.g. 8 for
@@ -90,7 +94,7 @@ class FilterPruner:
 
     @renamed(criterion="importance")
     def __init__(self, model, skip=None, keep_classifier=True, round_to=1, importance=None,
-                 data=None, loss=None, batches=None, batch_size=None):
+                 data=None, loss=None, batches=None, batch_size=None, scope="all"):
         check_model(model, type(self).__name__)
         criterion = None
         if callable(importance) and not isinstance(importance, (Importance, type)):
@@ -114,6 +118,7 @@ class FilterPruner:
                                   "kslim.prune.importance_names(), an Importance or a weight criterion).")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
             raise KslimValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
+        self.scope, in_scope = get_scope(scope)
         self.model = model
         self.round_to = int(round_to)
         self.keep_classifier = bool(keep_classifier)
@@ -137,6 +142,8 @@ class FilterPruner:
             skipped = [n for n in g.layer_names if n in self.skip]
             if skipped:
                 self._excluded[g.name] = f"layer {skipped[0]!r} is in skip"
+            elif not in_scope(g, self.graph):
+                self._excluded[g.name] = f"outside the pruning scope {self.scope!r}"
             elif self.keep_classifier:
                 heads = [n for n in self.graph.classifiers if any(m.role == "input" for m in g.members_of(n))]
                 if heads:
@@ -295,7 +302,7 @@ class FilterPruner:
         raise ModelError(
             f"Nothing to prune in model {self.model.name!r}: none of its {len(self.graph.groups)} channel groups "
             f"can be pruned ({lines or 'it has no Conv/Dense producer'}). Register a rule for the layers "
-            f"named (kslim.graph.rules), or pass skip/keep_classifier differently."
+            f"named (kslim.graph.rules), or pass skip/keep_classifier/scope differently."
         )
 
     def _groups(self, name, single=False):
