@@ -7,7 +7,7 @@ import pytest
 import kslim
 from kslim.errors import KslimValueError
 from kslim.prune import FilterPruner, make_pruner, scope_names
-from kslim.prune.scope import get_scope, register_scope, unregister_scope
+from kslim.prune.scope import get_scope, register_scope, scope_description, unregister_scope
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def _adds(model):
 def test_registry_names_and_errors():
     assert scope_names()[:2] == ["all", "uncoupled"]
     assert get_scope("Uncoupled")[0] == "uncoupled"
+    assert "residual stream keeps its width" in scope_description("uncoupled")
     with pytest.raises(KslimValueError, match=r"Unknown pruning scope 'inside'.*'all', 'uncoupled'"):
         get_scope("inside")
     with pytest.raises(KslimValueError, match="already registered"):

@@ -63,8 +63,8 @@ class FilterPruner:
         model: a built functional or Sequential ``keras.Model`` (nested models are flattened).
         skip: names of producer layers whose output channels must not be pruned.
         scope: which groups may be pruned at all: a registered scope name (:func:`kslim.prune.scope_names`:
-            ``"all"``, the default, or ``"uncoupled"``: only groups with one producer, i.e. the channels
-            inside residual blocks) or a function ``(group, graph) -> bool`` (see :mod:`kslim.prune.scope`).
+            ``"all"``, the default, or ``"uncoupled"``: only groups with one producer, so the residual
+            stream keeps its width) or a function ``(group, graph) -> bool`` (see :mod:`kslim.prune.scope`).
         keep_classifier: keep the last classifier untouched (also its input channels): the groups
             feeding the producers of the model outputs are not pruned.
         round_to: round every group's kept channel count to a multiple of this (e.g. 8 for

@@ -2,18 +2,19 @@
 
 A scope is a predicate ``(group, graph) -> bool`` over the :class:`~kslim.graph.ChannelGroup` objects of
 the model's dependency graph. :class:`~kslim.prune.FilterPruner` prunes only the groups its scope keeps
-(``FilterPruner(model, scope="uncoupled")``); a ratio given for a layer of a group left out raises an
-error that names the scope, as for a skipped layer. The names below are one registry that the Python API, the YAML schema
-(``strategies[i].prune.scope``) and the CLI (``kslim prune --scope``) read.
+(``FilterPruner(model, scope="uncoupled")``); a ratio given for a layer of a group left out raises
+an error that names the scope, as for a skipped layer. The names below are one registry that the Python
+API, the YAML schema (``strategies[i].prune.scope``) and the CLI (``kslim prune --scope``) read.
 
 ============== ===========================================================================================
 name           groups the pruner may prune
 ============== ===========================================================================================
 ``all``        every prunable group (the default)
 ``uncoupled``  groups with one producer: channels no residual ``Add``, squeeze-excite ``Multiply`` or
-               other merge ties to another layer's output. In a residual net these are the channels
-               inside the blocks (MobileNetV2's expansions, ResNet's bottleneck convs); the residual
-               stream keeps its width, so no ``Add`` is narrowed and the blocks' I/O stays as built.
+               other merge ties to another layer's output. In a residual net these are mostly the
+               channels inside the blocks (MobileNetV2's expansions, ResNet's bottleneck convs), and the
+               residual stream keeps its width, so no ``Add`` is narrowed. A stem conv or a block output
+               that no ``Add`` ties (MobileNetV2's ``block_16_project``) has one producer too, and is in.
 ============== ===========================================================================================
 
 ``skip`` and ``keep_classifier`` apply on top of the scope. Your own scope::
@@ -70,8 +71,9 @@ def scope_names():
 
 
 def scope_description(name):
-    """The one-line description a scope was registered with."""
-    return _SCOPES[get_scope(name)[0]][1]
+    """The one-line description the scope ``name`` was registered with."""
+    key = get_scope(str(name))[0]
+    return _SCOPES[key][1]
 
 
 def get_scope(scope):
@@ -97,8 +99,8 @@ def _all(group, graph):
     return True
 
 
-@register_scope("uncoupled", "groups with one producer: the channels inside residual blocks, not the "
-                             "residual stream")
+@register_scope("uncoupled", "groups with one producer: the residual stream keeps its width, the "
+                             "channels inside the blocks are pruned")
 def _uncoupled(group, graph):
     return len(group.layer_names) == 1
 
