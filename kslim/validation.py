@@ -195,6 +195,19 @@ def check_ratios(values, what="ratios", **bounds):
 
 
 @functools.lru_cache(maxsize=None)
+def check_registry_name(name, what):
+    """Raise :class:`KslimValueError` unless ``name`` is a lower-case identifier (a name a registry of
+    ``what`` -- importances, scopes -- may hold, and a YAML config or command line may spell).
+
+    >>> check_registry_name("Wide one", "scope")
+    Traceback (most recent call last):
+    ...
+    kslim.errors.KslimValueError: scope name must be a lower-case identifier, got 'Wide one'.
+    """
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise KslimValueError(f"{what} name must be a lower-case identifier, got {name!r}.")
+
+
 def api_constant(module, name):
     """The literal module-level constant ``name`` of the kslim module ``module``, read from its source.
 

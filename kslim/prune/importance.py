@@ -56,6 +56,7 @@ import zlib
 import numpy as np
 
 from kslim.errors import KslimTypeError, KslimValueError, ModelError
+from kslim.validation import check_registry_name
 
 _REGISTRY = {}   # name -> Importance subclass
 
@@ -278,8 +279,7 @@ def register_importance(name, cls=None, replace=False):
     :func:`kslim.prune.make_pruner`, ``GradualPruning``, ``sensitivity``. Registering a taken name
     raises unless ``replace=True``.
     """
-    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-        raise KslimValueError(f"importance name must be a lower-case identifier, got {name!r}.")
+    check_registry_name(name, "importance")
 
     def do(c):
         if not (isinstance(c, type) and issubclass(c, Importance)):

@@ -31,6 +31,7 @@ This module does not import TensorFlow.
 """
 
 from kslim.errors import KslimTypeError, KslimValueError
+from kslim.validation import check_registry_name
 
 _SCOPES = {}  # name -> (predicate, description)
 
@@ -42,8 +43,7 @@ def register_scope(name, description, predicate=None, replace=False):
     the YAML ``prune`` strategy and ``kslim prune --scope``. Registering a taken name raises unless
     ``replace=True``.
     """
-    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-        raise KslimValueError(f"scope name must be a lower-case identifier, got {name!r}.")
+    check_registry_name(name, "scope")
 
     def do(fn):
         if not callable(fn):
