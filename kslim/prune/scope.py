@@ -99,8 +99,8 @@ def _all(group, graph):
     return True
 
 
-@register_scope("uncoupled", "groups with one producer: the residual stream keeps its width, the "
-                             "channels inside the blocks are pruned")
+@register_scope("uncoupled", "groups with one producer (no Add or Multiply ties them to another layer): "
+                             "the residual stream keeps its width")
 def _uncoupled(group, graph):
     return len(group.layer_names) == 1
 
