@@ -124,3 +124,96 @@ def test_scope_in_config_and_cli_come_from_the_registry(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", str(path), "-o", str(out), "--ratios", "0.5", "--scope", "inside"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- the schemes take it too
+def _fresh_resnet():
+    keras.utils.set_random_seed(0)
+    m = kslim.models.resnet(width=0.25)
+    m.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    return rng.random((n, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def _only_uncoupled_shrank(small, model):
+    assert _adds(small) == _adds(model)
+    assert small.get_layer("stage1_block1_conv1").filters < model.get_layer("stage1_block1_conv1").filters
+
+
+def test_admm_and_gradual_pruning_keep_to_the_scope():
+    from kslim.prune import ADMMPruning, GradualPruning, strip_pruning
+    from kslim.prune.gradual import AGP
+
+    x, y = _data()
+    with pytest.raises(KslimValueError, match="Unknown pruning scope 'inside'"):
+        ADMMPruning(0.5, scope="inside")  # refused when the callback is made, before fit
+    with pytest.raises(KslimValueError, match="Unknown pruning scope 'inside'"):
+        GradualPruning("l1", 0.5, scope="inside")
+
+    m = _fresh_resnet()
+    admm = ADMMPruning(0.5, scope="uncoupled")
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[admm])
+    assert {g.name for g in admm.pruner.groups} == {"stage1_block1_conv1", "stage2_block1_conv1",
+                                                   "stage3_block1_conv1"}
+    _only_uncoupled_shrank(admm.prune(), m)
+
+    m = _fresh_resnet()
+    cb = GradualPruning("l1", 0.5, schedule=AGP(0, 2, 1), scope="uncoupled")
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert set(cb.masks) <= {g.name for g in cb.pruner.groups} and cb.get_state()["scope"] == "uncoupled"
+    _only_uncoupled_shrank(strip_pruning(m, cb.get_state()), m)
+
+    # a layer of the residual stream named in ratios: the error says it is outside the scope
+    m = _fresh_resnet()
+    cb = GradualPruning("l1", {"stem_conv": 0.5}, schedule=AGP(0, 2, 1), scope="uncoupled")
+    with pytest.raises(KslimValueError, match="outside the pruning scope 'uncoupled'"):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+
+
+def test_netadapt_amc_and_auto_compress_keep_to_the_scope(tmp_path):
+    from kslim.nas import amc_prune, auto_compress
+    from kslim.prune.netadapt import netadapt
+
+    m, (x, y) = _fresh_resnet(), _data()
+    macs = lambda mm: kslim.flops(mm).macs / 1e6  # noqa: E731 -- a noise-free stand-in latency
+    score = lambda mm: float(np.mean(np.argmax(mm.predict(x, verbose=0), -1) == y))  # noqa: E731
+    with pytest.raises(KslimValueError, match="Unknown pruning scope"):
+        netadapt(m, score, latency_reduction=0.2, latency_fn=macs, scope="inside")
+    res = netadapt(m, score, latency_reduction=0.2, latency_fn=macs, step=0.1, scope="uncoupled")
+    assert res.reached
+    _only_uncoupled_shrank(res.model, m)
+
+    res = amc_prune(m, score, 0.3, episodes=2, warmup=2, scope="uncoupled", directory=str(tmp_path / "amc"))
+    assert set(res.ratios) <= {"stage1_block1_conv1", "stage2_block1_conv1", "stage3_block1_conv1"}
+    assert _adds(res.model) == _adds(m)
+
+    def train(model, callbacks):
+        model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+
+    res = auto_compress(m, score, train, 0.2, rounds=1, max_trials=2, scope="uncoupled",
+                        directory=str(tmp_path / "ac"))
+    assert res.flops_reduction >= 0.2
+    assert _adds(res.model) == _adds(m)
+
+
+@pytest.mark.parametrize("strategy", ["prune", "admm", "auto_compress", "amc", "netadapt"])
+def test_every_channel_pruning_strategy_takes_the_scope(strategy):
+    from kslim.compressor import validate_config
+    from kslim.compressor.strategies import get_strategy
+    from kslim.errors import ConfigError
+
+    assert get_strategy(strategy).schema["properties"]["scope"]["enum"] == scope_names()
+    params = {"prune": {"ratios": 0.5}, "admm": {"ratios": 0.5}, "auto_compress": {"flops_reduction": 0.3},
+              "amc": {"flops_reduction": 0.3}, "netadapt": {"latency_reduction": 0.2}}[strategy]
+    cfg = {"name": "t", "model": {"reference": "resnet"}, "data": {"source": "small"},
+           "strategies": [{strategy: {**params, "scope": "uncoupled"}}]}
+    validate_config(cfg)
+    cfg["strategies"][0][strategy]["scope"] = "inside"
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    assert e.value.path == f"strategies[0].{strategy}.scope"

@@ -337,6 +337,7 @@ def write_layer_table(before, after, sdir):
 
 #: one ratio for every prunable group, or {layer: ratio}
 _RATIOS = {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RATIO_SCHEMA, "minProperties": 1}]}
+_SCOPE = {"enum": scope_names()}  # the registry of kslim.prune.scope: which channel groups a pruner may prune
 
 
 @register_strategy("prune", trains=True, schema=params_schema({
@@ -369,7 +370,7 @@ _RATIOS = {"oneOf": [RATIO_SCHEMA, {"type": "object", "additionalProperties": RA
         "required": ["flops_reduction"],
     },
     "skip": {"type": "array", "items": {"type": "string"}},
-    "scope": {"enum": scope_names()},  # the registry of kslim.prune.scope
+    "scope": _SCOPE,
     "round_to": {"type": "integer", "minimum": 1},
     "keep_classifier": {"type": "boolean"},
     "fine_tune": FINE_TUNE_SCHEMA,
@@ -524,6 +525,7 @@ def run_lottery(ctx, p, sdir, prefix):
     "epochs": {"type": "integer", "minimum": 1},  # ADMM training, one Z/U update after each epoch
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     "skip": {"type": "array", "items": {"type": "string"}},
+    "scope": _SCOPE,
     "round_to": {"type": "integer", "minimum": 1},
     "keep_classifier": {"type": "boolean"},
     "fine_tune": FINE_TUNE_SCHEMA,  # after the channels are removed
@@ -545,7 +547,7 @@ def run_admm(ctx, p, sdir, prefix):
 
     def make():
         admm = ADMMPruning(ratios=p["ratios"], skip=p.get("skip"),
-                           **_api_args(ADMMPruning.__init__, p, "rho", "keep_classifier", "round_to"))
+                           **_api_args(ADMMPruning.__init__, p, "rho", "keep_classifier", "round_to", "scope"))
         _fine_tune(ctx, ctx.model, settings, sdir, prefix, name="admm", announce=False, callbacks=[admm],
                    in_place=True)
         removed = {g.name if hasattr(g, "name") else str(g): int(len(v)) for g, v in admm.plan.items()}
@@ -564,6 +566,7 @@ def run_admm(ctx, p, sdir, prefix):
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     "importance": {"enum": importance_names(data=False)},  # the searched candidates are pruned one-shot
     "skip": {"type": "array", "items": {"type": "string"}},
+    "scope": _SCOPE,
     "round_to": {"type": "integer", "minimum": 1},
     "keep_classifier": {"type": "boolean"},
     "init_temperature": {"type": "number", "exclusiveMinimum": 0},
@@ -584,7 +587,8 @@ def run_auto_compress(ctx, p, sdir, prefix):
         where = f"strategies[{int(prefix.split(':')[0]) - 1}].auto_compress.epochs"
         raise ConfigError("AutoCompress's ADMM rounds need at least 1 epoch of training (train.epochs is 0); "
                           "give epochs", path=where)
-    args = _api_args(auto_compress, p, "rounds", "max_trials", "rho", "importance", "keep_classifier", "round_to")
+    args = _api_args(auto_compress, p, "rounds", "max_trials", "rho", "importance", "keep_classifier", "round_to",
+                     "scope")
     x, y = ctx.data.eval_arrays(int(p.get("eval_samples", 500)))
     ctx.header(f"AutoCompress of {describe_model(ctx.model)}: {100 * float(p['flops_reduction']):g} % of the FLOPs "
                f"in {args['rounds']} rounds of search ({args['max_trials']} candidates scored on {len(x)} test "
@@ -615,6 +619,7 @@ def run_auto_compress(ctx, p, sdir, prefix):
     "action_max": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     "importance": {"enum": importance_names(data=False)},  # every episode is pruned one-shot
     "skip": {"type": "array", "items": {"type": "string"}},
+    "scope": _SCOPE,
     "round_to": {"type": "integer", "minimum": 1},
     "keep_classifier": {"type": "boolean"},
     "fine_tune": FINE_TUNE_SCHEMA,
@@ -635,7 +640,8 @@ def run_amc(ctx, p, sdir, prefix):
     def make():
         res = amc_prune(ctx.model, lambda m: accuracy(m, x, y), float(p["flops_reduction"]), skip=p.get("skip"),
                         keep_classifier=p.get("keep_classifier", True), round_to=int(p.get("round_to", 1)),
-                        seed=ctx.stage_seed, directory=str(sdir / "ckpt" / "amc"), **args)
+                        scope=p.get("scope", "all"), seed=ctx.stage_seed, directory=str(sdir / "ckpt" / "amc"),
+                        **args)
         return res.model, {"flops_reduction": float(res.flops_reduction), "score": float(res.score),
                            "ratios": res.ratios, "best_episode": res.best_episode}
 
@@ -665,6 +671,7 @@ def _check_netadapt(p):
     "step": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     "importance": {"enum": importance_names(data=False)},  # netadapt ranks channels without data
     "skip": {"type": "array", "items": {"type": "string"}},
+    "scope": _SCOPE,
     "keep_classifier": {"type": "boolean"},
     "round_to": {"type": "integer", "minimum": 1},
     "max_steps": {"type": "integer", "minimum": 1},
@@ -706,7 +713,7 @@ def run_netadapt(ctx, p, sdir, prefix):
 
     def make():
         kwargs = {k: p[k] for k in ("latency_reduction", "max_latency", "step", "importance", "skip",
-                                     "keep_classifier", "round_to", "max_steps") if k in p}
+                                     "keep_classifier", "round_to", "max_steps", "scope") if k in p}
         res = netadapt(ctx.model, lambda m: accuracy(m, x, y), latency_fn=latency_fn, finetune_fn=finetune_fn,
                        directory=sdir / "ckpt" / "netadapt", **kwargs)
         return res.model, {"latency_before": res.latency_before, "latency": res.latency, "budget": res.budget,

@@ -49,7 +49,7 @@ class AutoCompressResult:
 
 def auto_compress(model, eval_fn, train_fn, flops_reduction, rounds=2, *, max_trials=10, rho=1e-3,
                   update_every=1, importance=None, skip=None, keep_classifier=True, round_to=1, seed=0,
-                  directory="kslim_runs", project_name="auto_compress", verbose=0, **search_options):
+                  directory="kslim_runs", project_name="auto_compress", verbose=0, scope="all", **search_options):
     """Prune ``model`` by ``flops_reduction`` of its FLOPs in ``rounds`` rounds of SA search + ADMM.
 
     Args:
@@ -63,6 +63,8 @@ def auto_compress(model, eval_fn, train_fn, flops_reduction, rounds=2, *, max_tr
         rho, update_every: of :class:`kslim.prune.ADMMPruning`.
         importance, skip, keep_classifier, round_to: which groups may be pruned, in what unit, and how
             the search's one-shot candidates rank channels.
+        scope: which groups may be pruned at all (:mod:`kslim.prune.scope`: ``"all"``, ``"uncoupled"``, a
+            registered name or a function ``(group, graph) -> bool``); the search and ADMM use the same.
         seed, directory, project_name, verbose, **search_options: passed to each round's
             :func:`kslim.nas.auto_prune` (``init_temperature``, ``reduce_rate``, ``ratio_step`` ...);
             round ``r``'s search state goes to ``directory/project_name/round<r>``.
@@ -84,7 +86,7 @@ def auto_compress(model, eval_fn, train_fn, flops_reduction, rounds=2, *, max_tr
         raise KslimTypeError(f"auto_compress(): rounds must be an integer >= 1, got {rounds!r}.")
     flops_before = float(count_flops(model).flops)
     current, done = model, []
-    options = dict(skip=skip, keep_classifier=keep_classifier, round_to=round_to)
+    options = dict(skip=skip, keep_classifier=keep_classifier, round_to=round_to, scope=scope)
     for r in range(1, rounds + 1):
         goal = 1.0 - (1.0 - target) ** (r / rounds)
         pruner = make_pruner(current, importance=importance, where="auto_compress()", **options)

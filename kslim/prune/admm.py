@@ -62,6 +62,8 @@ class ADMMPruning(keras.callbacks.Callback):
         pruner: a :class:`~kslim.prune.FilterPruner` class (default L1) whose ``skip`` /
             ``keep_classifier`` / ``round_to`` (given here) choose the groups and the channel counts.
         skip, keep_classifier, round_to: passed to the pruner.
+        scope: which groups may be pruned at all (:mod:`kslim.prune.scope`: ``"all"``, ``"uncoupled"``, a
+            registered name or a function ``(group, graph) -> bool``), passed to the pruner.
         verbose: 1 prints the residual at each update.
 
     After ``fit``: ``callback.plan`` is ``{group: channels removed}`` (from the last ``Z``),
@@ -69,7 +71,9 @@ class ADMMPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, ratios=0.5, rho=1e-3, update_every=1, pruner=None, skip=None, keep_classifier=True,
-                 round_to=1, verbose=0):
+                 round_to=1, verbose=0, scope="all"):
+        from kslim.prune.scope import get_scope
+
         super().__init__()
         self.ratios = check_group_ratios(ratios, "ADMMPruning()")
         if isinstance(rho, bool) or not isinstance(rho, (int, float, np.floating)) or not rho > 0:
@@ -81,7 +85,8 @@ class ADMMPruning(keras.callbacks.Callback):
                                  "the ADMM projection (group L2 norm), not by an importance name.")
         self.rho, self.update_every = float(rho), int(update_every)
         self.pruner_cls, self.skip, self.keep_classifier, self.round_to = pruner, skip, keep_classifier, round_to
-        self.verbose = verbose
+        get_scope(scope)  # an unknown name is refused here, before fit starts
+        self.scope, self.verbose = scope, verbose
         self.pruner = None
         self.plan = {}
         self.history = []
@@ -101,7 +106,7 @@ class ADMMPruning(keras.callbacks.Callback):
                              "one for another model.")
         if self.pruner is None:
             self.pruner = make_pruner(model, self.pruner_cls, where="ADMMPruning()", skip=self.skip,
-                                      keep_classifier=self.keep_classifier, round_to=self.round_to)
+                                      keep_classifier=self.keep_classifier, round_to=self.round_to, scope=self.scope)
             groups = {g.name: g for g in self.pruner.groups}
             if isinstance(self.ratios, dict):
                 chosen = {}

@@ -240,6 +240,8 @@ class GradualPruning(MaskingCallback):
         schedule: a :class:`PruningSchedule`; default ``AGP(0, 1000, 100)``.
         skip / keep_classifier / round_to: passed to the pruner (``round_to``: kept channel counts
             are multiples of it, e.g. 8 for SIMD-friendly kernels).
+        scope: which groups may be pruned at all (:mod:`kslim.prune.scope`: ``"all"``, ``"uncoupled"``, a
+            registered name or a function ``(group, graph) -> bool``), passed to the pruner.
         verbose: 1 prints the ratio reached at each pruning step.
         pruner: instead of ``importance``, a ``FilterPruner`` subclass, built on the model at the start
             of training.
@@ -264,7 +266,10 @@ class GradualPruning(MaskingCallback):
 
     @renamed(target_ratio="ratios")
     def __init__(self, importance=None, ratios=0.5, schedule=None, skip=None, keep_classifier=True,
-                 round_to=1, verbose=0, pruner=None, data=None, loss=None, batches=None, batch_size=None):
+                 round_to=1, verbose=0, pruner=None, data=None, loss=None, batches=None, batch_size=None,
+                 scope="all"):
+        from kslim.prune.scope import get_scope
+
         super().__init__(schedule)
         # the options of the data-driven importances (apoz, mean_activation, taylor, hessian): re-read
         # at every pruning step, on the weights trained so far
@@ -281,6 +286,8 @@ class GradualPruning(MaskingCallback):
         self.skip = skip
         self.keep_classifier = keep_classifier
         self.round_to = max(1, int(round_to))
+        get_scope(scope)  # an unknown name is refused here, before fit starts
+        self.scope = scope
         self.verbose = verbose
         self.masks = {}          # group name -> sorted np.ndarray of masked channel indices
         self.history = []        # (step, {group: ratio masked})
@@ -297,17 +304,13 @@ class GradualPruning(MaskingCallback):
                 f"callback for model {model.name!r}."
             )
         self.pruner = self.pruner_cls(model, skip=self.skip, keep_classifier=self.keep_classifier,
-                                      round_to=self.round_to, **self.importance_options)
+                                      round_to=self.round_to, scope=self.scope, **self.importance_options)
         groups = {g.name: g for g in self.pruner.groups}
         if isinstance(self.ratios, dict):
             targets = {}
             for k, v in self.ratios.items():
-                g = self.pruner.graph.group(k)  # raises, naming the layer, if unknown / not a producer
-                if g.name not in groups:
-                    raise KslimValueError(
-                        f"GradualPruning(): ratios names {k!r}, whose channel group {g.name!r} cannot be pruned: "
-                        f"{g.reason or 'excluded by the pruner (skip / keep_classifier)'}."
-                    )
+                # raises, naming the layer and why (not a producer, in skip, outside the scope ...)
+                g = self.pruner._groups(k, single=True)[0]
                 targets[g.name] = v
         else:
             targets = {name: self.ratios for name in groups}
@@ -378,7 +381,7 @@ class GradualPruning(MaskingCallback):
         return {"format": STATE_FORMAT, "model": {"name": fp["name"], "architecture": fp["architecture"]},
                 "criterion": self.pruner_cls.__name__, "round_to": self.round_to,
                 "skip": list(self.skip) if isinstance(self.skip, (list, tuple, set)) else self.skip,
-                "keep_classifier": self.keep_classifier,
+                "keep_classifier": self.keep_classifier, "scope": self.pruner.scope,
                 "masks": {k: [int(i) for i in v] for k, v in self.masks.items()}}
 
     def save_state(self, path):
@@ -428,6 +431,8 @@ def strip_pruning(model, state):
                 f"The pruning state names pruner {state.get('criterion')!r}, not one of {known_pruner_names()}: "
                 "strip with the GradualPruning callback itself (strip_pruning(model, callback)) for another pruner."
             )
+    # the masked groups were in the callback's scope; stripping needs no scope (a function scope has no name to
+    # store): the default one holds every group
     pruner = pruner_cls(model, skip=state.get("skip"), keep_classifier=state.get("keep_classifier", True),
                         round_to=1)
     return pruner.prune_channels({k: np.asarray(v, np.int64) for k, v in state["masks"].items() if v})

@@ -63,7 +63,7 @@ def _latency(fn, model):
 
 def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_fn=None, *, step=0.05,
              importance="l1", skip=None, keep_classifier=True, round_to=1, finetune_fn=None, max_steps=50,
-             directory=None, verbose=0):
+             directory=None, verbose=0, scope="all"):
     """Prune ``model`` step by step until ``latency_fn`` meets the budget; see :mod:`kslim.prune.netadapt`.
 
     Args:
@@ -77,6 +77,8 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
             constant here).
         importance, skip, keep_classifier, round_to: how the channels of a group are ranked and
             which groups may be pruned (as :func:`kslim.prune.make_pruner`).
+        scope: which groups may be pruned at all (:mod:`kslim.prune.scope`: ``"all"``, ``"uncoupled"``, a
+            registered name or a function ``(group, graph) -> bool``).
         finetune_fn: ``model -> None``, the short-term fine-tune of each candidate (it must compile the
             model); the chosen one is what the next step starts from.
         max_steps: at most this many steps.
@@ -87,8 +89,10 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
         a :class:`NetAdaptResult`.
     """
     from kslim.prune.criteria import make_pruner
+    from kslim.prune.scope import get_scope
 
     check_model(model, "netadapt()")
+    get_scope(scope)  # an unknown name is refused before the first measurement
     if not callable(eval_fn):
         raise KslimTypeError(f"netadapt(): eval_fn must be callable(model) -> float, got {type(eval_fn).__name__}.")
     if finetune_fn is not None and not callable(finetune_fn):
@@ -128,7 +132,7 @@ def netadapt(model, eval_fn, latency_reduction=None, max_latency=None, latency_f
     while latency > budget and len(done) < max_steps:
         target = max(budget, latency - step * start)
         pruner = make_pruner(current, importance=importance, skip=skip, keep_classifier=keep_classifier,
-                             round_to=round_to, where="netadapt()")
+                             round_to=round_to, scope=scope, where="netadapt()")
         if not pruner.groups:
             raise ModelError(f"netadapt(): model {current.name!r} has no prunable channel group.")
         best = None
