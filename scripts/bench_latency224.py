@@ -3,8 +3,9 @@ ResNet50 at 224x224, measured on their ``.tflite`` through ai-edge-litert (XNNPA
 
 Random weights (``weights=None``: nothing can be downloaded, and weights do not change the speed of
 these kernels). Per model: float32; filter pruning to -50 % and -70 % MACs (kslim L1, ``round_to`` 1,
-8 and 16: the channel multiple changes what XNNPACK's kernels do with the leftovers), and -50 % with the
-multiple ``kslim.prune.suggest_round_to`` picks from its own timings on this host; int8 PTQ
+8 and 16: the channel multiple changes what XNNPACK's kernels do with the leftovers), -50 % with the
+multiple ``kslim.prune.suggest_round_to`` picks from its own timings on this host, and -50 % in the
+pruning scope ``uncoupled`` (``kslim.prune.scope``: only the groups no ``Add`` ties, round_to 16); int8 PTQ
 (``quant_post_static``, 16 random calibration images: a speed figure, not an accuracy one); int8 QAT
 (``quant_aware`` with ranges from two batches in training mode, no weight update, + ``convert``); float16 and dynamic-range weights
 (``quant_post_dynamic``). Latencies: 1 thread and all cores, every model of a net timed in interleaved
@@ -37,6 +38,7 @@ NETS = ("mobilenet_v2", "resnet50")
 ROUND_TO = (1, 8, 16)  # 16: the float lanes of an AVX-512 register (8 with AVX2), XNNPACK's tile on such a host
 SUGGEST_CANDIDATES = (1, 8, 16, 32)
 SUGGESTED = "pruned -50 % MACs, round_to suggested on this host"
+SCOPED = "pruned -50 % MACs, scope uncoupled"
 
 
 def build(name, size):
@@ -71,9 +73,9 @@ def variants(model, size, quick):
     macs = flops(model).macs
     calib = np.random.default_rng(0).random((16 if not quick else 4, size, size, 3), dtype=np.float32)
 
-    def pruned(reduction, round_to):
+    def pruned(reduction, round_to, scope="all"):
         def make():
-            res = make_pruner(model, importance="l1", round_to=round_to).prune_to_flops(reduction)
+            res = make_pruner(model, importance="l1", round_to=round_to, scope=scope).prune_to_flops(reduction)
             lite = convert(res.model, check=False)
             lite.macs_ratio = flops(res.model).macs / macs
             return lite
@@ -84,6 +86,9 @@ def variants(model, size, quick):
         for round_to in ((8,) if quick else ROUND_TO):
             rows.append((f"pruned -{100 * reduction:.0f} % MACs, round_to {round_to}", pruned(reduction, round_to)))
     rows.append((SUGGESTED, suggested(model, macs, quick)))
+    if not quick:
+        # kslim.prune.scope 'uncoupled': the channels no Add ties (the residual stream keeps its width)
+        rows.append((f"{SCOPED}, round_to 16", pruned(0.5, 16, scope="uncoupled")))
     rows += [
         ("int8 PTQ", lambda: quant_post_static(model, calib, algo="abs_max", check=False)),
         ("float16 weights", lambda: quant_post_dynamic(model, dtype="float16", check=False)),
@@ -244,7 +249,8 @@ def write_markdown(result, path):
                 ratio = v.get("macs_ratio", {})
                 cells = [f"{k} {x[0]:.2f}x ({x[1]:.2f}-{x[2]:.2f})"
                          + (f" at {100 * ratio[k]:.1f} % MACs" if k in ratio else ", MACs ratio not recorded")
-                         for k, x in v["speedup"].items() if k.startswith("pruned -50 % MACs, round_to")]
+                         for k, x in v["speedup"].items()
+                         if k.startswith(("pruned -50 % MACs, round_to", SCOPED))]
                 cpu = h.get("cpu") or "CPU not recorded"
                 lines.append(f"- {h['date']}, {cpu}, {net}, load average before {v['load_before']}: " + "; ".join(cells))
         lines.append("")
