@@ -23,10 +23,11 @@ Groups (``--only`` runs some of them and merges them into the saved table):
 * ``recovery``  more recovery from the same fine-tune budget (``--recovery-importance``, default hessian,
   local ranking): the unpruned net as the teacher of the fine-tune (soft labels T=4 + hard labels,
   ``kslim.distill.Distiller``), the same with the classifier's input channels pruned too
-  (``keep_classifier=False``, with and without the teacher), and iterative pruning in ``--steps`` steps
+  (``keep_classifier=False``, with and without the teacher), the groups of the pruning scope ``uncoupled`` only
+  (``kslim.prune.scope``: no ``Add`` narrowed; with and without the teacher), and iterative pruning in ``--steps`` steps
   (each re-scores the channels of the current net and removes an equal share of the MACs, then
   fine-tunes on its share of the very same images), with and without that teacher; ``--recovery-rows``
-  runs some of these rows only (kd, classifier, classifier+kd, iterative, iterative+kd).
+  runs some of these rows only (kd, classifier, classifier+kd, uncoupled, uncoupled+kd, iterative, iterative+kd).
 
 Searches score candidates on 1,000 held-out *training* images (never the test set).
 
@@ -87,9 +88,10 @@ class Bench:
         x, y = self.val
         return float(np.mean(np.argmax(np.asarray(m(x, training=False)), -1) == y))
 
-    def pruner(self, importance, round_to=1, model=None, keep_classifier=True):
+    def pruner(self, importance, round_to=1, model=None, keep_classifier=True, scope="all"):
         """A pruner of ``model`` (default: the shipped net) with ``importance`` fed its data/loss;
-        ``keep_classifier=False`` also prunes the input channels of the classifier (its widest layer)."""
+        ``keep_classifier=False`` also prunes the input channels of the classifier (its widest layer);
+        ``scope``: :mod:`kslim.prune.scope` (``"uncoupled"``: the residual stream keeps its width)."""
         from kslim.prune import make_pruner
         from kslim.prune.importance import importance_class
 
@@ -105,7 +107,7 @@ class Bench:
 
             imp = get_importance("random", seed=self.seed)
         return make_pruner(self.base if model is None else model, importance=imp, round_to=round_to,
-                           keep_classifier=keep_classifier, **options)
+                           keep_classifier=keep_classifier, scope=scope, **options)
 
     def finish(self, method, group, target, model, t0, extra=None, tune="fine_tune"):
         """Fine-tune ``model`` like every row (``tune``: ``"fine_tune"``, ``"distill"`` from the unpruned net, or
@@ -302,19 +304,37 @@ def _median_ms(report):
     return float(getattr(report, "median_ms", report))
 
 
-RECOVERY_ROWS = ("kd", "classifier", "classifier+kd", "iterative", "iterative+kd")
+RECOVERY_ROWS = ("kd", "classifier", "classifier+kd", "uncoupled", "uncoupled+kd", "iterative", "iterative+kd")
+
+
+def _scope_matters(b, scope):
+    """Whether ``scope`` leaves out some group the default scope prunes in the shipped net (``uncoupled`` on a
+    net without ``Add``: no)."""
+    from kslim.prune import make_pruner
+
+    def names(sc):
+        return {g.name for g in make_pruner(b.base, importance="l1", scope=sc).groups}
+
+    return names(scope) != names("all")
 
 
 def rows_recovery(b):
     imp, k, wanted = b.args.recovery_importance, b.args.steps, b.args.recovery_rows
     rows = []
     for target in b.args.targets:
-        for keep, where in ((True, ""), (False, ", classifier input pruned too")):
-            plain, kd = ("classifier", "classifier+kd") if not keep else (None, "kd")
+        for keep, scope, where, plain, kd in (
+                (True, "all", "", None, "kd"),
+                (False, "all", ", classifier input pruned too", "classifier", "classifier+kd"),
+                # only the groups no Add ties (kslim.prune.scope): the same as "all" on a net without Adds
+                (True, "uncoupled", ", scope uncoupled", "uncoupled", "uncoupled+kd")):
             if plain not in wanted and kd not in wanted:
                 continue
+            if scope != "all" and not _scope_matters(b, scope):
+                b.log(f"[{b.name} s{b.seed}] scope {scope!r} holds every group of this net: its rows would repeat "
+                      "the scope 'all' rows, skipped")
+                continue
             t0 = time.time()
-            pruned = b.pruner(imp, keep_classifier=keep).prune_to_flops(target / 100).model
+            pruned = b.pruner(imp, keep_classifier=keep, scope=scope).prune_to_flops(target / 100).model
             prune_s = time.time() - t0
             if plain in wanted:  # the same pruned net with the plain fine-tune: what KD adds on top of it
                 # (pruning does not depend on the global RNG and fine_tune seeds itself, so a copy equals a

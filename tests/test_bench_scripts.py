@@ -425,17 +425,17 @@ def test_ft_slice_beyond_the_training_set_makes_further_passes_over_it():
     assert not (x[:10] == x[10:20]).all()  # each pass in a fresh order
 
 
-def test_prune_methods_recovery_rows_runs_only_the_rows_asked_for(capsys):
+def test_prune_methods_recovery_rows_runs_only_the_rows_asked_for(capsys, monkeypatch):
     pm = _load("bench_prune_methods")
-    args = pm.parse_args(["--recovery-rows", "kd,classifier+kd", "--targets", "50"])
+    args = pm.parse_args(["--recovery-rows", "kd,classifier+kd,uncoupled+kd", "--targets", "50"])
     calls = []
 
     class FakeBench:
         def __init__(self):
             self.args = args
 
-        def pruner(self, imp, keep_classifier=True):
-            calls.append(("prune", keep_classifier))
+        def pruner(self, imp, keep_classifier=True, scope="all"):
+            calls.append(("prune", (keep_classifier, scope)))
             return type("P", (), {"prune_to_flops": lambda _, t: type("R", (), {"model": object()})()})()
 
         def finish(self, method, group, target, model, t0, tune="fine_tune"):
@@ -445,10 +445,13 @@ def test_prune_methods_recovery_rows_runs_only_the_rows_asked_for(capsys):
         def iterative(self, *a):
             raise AssertionError("iterative rows were not asked for")
 
+    monkeypatch.setattr(pm, "_scope_matters", lambda b, scope: True)  # the fake bench has no net to read
     rows = pm.rows_recovery(FakeBench())
     assert [r["method"] for r in rows] == ["hessian, local + KD from the unpruned net",
-                                           "hessian, local, classifier input pruned too + KD from the unpruned net"]
+                                           "hessian, local, classifier input pruned too + KD from the unpruned net",
+                                           "hessian, local, scope uncoupled + KD from the unpruned net"]
     assert all(t == "distill" for m, t in calls if m != "prune")
+    assert [o for m, o in calls if m == "prune"] == [(True, "all"), (False, "all"), (True, "uncoupled")]
     assert pm.parse_args([]).recovery_rows == list(pm.RECOVERY_ROWS)
     with pytest.raises(SystemExit):
         pm.parse_args(["--recovery-rows", "kd,lasso"])
@@ -518,3 +521,16 @@ def test_seed_verdict_judges_the_median_at_the_printed_precision():
     assert not lib.seed_verdict("drop", {0: 0.9, 1: 1.006, 2: 1.3}, 1.0, False, "n")["met"]
     assert not lib.seed_verdict("gain", {0: 0.5, 1: 0.6}, 0.2, True, "n")["met"]  # two seeds only
     assert lib.seed_verdict("gain", {0: 0.5, 1: 0.6}, 0.2, True, "n", min_seeds=2)["met"]
+
+
+def test_prune_methods_scope_rows_only_where_the_scope_leaves_groups_out():
+    """The 'uncoupled' recovery rows run on the ResNet-style net (its Adds tie groups) and are skipped on the
+    MobileNetV1-style one (no Add: the same groups as scope 'all')."""
+    import keras
+
+    import kslim
+
+    pm = _load("bench_prune_methods")
+    keras.utils.set_random_seed(0)
+    for net, expected in ((kslim.models.resnet(width=0.25), True), (kslim.models.mobilenet_v1(width=0.25), False)):
+        assert pm._scope_matters(type("B", (), {"base": net})(), "uncoupled") is expected
