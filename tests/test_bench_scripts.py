@@ -358,6 +358,13 @@ def test_prune_methods_targets_judge_the_median_of_per_seed_drops():
     (t,) = pm.check_targets(rows)
     assert t["met"] and "taylor, local" in t["what"] and t["value"].startswith("+0.50 pt median")
     assert "±0.53 pt (1.96 SE, 10,000 images)" in t["value"]  # 1.96 * sqrt(.92 * .08 / 1e4)
+    # a method measured on one seed so far (a run in progress) is not judged against 3-seed ones
+    (t,) = pm.check_targets(rows + [_pm_row("m", 0, "recovery", "new, local", 50, 0.92)])
+    assert "taylor, local, 3 seed(s)" in t["what"]
+    # while no method has 3 seeds, the best-covered ones are the candidates
+    two = [r for r in rows if r["seed"] < 2] + [_pm_row("m", 0, "recovery", "new, local", 50, 0.92)]
+    (t,) = pm.check_targets(two)
+    assert "2 seed(s)" in t["what"]
 
 
 def test_a_target_is_dated_by_its_latest_row_and_the_headline_prints_that_date(tmp_path):
