@@ -417,8 +417,8 @@ def summary(rows):
 
 def check_targets(rows, n_test=10000):
     """The best method per (model, fine-tune budget, target): the lowest median of per-seed drops among the
-    methods measured on the most seeds (3 once any has 3), judged at the printed precision, with the test set's
-    noise band (``n_test`` images) beside it."""
+    methods measured on at least 3 seeds (while none has 3: on the most seeds any has), judged at the printed
+    precision, with the test set's noise band (``n_test`` images) beside it."""
     targets = []
     summ = summary(rows)
     for model, ft in sorted({(s["model"], s["ft_images"]) for s in summ}):
