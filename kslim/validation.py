@@ -194,7 +194,6 @@ def check_ratios(values, what="ratios", **bounds):
     return [check_ratio(v, what, **bounds) for v in values]
 
 
-@functools.lru_cache(maxsize=None)
 def check_registry_name(name, what):
     """Raise :class:`KslimValueError` unless ``name`` is a lower-case identifier (a name a registry of
     ``what`` -- importances, scopes -- may hold, and a YAML config or command line may spell).
@@ -208,6 +207,7 @@ def check_registry_name(name, what):
         raise KslimValueError(f"{what} name must be a lower-case identifier, got {name!r}.")
 
 
+@functools.lru_cache(maxsize=None)
 def api_constant(module, name):
     """The literal module-level constant ``name`` of the kslim module ``module``, read from its source.
 

@@ -30,6 +30,10 @@ def test_registry_names_and_errors():
         register_scope("all", "again", lambda g, graph: False)
     with pytest.raises(KslimValueError, match="lower-case identifier"):
         register_scope("Wide one", "x", lambda g, graph: True)
+    with pytest.raises(KslimValueError, match="lower-case identifier"):  # not a TypeError (unhashable)
+        register_scope(["wide"], "x", lambda g, graph: True)
+    from kslim.validation import api_constant
+    assert hasattr(api_constant, "cache_info")  # the source-reading helper stays cached
 
 
 def test_uncoupled_keeps_the_residual_stream(resnet):
